@@ -1,0 +1,32 @@
+// `kernel-checkpoint`: the one command of this project. Each verb lives in its own module;
+// this file only declares them.
+
+import { Command } from 'commander';
+
+import { registerClientCommands } from './client-commands';
+import { registerDoctorCommand } from './doctor';
+import { registerInstallCommand } from './install';
+import { registerRunCommand } from './run';
+
+export function buildProgram(): Command {
+  const program = new Command('kernel-checkpoint')
+    .description(
+      'Checkpoint-restart for Jupyter kernels: run a kernel under a checkpoint engine (CRIU, DMTCP), ' +
+        'checkpoint it and restore it later.'
+    )
+    .showHelpAfterError();
+  registerRunCommand(program);
+  registerInstallCommand(program);
+  registerDoctorCommand(program);
+  registerClientCommands(program);
+  return program;
+}
+
+if (require.main === module) {
+  buildProgram()
+    .parseAsync(process.argv)
+    .catch((error: unknown) => {
+      process.stderr.write(`kernel-checkpoint: ${error instanceof Error ? error.message : String(error)}\n`);
+      process.exit(1);
+    });
+}

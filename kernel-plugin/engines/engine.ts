@@ -1,0 +1,100 @@
+// The contract between the supervisor and a checkpoint engine (CRIU, DMTCP, ...).
+//
+// Shaped like what it controls, as jupyter_client's KernelProvisioner is: an engine starts a
+// kernel process in a form it can later snapshot, snapshots it while it keeps running, and
+// starts a kernel process again from a snapshot. The supervisor does everything around that
+// (relaying, quiescing the kernel's sockets, the store, the protocol), so an engine knows
+// nothing of Jupyter.
+
+import type { Readable } from 'node:stream';
+
+/** What `probe` found: whether this engine can run here, and if not, why and what to do. */
+export interface EngineProbe {
+  name: string;
+  ok: boolean;
+  /** The engine's version when it could be found (even if too old). */
+  version?: string;
+  /** Path of the engine's main executable, when found. */
+  path?: string;
+  /** Why it cannot run here, in one sentence, when ok is false. */
+  problem?: string;
+  /** What to install or change so that it can, when ok is false. */
+  remedy?: string;
+}
+
+/** How to start a kernel: the wrapped kernel's argv and where it runs. */
+export interface LaunchSpec {
+  argv: string[];
+  env: NodeJS.ProcessEnv;
+  cwd: string;
+  /** A private folder (0700) for this kernel process: the engine may keep scratch files here. */
+  workDir: string;
+}
+
+export interface KernelExit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
+
+/** A running kernel process, however the engine started it. */
+export interface KernelProcess {
+  /** Host PID of the kernel's root process (the one that is snapshotted). */
+  readonly pid: number;
+  /** The kernel's stdout and stderr, for the supervisor's log. */
+  readonly stdout: Readable | null;
+  readonly stderr: Readable | null;
+  /** Settles once the kernel has exited and been reaped. */
+  readonly exited: Promise<KernelExit>;
+  /** Delivers a signal to the kernel process itself (interrupt: SIGINT). */
+  signal(signal: NodeJS.Signals): void;
+  /** Stops the kernel for good and reaps it; resolves once it is gone. Never throws. */
+  terminate(): Promise<void>;
+}
+
+/** What the engine reports of a snapshot. `data` is kept beside the image, privately. */
+export interface Snapshot {
+  /** The engine's version that wrote the image. */
+  version: string;
+  /** How long the kernel was frozen. */
+  frozenMs: number;
+  /** Whatever the engine needs to restore this image later (JSON). */
+  data: Record<string, unknown>;
+}
+
+/** An engine refused or failed; `code` maps onto the protocol's ErrorCode. */
+export class EngineError extends Error {
+  constructor(
+    readonly code: 'engine_unavailable' | 'engine_failed' | 'no_space' | 'permission_denied' | 'foreign_image',
+    message: string,
+    readonly detail?: string
+  ) {
+    super(message);
+    this.name = 'EngineError';
+  }
+}
+
+export interface Engine {
+  readonly name: string;
+
+  /** Whether this engine can run here; cheap enough to call at start-up. */
+  probe(): Promise<EngineProbe>;
+
+  /** Starts the kernel under this engine, in a form `checkpoint` can snapshot. */
+  launch(spec: LaunchSpec): Promise<KernelProcess>;
+
+  /**
+   * Snapshots the kernel into `imageDir` (an empty private folder). The kernel keeps running
+   * afterwards. The supervisor has already disconnected every socket it held to the kernel.
+   * On failure the kernel must still be running and `imageDir` may hold partial files.
+   */
+  checkpoint(kernel: KernelProcess, imageDir: string): Promise<Snapshot>;
+
+  /**
+   * Starts a kernel process from an image in `imageDir`, written by `checkpoint` with `data`.
+   * The previous kernel, if any, has already been terminated by the supervisor.
+   */
+  restore(imageDir: string, data: Record<string, unknown>, spec: LaunchSpec): Promise<KernelProcess>;
+}
+
+/** How an engine is made: engines register a factory under their name (see engines/index.ts). */
+export type EngineFactory = () => Engine;
