@@ -1,0 +1,126 @@
+"""The program API: checkpoint(), restore(), list_checkpoints(), delete(), label(), status().
+
+Stdlib only at import; the agent (and zmq) is loaded by the IPython extension.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._errors import NOT_CHECKPOINTABLE, CheckpointError
+
+if TYPE_CHECKING:
+    from ._agent import Agent, CheckpointResult
+
+_agent: Agent | None = None
+
+
+def _set_agent(agent: Agent | None) -> None:
+    global _agent
+    _agent = agent
+
+
+def _require_agent() -> Agent:
+    if _agent is None:
+        raise CheckpointError("engine_unavailable", NOT_CHECKPOINTABLE)
+    return _agent
+
+
+def is_checkpointable() -> bool:
+    """Whether this kernel runs under the checkpoint supervisor (the extension is loaded and
+    its agent channel is up)."""
+    return _agent is not None
+
+
+def _require_id(checkpoint_id: Any) -> str:
+    if not isinstance(checkpoint_id, str) or not checkpoint_id.strip():
+        raise CheckpointError("invalid_request", "give the id of a checkpoint (ckpt-...)")
+    return checkpoint_id.strip()
+
+
+def checkpoint(label: str | None = None) -> CheckpointResult:
+    """Checkpoint this kernel and return once the snapshot is taken.
+
+    It returns twice, in a sense, like DMTCP's ``dmtcp.checkpoint()``: in the process that was
+    checkpointed, after the supervisor's reply, with ``resumed=True`` and the manifest in
+    ``.checkpoint``; and in every process later restored from this image, with
+    ``restarted=True``. So a loop that checkpoints every N iterations continues, after a
+    restore, from the iteration that took the checkpoint::
+
+        for step in range(start, 10_000):
+            train(step)
+            if step % 500 == 0:
+                r = kernel_checkpoint.checkpoint(f"step {step}")
+                if r.restarted:
+                    print("restored at step", step)
+
+    Raises :class:`CheckpointError` (``.code`` e.g. ``vetoed``, ``busy``, ``engine_failed``,
+    ``no_space``) when no checkpoint was made. Call it from the kernel's code (a cell, a
+    magic, a thread), never from a checkpoint hook.
+    """
+    from ._agent import CheckpointResult
+
+    if label is not None and not isinstance(label, str):
+        raise TypeError(f"label must be a str or None, not {type(label).__name__}")
+    pending = _require_agent().request("checkpoint", label=label)
+    reply = pending.reply or {}
+    if pending.restarted:
+        cid = pending.checkpoint_id or reply.get("current_id") or ""
+        return CheckpointResult(cid, label, None, resumed=False, restarted=True)
+    manifest = reply.get("checkpoint")
+    cid = (manifest or {}).get("id") or reply.get("current_id") or pending.checkpoint_id or ""
+    got_label = (manifest or {}).get("label", label)
+    return CheckpointResult(cid, got_label, manifest, resumed=True, restarted=False)
+
+
+def restore(checkpoint_id: str) -> dict[str, Any] | None:
+    """Replace this kernel by one restored from checkpoint ``checkpoint_id``.
+
+    The supervisor stops this kernel process, so normally this call never returns here:
+    execution continues in the restored process, where the code that took that checkpoint
+    sees ``restarted=True``. Raises :class:`CheckpointError` (``unknown_checkpoint``,
+    ``corrupt_image``, ``foreign_image``, ...) when nothing was changed.
+    """
+    pending = _require_agent().request("restore", checkpoint_id=_require_id(checkpoint_id))
+    return (pending.reply or {}).get("checkpoint")
+
+
+def list_checkpoints(scope: str = "session") -> list[dict[str, Any]]:
+    """The checkpoints (manifest dicts, see the protocol's Checkpoint), oldest first.
+
+    ``scope='session'``: those of this notebook / this kernel's lineage; ``'all'``: every
+    image in the store. Each dict gets an extra key ``current`` (True for the checkpoint the
+    running kernel descends from)."""
+    if scope not in ("session", "all"):
+        raise CheckpointError("invalid_request", f"scope must be 'session' or 'all', not {scope!r}")
+    reply = _require_agent().request("list", scope=scope).reply or {}
+    current = reply.get("current_id")
+    out = []
+    for c in reply.get("checkpoints") or []:
+        c = dict(c)
+        c["current"] = c.get("id") == current
+        out.append(c)
+    return out
+
+
+def delete(checkpoint_id: str) -> None:
+    """Delete the image of checkpoint ``checkpoint_id`` from the store."""
+    _require_agent().request("delete", checkpoint_id=_require_id(checkpoint_id))
+
+
+def label(checkpoint_id: str, text: str | None) -> dict[str, Any] | None:
+    """Give checkpoint ``checkpoint_id`` the label ``text`` (None or '' removes it); returns
+    the updated manifest when the supervisor sends it."""
+    if text is not None and not isinstance(text, str):
+        raise TypeError(f"text must be a str or None, not {type(text).__name__}")
+    pending = _require_agent().request(
+        "label", checkpoint_id=_require_id(checkpoint_id), label=text if text else None
+    )
+    return (pending.reply or {}).get("checkpoint")
+
+
+def status() -> dict[str, Any]:
+    """The supervisor's status (protocol SupervisorStatus: engine, engine_ok, current_id,
+    busy, store, ...)."""
+    reply = _require_agent().request("status").reply or {}
+    return dict(reply.get("status") or {}, current_id=reply.get("current_id"))

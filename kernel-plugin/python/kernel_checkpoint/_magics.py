@@ -1,0 +1,283 @@
+"""The %checkpoint line magic."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from IPython.core.magic import Magics, line_magic, magics_class
+
+from . import _api
+from ._errors import NOT_CHECKPOINTABLE, CheckpointError
+
+USAGE = """\
+Checkpoint this kernel, or list, restore, delete and label its checkpoints.
+
+Usage::
+
+  %checkpoint [-m LABEL]           checkpoint the kernel now; prints the new checkpoint's
+                                   id, label, image size and the time it took
+  %checkpoint list [--all]         table of this notebook's checkpoints (--all: every image in
+                                   the store): id, parent, label, when, execution count, size,
+                                   engine; '*' marks the one this kernel descends from
+  %checkpoint restore ID           replace this kernel by one restored from checkpoint ID
+                                   (variables, imports, threads: the whole process)
+  %checkpoint delete ID            delete checkpoint ID's image
+  %checkpoint label ID TEXT        set checkpoint ID's label (TEXT may be several words;
+                                   '' removes it)
+  %checkpoint status               engine, store, current checkpoint
+
+Options:
+  -m LABEL, --label LABEL          label of the new checkpoint (quote it if it has spaces)
+
+A checkpoint saves the entire kernel process as an image. After a restore -- minutes or days
+later, after a crash, on another machine -- the kernel continues from the moment of the
+checkpoint; a `%checkpoint` in a cell that was restored prints "Restored from checkpoint ...".
+From code, use ``kernel_checkpoint.checkpoint(label)``, which returns an object whose
+``resumed`` / ``restarted`` say whether it returns in the original process or in a restored
+one; hooks that run before a checkpoint, on resume and on restart are registered with the
+``@kernel_checkpoint.before_checkpoint``, ``@on_resume`` and ``@on_restart`` decorators.
+
+Errors print one line and change nothing. The kernel must have been started with a
+'... (checkpointable)' kernel (`kernel-checkpoint install` adds them).
+"""
+
+SUBCOMMANDS = ("list", "restore", "delete", "label", "status", "help")
+
+
+class _Usage(Exception):
+    pass
+
+
+def human_bytes(n: Any) -> str:
+    if not isinstance(n, (int, float)) or isinstance(n, bool):
+        return "?"
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(value) < 1000 or unit == "TB":
+            if unit == "B":
+                return f"{int(value)} B"
+            return f"{value:.1f} {unit}" if value < 100 else f"{value:.0f} {unit}"
+        value /= 1000
+    return "?"  # pragma: no cover
+
+
+def human_ms(ms: Any) -> str:
+    if not isinstance(ms, (int, float)) or isinstance(ms, bool):
+        return "?"
+    s = ms / 1000
+    if s < 60:
+        return f"{s:.2f} s" if s < 10 else f"{s:.1f} s"
+    m, s = divmod(round(s), 60)
+    return f"{m} min {s} s"
+
+
+def human_time(iso: Any) -> str:
+    if not isinstance(iso, str):
+        return "?"
+    text = iso.strip()
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        try:
+            when = datetime.strptime(iso.strip(), "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+                tzinfo=timezone.utc
+            )
+        except ValueError:
+            return iso
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _engine(c: dict[str, Any]) -> str:
+    e = c.get("engine") or {}
+    return " ".join(str(x) for x in (e.get("name"), e.get("version")) if x) or "?"
+
+
+def _quote(label: Any) -> str:
+    return f' "{label}"' if label else ""
+
+
+def describe_checkpoint(c: dict[str, Any]) -> str:
+    """One line: id, label, size, time taken, engine."""
+    return (
+        f"Checkpoint {c.get('id', '?')}{_quote(c.get('label'))}: "
+        f"{human_bytes(c.get('image_bytes'))}, took {human_ms(c.get('duration_ms'))} "
+        f"({_engine(c)})"
+    )
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "\u2026"
+
+
+def format_table(checkpoints: list[dict[str, Any]], current_id: str | None = None) -> str:
+    headers = ["", "id", "parent", "label", "when", "exec", "size", "engine"]
+    rows = []
+    for c in checkpoints:
+        state = c.get("state") or {}
+        count = state.get("execution_count")
+        is_current = c.get("current") if "current" in c else c.get("id") == current_id
+        rows.append(
+            [
+                "*" if is_current else "",
+                str(c.get("id", "?")),
+                str(c.get("parent_id") or "-"),
+                _clip(str(c.get("label") or ""), 32),
+                human_time(c.get("created")),
+                "" if count is None else str(count),
+                human_bytes(c.get("image_bytes")),
+                _engine(c),
+            ]
+        )
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
+    right = {5, 6}
+    lines = []
+    for r in [headers, *rows]:
+        cells = [
+            r[i].rjust(widths[i]) if i in right else r[i].ljust(widths[i])
+            for i in range(len(headers))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _error_line(action: str, exc: CheckpointError) -> str:
+    if exc.message == NOT_CHECKPOINTABLE:
+        return exc.message
+    return f"{action} failed: {exc.message} ({exc.code})"
+
+
+@magics_class
+class CheckpointMagics(Magics):
+    def __init__(
+        self,
+        shell: Any = None,
+        out: Callable[[str], None] | None = None,
+        err: Callable[[str], None] | None = None,
+    ):
+        super().__init__(shell)
+        self._out = out or (lambda s: print(s, flush=True))
+        self._err = err or (lambda s: print(s, file=sys.stderr, flush=True))
+
+    @line_magic
+    def checkpoint(self, line: str = "") -> None:
+        try:
+            args = shlex.split(line)
+        except ValueError as exc:
+            self._err(f"%checkpoint: cannot parse the arguments: {exc}")
+            return
+        sub = args[0] if args and args[0] in SUBCOMMANDS else None
+        action = {
+            "list": "List",
+            "restore": "Restore",
+            "delete": "Delete",
+            "label": "Label",
+            "status": "Status",
+        }.get(sub or "", "Checkpoint")
+        try:
+            if sub == "help":
+                self._out(USAGE)
+            elif sub is None:
+                self._checkpoint(args)
+            else:
+                getattr(self, f"_{sub}")(args[1:])
+        except _Usage as exc:
+            self._err(f"Usage: {exc}  (see %checkpoint?)")
+        except CheckpointError as exc:
+            self._err(_error_line(action, exc))
+
+    checkpoint.__doc__ = USAGE
+
+    # -- subcommands -------------------------------------------------------------------------
+
+    def _checkpoint(self, args: list[str]) -> None:
+        label = None
+        i = 0
+        while i < len(args):
+            a = args[i]
+            if a in ("-m", "--label"):
+                if i + 1 >= len(args):
+                    raise _Usage("%checkpoint -m LABEL")
+                label = args[i + 1]
+                i += 2
+            elif a.startswith("--label="):
+                label = a.split("=", 1)[1]
+                i += 1
+            elif a.startswith("-m") and len(a) > 2:
+                label = a[2:]
+                i += 1
+            else:
+                raise _Usage(
+                    f"%checkpoint [-m LABEL] | {' | '.join(SUBCOMMANDS[:-1])} (unexpected {a!r})"
+                )
+        result = _api.checkpoint(label)
+        if result.restarted:
+            self._out(
+                f"Restored from checkpoint {result.id}{_quote(result.label)}: "
+                "this kernel continues from it."
+            )
+        elif result.checkpoint:
+            self._out(describe_checkpoint(result.checkpoint))
+        else:
+            self._out(f"Checkpoint {result.id}{_quote(result.label)}")
+
+    def _list(self, args: list[str]) -> None:
+        scope = "session"
+        for a in args:
+            if a in ("--all", "-a"):
+                scope = "all"
+            else:
+                raise _Usage("%checkpoint list [--all]")
+        checkpoints = _api.list_checkpoints(scope)
+        if not checkpoints:
+            where = "in the store" if scope == "all" else "for this notebook"
+            self._out(f"No checkpoints {where} yet.")
+            return
+        self._out(format_table(checkpoints))
+
+    def _one_id(self, args: list[str], usage: str) -> str:
+        if len(args) != 1:
+            raise _Usage(usage)
+        return args[0]
+
+    def _restore(self, args: list[str]) -> None:
+        cid = self._one_id(args, "%checkpoint restore ID")
+        self._out(f"Restoring checkpoint {cid}: this kernel will be replaced...")
+        manifest = _api.restore(cid)
+        self._out(f"Restored checkpoint {(manifest or {}).get('id', cid)}.")
+
+    def _delete(self, args: list[str]) -> None:
+        cid = self._one_id(args, "%checkpoint delete ID")
+        _api.delete(cid)
+        self._out(f"Deleted checkpoint {cid}.")
+
+    def _label(self, args: list[str]) -> None:
+        if len(args) < 2:
+            raise _Usage("%checkpoint label ID TEXT")
+        cid, text = args[0], " ".join(args[1:])
+        manifest = _api.label(cid, text)
+        got = (manifest or {}).get("label", text or None)
+        if got:
+            self._out(f'Checkpoint {cid} is now labelled "{got}".')
+        else:
+            self._out(f"Checkpoint {cid} has no label now.")
+
+    def _status(self, args: list[str]) -> None:
+        if args:
+            raise _Usage("%checkpoint status")
+        st = _api.status()
+        engine = st.get("engine") or {}
+        lines = [
+            f"engine:     {engine.get('name', '?')} {engine.get('version', '')}".rstrip()
+            + ("" if st.get("engine_ok", True) else f"  (cannot run: {st.get('engine_problem')})"),
+            f"store:      {st.get('store', '?')}",
+            f"current:    {st.get('current_id') or '-'}",
+            f"busy:       {st.get('busy') or 'no'}",
+        ]
+        self._out("\n".join(lines))
