@@ -1,0 +1,144 @@
+// Bundles the supervisor/CLI (compiled by `tsc -p kernel-plugin` into kernel-plugin/lib) into one
+// CommonJS file inside the Python package, with the parts of `zeromq` it loads at run time beside
+// it, so that a wheel is self-contained: kernel-plugin/python/kernel_checkpoint/_node/
+//   kernel-checkpoint.cjs            the bundle (zeromq kept external)
+//   node_modules/zeromq/             its JavaScript, manifest and the linux prebuilt addons
+//   node_modules/cmake-ts/           the addon loader zeromq requires
+// It also copies the protocol's JSON Schema to kernel_checkpoint/protocol/ for the Python side.
+// Usage: node scripts/bundle-supervisor.mjs [--entry path/to/main.js] [--out dir]
+import { build } from 'esbuild';
+import { cp, mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const arg = name => {
+  const i = process.argv.indexOf(name);
+  return i === -1 ? undefined : path.resolve(process.argv[i + 1]);
+};
+const entry = arg('--entry') ?? path.join(root, 'kernel-plugin', 'lib', 'cli', 'main.js');
+const pkgDir = arg('--pkg') ?? path.join(root, 'kernel-plugin', 'python', 'kernel_checkpoint');
+const outDir = path.join(pkgDir, '_node');
+const require = createRequire(path.join(root, 'package.json'));
+
+if (!existsSync(entry)) {
+  console.error(`bundle-supervisor: ${entry} does not exist; run \`tsc -p kernel-plugin\` first.`);
+  process.exit(1);
+}
+
+await rm(outDir, { recursive: true, force: true });
+await mkdir(outDir, { recursive: true });
+
+// cli/main.js runs the program only when it is the main module (`require.main === module`), which
+// is never true inside a bundle: the bundle's own entry calls it instead.
+const stdin = `
+const cli = require(${JSON.stringify(entry)});
+const fail = error => {
+  process.stderr.write('kernel-checkpoint: ' + (error instanceof Error ? error.message : String(error)) + '\\n');
+  process.exit(1);
+};
+if (typeof cli.main === 'function') {
+  Promise.resolve(cli.main(process.argv)).catch(fail);
+} else if (typeof cli.buildProgram === 'function') {
+  cli.buildProgram().parseAsync(process.argv).catch(fail);
+} else {
+  fail(new Error('the CLI module exports neither main() nor buildProgram()'));
+}
+`;
+
+const outfile = path.join(outDir, 'kernel-checkpoint.cjs');
+await build({
+  stdin: {
+    contents: stdin,
+    resolveDir: path.dirname(entry),
+    sourcefile: 'kernel-checkpoint-entry.js'
+  },
+  outfile,
+  bundle: true,
+  platform: 'node',
+  target: 'node18',
+  format: 'cjs',
+  external: ['zeromq', 'zeromq/*'],
+  banner: { js: '#!/usr/bin/env node' },
+  sourcemap: 'linked',
+  legalComments: 'linked',
+  logLevel: 'warning'
+});
+
+// zeromq at run time: lib/*.js, build/manifest.json and build/linux/** (its prebuilt addons),
+// and cmake-ts's addon loader (the only other module lib/ requires; node-addon-api is build-only).
+const modules = path.join(outDir, 'node_modules');
+const zeromqDir = path.dirname(require.resolve('zeromq/package.json'));
+const zeromqPkg = JSON.parse(await readFile(path.join(zeromqDir, 'package.json'), 'utf8'));
+const zeromqOut = path.join(modules, 'zeromq');
+await cp(path.join(zeromqDir, 'lib'), path.join(zeromqOut, 'lib'), {
+  recursive: true,
+  filter: src => !/\.(map|d\.ts|tsbuildinfo)$/.test(src) && !src.includes(`${path.sep}ts3.7`)
+});
+await cp(
+  path.join(zeromqDir, 'build', 'manifest.json'),
+  path.join(zeromqOut, 'build', 'manifest.json')
+);
+await cp(path.join(zeromqDir, 'build', 'linux'), path.join(zeromqOut, 'build', 'linux'), {
+  recursive: true
+});
+for (const file of await readdir(zeromqDir)) {
+  if (/^(LICENSE|README)/.test(file) || ['draft.js', 'v5-compat.js'].includes(file)) {
+    await cp(path.join(zeromqDir, file), path.join(zeromqOut, file));
+  }
+}
+await writeFile(
+  path.join(zeromqOut, 'package.json'),
+  JSON.stringify(
+    {
+      name: zeromqPkg.name,
+      version: zeromqPkg.version,
+      license: zeromqPkg.license,
+      main: zeromqPkg.main,
+      type: zeromqPkg.type,
+      exports: zeromqPkg.exports
+    },
+    null,
+    2
+  ) + '\n'
+);
+
+// (cmake-ts's exports map hides its package.json: find it from the loader.)
+const cmakeTsDir = path.dirname(
+  path.dirname(require.resolve('cmake-ts/build/loader', { paths: [zeromqDir] }))
+);
+const cmakeTsPkg = JSON.parse(await readFile(path.join(cmakeTsDir, 'package.json'), 'utf8'));
+const cmakeTsOut = path.join(modules, 'cmake-ts');
+await cp(path.join(cmakeTsDir, 'build', 'loader.js'), path.join(cmakeTsOut, 'build', 'loader.js'));
+for (const file of await readdir(cmakeTsDir)) {
+  if (/^LICENSE/.test(file)) {
+    await cp(path.join(cmakeTsDir, file), path.join(cmakeTsOut, file));
+  }
+}
+await writeFile(
+  path.join(cmakeTsOut, 'package.json'),
+  JSON.stringify(
+    {
+      name: cmakeTsPkg.name,
+      version: cmakeTsPkg.version,
+      license: cmakeTsPkg.license,
+      exports: { './build/loader': './build/loader.js', './build/loader.js': './build/loader.js' }
+    },
+    null,
+    2
+  ) + '\n'
+);
+
+// The protocol's JSON Schema, for the Python side's validation.
+const protocolOut = path.join(pkgDir, 'protocol');
+await mkdir(protocolOut, { recursive: true });
+await cp(
+  path.join(root, 'protocol', 'checkpoint-protocol.schema.json'),
+  path.join(protocolOut, 'checkpoint-protocol.schema.json')
+);
+
+console.log(
+  `bundle-supervisor: wrote ${path.relative(root, outfile)} (zeromq ${zeromqPkg.version}).`
+);
