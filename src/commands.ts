@@ -1,0 +1,404 @@
+/**
+ * Every command of the extension, in one registry.
+ */
+import type { JupyterFrontEnd } from '@jupyterlab/application';
+import { Dialog, InputDialog, Notification, showDialog } from '@jupyterlab/apputils';
+import type { NotebookPanel } from '@jupyterlab/notebook';
+import { Widget } from '@lumino/widgets';
+import type { Checkpoint } from '../protocol/checkpoint-protocol';
+import { CheckpointError } from './comm';
+import { formatBytes, formatDuration, formatLabel, relativeTime } from './format';
+import { checkpointIcon, restoreIcon, timelineIcon } from './icons';
+import type { KernelCheckpointManager } from './manager';
+import type { KernelCheckpointSession } from './session';
+
+export namespace CommandIDs {
+  export const checkpoint = 'kernel-checkpoint:checkpoint';
+  export const restore = 'kernel-checkpoint:restore';
+  export const showTimeline = 'kernel-checkpoint:show-timeline';
+  export const rename = 'kernel-checkpoint:rename';
+  export const remove = 'kernel-checkpoint:delete';
+  export const refresh = 'kernel-checkpoint:refresh';
+  export const switchKernel = 'kernel-checkpoint:switch-kernel';
+}
+
+/** Id of the timeline side panel. */
+export const TIMELINE_ID = 'jp-kernel-checkpoint-timeline';
+
+/** Human name of an action, for messages. */
+export function actionTitle(action: string | undefined): string {
+  switch (action) {
+    case 'checkpoint':
+      return 'Checkpoint';
+    case 'restore':
+      return 'Restore';
+    case 'delete':
+      return 'Delete';
+    case 'label':
+      return 'Rename';
+    case 'list':
+      return 'Listing checkpoints';
+    default:
+      return 'Kernel checkpoint';
+  }
+}
+
+/** The name a checkpoint is shown with. */
+export function checkpointName(c: Checkpoint): string {
+  return c.label && c.label.trim() ? c.label : c.id;
+}
+
+/** Highest execution count among a notebook's code cells, or null. */
+function executionCount(panel: NotebookPanel | null): number | null {
+  const cells = panel?.content.model?.cells;
+  if (!cells) {
+    return null;
+  }
+  let max: number | null = null;
+  for (let i = 0; i < cells.length; i++) {
+    const cell = cells.get(i);
+    const count =
+      cell.type === 'code' ? (cell as { executionCount?: number | null }).executionCount : null;
+    if (typeof count === 'number' && (max === null || count > max)) {
+      max = count;
+    }
+  }
+  return max;
+}
+
+/**
+ * Show a failure as a notification carrying the supervisor's reason.
+ */
+export function notifyError(
+  error: unknown,
+  manager: KernelCheckpointManager,
+  app: JupyterFrontEnd,
+  action?: string
+): void {
+  const e =
+    error instanceof CheckpointError
+      ? error
+      : new CheckpointError(
+          'engine_failed',
+          error instanceof Error ? error.message : String(error)
+        );
+  const title = actionTitle(e.action ?? action);
+  const actions: Notification.IAction[] = [];
+  const session = manager.current;
+  const availability = session?.model.availability;
+  if (
+    e.code === 'not_checkpointable' &&
+    availability?.state === 'unavailable' &&
+    availability.switchTo
+  ) {
+    const target = availability.switchTo;
+    actions.push({
+      label: `Switch to ${target.displayName}`,
+      caption: 'Restart this notebook on the checkpointable kernel',
+      displayType: 'accent',
+      callback: () => {
+        void app.commands.execute(CommandIDs.switchKernel, { name: target.name });
+      }
+    });
+  }
+  if (e.detail) {
+    console.error(`kernel-checkpoint: ${title} failed (${e.code}): ${e.message}\n${e.detail}`);
+  }
+  Notification.error(`${title} failed: ${e.message}`, { autoClose: 15000, actions });
+}
+
+class CheckpointPicker extends Widget implements Dialog.IBodyWidget<string> {
+  constructor(checkpoints: readonly Checkpoint[], currentId: string | null) {
+    super();
+    this.addClass('jp-KernelCheckpoint-picker');
+    const label = document.createElement('label');
+    label.textContent = 'Checkpoint';
+    const select = document.createElement('select');
+    select.className = 'jp-mod-styled';
+    select.setAttribute('aria-label', 'Checkpoint to restore');
+    const sorted = [...checkpoints].sort((a, b) => Date.parse(b.created) - Date.parse(a.created));
+    for (const c of sorted) {
+      const option = document.createElement('option');
+      option.value = c.id;
+      const count = c.state ? ` · [${c.state.execution_count}]` : '';
+      option.textContent = `${checkpointName(c)} — ${relativeTime(c.created)}${count} · ${formatBytes(
+        c.image_bytes
+      )}${c.id === currentId ? ' (current)' : ''}`;
+      select.appendChild(option);
+    }
+    label.appendChild(select);
+    this.node.appendChild(label);
+    this._select = select;
+  }
+
+  getValue(): string {
+    return this._select.value;
+  }
+
+  private _select: HTMLSelectElement;
+}
+
+export function addCommands(
+  app: JupyterFrontEnd,
+  manager: KernelCheckpointManager,
+  palette: { addItem(options: { command: string; category: string }): unknown } | null
+): void {
+  const { commands, shell } = app;
+
+  const sessionOf = (args: Record<string, unknown>): KernelCheckpointSession | null => {
+    const path = typeof args.path === 'string' ? args.path : null;
+    if (path) {
+      const panel = manager.panelByPath(path);
+      if (panel) {
+        return manager.sessionFor(panel);
+      }
+    }
+    return manager.current;
+  };
+
+  const ready = (s: KernelCheckpointSession | null): boolean =>
+    !!s && s.model.availability.state === 'ready' && !s.model.busy;
+
+  const requireSession = (args: Record<string, unknown>): KernelCheckpointSession => {
+    const session = sessionOf(args);
+    if (!session) {
+      throw new CheckpointError('kernel_not_running', 'Open a notebook first.');
+    }
+    return session;
+  };
+
+  commands.addCommand(CommandIDs.checkpoint, {
+    label: 'Checkpoint Kernel',
+    caption: 'Save the whole kernel process (every variable) as an image you can restore later',
+    icon: checkpointIcon,
+    isEnabled: args => {
+      const s = sessionOf(args);
+      return !!s && !s.model.busy;
+    },
+    execute: async args => {
+      try {
+        const session = requireSession(args);
+        const panel = manager.panelOf(session);
+        const label =
+          typeof args.label === 'string'
+            ? args.label
+            : formatLabel(manager.settings.labelFormat, {
+                notebookPath: session.path,
+                count: executionCount(panel),
+                n: session.model.checkpoints.length + 1,
+                date: new Date()
+              });
+        const checkpoint = await session.checkpoint(label || null);
+        if (checkpoint) {
+          Notification.success(
+            `Checkpoint "${checkpointName(checkpoint)}" saved (${formatBytes(
+              checkpoint.image_bytes
+            )} in ${formatDuration(checkpoint.duration_ms)}).`,
+            { autoClose: 4000 }
+          );
+        }
+        return checkpoint?.id;
+      } catch (error) {
+        notifyError(error, manager, app, 'checkpoint');
+      }
+    }
+  });
+
+  commands.addCommand(CommandIDs.restore, {
+    label: args => (args.id ? 'Restore Checkpoint' : 'Restore Kernel…'),
+    caption: 'Replace the running kernel by a saved checkpoint image',
+    icon: restoreIcon,
+    isEnabled: args => {
+      const s = sessionOf(args);
+      return !!s && !s.model.busy;
+    },
+    execute: async args => {
+      try {
+        const session = requireSession(args);
+        let id = typeof args.id === 'string' ? args.id : null;
+        if (!id) {
+          if (session.model.availability.state === 'ready' && !session.model.loaded) {
+            await session.refresh();
+          }
+          const checkpoints = session.model.checkpoints;
+          if (session.model.availability.state === 'unavailable') {
+            throw new CheckpointError(
+              'not_checkpointable',
+              session.model.availability.message,
+              'restore'
+            );
+          }
+          if (checkpoints.length === 0) {
+            await showDialog({
+              title: 'Restore Kernel',
+              body: 'There is no saved checkpoint for this notebook yet.',
+              buttons: [Dialog.okButton()]
+            });
+            return;
+          }
+          const result = await showDialog({
+            title: 'Restore Kernel',
+            body: new CheckpointPicker(checkpoints, session.model.currentId),
+            buttons: [
+              Dialog.cancelButton(),
+              Dialog.warnButton({ label: 'Restore', ariaLabel: 'Restore the chosen checkpoint' })
+            ]
+          });
+          if (!result.button.accept || !result.value) {
+            return;
+          }
+          id = result.value;
+        } else if (manager.settings.confirmRestore) {
+          const c = session.model.get(id);
+          const result = await showDialog({
+            title: 'Restore Kernel',
+            body: `Replace the running kernel by checkpoint "${
+              c ? checkpointName(c) : id
+            }"? Everything done since that checkpoint is lost from the kernel's memory.`,
+            buttons: [
+              Dialog.cancelButton(),
+              Dialog.warnButton({ label: 'Restore', ariaLabel: 'Confirm restore' })
+            ]
+          });
+          if (!result.button.accept) {
+            return;
+          }
+        }
+        await session.restore(id);
+        const c = session.model.get(id);
+        Notification.success(`Kernel restored from "${c ? checkpointName(c) : id}".`, {
+          autoClose: 4000
+        });
+      } catch (error) {
+        notifyError(error, manager, app, 'restore');
+      }
+    }
+  });
+
+  commands.addCommand(CommandIDs.showTimeline, {
+    label: 'Show Checkpoint Timeline',
+    caption: 'Open the side panel with the tree of kernel checkpoints',
+    icon: timelineIcon,
+    execute: () => {
+      shell.activateById(TIMELINE_ID);
+    }
+  });
+
+  commands.addCommand(CommandIDs.rename, {
+    label: 'Rename Checkpoint…',
+    caption: 'Give a checkpoint a new label',
+    isEnabled: args => ready(sessionOf(args)) && typeof args.id === 'string',
+    execute: async args => {
+      try {
+        const session = requireSession(args);
+        const id = String(args.id);
+        const c = session.model.get(id);
+        const result = await InputDialog.getText({
+          title: 'Rename Checkpoint',
+          label: 'Label',
+          text: c?.label ?? '',
+          placeholder: 'Label of the checkpoint',
+          okLabel: 'Rename'
+        });
+        if (!result.button.accept) {
+          return;
+        }
+        const label = (result.value ?? '').trim();
+        await session.rename(id, label || null);
+      } catch (error) {
+        notifyError(error, manager, app, 'label');
+      }
+    }
+  });
+
+  commands.addCommand(CommandIDs.remove, {
+    label: 'Delete Checkpoint…',
+    caption: 'Delete a checkpoint image from the store',
+    isEnabled: args => ready(sessionOf(args)) && typeof args.id === 'string',
+    execute: async args => {
+      try {
+        const session = requireSession(args);
+        const id = String(args.id);
+        const c = session.model.get(id);
+        const result = await showDialog({
+          title: 'Delete Checkpoint',
+          body: `Delete checkpoint "${c ? checkpointName(c) : id}" and its image${
+            c ? ` (${formatBytes(c.image_bytes)})` : ''
+          }? This cannot be undone.`,
+          buttons: [
+            Dialog.cancelButton(),
+            Dialog.warnButton({ label: 'Delete', ariaLabel: 'Confirm delete' })
+          ]
+        });
+        if (!result.button.accept) {
+          return;
+        }
+        await session.remove(id);
+      } catch (error) {
+        notifyError(error, manager, app, 'delete');
+      }
+    }
+  });
+
+  commands.addCommand(CommandIDs.refresh, {
+    label: args =>
+      args.scope === 'all' ? 'Show All Saved Kernel Images' : 'Refresh Checkpoint Timeline',
+    caption: 'List the checkpoints again',
+    isEnabled: args => sessionOf(args)?.model.availability.state === 'ready',
+    execute: async args => {
+      try {
+        const session = requireSession(args);
+        const scope = args.scope === 'all' || args.scope === 'session' ? args.scope : undefined;
+        await session.refresh(scope);
+      } catch (error) {
+        notifyError(error, manager, app, 'list');
+      }
+    }
+  });
+
+  commands.addCommand(CommandIDs.switchKernel, {
+    label: args =>
+      typeof args.displayName === 'string'
+        ? `Switch to ${args.displayName}`
+        : 'Switch to the Checkpointable Kernel',
+    caption: 'Restart this notebook on the kernel that runs under the checkpoint supervisor',
+    isEnabled: args => {
+      const a = sessionOf(args)?.model.availability;
+      return typeof args.name === 'string' || (a?.state === 'unavailable' && !!a.switchTo);
+    },
+    execute: async args => {
+      const session = sessionOf(args);
+      if (!session) {
+        return;
+      }
+      const a = session.model.availability;
+      const name =
+        typeof args.name === 'string'
+          ? args.name
+          : a.state === 'unavailable' && a.switchTo
+            ? a.switchTo.name
+            : null;
+      if (!name) {
+        return;
+      }
+      try {
+        await session.sessionContext.changeKernel({ name });
+      } catch (error) {
+        Notification.error(`Could not switch kernel: ${String(error)}`, { autoClose: 15000 });
+      }
+    }
+  });
+
+  if (palette) {
+    const category = 'Kernel Checkpoint';
+    for (const command of [
+      CommandIDs.checkpoint,
+      CommandIDs.restore,
+      CommandIDs.showTimeline,
+      CommandIDs.refresh,
+      CommandIDs.switchKernel
+    ]) {
+      palette.addItem({ command, category });
+    }
+  }
+}

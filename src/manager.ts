@@ -1,0 +1,121 @@
+/**
+ * Keeps one KernelCheckpointSession per open notebook and knows which one is current.
+ */
+import type { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
+import type { KernelSpec } from '@jupyterlab/services';
+import { ISignal, Signal } from '@lumino/signaling';
+import { KernelCheckpointSession } from './session';
+import { DEFAULT_SETTINGS } from './settings';
+import type { ICheckpointSettings } from './settings';
+import type { IKernelCheckpoint } from './tokens';
+
+export class KernelCheckpointManager implements IKernelCheckpoint {
+  constructor(options: KernelCheckpointManager.IOptions) {
+    this._tracker = options.tracker;
+    this._specsManager = options.specsManager;
+    this._tracker.widgetAdded.connect((_, panel) => this.sessionFor(panel));
+    this._tracker.currentChanged.connect(this._onCurrentChanged, this);
+    this._tracker.forEach(panel => this.sessionFor(panel));
+    this._onCurrentChanged();
+  }
+
+  get current(): KernelCheckpointSession | null {
+    return this._current;
+  }
+
+  get currentChanged(): ISignal<this, KernelCheckpointSession | null> {
+    return this._currentChanged;
+  }
+
+  /** The panel of the current session. */
+  get currentPanel(): NotebookPanel | null {
+    return this._tracker.currentWidget;
+  }
+
+  get settings(): ICheckpointSettings {
+    return this._settings;
+  }
+
+  get settingsChanged(): ISignal<this, ICheckpointSettings> {
+    return this._settingsChanged;
+  }
+
+  set settings(value: ICheckpointSettings) {
+    this._settings = value;
+    this._settingsChanged.emit(value);
+  }
+
+  /** Emitted when a session is created. */
+  get sessionAdded(): ISignal<this, { panel: NotebookPanel; session: KernelCheckpointSession }> {
+    return this._sessionAdded;
+  }
+
+  sessionFor(panel: NotebookPanel): KernelCheckpointSession {
+    let session = this._sessions.get(panel);
+    if (!session) {
+      const created = new KernelCheckpointSession({
+        sessionContext: panel.sessionContext,
+        specsManager: this._specsManager
+      });
+      session = created;
+      this._sessions.set(panel, created);
+      panel.disposed.connect(() => {
+        this._sessions.delete(panel);
+        created.dispose();
+        if (this._current === created) {
+          this._onCurrentChanged();
+        }
+      });
+      this._sessionAdded.emit({ panel, session: created });
+    }
+    return session;
+  }
+
+  /** The open notebook panel of a path. */
+  panelByPath(path: string): NotebookPanel | null {
+    for (const panel of this._sessions.keys()) {
+      if (panel.context.path === path) {
+        return panel;
+      }
+    }
+    return null;
+  }
+
+  /** The panel of a session. */
+  panelOf(session: KernelCheckpointSession): NotebookPanel | null {
+    for (const [panel, s] of this._sessions) {
+      if (s === session) {
+        return panel;
+      }
+    }
+    return null;
+  }
+
+  private _onCurrentChanged(): void {
+    const panel = this._tracker.currentWidget;
+    const next = panel && !panel.isDisposed ? this.sessionFor(panel) : null;
+    if (next !== this._current) {
+      this._current = next;
+      this._currentChanged.emit(next);
+    }
+  }
+
+  private _tracker: INotebookTracker;
+  private _specsManager?: KernelSpec.IManager;
+  private _sessions = new Map<NotebookPanel, KernelCheckpointSession>();
+  private _current: KernelCheckpointSession | null = null;
+  private _settings: ICheckpointSettings = DEFAULT_SETTINGS;
+  private _currentChanged = new Signal<this, KernelCheckpointSession | null>(this);
+  private _settingsChanged = new Signal<this, ICheckpointSettings>(this);
+  private _sessionAdded = new Signal<
+    this,
+    { panel: NotebookPanel; session: KernelCheckpointSession }
+  >(this);
+}
+
+export namespace KernelCheckpointManager {
+  export interface IOptions {
+    tracker: INotebookTracker;
+    specsManager?: KernelSpec.IManager;
+  }
+}

@@ -1,0 +1,316 @@
+/**
+ * The state of one kernel's checkpoints, as the front end knows it: the
+ * checkpoints (a tree by parent_id), the one the running kernel descends from,
+ * whether the kernel can be checkpointed at all, and what is under way.
+ * No DOM, no comm: the session feeds it, the widgets read it.
+ */
+import { ISignal, Signal } from '@lumino/signaling';
+import type {
+  Action,
+  Checkpoint,
+  CheckpointId,
+  Event as CheckpointEvent,
+  Progress,
+  Reply,
+  SupervisorStatus
+} from '../protocol/checkpoint-protocol';
+import type { UnavailableReason } from './comm';
+
+/** One node of the checkpoint tree. */
+export interface ICheckpointNode {
+  readonly checkpoint: Checkpoint;
+  readonly children: ICheckpointNode[];
+  /** Depth in the tree, 0 for a root. */
+  readonly depth: number;
+  /** The running kernel descends from this checkpoint (current_id). */
+  readonly isCurrent: boolean;
+  /** This checkpoint is on the path from the current one to its root. */
+  readonly onCurrentPath: boolean;
+}
+
+/**
+ * Whether the kernel of a notebook can be checkpointed.
+ */
+export type Availability =
+  | { state: 'no-kernel' }
+  | { state: 'connecting' }
+  | { state: 'ready' }
+  | {
+      state: 'unavailable';
+      reason: UnavailableReason;
+      message: string;
+      /** Name of a checkpointable kernelspec that wraps this kernel, if installed. */
+      switchTo?: { name: string; displayName: string };
+    };
+
+/** What is under way. */
+export interface IBusyState {
+  action: Action;
+  stage?: Progress['stage'];
+  message?: string;
+  /** True when this front end asked for it (rather than a magic or the CLI). */
+  local: boolean;
+}
+
+/** Which images a list shows. */
+export type ListScope = 'session' | 'all';
+
+function byCreated(a: Checkpoint, b: Checkpoint): number {
+  const ta = Date.parse(a.created);
+  const tb = Date.parse(b.created);
+  if (ta !== tb) {
+    return (isNaN(ta) ? 0 : ta) - (isNaN(tb) ? 0 : tb);
+  }
+  return a.id < b.id ? -1 : a.id > b.id ? 1 : 0;
+}
+
+/**
+ * Build the checkpoint forest from a flat list linked by parent_id.
+ *
+ * A checkpoint whose parent is not in the list is a root. Siblings are in
+ * creation order. Cycles (which a valid store never has) are broken.
+ */
+export function buildTree(
+  checkpoints: Iterable<Checkpoint>,
+  currentId: CheckpointId | null
+): ICheckpointNode[] {
+  const byId = new Map<string, Checkpoint>();
+  for (const c of checkpoints) {
+    byId.set(c.id, c);
+  }
+  const onPath = new Set<string>();
+  let cursor: string | null = currentId;
+  while (cursor && byId.has(cursor) && !onPath.has(cursor)) {
+    onPath.add(cursor);
+    cursor = byId.get(cursor)!.parent_id;
+  }
+  const childrenOf = new Map<string | null, Checkpoint[]>();
+  for (const c of byId.values()) {
+    const parent =
+      c.parent_id && byId.has(c.parent_id) && c.parent_id !== c.id ? c.parent_id : null;
+    const list = childrenOf.get(parent) ?? [];
+    list.push(c);
+    childrenOf.set(parent, list);
+  }
+  const visited = new Set<string>();
+  const make = (c: Checkpoint, depth: number): ICheckpointNode => {
+    visited.add(c.id);
+    const kids = (childrenOf.get(c.id) ?? []).filter(k => !visited.has(k.id)).sort(byCreated);
+    return {
+      checkpoint: c,
+      depth,
+      isCurrent: c.id === currentId,
+      onCurrentPath: onPath.has(c.id),
+      children: kids.map(k => make(k, depth + 1))
+    };
+  };
+  const roots = (childrenOf.get(null) ?? []).sort(byCreated).map(c => make(c, 0));
+  // Members of a parent cycle never reach a root: show them as roots too.
+  for (const c of Array.from(byId.values()).sort(byCreated)) {
+    if (!visited.has(c.id)) {
+      roots.push(make(c, 0));
+    }
+  }
+  return roots;
+}
+
+/** Depth-first order of a forest. */
+export function flattenTree(nodes: ICheckpointNode[]): ICheckpointNode[] {
+  const out: ICheckpointNode[] = [];
+  const walk = (n: ICheckpointNode) => {
+    out.push(n);
+    n.children.forEach(walk);
+  };
+  nodes.forEach(walk);
+  return out;
+}
+
+/**
+ * The checkpoints of one kernel, with signals.
+ */
+export class CheckpointModel {
+  /** Emitted when checkpoints, current id, scope or availability change. */
+  get changed(): ISignal<this, void> {
+    return this._changed;
+  }
+
+  /** Emitted when a checkpoint or restore starts, progresses or ends. */
+  get busyChanged(): ISignal<this, IBusyState | null> {
+    return this._busyChanged;
+  }
+
+  get checkpoints(): readonly Checkpoint[] {
+    return Array.from(this._checkpoints.values()).sort(byCreated);
+  }
+
+  get(id: string): Checkpoint | undefined {
+    return this._checkpoints.get(id);
+  }
+
+  get currentId(): CheckpointId | null {
+    return this._currentId;
+  }
+
+  get current(): Checkpoint | null {
+    return this._currentId ? (this._checkpoints.get(this._currentId) ?? null) : null;
+  }
+
+  /** The kernel has no checkpoint in its history (a fresh kernel). */
+  get isFresh(): boolean {
+    return this._currentId === null;
+  }
+
+  get status(): SupervisorStatus | null {
+    return this._status;
+  }
+
+  get availability(): Availability {
+    return this._availability;
+  }
+
+  get busy(): IBusyState | null {
+    return this._busy;
+  }
+
+  get scope(): ListScope {
+    return this._scope;
+  }
+
+  /** The last list was loaded at least once. */
+  get loaded(): boolean {
+    return this._loaded;
+  }
+
+  /** The checkpoint forest. */
+  tree(): ICheckpointNode[] {
+    return buildTree(this._checkpoints.values(), this._currentId);
+  }
+
+  setAvailability(availability: Availability): void {
+    this._availability = availability;
+    if (availability.state !== 'ready') {
+      this._status = null;
+    }
+    this._changed.emit();
+  }
+
+  setStatus(status: SupervisorStatus): void {
+    this._status = status;
+    this._currentId = status.current_id ?? null;
+    this._changed.emit();
+    if (status.busy && !this._busy) {
+      this.setBusy({ action: status.busy, local: false });
+    } else if (!status.busy && this._busy && !this._busy.local) {
+      this.setBusy(null);
+    }
+  }
+
+  setScope(scope: ListScope): void {
+    if (this._scope !== scope) {
+      this._scope = scope;
+      this._changed.emit();
+    }
+  }
+
+  /** Replace every checkpoint with a list (the answer to a `list` request). */
+  setCheckpoints(checkpoints: readonly Checkpoint[], currentId: CheckpointId | null): void {
+    this._checkpoints.clear();
+    for (const c of checkpoints) {
+      this._checkpoints.set(c.id, c);
+    }
+    this._currentId = currentId;
+    this._loaded = true;
+    this._changed.emit();
+  }
+
+  /** Forget every checkpoint (kernel changed). */
+  clear(): void {
+    this._checkpoints.clear();
+    this._currentId = null;
+    this._loaded = false;
+    this._status = null;
+    this._busy = null;
+    this._changed.emit();
+    this._busyChanged.emit(null);
+  }
+
+  /** Take in the reply of a request. */
+  applyReply(reply: Reply): void {
+    if (reply.checkpoints) {
+      this.setCheckpoints(reply.checkpoints, reply.current_id);
+      return;
+    }
+    if (reply.checkpoint) {
+      this._checkpoints.set(reply.checkpoint.id, reply.checkpoint);
+    }
+    if (reply.action === 'delete' && reply.checkpoint) {
+      this._checkpoints.delete(reply.checkpoint.id);
+    }
+    if (reply.status) {
+      this._status = reply.status;
+    }
+    this._currentId = reply.current_id;
+    this._changed.emit();
+  }
+
+  /** Take in an `event` broadcast. */
+  applyEvent(event: CheckpointEvent): void {
+    switch (event.event) {
+      case 'created':
+      case 'labelled':
+        if (event.checkpoint) {
+          this._checkpoints.set(event.checkpoint.id, event.checkpoint);
+        }
+        break;
+      case 'deleted': {
+        const id = event.checkpoint_id ?? event.checkpoint?.id;
+        if (id) {
+          this._checkpoints.delete(id);
+        }
+        break;
+      }
+      case 'restored':
+        if (event.checkpoint) {
+          this._checkpoints.set(event.checkpoint.id, event.checkpoint);
+        }
+        break;
+      case 'busy':
+        if (!this._busy || this._busy.action !== event.action) {
+          this.setBusy({ action: event.action ?? 'checkpoint', local: false });
+        }
+        break;
+      case 'idle':
+        if (this._busy && !this._busy.local) {
+          this.setBusy(null);
+        }
+        break;
+    }
+    this._currentId = event.current_id ?? null;
+    this._changed.emit();
+  }
+
+  setBusy(busy: IBusyState | null): void {
+    this._busy = busy;
+    this._busyChanged.emit(busy);
+  }
+
+  /** Take in a `progress` message. */
+  applyProgress(progress: Progress, local: boolean): void {
+    this.setBusy({
+      action: progress.action,
+      stage: progress.stage,
+      message: progress.message,
+      local: this._busy?.local || local
+    });
+  }
+
+  private _checkpoints = new Map<string, Checkpoint>();
+  private _currentId: CheckpointId | null = null;
+  private _status: SupervisorStatus | null = null;
+  private _availability: Availability = { state: 'no-kernel' };
+  private _busy: IBusyState | null = null;
+  private _scope: ListScope = 'session';
+  private _loaded = false;
+  private _changed = new Signal<this, void>(this);
+  private _busyChanged = new Signal<this, IBusyState | null>(this);
+}

@@ -1,0 +1,336 @@
+/**
+ * One notebook's link to its kernel's checkpoints: it follows the notebook's
+ * session context (kernel changes, restarts), keeps a CheckpointClient open on
+ * the current kernel, and feeds a CheckpointModel. Commands and widgets talk to
+ * this object; it has no DOM.
+ */
+import type { ISessionContext } from '@jupyterlab/apputils';
+import type { Kernel, KernelSpec } from '@jupyterlab/services';
+import { ISignal, Signal } from '@lumino/signaling';
+import type { IDisposable } from '@lumino/disposable';
+import type { Checkpoint, Reply } from '../protocol/checkpoint-protocol';
+import { CheckpointClient, CheckpointError, NotCheckpointableError } from './comm';
+import type { IKernelLike } from './comm';
+import { CheckpointModel } from './model';
+import type { ListScope } from './model';
+
+/** The kernelspec metadata key our installer writes. */
+export const SPEC_METADATA_KEY = 'kernel_checkpoint';
+
+/** Name of the checkpointable kernelspec wrapping `name`. */
+export function checkpointableSpecName(name: string): string {
+  return `${name}-checkpoint`;
+}
+
+/**
+ * Find the installed checkpointable kernelspec that wraps a kernelspec.
+ */
+export function findCheckpointableSpec(
+  specs: KernelSpec.ISpecModels | null | undefined,
+  name: string
+): KernelSpec.ISpecModel | null {
+  const all = specs?.kernelspecs ?? {};
+  const direct = all[checkpointableSpecName(name)];
+  if (direct) {
+    return direct;
+  }
+  for (const spec of Object.values(all)) {
+    const meta = spec?.metadata?.[SPEC_METADATA_KEY] as { wraps?: string } | undefined;
+    if (spec && meta && meta.wraps === name) {
+      return spec;
+    }
+  }
+  return null;
+}
+
+export class KernelCheckpointSession implements IDisposable {
+  constructor(options: KernelCheckpointSession.IOptions) {
+    this.sessionContext = options.sessionContext;
+    this._specsManager = options.specsManager ?? null;
+    this._helloTimeout = options.helloTimeout ?? 5000;
+    this.sessionContext.kernelChanged.connect(this._onKernelChanged, this);
+    this.sessionContext.statusChanged.connect(this._onStatusChanged, this);
+    void this.sessionContext.ready.then(() => this._attach());
+  }
+
+  readonly sessionContext: ISessionContext;
+  readonly model = new CheckpointModel();
+
+  /** Path of the notebook. */
+  get path(): string {
+    return this.sessionContext.path;
+  }
+
+  /** Emitted when a request of this session fails, with the error. */
+  get failed(): ISignal<this, CheckpointError> {
+    return this._failed;
+  }
+
+  get isDisposed(): boolean {
+    return this._isDisposed;
+  }
+
+  /** The connected client, if the kernel speaks the protocol. */
+  get client(): CheckpointClient | null {
+    return this._client;
+  }
+
+  /** Re-open the checkpoint channel on the current kernel. */
+  reconnect(): Promise<void> {
+    return this._attach(true);
+  }
+
+  /** Checkpoint the kernel. */
+  async checkpoint(label: string | null): Promise<Checkpoint | undefined> {
+    const reply = await this._run('checkpoint', () =>
+      this._requireClient('checkpoint').request(
+        'checkpoint',
+        { label, notebook_path: this.path },
+        { onProgress: p => this.model.applyProgress(p, true) }
+      )
+    );
+    return reply.checkpoint;
+  }
+
+  /** Restore the kernel from a checkpoint. */
+  async restore(id: string): Promise<void> {
+    await this._run('restore', () =>
+      this._requireClient('restore').request(
+        'restore',
+        { checkpoint_id: id },
+        { onProgress: p => this.model.applyProgress(p, true) }
+      )
+    );
+    // The kernel process is new: list again (and the comm may have been re-opened).
+    void this.refresh().catch(() => undefined);
+  }
+
+  /** Delete a checkpoint image. */
+  async remove(id: string): Promise<void> {
+    await this._run('delete', () =>
+      this._requireClient('delete').request('delete', { checkpoint_id: id })
+    );
+    // The event removes it too; do it now in case events are late.
+    if (this.model.get(id)) {
+      const rest = this.model.checkpoints.filter(c => c.id !== id);
+      this.model.setCheckpoints(rest, this.model.currentId === id ? null : this.model.currentId);
+    }
+  }
+
+  /** Give a checkpoint a new label. */
+  async rename(id: string, label: string | null): Promise<void> {
+    await this._run('label', () =>
+      this._requireClient('label').request('label', { checkpoint_id: id, label })
+    );
+  }
+
+  /** List the checkpoints: this notebook's ('session') or the whole store ('all'). */
+  async refresh(scope: ListScope = this.model.scope): Promise<void> {
+    const client = this._requireClient('list');
+    const reply = await client.request('list', { notebook_path: this.path, scope });
+    this.model.setScope(scope);
+    this.model.applyReply(reply);
+  }
+
+  dispose(): void {
+    if (this._isDisposed) {
+      return;
+    }
+    this._isDisposed = true;
+    this._client?.dispose();
+    this._client = null;
+    Signal.clearData(this);
+  }
+
+  private _requireClient(action: string): CheckpointClient {
+    const client = this._client;
+    const availability = this.model.availability;
+    if (!client || client.state !== 'ready') {
+      if (availability.state === 'unavailable') {
+        throw new CheckpointError('not_checkpointable', availability.message, action);
+      }
+      if (availability.state === 'no-kernel') {
+        throw new CheckpointError('kernel_not_running', 'The notebook has no kernel.', action);
+      }
+      throw new CheckpointError(
+        'closed',
+        'The checkpoint channel to the kernel is not open yet; try again in a moment.',
+        action
+      );
+    }
+    return client;
+  }
+
+  private async _run(
+    action: 'checkpoint' | 'restore' | 'delete' | 'label',
+    send: () => Promise<Reply>
+  ): Promise<Reply> {
+    const long = action === 'checkpoint' || action === 'restore';
+    if (long) {
+      this.model.setBusy({ action, local: true });
+    }
+    try {
+      const reply = await send();
+      this.model.applyReply(reply);
+      return reply;
+    } catch (reason) {
+      const error =
+        reason instanceof CheckpointError
+          ? reason
+          : new CheckpointError('engine_failed', String(reason), action);
+      this._failed.emit(error);
+      throw error;
+    } finally {
+      if (long) {
+        this.model.setBusy(null);
+      }
+    }
+  }
+
+  private _onKernelChanged(): void {
+    this.model.clear();
+    void this._attach();
+  }
+
+  private _onStatusChanged(_: ISessionContext, status: Kernel.Status): void {
+    if (status === 'restarting' || status === 'autorestarting') {
+      // JupyterLab drops its comms on a restart; open a new one once the kernel is back.
+      this._reopenWhenIdle = true;
+    } else if (status === 'dead') {
+      this._client?.dispose();
+      this._client = null;
+      this.model.setAvailability({ state: 'no-kernel' });
+    } else if (this._reopenWhenIdle && (status === 'idle' || status === 'busy')) {
+      this._reopenWhenIdle = false;
+      void this._attach(true);
+    }
+  }
+
+  /**
+   * Connect to the current kernel (again).
+   *
+   * @param reuse keep the client (and its pending requests) and re-open its comm.
+   */
+  private async _attach(reuse = false): Promise<void> {
+    if (this._isDisposed) {
+      return;
+    }
+    const kernel = this.sessionContext.session?.kernel ?? null;
+    if (!kernel) {
+      this._client?.dispose();
+      this._client = null;
+      this.model.setAvailability({ state: 'no-kernel' });
+      return;
+    }
+    const generation = ++this._generation;
+    let client = this._client;
+    if (!reuse || !client || client.isDisposed || this._clientKernel !== kernel) {
+      client?.dispose();
+      const fresh = new CheckpointClient({
+        kernel: kernel as unknown as IKernelLike,
+        helloTimeout: this._helloTimeout
+      });
+      client = fresh;
+      this._client = fresh;
+      this._clientKernel = kernel;
+      fresh.event.connect((_, event) => {
+        this.model.applyEvent(event);
+        if (event.event === 'restored') {
+          // A new kernel process: re-open the channel and list again.
+          void this._attach(true);
+        }
+      });
+      fresh.progress.connect((_, progress) => {
+        this.model.applyProgress(progress, false);
+      });
+      fresh.stateChanged.connect((_, state) => {
+        if (state === 'closed' && this._client === fresh && !this._isDisposed) {
+          this.model.setAvailability({ state: 'connecting' });
+          // The supervisor closed the channel (e.g. it restarted): try once more.
+          setTimeout(() => {
+            if (this._client === fresh && fresh.state === 'closed') {
+              void this._attach(true);
+            }
+          }, 1000);
+        }
+      });
+    }
+
+    // A kernel whose spec does not come from our installer cannot answer the comm.
+    const specName = kernel.name;
+    let spec: KernelSpec.ISpecModel | undefined;
+    try {
+      spec = await kernel.spec;
+    } catch {
+      spec = undefined;
+    }
+    if (generation !== this._generation || this._isDisposed) {
+      return;
+    }
+    if (spec && !spec.metadata?.[SPEC_METADATA_KEY]) {
+      this._setUnavailable(
+        'not_wrapped',
+        `The kernel "${spec.display_name}" is not checkpointable: it was not started by the kernel checkpoint supervisor.`,
+        specName
+      );
+      client.dispose();
+      if (this._client === client) {
+        this._client = null;
+      }
+      return;
+    }
+
+    this.model.setAvailability({ state: 'connecting' });
+    try {
+      const status = await client.connect();
+      if (generation !== this._generation || this._isDisposed) {
+        return;
+      }
+      this.model.setAvailability({ state: 'ready' });
+      this.model.setStatus(status);
+      await this.refresh();
+    } catch (reason) {
+      if (generation !== this._generation || this._isDisposed) {
+        return;
+      }
+      if (reason instanceof NotCheckpointableError) {
+        this._setUnavailable(reason.reason, reason.message, specName);
+      } else if (reason instanceof CheckpointError) {
+        // The list failed: the channel is fine, show the error.
+        this._failed.emit(reason);
+      }
+    }
+  }
+
+  private _setUnavailable(
+    reason: NotCheckpointableError['reason'],
+    message: string,
+    specName: string
+  ): void {
+    const alt = findCheckpointableSpec(this._specsManager?.specs, specName);
+    this.model.setAvailability({
+      state: 'unavailable',
+      reason,
+      message,
+      switchTo:
+        alt && alt.name !== specName ? { name: alt.name, displayName: alt.display_name } : undefined
+    });
+  }
+
+  private _specsManager: KernelSpec.IManager | null;
+  private _helloTimeout: number;
+  private _client: CheckpointClient | null = null;
+  private _clientKernel: Kernel.IKernelConnection | null = null;
+  private _generation = 0;
+  private _reopenWhenIdle = false;
+  private _isDisposed = false;
+  private _failed = new Signal<this, CheckpointError>(this);
+}
+
+export namespace KernelCheckpointSession {
+  export interface IOptions {
+    sessionContext: ISessionContext;
+    specsManager?: KernelSpec.IManager;
+    helloTimeout?: number;
+  }
+}
