@@ -113,7 +113,8 @@ class Agent:
         self.gate: IopubGate | None = None
         self._gate_problem: str | None = None
         self._lock = threading.Lock()
-        self._outbox: deque[dict[str, Any]] = deque()
+        self._outbox: deque[dict[str, Any]] = deque()  # requests, from any thread
+        self._replies: deque[dict[str, Any]] = deque()  # answers, agent thread only
         self._pending: dict[str, _Pending] = {}
         self._connected = False  # heard from the supervisor since the last prepare answered
         self._ever_connected = False
@@ -273,7 +274,7 @@ class Agent:
         poller.register(self._wake_r, zmq.POLLIN)
         try:
             while not self._stopping:
-                timeout = 100 if (self._outbox and self._connected) else None
+                timeout = 100 if (self._outbox or self._replies) and self._connected else None
                 try:
                     events = dict(poller.poll(timeout))
                 except zmq.ZMQError as exc:
@@ -328,6 +329,10 @@ class Agent:
         return True
 
     def _flush_outbox(self) -> None:
+        while self._connected and self._replies:
+            if not self._send_now(self._replies[0]):
+                return
+            self._replies.popleft()
         while self._connected:
             with self._lock:
                 if not self._outbox:
@@ -339,9 +344,8 @@ class Agent:
                 self._outbox.popleft()
 
     def _reply(self, obj: dict[str, Any]) -> None:
-        """Send an answer to a supervisor command: after what is queued, right now."""
-        with self._lock:
-            self._outbox.append(obj)
+        """Send an answer to a supervisor command now, ahead of queued requests."""
+        self._replies.append(obj)
         self._flush_outbox()
 
     def _on_frames(self, frames: list[bytes]) -> None:
