@@ -268,6 +268,7 @@ export class TimelinePanel extends Widget {
             : 'Loading…'
         )
       );
+      this._footer(node);
       return;
     }
 
@@ -279,6 +280,25 @@ export class TimelinePanel extends Widget {
       tree.appendChild(this._renderNode(root, args, now, !!busy));
     }
     node.appendChild(tree);
+    this._footer(node);
+  }
+
+  /** Engine and store of the supervisor, for the curious and for tests. */
+  private _footer(node: HTMLElement): void {
+    const status = this._session?.model.status;
+    if (!status) {
+      return;
+    }
+    const footer = el('div', 'jp-KernelCheckpoint-footer');
+    footer.appendChild(
+      el('span', 'jp-KernelCheckpoint-engine', `${status.engine.name} ${status.engine.version}`)
+    );
+    if (status.store) {
+      const store = el('span', 'jp-KernelCheckpoint-store', status.store);
+      store.title = 'Image store';
+      footer.appendChild(store);
+    }
+    node.appendChild(footer);
   }
 
   private _renderNode(
