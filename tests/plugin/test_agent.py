@@ -228,7 +228,9 @@ def test_hooks_run_in_order_exactly_when_they_should(kernel, supervisor, short_t
     ]
     # The hook's failure reached the notebook (stderr), outside any cell here.
     err = stderr(kernel.iopub_for(1.0))
-    assert "disk on fire" in err
+    assert "kernel_checkpoint: hook failed: __main__.b_broken: RuntimeError: disk on fire" in err
+    assert "raise RuntimeError('disk on fire')" in err  # the hook's own traceback
+    assert "_hooks.py" not in err  # not ours
 
     log.unlink()
     supervisor.send({"type": "prepare", "checkpoint_id": CKPT_ID2, "label": None})
@@ -297,6 +299,8 @@ def test_unknown_peer_and_garbage_are_ignored(kernel, supervisor):
     supervisor.sock.send(b'{"type": "bogus"}')
     supervisor.send({"type": "ping"})
     assert supervisor.expect("pong") == {"type": "pong"}
+    # The complaints go to the kernel's log, not into the notebook.
+    assert stderr(kernel.iopub_for(0.5)) == ""
 
 
 def test_buffered_output_goes_out_before_the_marker(kernel, supervisor):
@@ -317,3 +321,47 @@ def test_buffered_output_goes_out_before_the_marker(kernel, supervisor):
     supervisor.send({"type": "resumed", "checkpoint_id": CKPT_ID})
     supervisor.expect("hooks_done")
     assert stdout(kernel.collect(msg_id)) == ""
+
+
+def test_request_before_the_supervisor_connects_is_delivered(kernel):
+    from conftest import FakeSupervisor
+
+    msg_id = kernel.execute("%checkpoint list")
+    time.sleep(0.5)
+    s = FakeSupervisor(kernel.endpoint)
+    try:
+        s.connect(ping=False)  # no prepare yet: the plugin may send as soon as it can
+        req = s.expect("request")["request"]
+        s.send(
+            {
+                "type": "reply",
+                "request_id": req["request_id"],
+                "action": "list",
+                "checkpoints": [],
+                "current_id": None,
+            }
+        )
+        assert stdout(kernel.collect(msg_id)) == "No checkpoints for this notebook yet.\n"
+    finally:
+        s.close()
+
+
+def test_reload_extension_keeps_working(kernel, supervisor, short_tmp):
+    log = short_tmp / "h.log"
+    kernel.check(
+        "import kernel_checkpoint as kc\n"
+        f"@kc.on_resume\ndef r():\n    open({str(log)!r}, 'a').write('r\\n')\n"
+    )
+    kernel.check("%reload_ext kernel_checkpoint")
+    # The DEALER reconnects by itself; the new agent hears the next ping.
+    supervisor.send({"type": "ping"})
+    supervisor.expect("pong", 15)
+    supervisor.checkpoint_cycle()
+    assert log.read_text() == "r\n"  # hooks survive the reload, and run once
+    assert (
+        kernel.check(
+            "print(len([t for t in __import__('threading').enumerate() "
+            "if t.name == 'kernel-checkpoint-agent']))"
+        )
+        == "1\n"
+    )

@@ -88,6 +88,9 @@ def load_ipython_extension(ipython: Any) -> None:
         _warn(f"cannot listen at {endpoint} ({exc}); checkpoints are unavailable in this kernel")
         return
     _api._set_agent(agent)
+    import atexit
+
+    atexit.register(_stop_at_exit)
     hist = getattr(getattr(ipython, "history_manager", None), "hist_file", None)
     if hist is not None and str(hist) != ":memory:":
         from ._agent import _log
@@ -98,10 +101,22 @@ def load_ipython_extension(ipython: Any) -> None:
         )
 
 
-def unload_ipython_extension(ipython: Any) -> None:
-    """Stop the agent thread and remove the iopub gate (held output is sent first)."""
+def _stop_at_exit() -> None:
     from . import _api
 
+    agent = _api._agent
+    _api._set_agent(None)
+    if agent is not None:
+        agent.stop(timeout=2.0)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """Stop the agent thread and remove the iopub gate (held output is sent first)."""
+    import atexit
+
+    from . import _api
+
+    atexit.unregister(_stop_at_exit)
     agent = _api._agent
     _api._set_agent(None)
     if agent is not None:

@@ -5,9 +5,12 @@ A daemon thread with its own ``zmq.Context`` binds a ROUTER at ``$KERNEL_CHECKPO
 every message is ``[b'supervisor', <one UTF-8 JSON object>]``. The supervisor disconnects
 before each snapshot and reconnects after (possibly from another process, in a process
 restored from the image), so the kernel holds no connection to an outside process in the
-image. Therefore the agent sends only after it has heard from the supervisor since the last
-``prepare`` it answered (the supervisor sends ``ping`` right after every (re)connect);
-anything else waits in an in-memory outbox. ROUTER_MANDATORY catches the rest.
+image. Therefore, once it has answered a ``prepare``, the agent sends nothing until it has
+heard from the supervisor again (the supervisor sends ``ping`` right after every
+(re)connect); meanwhile requests wait in an in-memory outbox. Otherwise sends are tried with
+ROUTER_MANDATORY, so a message for a supervisor that is not connected (yet) stays queued and
+is retried every 100 ms. ROUTER_HANDOVER lets a reconnecting supervisor take over its routing
+id at once. Answers to commands (pong, prepared, hooks_done) go ahead of queued requests.
 """
 
 from __future__ import annotations
@@ -37,9 +40,19 @@ LOG_PREFIX = "[kernel_checkpoint]"
 
 
 def _log(text: str) -> None:
-    """A line for the kernel's log (the process's stderr, which the supervisor collects)."""
+    """A line for the kernel's log: the process's real stderr, which the supervisor collects.
+
+    ipykernel redirects file descriptor 2 into the notebook (capture_fd_output) and keeps a
+    copy of the original descriptor on its stderr OutStream: write there, not to the notebook.
+    """
+    data = f"{LOG_PREFIX} {text}\n".encode("utf-8", "replace")
+    fd = getattr(sys.stderr, "_original_stdstream_copy", None)
     try:
-        print(f"{LOG_PREFIX} {text}", file=sys.__stderr__, flush=True)
+        if isinstance(fd, int):
+            os.write(fd, data)
+        else:
+            sys.__stderr__.write(data.decode("utf-8"))
+            sys.__stderr__.flush()
     except Exception:
         pass
 
@@ -116,8 +129,11 @@ class Agent:
         self._outbox: deque[dict[str, Any]] = deque()  # requests, from any thread
         self._replies: deque[dict[str, Any]] = deque()  # answers, agent thread only
         self._pending: dict[str, _Pending] = {}
-        self._connected = False  # heard from the supervisor since the last prepare answered
-        self._ever_connected = False
+        # False from the moment we answer a prepare (the supervisor disconnects for the
+        # snapshot) until the supervisor speaks again; sends are tried (ROUTER_MANDATORY says
+        # whether it is connected) only while this is True.
+        self._may_send = True
+        self._ever_connected = False  # heard from or reached the supervisor at least once
         self._last_prepare: tuple[str | None, str | None] = (None, None)
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -193,8 +209,8 @@ class Agent:
             p.done.set()
 
     @property
-    def connected(self) -> bool:
-        return self._connected
+    def may_send(self) -> bool:
+        return self._may_send
 
     # -- requests from the kernel's threads ----------------------------------------------
 
@@ -274,7 +290,7 @@ class Agent:
         poller.register(self._wake_r, zmq.POLLIN)
         try:
             while not self._stopping:
-                timeout = 100 if (self._outbox or self._replies) and self._connected else None
+                timeout = 100 if (self._outbox or self._replies) and self._may_send else None
                 try:
                     events = dict(poller.poll(timeout))
                 except zmq.ZMQError as exc:
@@ -309,18 +325,18 @@ class Agent:
 
     def _send_now(self, obj: dict[str, Any]) -> bool:
         """Send if the supervisor is reachable; False when it is not (the message stays)."""
-        if not self._connected or self._sock is None:
+        if not self._may_send or self._sock is None:
             return False
         data = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         try:
             self._sock.send_multipart([SUPERVISOR, data], zmq.NOBLOCK)
         except zmq.ZMQError as exc:
-            if exc.errno == zmq.EHOSTUNREACH:  # not connected (any more)
-                self._connected = False
+            if exc.errno == zmq.EHOSTUNREACH:  # not connected (yet / any more): retry later
                 return False
             if exc.errno == zmq.EAGAIN:  # high-water mark: retry later
                 return False
             raise
+        self._ever_connected = True
         if obj.get("type") == "request":
             with self._lock:
                 p = self._pending.get(obj["request"]["request_id"])
@@ -329,11 +345,11 @@ class Agent:
         return True
 
     def _flush_outbox(self) -> None:
-        while self._connected and self._replies:
+        while self._may_send and self._replies:
             if not self._send_now(self._replies[0]):
                 return
             self._replies.popleft()
-        while self._connected:
+        while self._may_send:
             with self._lock:
                 if not self._outbox:
                     return
@@ -359,7 +375,7 @@ class Agent:
         except ValueError as exc:
             _log(f"ignored an invalid message from the supervisor: {exc}")
             return
-        self._connected = True
+        self._may_send = True
         self._ever_connected = True
         try:
             self._dispatch(msg)
@@ -435,7 +451,7 @@ class Agent:
             }
         )
         # The supervisor now disconnects for the snapshot: nothing more until it speaks again.
-        self._connected = False
+        self._may_send = False
 
     def _adopt_checkpoint_id(self, cid: str | None, label: str | None) -> None:
         """A prepare arriving while our own checkpoint request is under way is that request's

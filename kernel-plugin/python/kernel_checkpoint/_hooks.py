@@ -140,7 +140,9 @@ class HookRegistry:
                 line = f"{hook.name}: {type(exc).__name__}: {exc}"
                 result.errors.append(line)
                 if report:
-                    tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
+                    # Skip this frame: the person wants their hook's traceback, not ours.
+                    tb_next = exc.__traceback__.tb_next if exc.__traceback__ else None
+                    tb = traceback.format_exception(type(exc), exc, tb_next)
                     report(line + "\n" + "".join(tb).rstrip())
             finally:
                 result.ran += 1
