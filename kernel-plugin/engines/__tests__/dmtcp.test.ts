@@ -1,0 +1,162 @@
+// The DMTCP engine against a real ipykernel: launch, checkpoint (the kernel keeps running),
+// terminate, restore from the image, and the state is back. Skipped when DMTCP is absent.
+//
+// Run: PATH=/path/to/dmtcp/bin:$PATH npx jest kernel-plugin/engines/__tests__/dmtcp.test.ts
+// The kernel's Python is $KERNEL_PYTHON, else the repository's .venv/bin/python (ipykernel and
+// jupyter_client needed); the test talks to the kernel through jupyter_client in a child
+// process that exits after each step, so no client stays connected during a checkpoint.
+
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import {
+  accessSync,
+  constants,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  rmSync,
+  statSync,
+  writeFileSync
+} from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+
+import { DmtcpEngine } from '../dmtcp';
+import type { KernelProcess, LaunchSpec } from '../engine';
+
+function onPath(tool: string): boolean {
+  const dirs = process.env.DMTCP_ROOT
+    ? [path.join(process.env.DMTCP_ROOT, 'bin')]
+    : (process.env.PATH ?? '').split(path.delimiter);
+  return dirs.some(dir => {
+    try {
+      accessSync(path.join(dir, tool), constants.X_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  });
+}
+
+const PYTHON = process.env.KERNEL_PYTHON ?? path.resolve(__dirname, '../../../.venv/bin/python');
+const HAVE_DMTCP = onPath('dmtcp_launch');
+const HAVE_PYTHON = existsSync(PYTHON);
+const SKIP = !HAVE_DMTCP
+  ? 'DMTCP is not installed (dmtcp_launch not on PATH)'
+  : !HAVE_PYTHON
+    ? `no kernel Python at ${PYTHON} (set KERNEL_PYTHON)`
+    : null;
+
+// One short-lived jupyter_client per step: connect, run `code`, print the value of `expr`.
+const CLIENT = `
+import sys
+from jupyter_client import BlockingKernelClient
+c = BlockingKernelClient(connection_file=sys.argv[1]); c.load_connection_file(); c.start_channels()
+try:
+    c.wait_for_ready(timeout=60)
+    r = c.execute(sys.argv[2], user_expressions={'v': sys.argv[3]}, reply=True, timeout=60)['content']
+    assert r['status'] == 'ok', r
+    print(r['user_expressions']['v']['data']['text/plain'])
+finally:
+    c.stop_channels()
+`;
+
+function ask(connectionFile: string, code: string, expr: string): string {
+  return execFileSync(PYTHON, ['-c', CLIENT, connectionFile, code, expr], {
+    encoding: 'utf8',
+    timeout: 90000
+  }).trim();
+}
+
+(SKIP ? describe.skip : describe)(`DMTCP engine${SKIP ? ` — skipped: ${SKIP}` : ''}`, () => {
+  jest.setTimeout(180000);
+  let base: string;
+  let spec: LaunchSpec;
+  let connectionFile: string;
+  const kernels: KernelProcess[] = [];
+
+  beforeAll(() => {
+    base = mkdtempSync(path.join(tmpdir(), 'dmtcp-engine-'));
+    connectionFile = path.join(base, 'kernel.json');
+    writeFileSync(
+      connectionFile,
+      JSON.stringify({
+        transport: 'ipc',
+        ip: path.join(base, 'k'),
+        shell_port: 1,
+        iopub_port: 2,
+        stdin_port: 3,
+        control_port: 4,
+        hb_port: 5,
+        key: randomBytes(16).toString('hex'),
+        signature_scheme: 'hmac-sha256',
+        kernel_name: ''
+      }),
+      { mode: 0o600 }
+    );
+    const env = { ...process.env };
+    delete env.JPY_PARENT_PID;
+    spec = {
+      argv: [
+        PYTHON,
+        '-m',
+        'ipykernel_launcher',
+        '-f',
+        connectionFile,
+        '--HistoryManager.hist_file=:memory:',
+        '--IPKernelApp.capture_fd_output=False'
+      ],
+      env,
+      cwd: base,
+      workDir: path.join(base, 'work')
+    };
+  });
+
+  afterAll(async () => {
+    for (const kernel of kernels) {
+      await kernel.terminate();
+    }
+    rmSync(base, { recursive: true, force: true });
+  });
+
+  it('probes DMTCP', async () => {
+    const probe = await new DmtcpEngine().probe();
+    expect(probe).toMatchObject({ name: 'dmtcp', ok: true });
+    expect(probe.version).toMatch(/^\d+\./);
+  });
+
+  it('checkpoints a live kernel and restores it from the image', async () => {
+    const engine = new DmtcpEngine();
+    const kernel = await engine.launch(spec);
+    kernels.push(kernel);
+    expect(ask(connectionFile, 'x = 42', 'x')).toBe('42');
+
+    const imageDir = path.join(base, 'image');
+    mkdirSync(imageDir, { mode: 0o700 });
+    const snapshot = await engine.checkpoint(kernel, imageDir);
+    const image = String(snapshot.data.image);
+    expect(statSync(path.join(imageDir, image)).size).toBeGreaterThan(1 << 20);
+    expect(snapshot.frozenMs).toBeGreaterThan(0);
+    expect(snapshot.data.gzip).toBe(false);
+
+    // The kernel keeps running after the checkpoint.
+    expect(ask(connectionFile, 'x += 1', 'x')).toBe('43');
+
+    await kernel.terminate();
+    const exit = await kernel.exited;
+    expect(exit.code !== null || exit.signal !== null).toBe(true);
+
+    const restored = await engine.restore(imageDir, snapshot.data, spec);
+    kernels.push(restored);
+    let output = '';
+    restored.stdout?.on('data', chunk => (output += String(chunk)));
+    expect(ask(connectionFile, 'import os; os.write(1, b"after-restore\\n")', 'x')).toBe('42');
+    for (let i = 0; i < 50 && !output.includes('after-restore'); i++) {
+      await new Promise(resolve => setTimeout(resolve, 100));
+    }
+    expect(output).toContain('after-restore');
+
+    await restored.terminate();
+    await restored.exited;
+  });
+});

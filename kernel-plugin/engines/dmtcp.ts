@@ -1,0 +1,566 @@
+// The DMTCP engine: unprivileged checkpoint–restart of a kernel process (Arya & Cooperman).
+//
+// Layout, measured with DMTCP 5.0 and ipykernel 7.4 (see FACTS.md, DMTCP):
+// - `dmtcp_launch` execs into the kernel: the PID Node spawned *is* the kernel, so Node reaps
+//   it and reports its exit. Its coordinator (one per kernel, `--new-coordinator --coord-port
+//   0`, port read from `--port-file`) daemonises and exits on its own once the kernel is gone
+//   (`--exit-on-last`).
+// - `dmtcp_restart` likewise becomes the restored kernel (mtcp_restart in the same PID): the
+//   process Node spawned is the kernel again, reapable. Its coordinator is its child.
+// - `dmtcp_command -p PORT --bcheckpoint` returns once the image is written. The image is
+//   `<ckptdir>/ckpt_<prog>_<uniquepid>.dmtcp`, plus a `<same>_files/` folder that holds copies of
+//   files DMTCP chose to save (e.g. shared writable mappings). The image refers to that folder by
+//   its ABSOLUTE path: restore recreates it there if it is missing.
+// - The kernel sees virtual PIDs (os.getpid() is 40000 in the first kernel): signal the host PID
+//   this engine returns, never a PID the kernel reports.
+// - A restored kernel's cwd is dmtcp_restart's cwd (the image does not restore it by default).
+
+import { spawn, execFile, type ChildProcess } from 'node:child_process';
+import { constants as fsc, promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import type { Readable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+import {
+  EngineError,
+  type Engine,
+  type EngineProbe,
+  type KernelExit,
+  type KernelProcess,
+  type LaunchSpec,
+  type Snapshot
+} from './engine';
+
+export interface DmtcpOptions {
+  /** Compress images with gzip (DMTCP's default). Off by default: ~5x slower on numeric data. */
+  gzip?: boolean;
+  /** Folder holding bin/dmtcp_launch etc. Defaults to env DMTCP_ROOT, then PATH. */
+  root?: string;
+  /** How long to wait for a kernel (or a restored one) to come up under DMTCP. */
+  startTimeoutMs?: number;
+  /** How long a checkpoint may take before it is reported as failed. */
+  checkpointTimeoutMs?: number;
+}
+
+interface Binaries {
+  launch: string;
+  command: string;
+  restart: string;
+}
+
+/** What `checkpoint` returns in Snapshot.data, and `restore` expects back. */
+export interface DmtcpImageData {
+  /** File name of the image inside imageDir. */
+  image: string;
+  /** Whether the image is gzip-compressed (dmtcp_restart detects it on its own). */
+  gzip: boolean;
+  /** Size of the image in bytes. */
+  bytes: number;
+  /** Absolute path the image expects its saved-files folder at (null when there was none). */
+  filesDir: string | null;
+  /** Folder inside imageDir holding a copy of that folder's files (null when none). */
+  filesCopy: string | null;
+}
+
+const TOOLS = ['dmtcp_launch', 'dmtcp_command', 'dmtcp_restart'] as const;
+
+const REMEDY =
+  'Install DMTCP (https://github.com/dmtcp/dmtcp; it is not packaged for Debian, PyPI or npm) ' +
+  'and put its bin folder on PATH, or set DMTCP_ROOT to its install prefix.';
+
+/** The environment DMTCP's launcher and restarter get: ours minus any DMTCP state. */
+function cleanEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const out: NodeJS.ProcessEnv = {};
+  for (const [key, value] of Object.entries(env)) {
+    // A supervisor that itself runs under DMTCP would hand its coordinator and preload down;
+    // JPY_PARENT_PID makes ipykernel exit when its parent PID changes (restored kernels).
+    if (key.startsWith('DMTCP_') || key === 'LD_PRELOAD' || key === 'JPY_PARENT_PID') {
+      continue;
+    }
+    out[key] = value;
+  }
+  return out;
+}
+
+async function isExecutable(file: string): Promise<boolean> {
+  try {
+    await fs.access(file, fsc.X_OK);
+    return (await fs.stat(file)).isFile();
+  } catch {
+    return false;
+  }
+}
+
+function run(
+  file: string,
+  args: string[],
+  options: { env: NodeJS.ProcessEnv; timeoutMs: number }
+): Promise<{ code: number | null; stdout: string; stderr: string; error?: Error }> {
+  return new Promise(resolve => {
+    execFile(
+      file,
+      args,
+      { env: options.env, timeout: options.timeoutMs, killSignal: 'SIGKILL', maxBuffer: 1 << 20 },
+      (error, stdout, stderr) => {
+        const code = error ? (typeof error.code === 'number' ? error.code : null) : 0;
+        resolve({
+          code,
+          stdout: String(stdout),
+          stderr: String(stderr),
+          error: error ?? undefined
+        });
+      }
+    );
+  });
+}
+
+/** Last lines of DMTCP's chatter, without its "running as root" banner. */
+function tail(text: string, lines = 6): string {
+  return text
+    .split('\n')
+    .filter(
+      line =>
+        line.trim() &&
+        !/Running dmtcp_restart as root|unknown checkpoint image|Continuing as root/.test(line)
+    )
+    .slice(-lines)
+    .join('\n');
+}
+
+/** A kernel running under DMTCP: the process Node spawned is the kernel itself. */
+export class DmtcpKernel implements KernelProcess {
+  readonly exited: Promise<KernelExit>;
+  private exitInfo: KernelExit | null = null;
+  /** Start-up chatter of dmtcp_launch/dmtcp_restart (first 8 KiB), for error messages. */
+  output = '';
+
+  constructor(
+    private readonly child: ChildProcess,
+    /** The coordinator's port: the only handle on this kernel's DMTCP computation. */
+    readonly coordPort: number,
+    /** Where this kernel's coordinator writes images (private, inside the workDir). */
+    readonly ckptDir: string,
+    private readonly bins: Binaries,
+    /** The environment DMTCP's tools run with for this kernel. */
+    readonly env: NodeJS.ProcessEnv
+  ) {
+    this.exited = new Promise(resolve => {
+      const done = (code: number | null, signal: NodeJS.Signals | null) => {
+        if (!this.exitInfo) {
+          this.exitInfo = { code, signal };
+          resolve(this.exitInfo);
+        }
+      };
+      if (child.exitCode !== null || child.signalCode !== null) {
+        done(child.exitCode, child.signalCode as NodeJS.Signals | null);
+      }
+      child.once('exit', (code, signal) => done(code, signal));
+    });
+  }
+
+  get pid(): number {
+    return this.child.pid!;
+  }
+
+  get stdout(): Readable | null {
+    return this.child.stdout;
+  }
+
+  get stderr(): Readable | null {
+    return this.child.stderr;
+  }
+
+  get running(): boolean {
+    return this.exitInfo === null;
+  }
+
+  signal(signal: NodeJS.Signals): void {
+    if (this.running) {
+      try {
+        process.kill(this.pid, signal);
+      } catch {
+        // Already gone.
+      }
+    }
+  }
+
+  async terminate(): Promise<void> {
+    try {
+      if (this.running) {
+        // SIGKILL is as fast as `dmtcp_command --quit` (both ~20 ms) and needs no coordinator.
+        this.signal('SIGKILL');
+        await Promise.race([this.exited, sleep(5000)]);
+      }
+      // The coordinator exits by itself once its last client is gone (measured); ask it to
+      // quit anyway, in the background: dmtcp_command takes ~1 s to give up when it is gone.
+      const quit = spawn(this.bins.command, ['-p', String(this.coordPort), '--quit'], {
+        env: this.env,
+        stdio: 'ignore',
+        detached: false
+      });
+      quit.on('error', () => undefined);
+      quit.unref();
+      setTimeout(() => quit.kill('SIGKILL'), 3000).unref();
+    } catch {
+      // Never throws.
+    }
+  }
+}
+
+export class DmtcpEngine implements Engine {
+  readonly name = 'dmtcp';
+  private bins: Binaries | null = null;
+  private version: string | null = null;
+  private readonly busy = new WeakMap<DmtcpKernel, Promise<unknown>>();
+
+  constructor(private readonly options: DmtcpOptions = {}) {}
+
+  /** Finds the three tools under root/bin (option or DMTCP_ROOT) or on PATH. */
+  private async find(): Promise<{ bins: Partial<Binaries>; missing: string[]; where: string }> {
+    const root = this.options.root ?? process.env.DMTCP_ROOT;
+    const dirs = root
+      ? [path.join(root, 'bin')]
+      : (process.env.PATH ?? '').split(path.delimiter).filter(Boolean);
+    const bins: Partial<Binaries> = {};
+    const missing: string[] = [];
+    for (const tool of TOOLS) {
+      let found: string | undefined;
+      for (const dir of dirs) {
+        const candidate = path.join(dir, tool);
+        if (await isExecutable(candidate)) {
+          found = candidate;
+          break;
+        }
+      }
+      if (found) {
+        bins[tool.slice('dmtcp_'.length) as keyof Binaries] = found;
+      } else {
+        missing.push(tool);
+      }
+    }
+    return { bins, missing, where: root ? `${path.join(root, 'bin')} (DMTCP_ROOT)` : 'PATH' };
+  }
+
+  async probe(): Promise<EngineProbe> {
+    const { bins, missing, where } = await this.find();
+    if (missing.length) {
+      return {
+        name: this.name,
+        ok: false,
+        path: bins.launch,
+        problem: `DMTCP is not installed (${missing.join(', ')} not on ${where}).`,
+        remedy: REMEDY
+      };
+    }
+    const result = await run(bins.launch!, ['--version'], {
+      env: cleanEnv(process.env),
+      timeoutMs: 10000
+    });
+    const match = /DMTCP\)\s*([\w.+-]+)/.exec(result.stdout + result.stderr);
+    if (result.code !== 0 || !match) {
+      return {
+        name: this.name,
+        ok: false,
+        path: bins.launch,
+        problem: `${bins.launch} --version failed: ${tail(result.stderr || result.stdout || String(result.error), 2)}`,
+        remedy: REMEDY
+      };
+    }
+    this.bins = bins as Binaries;
+    this.version = match[1];
+    const major = Number(match[1].split('.')[0]);
+    if (!(major >= 3)) {
+      return {
+        name: this.name,
+        ok: false,
+        version: match[1],
+        path: bins.launch,
+        problem: `DMTCP ${match[1]} is too old (3.0 or newer is needed for --port-file and --bcheckpoint).`,
+        remedy: REMEDY
+      };
+    }
+    return { name: this.name, ok: true, version: match[1], path: bins.launch };
+  }
+
+  private async ready(): Promise<Binaries> {
+    if (!this.bins) {
+      const probe = await this.probe();
+      if (!probe.ok) {
+        throw new EngineError(
+          'engine_unavailable',
+          probe.problem ?? 'DMTCP cannot run here.',
+          probe.remedy
+        );
+      }
+    }
+    return this.bins!;
+  }
+
+  /** The private folders DMTCP works in, inside the kernel's workDir. */
+  private async folders(workDir: string): Promise<{ root: string; ckpt: string; tmp: string }> {
+    const root = path.join(workDir, 'dmtcp');
+    const ckpt = path.join(root, 'ckpt');
+    const tmp = path.join(root, 'tmp');
+    for (const dir of [root, ckpt, tmp]) {
+      await fs.mkdir(dir, { recursive: true, mode: 0o700 });
+      await fs.chmod(dir, 0o700);
+    }
+    return { root, ckpt, tmp };
+  }
+
+  /** Spawns launcher/restarter, waits for its coordinator's port, then for a running peer. */
+  private async start(
+    bins: Binaries,
+    file: string,
+    args: string[],
+    portFile: string,
+    ckptDir: string,
+    env: NodeJS.ProcessEnv,
+    cwd: string
+  ): Promise<DmtcpKernel> {
+    await fs.rm(portFile, { force: true });
+    const child = spawn(file, args, { env, cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '';
+    const collect = (chunk: Buffer) => {
+      if (output.length < 8192) {
+        output += chunk.toString();
+      }
+    };
+    child.stdout?.on('data', collect);
+    child.stderr?.on('data', collect);
+    let spawnError: Error | null = null;
+    child.once('error', error => (spawnError = error));
+    const gone = () => spawnError !== null || child.exitCode !== null || child.signalCode !== null;
+    const fail = (message: string): never => {
+      child.kill('SIGKILL');
+      throw new EngineError(
+        'engine_failed',
+        message,
+        tail(output) || (spawnError ? String(spawnError) : undefined)
+      );
+    };
+
+    const deadline = Date.now() + (this.options.startTimeoutMs ?? 30000);
+    let port = 0;
+    for (let delay = 5; !port; delay = Math.min(delay * 2, 100)) {
+      const text = await fs.readFile(portFile, 'utf8').catch(() => '');
+      port = Number.parseInt(text.trim(), 10) || 0;
+      if (!port) {
+        if (gone()) {
+          fail(`${path.basename(file)} exited before its coordinator started`);
+        }
+        if (Date.now() > deadline) {
+          fail(
+            `${path.basename(file)}: no coordinator after ${this.options.startTimeoutMs ?? 30000} ms`
+          );
+        }
+        await sleep(delay);
+      }
+    }
+    const kernel = new DmtcpKernel(child, port, ckptDir, bins, env);
+    // Running means: the coordinator has our one peer and it is not in a checkpoint/restart.
+    for (let delay = 5; ; delay = Math.min(delay * 2, 100)) {
+      if (gone()) {
+        fail(`${path.basename(file)} exited while starting`);
+      }
+      const status = await this.status(bins, port, env);
+      if (status && status.running && status.peers >= 1) {
+        break;
+      }
+      if (Date.now() > deadline) {
+        await kernel.terminate();
+        fail(`${path.basename(file)}: the kernel did not come up under DMTCP`);
+      }
+      await sleep(delay);
+    }
+    child.stdout?.off('data', collect);
+    child.stderr?.off('data', collect);
+    kernel.output = output;
+    return kernel;
+  }
+
+  private async status(
+    bins: Binaries,
+    port: number,
+    env: NodeJS.ProcessEnv
+  ): Promise<{ running: boolean; peers: number } | null> {
+    const result = await run(bins.command, ['-p', String(port), '--json', '--status'], {
+      env,
+      timeoutMs: 5000
+    });
+    try {
+      const status = JSON.parse(result.stdout.trim().split('\n')[0]);
+      return { running: status.running === true, peers: Number(status.num_peers) || 0 };
+    } catch {
+      return null;
+    }
+  }
+
+  async launch(spec: LaunchSpec): Promise<KernelProcess> {
+    const bins = await this.ready();
+    const dirs = await this.folders(spec.workDir);
+    const env = cleanEnv(spec.env);
+    const args = [
+      '--new-coordinator',
+      '--coord-port',
+      '0',
+      '--port-file',
+      path.join(dirs.root, 'launch.port'),
+      '--ckptdir',
+      dirs.ckpt,
+      '--tmpdir',
+      dirs.tmp,
+      '--interval',
+      '0',
+      this.options.gzip ? '--gzip' : '--no-gzip',
+      '--quiet',
+      ...spec.argv
+    ];
+    return this.start(
+      bins,
+      bins.launch,
+      args,
+      path.join(dirs.root, 'launch.port'),
+      dirs.ckpt,
+      env,
+      spec.cwd
+    );
+  }
+
+  async checkpoint(kernel: KernelProcess, imageDir: string): Promise<Snapshot> {
+    if (!(kernel instanceof DmtcpKernel)) {
+      throw new EngineError('engine_failed', 'This kernel was not started by the DMTCP engine.');
+    }
+    // One checkpoint at a time per kernel (they share the coordinator and its folder).
+    const previous = this.busy.get(kernel) ?? Promise.resolve();
+    const next = previous.catch(() => undefined).then(() => this.checkpointNow(kernel, imageDir));
+    this.busy.set(kernel, next);
+    return next;
+  }
+
+  private async checkpointNow(kernel: DmtcpKernel, imageDir: string): Promise<Snapshot> {
+    const bins = await this.ready();
+    if (!kernel.running) {
+      throw new EngineError('engine_failed', 'The kernel is not running.');
+    }
+    // Leave no earlier image behind, so that the one found below is this checkpoint's.
+    for (const name of await fs.readdir(kernel.ckptDir)) {
+      if (/^ckpt_.*\.dmtcp$/.test(name)) {
+        await fs.rm(path.join(kernel.ckptDir, name), { force: true });
+      }
+    }
+    const started = Date.now();
+    const result = await run(bins.command, ['-p', String(kernel.coordPort), '--bcheckpoint'], {
+      env: kernel.env,
+      timeoutMs: this.options.checkpointTimeoutMs ?? 600000
+    });
+    const frozenMs = Date.now() - started;
+    const images = (await fs.readdir(kernel.ckptDir)).filter(name => /^ckpt_.*\.dmtcp$/.test(name));
+    if (result.code !== 0 || images.length !== 1) {
+      const detail = tail(`${result.stdout}\n${result.stderr}\n${result.error ?? ''}`);
+      const noSpace = /No space left|ENOSPC/i.test(detail);
+      throw new EngineError(
+        noSpace ? 'no_space' : 'engine_failed',
+        result.code !== 0
+          ? `dmtcp_command --bcheckpoint failed (exit ${result.code})`
+          : `DMTCP wrote ${images.length} images instead of one`,
+        detail || undefined
+      );
+    }
+    const image = images[0];
+    const source = path.join(kernel.ckptDir, image);
+    const target = path.join(imageDir, image);
+    await moveFile(source, target);
+    await fs.chmod(target, 0o600);
+    const bytes = (await fs.stat(target)).size;
+    const gzip = await isGzip(target);
+
+    // The saved-files folder is referenced by absolute path from inside the image: keep a copy
+    // beside the image and its original path, so that restore can put it back there.
+    const filesDir = source.replace(/\.dmtcp$/, '_files');
+    let filesCopy: string | null = null;
+    const saved = await fs.readdir(filesDir).catch(() => [] as string[]);
+    if (saved.length) {
+      filesCopy = 'files';
+      await fs.cp(filesDir, path.join(imageDir, filesCopy), { recursive: true });
+    }
+    const data: DmtcpImageData = {
+      image,
+      gzip,
+      bytes,
+      filesDir: saved.length ? filesDir : null,
+      filesCopy
+    };
+    return { version: this.version ?? 'unknown', frozenMs, data: { ...data } };
+  }
+
+  async restore(
+    imageDir: string,
+    data: Record<string, unknown>,
+    spec: LaunchSpec
+  ): Promise<KernelProcess> {
+    const bins = await this.ready();
+    const image = typeof data.image === 'string' ? data.image : null;
+    if (!image || image.includes('/') || !image.endsWith('.dmtcp')) {
+      throw new EngineError('foreign_image', 'This image was not written by the DMTCP engine.');
+    }
+    const imagePath = path.join(imageDir, image);
+    if (!(await fs.stat(imagePath).catch(() => null))?.isFile()) {
+      throw new EngineError(
+        'foreign_image',
+        `The DMTCP image ${image} is missing from ${imageDir}.`
+      );
+    }
+    const filesDir = typeof data.filesDir === 'string' ? data.filesDir : null;
+    const filesCopy = typeof data.filesCopy === 'string' ? data.filesCopy : null;
+    if (filesDir && filesCopy && path.isAbsolute(filesDir)) {
+      // dmtcp_restart asserts that every saved file is still at its recorded absolute path.
+      await fs.mkdir(filesDir, { recursive: true, mode: 0o700 });
+      await fs.cp(path.join(imageDir, filesCopy), filesDir, { recursive: true, force: false });
+    }
+    const dirs = await this.folders(spec.workDir);
+    const env = cleanEnv(spec.env);
+    const portFile = path.join(dirs.root, 'restart.port');
+    const args = [
+      '--new-coordinator',
+      '--coord-port',
+      '0',
+      '--port-file',
+      portFile,
+      '--ckptdir',
+      dirs.ckpt,
+      '--tmpdir',
+      dirs.tmp,
+      '--interval',
+      '0',
+      '--quiet',
+      imagePath
+    ];
+    return this.start(bins, bins.restart, args, portFile, dirs.ckpt, env, spec.cwd);
+  }
+}
+
+async function isGzip(file: string): Promise<boolean> {
+  const handle = await fs.open(file, 'r');
+  try {
+    const { buffer, bytesRead } = await handle.read(Buffer.alloc(2), 0, 2, 0);
+    return bytesRead === 2 && buffer[0] === 0x1f && buffer[1] === 0x8b;
+  } finally {
+    await handle.close();
+  }
+}
+
+/** rename, or copy + unlink across file systems. */
+async function moveFile(source: string, target: string): Promise<void> {
+  try {
+    await fs.rename(source, target);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EXDEV') {
+      throw error;
+    }
+    await fs.copyFile(source, target);
+    await fs.unlink(source);
+  }
+}
+
+export const createDmtcpEngine = (): Engine => new DmtcpEngine();
