@@ -312,3 +312,32 @@ def test_magic_in_a_restored_process_says_so(kernel, supervisor):
     assert stdout(msgs) == (
         f'Restored from checkpoint {CKPT_ID} "here": this kernel continues from it.\n'
     )
+
+
+THREADS = """
+import threading, kernel_checkpoint as kc
+where = []
+@kc.before_checkpoint
+def b():
+    where.append(('before', threading.current_thread().name))
+@kc.on_resume
+def r():
+    where.append(('resume', threading.current_thread().name))
+"""
+
+
+def test_hooks_run_on_the_main_thread_when_it_waits_for_a_checkpoint(kernel, supervisor):
+    kernel.check(THREADS)
+    # Started from outside (the front end): the main thread is idle, hooks run in the agent.
+    supervisor.checkpoint_cycle(CKPT_ID)
+    # Started by checkpoint() / %checkpoint: they run on the main thread that waits, so
+    # thread-bound objects (a sqlite3 connection) can be closed and reopened.
+    msg_id = kernel.execute("%checkpoint")
+    req = supervisor.expect("request")["request"]
+    supervisor.checkpoint_cycle(CKPT_ID2)
+    answer(supervisor, req, checkpoint=manifest(CKPT_ID2), current_id=CKPT_ID2)
+    kernel.collect(msg_id)
+    assert kernel.check("print(where)") == (
+        "[('before', 'kernel-checkpoint-agent'), ('resume', 'kernel-checkpoint-agent'), "
+        "('before', 'MainThread'), ('resume', 'MainThread')]\n"
+    )

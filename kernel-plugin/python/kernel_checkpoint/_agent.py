@@ -19,6 +19,7 @@ import errno
 import itertools
 import json
 import os
+import queue
 import sys
 import threading
 import time
@@ -31,7 +32,7 @@ import zmq
 
 from ._errors import CheckpointError
 from ._gate import GateError, IopubGate
-from ._hooks import HookEvent, HookRegistry, registry
+from ._hooks import HookEvent, HookRegistry, HookResult, registry
 from ._summary import state_summary
 
 SUPERVISOR = b"supervisor"
@@ -105,6 +106,13 @@ class _Pending:
         # checkpoint requests: the id of the prepare that arrived while this one was pending
         self.checkpoint_id: str | None = None
         self.restarted = False
+        # Jobs the agent thread hands to the waiting main thread (hooks), and a wake-up.
+        self.jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self.waiting_on_main = False
+
+    def finish(self) -> None:
+        self.done.set()
+        self.jobs.put(None)
 
 
 class Agent:
@@ -206,7 +214,7 @@ class Agent:
             self._pending.clear()
         for p in pending:
             p.error = CheckpointError("kernel_not_running", "the checkpoint extension was unloaded")
-            p.done.set()
+            p.finish()
 
     @property
     def may_send(self) -> bool:
@@ -237,13 +245,22 @@ class Agent:
         req: dict[str, Any] = {"request_id": self.new_request_id(), "action": action}
         req.update(fields)
         pending = _Pending(req)
-        with self._lock:
-            self._pending[req["request_id"]] = pending
-        self._enqueue({"type": "request", "request": req})
         seen = 0
         deadline = None if timeout is None else time.monotonic() + timeout
+        on_main = threading.current_thread() is threading.main_thread()
+        with self._lock:
+            pending.waiting_on_main = on_main
+            self._pending[req["request_id"]] = pending
+        self._enqueue({"type": "request", "request": req})
         try:
-            while not pending.done.wait(0.2):
+            while not pending.done.is_set():
+                try:
+                    job = pending.jobs.get(timeout=0.2)
+                except queue.Empty:
+                    job = None
+                if job is not None:
+                    job()  # hooks, run here on the main thread (see _run_hooks)
+                    continue
                 if on_progress is not None:
                     while seen < len(pending.progress):
                         on_progress(pending.progress[seen])
@@ -264,6 +281,14 @@ class Agent:
         finally:
             with self._lock:
                 self._pending.pop(req["request_id"], None)
+                pending.waiting_on_main = False
+            while True:  # run what the agent handed over before we stopped waiting
+                try:
+                    job = pending.jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is not None:
+                    job()
         if pending.error is not None:
             raise pending.error
         return pending
@@ -406,14 +431,45 @@ class Agent:
         except Exception:
             pass
 
+    def _run_hooks(self, event: HookEvent) -> HookResult:
+        """Run hooks on the main thread when it is waiting for one of our requests (a
+        checkpoint() or %checkpoint: the hooks then see the objects of the main thread as
+        their creator, e.g. a sqlite3 connection), else here in the agent thread (the main
+        thread is busy running a cell, or idle in the kernel's event loop)."""
+        out: list[HookResult] = []
+        ran = threading.Event()
+        claim = threading.Lock()  # whoever takes it runs the hooks: exactly once
+
+        def job() -> None:
+            if not claim.acquire(blocking=False):
+                return
+            try:
+                out.append(self.hooks.run(event, report=self._report_hook_error))
+            finally:
+                ran.set()
+
+        with self._lock:
+            waiter = next((p for p in self._pending.values() if p.waiting_on_main), None)
+            if waiter is not None:
+                waiter.jobs.put(job)
+        if waiter is None:
+            job()
+        else:
+            # If the main thread stops waiting (interrupted) without running it, run it here.
+            while not ran.wait(0.2):
+                if not waiter.waiting_on_main:
+                    job()
+            ran.wait()
+        if not out:
+            return HookResult(errors=[f"{event.kind} hooks were interrupted"])
+        return out[0]
+
     def _on_prepare(self, msg: dict[str, Any]) -> None:
         cid = msg.get("checkpoint_id")
         label = msg.get("label")
         self._last_prepare = (cid, label)
         self._adopt_checkpoint_id(cid, label)
-        result = self.hooks.run(
-            HookEvent("before_checkpoint", cid, label), report=self._report_hook_error
-        )
+        result = self._run_hooks(HookEvent("before_checkpoint", cid, label))
         if result.veto is not None:
             self._reply(
                 {
@@ -481,7 +537,7 @@ class Agent:
         prep_id, prep_label = self._last_prepare
         label = prep_label if prep_id == cid else None
         kind = "on_restart" if restarted else "on_resume"
-        result = self.hooks.run(HookEvent(kind, cid, label), report=self._report_hook_error)
+        result = self._run_hooks(HookEvent(kind, cid, label))
         self._reply({"type": "hooks_done", "checkpoint_id": cid, "hook_errors": result.errors})
         if restarted:
             self._complete_after_restart(cid, label)
@@ -503,7 +559,7 @@ class Agent:
                     f"the kernel was restored from checkpoint {cid} before the supervisor "
                     f"answered this {p.action} request",
                 )
-            p.done.set()
+            p.finish()
 
     def _on_aborted(self, msg: dict[str, Any]) -> None:
         self._open_gate()
@@ -529,4 +585,4 @@ class Agent:
                 str(err.get("message") or "the request failed"),
                 err.get("detail"),
             )
-        p.done.set()
+        p.finish()
