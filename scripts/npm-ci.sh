@@ -10,7 +10,7 @@ fi
 cd "$dir"
 for attempt in 1 2; do
   if npm ci --no-audit --no-fund --loglevel=error; then
-    say "npm packages installed in $dir."
+    say "npm packages installed in $(pwd)."
     exit 0
   fi
   say "npm ci in $dir failed (attempt $attempt)."

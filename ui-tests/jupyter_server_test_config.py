@@ -12,3 +12,4 @@ c.ServerApp.open_browser = False
 c.FileContentsManager.delete_to_trash = False
 c.LabApp.news_url = None
 c.LabApp.check_for_updates_class = "jupyterlab.NeverCheckForUpdate"
+c.ServerApp.log_level = "WARN"
