@@ -51,16 +51,30 @@ async function idle(page: IJupyterLabPageFixture): Promise<void> {
   await expect(toolbarButton(page)).toHaveAttribute('aria-busy', 'false', { timeout: SLOW });
 }
 
-async function checkpointWithButton(page: IJupyterLabPageFixture, expected: number) {
+const node = (page: IJupyterLabPageFixture, id: string) =>
+  panel(page).locator(`.jp-KernelCheckpoint-node[data-checkpoint-id="${id}"]`);
+const item = (page: IJupyterLabPageFixture, id: string) =>
+  panel(page).locator(`li.jp-KernelCheckpoint-item[data-checkpoint-id="${id}"]`);
+
+/**
+ * Press the toolbar button; return the id of the new node, which becomes the current one.
+ * The store may hold images of earlier runs: count relative to what was there.
+ */
+async function checkpointWithButton(page: IJupyterLabPageFixture): Promise<string> {
+  const before = await nodes(page).count();
   await toolbarButton(page).click();
-  await expect(nodes(page)).toHaveCount(expected, { timeout: SLOW });
+  await expect(nodes(page)).toHaveCount(before + 1, { timeout: SLOW });
   await idle(page);
+  const current = panel(page).locator('.jp-KernelCheckpoint-node.jp-mod-current');
+  await expect(current).toHaveCount(1);
+  return (await current.getAttribute('data-checkpoint-id'))!;
 }
 
-async function restoreFromPanel(page: IJupyterLabPageFixture, nodeIndex: number) {
-  await nodes(page).nth(nodeIndex).locator('.jp-KernelCheckpoint-restore').click();
+async function restoreFromPanel(page: IJupyterLabPageFixture, id: string) {
+  await node(page, id).locator('.jp-KernelCheckpoint-restore').click();
   await page.getByRole('button', { name: 'Confirm restore' }).click();
   await idle(page);
+  await expect(node(page, id)).toHaveClass(/jp-mod-current/, { timeout: SLOW });
 }
 
 test.describe('kernel checkpoint timeline', () => {
@@ -71,35 +85,27 @@ test.describe('kernel checkpoint timeline', () => {
     await page.notebook.runCell(0);
 
     // The toolbar button: a node appears and is the current one.
-    await checkpointWithButton(page, 1);
-    await expect(nodes(page).first()).toHaveClass(/jp-mod-current/);
-    await expect(nodes(page).first().locator('.jp-KernelCheckpoint-count')).toHaveText(/^\[\d+\]$/);
+    const first = await checkpointWithButton(page);
+    await expect(node(page, first).locator('.jp-KernelCheckpoint-count')).toHaveText(/^\[\d+\]$/);
 
     // Change the variable and checkpoint again: a child of the first node.
     expect(await run(page, 'x = 2\nprint("x =", x)')).toBe('x = 2');
-    await checkpointWithButton(page, 2);
-    await expect(
-      panel(page).locator('.jp-KernelCheckpoint-children .jp-KernelCheckpoint-node')
-    ).toHaveCount(1);
+    const second = await checkpointWithButton(page);
+    await expect(item(page, first).locator(`li[data-checkpoint-id="${second}"]`)).toHaveCount(1);
 
     // Restore the first node from the panel: the old value is back.
-    await restoreFromPanel(page, 0);
-    await expect(nodes(page).first()).toHaveClass(/jp-mod-current/, { timeout: SLOW });
+    await restoreFromPanel(page, first);
     expect(await run(page, 'print("x =", x)')).toBe('x = 1');
 
     // The next checkpoint branches off the first node.
-    await checkpointWithButton(page, 3);
-    const root = panel(page).locator('.jp-KernelCheckpoint-tree > .jp-KernelCheckpoint-item');
-    await expect(root).toHaveCount(1);
-    await expect(root).toHaveClass(/jp-mod-branch/);
-    await expect(root.locator(':scope > .jp-KernelCheckpoint-children > li')).toHaveCount(2);
+    const third = await checkpointWithButton(page);
+    await expect(item(page, first)).toHaveClass(/jp-mod-branch/);
+    const children = item(page, first).locator(':scope > .jp-KernelCheckpoint-children > li');
+    await expect(children).toHaveCount(2);
+    await expect(children.nth(0)).toHaveAttribute('data-checkpoint-id', second);
+    await expect(children.nth(1)).toHaveAttribute('data-checkpoint-id', third);
+    await expect(node(page, third)).toHaveClass(/jp-mod-current/);
     await expect(panel(page).locator('.jp-KernelCheckpoint-node.jp-mod-current')).toHaveCount(1);
-    await expect(
-      root
-        .locator(':scope > .jp-KernelCheckpoint-children > li')
-        .nth(1)
-        .locator('.jp-KernelCheckpoint-node')
-    ).toHaveClass(/jp-mod-current/);
   });
 
   test('a checkpoint made by the %checkpoint magic appears live', async ({ page }) => {
@@ -107,12 +113,13 @@ test.describe('kernel checkpoint timeline', () => {
     await newNotebook(page, 'magic.ipynb');
     await page.notebook.setCell(0, 'code', 'z = 3');
     await page.notebook.runCell(0);
+    const before = await nodes(page).count();
     await page.notebook.addCell('code', '%checkpoint -m from-magic');
     await page.notebook.runCell(1);
-    await expect(nodes(page)).toHaveCount(1, { timeout: SLOW });
-    await expect(nodes(page).first().locator('.jp-KernelCheckpoint-label')).toContainText(
-      'from-magic'
-    );
+    await expect(nodes(page)).toHaveCount(before + 1, { timeout: SLOW });
+    await expect(
+      panel(page).locator('.jp-KernelCheckpoint-node.jp-mod-current .jp-KernelCheckpoint-label')
+    ).toContainText('from-magic');
   });
 
   test('restore a session from a saved image after the kernel is replaced', async ({ page }) => {
@@ -120,7 +127,7 @@ test.describe('kernel checkpoint timeline', () => {
     await newNotebook(page, 'saved-session.ipynb');
     await page.notebook.setCell(0, 'code', 'y = 42\nprint("y =", y)');
     await page.notebook.runCell(0);
-    await checkpointWithButton(page, 1);
+    const saved = await checkpointWithButton(page);
 
     // Shut the kernel down and start a new one.
     await page.evaluate(async (kernel: string) => {
@@ -138,9 +145,9 @@ test.describe('kernel checkpoint timeline', () => {
     await expect(panel(page).locator('.jp-KernelCheckpoint-offer')).toContainText(
       'Restore the session from a saved image'
     );
-    await expect(nodes(page)).toHaveCount(1, { timeout: SLOW });
-    await restoreFromPanel(page, 0);
-    await expect(nodes(page).first()).toHaveClass(/jp-mod-current/, { timeout: SLOW });
+    await expect(node(page, saved)).toBeVisible({ timeout: SLOW });
+    await expect(panel(page).locator('.jp-KernelCheckpoint-node.jp-mod-current')).toHaveCount(0);
+    await restoreFromPanel(page, saved);
     expect(await run(page, 'print("y =", y)')).toBe('y = 42');
   });
 
@@ -149,14 +156,12 @@ test.describe('kernel checkpoint timeline', () => {
     await newNotebook(page, 'failing.ipynb');
     await page.notebook.setCell(0, 'code', 'w = 7');
     await page.notebook.runCell(0);
-    await checkpointWithButton(page, 1);
+    const id = await checkpointWithButton(page);
 
     // Damage the image behind the supervisor's back.
     const store = (await panel(page).locator('.jp-KernelCheckpoint-store').textContent())?.trim();
     expect(store, 'the supervisor reports its image store').toBeTruthy();
-    const id = await nodes(page).first().getAttribute('data-checkpoint-id');
-    expect(id).toBeTruthy();
-    const dir = path.join(store!, id!);
+    const dir = path.join(store!, id);
     expect(fs.existsSync(dir), `image folder ${dir}`).toBe(true);
     let damaged = 0;
     const walk = (d: string) => {
@@ -174,7 +179,8 @@ test.describe('kernel checkpoint timeline', () => {
     walk(dir);
     expect(damaged).toBeGreaterThan(0);
 
-    await restoreFromPanel(page, 0);
+    await node(page, id).locator('.jp-KernelCheckpoint-restore').click();
+    await page.getByRole('button', { name: 'Confirm restore' }).click();
     const toast = page.locator('.Toastify__toast').filter({ hasText: 'Restore failed:' });
     await expect(toast).toBeVisible({ timeout: SLOW });
     // The kernel that ran before the failed restore is still there, unchanged.
@@ -219,13 +225,19 @@ test.describe('kernel checkpoint timeline', () => {
         );
         await idle(page);
       }
-      await restoreFromPanel(page, 0);
+      const firstId = await panel(page)
+        .locator('.jp-KernelCheckpoint-node', { hasText: 'first' })
+        .last()
+        .getAttribute('data-checkpoint-id');
+      await restoreFromPanel(page, firstId!);
       await page.evaluate(() =>
         (window as any).jupyterapp.commands.execute('kernel-checkpoint:checkpoint', {
           label: 'branch'
         })
       );
-      await expect(nodes(page)).toHaveCount(3, { timeout: SLOW });
+      await expect(panel(page).locator('.jp-KernelCheckpoint-item.jp-mod-branch')).toHaveCount(1, {
+        timeout: SLOW
+      });
       await idle(page);
       await page.mouse.move(0, 0);
       expect(
