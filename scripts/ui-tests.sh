@@ -9,5 +9,7 @@ if [ ! -x "$CHROMIUM" ]; then
   exit 0
 fi
 cd "$(dirname "$0")/../ui-tests"
+# Fresh private Jupyter folders for every run (see playwright.config.js).
+rm -rf .jupyter-test
 export CHROMIUM
 exec npx playwright test "$@"
