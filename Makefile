@@ -67,8 +67,11 @@ $(STAMPS)/ui-npm: ui-tests/package.json ui-tests/package-lock.json | $(STAMPS)/a
 
 $(STAMPS)/build: $(BUILD_INPUTS) $(STAMPS)/npm $(STAMPS)/venv
 	npm run build
+	@# The editable install leaves a real folder there (install.json as shared data): replace it
+	@# with a link to the build output, as `jupyter labextension develop` does.
 	@mkdir -p $(dir $(LABEXT_DEST))
-	ln -sfn $(LABEXT_SRC) $(LABEXT_DEST)
+	rm -rf $(LABEXT_DEST)
+	ln -s $(LABEXT_SRC) $(LABEXT_DEST)
 	cp install.json $(LABEXT_SRC)/install.json
 	@touch $@
 
