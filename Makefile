@@ -72,7 +72,7 @@ $(STAMPS)/build: $(BUILD_INPUTS) $(STAMPS)/npm $(STAMPS)/venv
 	@mkdir -p $(dir $(LABEXT_DEST))
 	rm -rf $(LABEXT_DEST)
 	ln -s $(LABEXT_SRC) $(LABEXT_DEST)
-	cp install.json $(LABEXT_SRC)/install.json
+	@rm -f $(LABEXT_SRC)/install.json  # the wheel maps install.json there itself
 	@touch $@
 
 $(STAMPS)/kernelspec: $(STAMPS)/build
