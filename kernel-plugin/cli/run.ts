@@ -1,0 +1,69 @@
+// `kernel-checkpoint run`: the process a checkpointable kernelspec launches.
+
+import type { Command } from 'commander';
+
+import { chooseEngine } from '../engines';
+import { ImageStore, defaultStoreRoot } from '../store/store';
+import { log } from '../supervisor/log';
+import { readConnectionFile, Supervisor } from '../supervisor/supervisor';
+
+interface RunOptions {
+  connectionFile: string;
+  engine: string;
+  store?: string;
+  kernelName: string;
+  displayName?: string;
+  language: string;
+}
+
+export function registerRunCommand(program: Command): void {
+  program
+    .command('run')
+    .description('Run a kernel under the supervisor (this is what a checkpointable kernelspec launches).')
+    .requiredOption('-f, --connection-file <file>', 'the connection file Jupyter gave')
+    .option('--engine <name>', 'checkpoint engine: auto, criu or dmtcp', process.env.KERNEL_CHECKPOINT_ENGINE ?? 'auto')
+    .option('--store <dir>', 'folder of the image store (default: $KERNEL_CHECKPOINT_STORE or Jupyter data dir)')
+    .option('--kernel-name <name>', 'name of this kernelspec, recorded in each checkpoint', 'python3-checkpoint')
+    .option('--display-name <name>', 'display name of the kernel, recorded in each checkpoint')
+    .option('--language <language>', 'language of the kernel', 'python')
+    .argument('<argv...>', 'the wrapped kernel\'s command line, after --')
+    .action(async (argv: string[], options: RunOptions) => {
+      // KERNEL_CHECKPOINT_ENGINE picks the engine for every kernel whose kernelspec says auto.
+      const wanted = options.engine === 'auto' ? (process.env.KERNEL_CHECKPOINT_ENGINE ?? 'auto') : options.engine;
+      const { engine, probes } = await chooseEngine(wanted);
+      for (const probe of probes.filter(p => !p.ok)) {
+        log.info(`engine ${probe.name}: ${probe.problem}`);
+      }
+      const supervisor = new Supervisor({
+        connection: readConnectionFile(options.connectionFile),
+        connectionFile: options.connectionFile,
+        argv,
+        engine,
+        store: new ImageStore(options.store ?? defaultStoreRoot()),
+        kernel: {
+          name: options.kernelName,
+          display_name: options.displayName ?? options.kernelName,
+          language: options.language
+        },
+        // Jupyter Server names the notebook a kernel serves in JPY_SESSION_NAME.
+        notebookPath: process.env.JPY_SESSION_NAME || null,
+        cwd: process.cwd(),
+        env: process.env
+      });
+      process.on('SIGINT', () => supervisor.interruptKernel());
+      for (const signal of ['SIGTERM', 'SIGHUP'] as const) {
+        process.on(signal, () => void supervisor.exit(0));
+      }
+      // Like ipykernel's parent poller: when whoever launched us is gone, nobody can reach the
+      // kernel any more, so stop it rather than leave it running.
+      const parent = process.ppid;
+      setInterval(() => {
+        if (process.ppid !== parent) {
+          log.warn('the process that launched the kernel is gone; stopping');
+          void supervisor.exit(0);
+        }
+      }, 1000).unref();
+      await supervisor.start();
+      log.info(`supervising kernel ${options.kernelName} with engine ${engine.name}`);
+    });
+}

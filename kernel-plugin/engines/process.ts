@@ -1,0 +1,213 @@
+// Starting and watching kernel processes for engines.
+//
+// Why a shell pipeline: Node (libuv) gives a child's stdio as socketpairs, and a kernel holding a
+// stream unix socket connected to a process outside its image cannot be snapshotted. So the
+// kernel's stdout and stderr are made a real pipe by `sh -c '"$@" 2>&1 | cat'`, and `cat` hands
+// the output on to the supervisor's log. The engine's own launcher (unshare, criu restore,
+// dmtcp_launch) is the shell's child; the kernel is the launcher's child.
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import { promises as fs, readFileSync } from 'node:fs';
+import type { Readable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+import type { KernelExit, KernelProcess } from './engine';
+
+const PIPELINE = '"$@" 2>&1 | cat';
+/** The same, with the pipe also on fd 3 (CRIU cannot hand its own fd 1 to a restored task). */
+const PIPELINE_WITH_FD3 = '"$@" 2>&1 3>&1 | cat';
+
+/** PIDs of the direct children of `pid` (from /proc; empty when it is gone). */
+export function childrenOf(pid: number): number[] {
+  try {
+    return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8')
+      .split(/\s+/)
+      .filter(Boolean)
+      .map(Number);
+  } catch {
+    return [];
+  }
+}
+
+export function commandName(pid: number): string | null {
+  try {
+    return readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+  } catch {
+    return null;
+  }
+}
+
+/** True while `pid` exists and is not a zombie. */
+export function isRunning(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+    return state !== 'Z' && state !== 'X';
+  } catch {
+    return false;
+  }
+}
+
+/** Waits until `find` returns a PID, polling; throws after `timeoutMs`. */
+export async function waitForPid(
+  find: () => number | undefined,
+  timeoutMs: number,
+  what: string,
+  stillHoping: () => boolean = () => true
+): Promise<number> {
+  const deadline = Date.now() + timeoutMs;
+  for (let delay = 2; Date.now() < deadline && stillHoping(); delay = Math.min(delay * 2, 50)) {
+    const pid = find();
+    if (pid) {
+      return pid;
+    }
+    await sleep(delay);
+  }
+  throw new Error(`${what} did not start`);
+}
+
+/** `/proc/<pid>/fd/<fd>` as the kernel sees it, e.g. "pipe:[1234]"; null when unreadable. */
+export async function fdTarget(pid: number, fd: number): Promise<string | null> {
+  return fs.readlink(`/proc/${pid}/fd/${fd}`).catch(() => null);
+}
+
+export interface PipelineOptions {
+  env: NodeJS.ProcessEnv;
+  cwd: string;
+  /** Also put the output pipe on fd 3. */
+  pipeOnFd3?: boolean;
+}
+
+/** Runs `argv` with stdout+stderr on one real pipe; returns the shell and the merged output. */
+export function spawnPipeline(argv: string[], options: PipelineOptions): ChildProcess {
+  return spawn('/bin/sh', ['-c', options.pipeOnFd3 ? PIPELINE_WITH_FD3 : PIPELINE, 'sh', ...argv], {
+    env: options.env,
+    cwd: options.cwd,
+    stdio: ['ignore', 'pipe', 'pipe']
+  });
+}
+
+/**
+ * A kernel started through a pipeline: `shell` -> `launcherPid` (unshare / criu restore /
+ * dmtcp_launch...) -> `pid` (the kernel). Killing the launcher takes the kernel with it (the
+ * engines arrange a parent-death signal or a coordinator); `terminate` kills both.
+ */
+export class PipelineKernel implements KernelProcess {
+  readonly exited: Promise<KernelExit>;
+  private exitInfo: KernelExit | null = null;
+  private watcher: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly shell: ChildProcess,
+    readonly launcherPid: number,
+    readonly pid: number
+  ) {
+    this.exited = new Promise(resolve => {
+      const done = (info: KernelExit) => {
+        if (!this.exitInfo) {
+          this.exitInfo = info;
+          clearInterval(this.watcher);
+          resolve(info);
+        }
+      };
+      // The kernel is the launcher's child, not ours: watch it through /proc. A child the
+      // kernel leaves behind may hold the pipe open, so the shell's exit alone is not enough.
+      this.watcher = setInterval(() => {
+        if (!isRunning(this.pid)) {
+          done({ code: null, signal: null });
+        }
+      }, 100);
+      this.watcher.unref();
+      shell.once('exit', (code, signal) => done({ code, signal }));
+    });
+  }
+
+  get stdout(): Readable | null {
+    return this.shell.stdout;
+  }
+
+  get stderr(): Readable | null {
+    return this.shell.stderr;
+  }
+
+  signal(signal: NodeJS.Signals): void {
+    try {
+      process.kill(this.pid, signal);
+    } catch {
+      // Already gone.
+    }
+  }
+
+  async terminate(): Promise<void> {
+    for (const pid of [this.pid, this.launcherPid]) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // Already gone.
+      }
+    }
+    const timeout = sleep(5000).then(() => 'timeout' as const);
+    if ((await Promise.race([this.exited, timeout])) === 'timeout') {
+      this.shell.kill('SIGKILL');
+    }
+    // The launcher reaps the kernel; wait until the PID is really free of it.
+    for (let i = 0; i < 100 && isRunning(this.pid); i++) {
+      await sleep(20);
+    }
+  }
+}
+
+/**
+ * Starts `argv` through a pipeline and waits for its launcher and, below it, the kernel.
+ * `ready`, when given, is awaited before the kernel's PID is read: a launcher such as
+ * `criu restore` forks helpers first, and the kernel is its running child only once it is done.
+ */
+export async function startPipelineKernel(
+  argv: string[],
+  options: PipelineOptions,
+  timeoutMs = 30000,
+  ready?: (launcherPid: number, failed: () => boolean) => Promise<void>
+): Promise<PipelineKernel> {
+  const shell = spawnPipeline(argv, options);
+  let failed = false;
+  let output = '';
+  const collect = (chunk: Buffer) => {
+    if (output.length < 8192) {
+      output += chunk.toString();
+    }
+  };
+  shell.stdout?.on('data', collect);
+  shell.stderr?.on('data', collect);
+  shell.once('exit', () => (failed = true));
+  try {
+    const launcher = await waitForPid(
+      () => childrenOf(shell.pid!).find(pid => commandName(pid) !== 'cat'),
+      timeoutMs,
+      argv[0],
+      () => !failed
+    );
+    await ready?.(launcher, () => failed);
+    const kernel = await waitForPid(
+      () => childrenOf(launcher).find(isRunning),
+      timeoutMs,
+      'the kernel',
+      () => !failed && isRunning(launcher)
+    );
+    shell.stdout?.off('data', collect);
+    shell.stderr?.off('data', collect);
+    return new PipelineKernel(shell, launcher, kernel);
+  } catch (error) {
+    shell.kill('SIGKILL');
+    for (const pid of childrenOf(shell.pid ?? 0)) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // Gone.
+      }
+    }
+    const detail = output.trim();
+    throw Object.assign(new Error(`${(error as Error).message}${detail ? `: ${detail}` : ''}`), {
+      output: detail
+    });
+  }
+}

@@ -1,0 +1,369 @@
+// The relay: to Jupyter it is the kernel; to the kernel process it is the only client.
+//
+// Front (server-facing) sockets are bound once, on the ports of the connection file Jupyter
+// gave, with Jupyter's key; they never change, so a restore is invisible to the server. Back
+// (kernel-facing) sockets connect to the kernel's private ipc endpoints with the kernel's own key
+// and are torn down around every snapshot, so the kernel holds no connection to a process
+// outside its image.
+//
+// Routing: shell, control and stdin each have ONE dealer towards the kernel, all with the same
+// routing id, and the client's identity frames travel in front of <IDS|MSG>. ipykernel sends an
+// input_request on stdin to the identity list of the shell request, so this is what makes
+// input() reach the right client, with any number of clients.
+
+import * as zmq from 'zeromq';
+
+import { log } from './log';
+import {
+  encode,
+  endpoint,
+  joinFrames,
+  peekHeader,
+  Signer,
+  splitFrames,
+  type Channel,
+  type ConnectionInfo,
+  type Frames,
+  type Header,
+  type Message
+} from './wire';
+
+const BACK_ROUTING_ID = 'kernel-checkpoint-relay';
+type RequestChannel = 'shell' | 'control' | 'stdin';
+const REQUEST_CHANNELS: RequestChannel[] = ['shell', 'control', 'stdin'];
+
+/** Serializes sends: a zeromq.js socket allows one pending send at a time. */
+class Outbox {
+  private tail: Promise<void> = Promise.resolve();
+
+  constructor(
+    private readonly socket: zmq.Writable & zmq.Socket,
+    private readonly name: string
+  ) {}
+
+  send(frames: Buffer[]): Promise<void> {
+    this.tail = this.tail.then(
+      () => this.socket.send(frames),
+      () => this.socket.send(frames)
+    );
+    return this.tail.catch(error => {
+      if (!this.socket.closed) {
+        log.warn(`send on ${this.name} failed: ${(error as Error).message}`);
+      }
+    });
+  }
+}
+
+/** What the supervisor does with messages; the relay only moves frames. */
+export interface RelayHandlers {
+  /** A verified client request; return true when the supervisor answered it itself. */
+  onClientRequest(channel: RequestChannel, frames: Frames, header: Header): boolean;
+  /** A message the kernel published; return false to swallow it. */
+  onKernelIopub(frames: Frames, header: Header): boolean;
+}
+
+interface BackSockets {
+  shell: zmq.Dealer;
+  control: zmq.Dealer;
+  stdin: zmq.Dealer;
+  iopub: zmq.Subscriber;
+  outboxes: Record<RequestChannel, Outbox>;
+}
+
+export class Relay {
+  private readonly frontSigner: Signer;
+  private backSigner: Signer;
+  private readonly front: {
+    shell: zmq.Router;
+    control: zmq.Router;
+    stdin: zmq.Router;
+    iopub: zmq.XPublisher;
+    hb: zmq.Router;
+  };
+  private readonly frontOut: Record<RequestChannel | 'iopub' | 'hb', Outbox>;
+  private back: BackSockets | null = null;
+  private paused = false;
+  private readonly held: Array<{ channel: RequestChannel; frames: Frames }> = [];
+  private closed = false;
+  /** Resolvers waiting for proof that the kernel's iopub reaches us. */
+  private iopubWaiters: Array<() => void> = [];
+  readonly session = `kernel-checkpoint-${process.pid}`;
+
+  constructor(
+    private readonly frontInfo: ConnectionInfo,
+    private backInfo: ConnectionInfo,
+    private readonly handlers: RelayHandlers
+  ) {
+    this.frontSigner = new Signer(frontInfo.key, frontInfo.signature_scheme);
+    this.backSigner = new Signer(backInfo.key, backInfo.signature_scheme);
+    this.front = {
+      shell: new zmq.Router({ linger: 0 }),
+      control: new zmq.Router({ linger: 0 }),
+      stdin: new zmq.Router({ linger: 0 }),
+      // Report every subscription, so each gets a welcome; never drop output.
+      iopub: new zmq.XPublisher({ linger: 0, verbosity: 'allSubs', noDrop: true, sendHighWaterMark: 0 }),
+      hb: new zmq.Router({ linger: 0 })
+    };
+    this.frontOut = {
+      shell: new Outbox(this.front.shell, 'shell'),
+      control: new Outbox(this.front.control, 'control'),
+      stdin: new Outbox(this.front.stdin, 'stdin'),
+      iopub: new Outbox(this.front.iopub, 'iopub'),
+      hb: new Outbox(this.front.hb, 'hb')
+    };
+  }
+
+  /** Binds the server-facing ports and starts relaying from them. */
+  async bindFront(): Promise<void> {
+    const channels: Channel[] = ['shell', 'control', 'stdin', 'iopub', 'hb'];
+    await Promise.all(channels.map(channel => this.front[channel].bind(endpoint(this.frontInfo, channel))));
+    for (const channel of REQUEST_CHANNELS) {
+      void this.readFront(channel);
+    }
+    void this.readSubscriptions();
+    void this.readHeartbeat();
+  }
+
+  /** Points the relay at another kernel process (after a restore of another lineage's image). */
+  setKernelConnection(info: ConnectionInfo): void {
+    this.backInfo = info;
+    this.backSigner = new Signer(info.key, info.signature_scheme);
+  }
+
+  get kernelConnected(): boolean {
+    return this.back !== null;
+  }
+
+  /** Connects to the kernel and resolves once its iopub is live (or after `timeoutMs`). */
+  async connectKernel(timeoutMs = 30000): Promise<boolean> {
+    if (this.back) {
+      return true;
+    }
+    const options = { routingId: BACK_ROUTING_ID, linger: 2000, sendHighWaterMark: 0, receiveHighWaterMark: 0 };
+    const iopub = new zmq.Subscriber({ linger: 0, receiveHighWaterMark: 0 });
+    iopub.subscribe();
+    const back: BackSockets = {
+      shell: new zmq.Dealer(options),
+      control: new zmq.Dealer(options),
+      stdin: new zmq.Dealer(options),
+      iopub,
+      outboxes: {} as Record<RequestChannel, Outbox>
+    };
+    const live = this.waitForIopub(timeoutMs);
+    // Subscribe before connecting (slow joiner); iopub first, so its welcome comes early.
+    back.iopub.connect(endpoint(this.backInfo, 'iopub'));
+    for (const channel of REQUEST_CHANNELS) {
+      back[channel].connect(endpoint(this.backInfo, channel));
+      back.outboxes[channel] = new Outbox(back[channel], `kernel ${channel}`);
+    }
+    this.back = back;
+    for (const channel of REQUEST_CHANNELS) {
+      void this.readBack(back, channel);
+    }
+    void this.readBackIopub(back);
+    return live;
+  }
+
+  /** Closes every socket towards the kernel. */
+  disconnectKernel(): void {
+    const back = this.back;
+    this.back = null;
+    if (back) {
+      for (const socket of [back.shell, back.control, back.stdin, back.iopub]) {
+        socket.close();
+      }
+    }
+  }
+
+  /** Holds client requests instead of relaying them, until `resume`. */
+  pause(): void {
+    this.paused = true;
+  }
+
+  /** Relays what was held, in order, then everything as it comes. */
+  resume(): void {
+    this.paused = false;
+    const held = this.held.splice(0);
+    for (const { channel, frames } of held) {
+      this.toKernel(channel, frames);
+    }
+  }
+
+  get isPaused(): boolean {
+    return this.paused;
+  }
+
+  /** Publishes a message of the supervisor's own on iopub, signed for Jupyter. */
+  publish(message: Message, topic = `kernel-checkpoint.${message.header.msg_type}`): Promise<void> {
+    return this.frontOut.iopub.send(encode(message, this.frontSigner, [Buffer.from(topic)]));
+  }
+
+  /** Replies to a client on a request channel, signed for Jupyter. */
+  reply(channel: RequestChannel, identities: Buffer[], message: Message): Promise<void> {
+    return this.frontOut[channel].send(encode(message, this.frontSigner, identities));
+  }
+
+  /** Sends a request of the supervisor's own to the kernel (replies come back without a client). */
+  sendToKernel(channel: RequestChannel, message: Message): Promise<void> {
+    if (!this.back) {
+      return Promise.resolve();
+    }
+    return this.back.outboxes[channel].send(encode(message, this.backSigner, []));
+  }
+
+  close(): void {
+    this.closed = true;
+    this.disconnectKernel();
+    for (const socket of Object.values(this.front)) {
+      socket.close();
+    }
+  }
+
+  /** Resolves true once the kernel's iopub is proven live, false after `timeoutMs`. */
+  private waitForIopub(timeoutMs: number): Promise<boolean> {
+    return new Promise(resolve => {
+      const timer = setTimeout(() => {
+        this.iopubWaiters = this.iopubWaiters.filter(waiter => waiter !== done);
+        resolve(false);
+      }, timeoutMs);
+      const done = () => {
+        clearTimeout(timer);
+        resolve(true);
+      };
+      this.iopubWaiters.push(done);
+    });
+  }
+
+  private async readFront(channel: RequestChannel): Promise<void> {
+    try {
+      for await (const raw of this.front[channel]) {
+        const frames = splitFrames(raw);
+        if (!frames) {
+          log.warn(`dropped a malformed message on ${channel}`);
+          continue;
+        }
+        if (!this.frontSigner.verify(frames.signature, frames.parts)) {
+          log.warn(`dropped a message with a bad signature on ${channel}`);
+          continue;
+        }
+        let header: Header;
+        try {
+          header = peekHeader(frames);
+        } catch {
+          log.warn(`dropped a message with an unreadable header on ${channel}`);
+          continue;
+        }
+        if (this.handlers.onClientRequest(channel, frames, header)) {
+          continue;
+        }
+        if (this.paused || !this.back) {
+          this.held.push({ channel, frames });
+        } else {
+          this.toKernel(channel, frames);
+        }
+      }
+    } catch (error) {
+      this.loopEnded(`front ${channel}`, error);
+    }
+  }
+
+  private toKernel(channel: RequestChannel, frames: Frames): void {
+    if (!this.back) {
+      this.held.push({ channel, frames });
+      return;
+    }
+    void this.back.outboxes[channel].send(joinFrames(frames, this.backSigner));
+  }
+
+  private async readBack(back: BackSockets, channel: RequestChannel): Promise<void> {
+    try {
+      for await (const raw of back[channel]) {
+        const frames = splitFrames(raw);
+        if (!frames || frames.identities.length === 0) {
+          // A reply to the supervisor's own request: nobody to route it to.
+          continue;
+        }
+        void this.frontOut[channel].send(joinFrames(frames, this.frontSigner));
+      }
+    } catch (error) {
+      if (this.back === back) {
+        this.loopEnded(`kernel ${channel}`, error);
+      }
+    }
+  }
+
+  private async readBackIopub(back: BackSockets): Promise<void> {
+    try {
+      for await (const raw of back.iopub) {
+        const frames = splitFrames(raw);
+        if (!frames) {
+          continue;
+        }
+        const header = peekHeader(frames);
+        for (const waiter of this.iopubWaiters.splice(0)) {
+          waiter();
+        }
+        if (header.msg_type === 'iopub_welcome') {
+          // Meant for us, the kernel's only subscriber; clients get our own welcome.
+          continue;
+        }
+        if (this.handlers.onKernelIopub(frames, header)) {
+          void this.frontOut.iopub.send(joinFrames(frames, this.frontSigner));
+        }
+      }
+    } catch (error) {
+      if (this.back === back) {
+        this.loopEnded('kernel iopub', error);
+      }
+    }
+  }
+
+  /** Answers each client subscription with a signed iopub_welcome (JEP 65). */
+  private async readSubscriptions(): Promise<void> {
+    try {
+      for await (const [event] of this.front.iopub) {
+        if (event.length === 0 || event[0] !== 1) {
+          continue;
+        }
+        const topic = event.subarray(1);
+        const welcome: Message = {
+          header: {
+            msg_id: `${this.session}-welcome-${Date.now()}`,
+            msg_type: 'iopub_welcome',
+            session: this.session,
+            username: 'kernel-checkpoint',
+            date: new Date().toISOString(),
+            version: '5.4'
+          },
+          parent_header: {},
+          metadata: {},
+          content: { subscription: topic.toString('utf8') },
+          buffers: []
+        };
+        void this.frontOut.iopub.send(encode(welcome, this.frontSigner, [topic]));
+      }
+    } catch (error) {
+      this.loopEnded('iopub subscriptions', error);
+    }
+  }
+
+  /**
+   * Heartbeats are echoed by the supervisor itself: Jupyter learns of a dead kernel from the
+   * supervisor's exit, and a kernel under snapshot must not look dead.
+   */
+  private async readHeartbeat(): Promise<void> {
+    try {
+      for await (const frames of this.front.hb) {
+        void this.frontOut.hb.send(frames);
+      }
+    } catch (error) {
+      this.loopEnded('heartbeat', error);
+    }
+  }
+
+  private loopEnded(what: string, error: unknown): void {
+    if (!this.closed) {
+      log.debug(`${what} reader ended: ${(error as Error)?.message ?? error}`);
+    }
+  }
+}

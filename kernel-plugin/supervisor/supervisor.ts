@@ -1,0 +1,662 @@
+// The kernel supervisor: what Jupyter launches as "the kernel". It relays every channel to the
+// real kernel process, answers the kernel_checkpoint comm itself, and drives the engine to
+// checkpoint and restore that process. See docs/architecture.md for the path of a checkpoint.
+
+import { readFileSync } from 'node:fs';
+import os from 'node:os';
+
+import type {
+  Action,
+  Checkpoint,
+  ErrorCode,
+  Request,
+  StateSummary,
+  SupervisorMessage,
+  SupervisorStatus
+} from '../../protocol/checkpoint-protocol';
+import { EngineError, type Engine, type EngineProbe, type KernelProcess } from '../engines/engine';
+import { ImageStore, newCheckpointId, StoreError, MANIFEST_FORMAT } from '../store/store';
+import { AgentChannel, AgentTimeout } from './agent';
+import {
+  kernelCommand,
+  newLineage,
+  prepareLineageDir,
+  removeLineageDir,
+  type KernelCommand,
+  type Lineage
+} from './kernel-setup';
+import { log } from './log';
+import { Relay } from './relay';
+import { waitForKernelToLetGo } from './sockets';
+import { newMessage, peekContent, type ConnectionInfo, type Frames, type Header } from './wire';
+
+export const PROTOCOL_VERSION = '1.0';
+export const COMM_TARGET = 'kernel_checkpoint';
+const ACTIONS: Action[] = ['checkpoint', 'restore', 'list', 'delete', 'label', 'status'];
+/** Status messages whose parent is one of these do not change a client's idea of busy/idle. */
+const UNTRACKED_PARENTS = new Set([
+  'comm_info_request',
+  'kernel_info_request',
+  'shutdown_request',
+  'interrupt_request',
+  'debug_request',
+  'usage_request'
+]);
+const MAX_COMMS = 64;
+
+/** A failed request: what the client gets as ErrorReply. */
+export class RequestError extends Error {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    readonly detail?: string
+  ) {
+    super(message);
+  }
+}
+
+function asRequestError(error: unknown): RequestError {
+  if (error instanceof RequestError) {
+    return error;
+  }
+  if (error instanceof StoreError || error instanceof EngineError) {
+    return new RequestError(error.code, error.message, (error as EngineError).detail);
+  }
+  return new RequestError('engine_failed', (error as Error)?.message ?? String(error));
+}
+
+export interface KernelIdentity {
+  name: string;
+  display_name: string;
+  language: string;
+}
+
+export interface SupervisorOptions {
+  connection: ConnectionInfo;
+  connectionFile?: string;
+  argv: string[];
+  engine: Engine;
+  store: ImageStore;
+  kernel: KernelIdentity;
+  notebookPath: string | null;
+  cwd: string;
+  env: NodeJS.ProcessEnv;
+  /** How long pre-checkpoint hooks may take. */
+  prepareTimeoutMs?: number;
+}
+
+type Sink = (message: SupervisorMessage) => void;
+
+export class Supervisor {
+  private readonly relay: Relay;
+  private readonly agent: AgentChannel;
+  private kernel: KernelProcess | null = null;
+  private command: KernelCommand | null = null;
+  private lineage: Lineage;
+  private probe: EngineProbe | null = null;
+  private currentId: string | null = null;
+  private busy: Action | null = null;
+  private kernelIdle = true;
+  private shuttingDown = false;
+  private readonly comms = new Map<string, { session: string }>();
+  private markerWaiters = new Map<string, () => void>();
+  private seenMarkers = new Set<string>();
+  private exiting = false;
+
+  constructor(private readonly options: SupervisorOptions) {
+    this.lineage = newLineage(options.env);
+    this.relay = new Relay(options.connection, this.lineage.connection, {
+      onClientRequest: (channel, frames, header) => this.onClientRequest(channel, frames, header),
+      onKernelIopub: (frames, header) => this.onKernelIopub(frames, header)
+    });
+    this.agent = new AgentChannel(null, request => this.handleRequest(request, message => this.agent.send(message)));
+  }
+
+  /** Binds Jupyter's ports and starts the kernel under the engine (plainly if it cannot run). */
+  async start(): Promise<void> {
+    this.probe = await this.options.engine.probe();
+    if (!this.probe.ok) {
+      log.warn(`${this.probe.problem} The kernel runs, but cannot be checkpointed. ${this.probe.remedy ?? ''}`);
+    }
+    await this.relay.bindFront();
+    await this.launchKernel();
+  }
+
+  private async launchKernel(): Promise<void> {
+    await prepareLineageDir(this.lineage);
+    this.command = kernelCommand(this.options.argv, this.lineage, this.options.env, this.options.connectionFile);
+    const spec = { argv: this.command.argv, env: this.command.env, cwd: this.options.cwd, workDir: this.lineage.ipcDir };
+    const kernel = this.probe?.ok
+      ? await this.options.engine.launch(spec)
+      : await import('../engines/process').then(({ startPipelineKernel }) =>
+          startPipelineKernel(['setsid', '--fork', '--wait', ...spec.argv], spec)
+        );
+    this.adoptKernel(kernel);
+    this.relay.setKernelConnection(this.lineage.connection);
+    this.agent.setEndpoint(this.command.withPlugin ? this.lineage.agentEndpoint : null);
+    void this.relay.connectKernel(60000);
+    this.connectAgent();
+  }
+
+  private adoptKernel(kernel: KernelProcess): void {
+    this.kernel = kernel;
+    kernel.stdout?.on('data', (chunk: Buffer) => process.stderr.write(chunk));
+    kernel.stderr?.on('data', (chunk: Buffer) => process.stderr.write(chunk));
+    void kernel.exited.then(exit => {
+      if (this.kernel !== kernel) {
+        return; // Replaced on purpose (restore).
+      }
+      this.kernel = null;
+      if (this.shuttingDown) {
+        log.info('the kernel shut down');
+        void this.exit(0);
+      } else {
+        log.error(`the kernel exited unexpectedly (code ${exit.code}, signal ${exit.signal})`);
+        void this.exit(1);
+      }
+    });
+  }
+
+  private connectAgent(): void {
+    if (!this.command?.withPlugin) {
+      return;
+    }
+    this.agent.connect();
+    // Introduce ourselves so the plugin may send what it queued while we were away.
+    this.agent.send({ type: 'ping' });
+  }
+
+  /** Stops the kernel and leaves; the supervisor never outlives its kernel. */
+  async exit(code: number): Promise<never> {
+    if (!this.exiting) {
+      this.exiting = true;
+      const kernel = this.kernel;
+      this.kernel = null;
+      await kernel?.terminate();
+      this.relay.close();
+      this.agent.disconnect();
+      await removeLineageDir(this.lineage);
+    }
+    process.exit(code);
+  }
+
+  interruptKernel(): void {
+    this.kernel?.signal('SIGINT');
+  }
+
+  // ---- messages from clients -------------------------------------------------------------
+
+  private onClientRequest(channel: 'shell' | 'control' | 'stdin', frames: Frames, header: Header): boolean {
+    const type = header.msg_type;
+    if (type === 'shutdown_request') {
+      this.shuttingDown = true;
+      if (!this.kernel && !this.busy) {
+        void this.exit(0);
+      }
+      return false;
+    }
+    if (channel === 'control' && type === 'interrupt_request') {
+      this.interruptKernel();
+      const reply = newMessage('interrupt_reply', { status: 'ok' }, { session: this.relay.session, parent: header });
+      void this.relay.reply('control', frames.identities, reply);
+      return true;
+    }
+    if (channel !== 'shell' || !type.startsWith('comm_')) {
+      return false;
+    }
+    let content: Record<string, any>;
+    try {
+      content = peekContent(frames);
+    } catch {
+      return false;
+    }
+    if (type === 'comm_open' && content.target_name === COMM_TARGET) {
+      this.openComm(content, header);
+      return true;
+    }
+    const commId = content.comm_id as string;
+    if (!this.comms.has(commId)) {
+      return false;
+    }
+    if (type === 'comm_close') {
+      this.comms.delete(commId);
+    } else if (type === 'comm_msg') {
+      this.withStatus(header, () =>
+        this.handleRequest(content.data as Request, message => this.sendComm(commId, message, header))
+      );
+    }
+    return true;
+  }
+
+  private openComm(content: Record<string, any>, header: Header): void {
+    const commId = content.comm_id as string;
+    const version = String(content.data?.protocol_version ?? '');
+    this.withStatus(header, () => {
+      if (version.split('.')[0] !== PROTOCOL_VERSION.split('.')[0]) {
+        this.sendComm(commId, this.errorMessage('', 'status', new RequestError(
+          'unsupported_protocol',
+          `This kernel speaks kernel_checkpoint protocol ${PROTOCOL_VERSION}, the client ${version || 'none'}.`
+        )), header);
+        return;
+      }
+      this.comms.set(commId, { session: header.session });
+      while (this.comms.size > MAX_COMMS) {
+        this.comms.delete(this.comms.keys().next().value as string);
+      }
+      this.sendComm(commId, { type: 'hello', status: this.status() }, header);
+    });
+  }
+
+  /**
+   * Wraps the supervisor's answer in busy/idle like a kernel would, so clients can tell when it
+   * is done; but only while the kernel is idle, or a client would think a running cell ended.
+   */
+  private withStatus(parent: Header, body: () => void): void {
+    const idle = this.kernelIdle && !this.busy;
+    if (idle) {
+      void this.relay.publish(newMessage('status', { execution_state: 'busy' }, { session: this.relay.session, parent }));
+    }
+    body();
+    if (idle) {
+      void this.relay.publish(newMessage('status', { execution_state: 'idle' }, { session: this.relay.session, parent }));
+    }
+  }
+
+  private sendComm(commId: string, data: SupervisorMessage, parent: Header | Record<string, never> = {}): void {
+    void this.relay.publish(
+      newMessage('comm_msg', { comm_id: commId, data }, { session: this.relay.session, parent })
+    );
+  }
+
+  private broadcast(message: SupervisorMessage): void {
+    for (const commId of this.comms.keys()) {
+      this.sendComm(commId, message);
+    }
+  }
+
+  // ---- messages from the kernel ----------------------------------------------------------
+
+  private onKernelIopub(frames: Frames, header: Header): boolean {
+    if (header.msg_type === 'kernel_checkpoint_marker') {
+      const id = (peekContent(frames) as { checkpoint_id?: string }).checkpoint_id ?? '';
+      // The marker may come before the plugin's `prepared` reaches us: remember it.
+      this.seenMarkers.add(id);
+      this.markerWaiters.get(id)?.();
+      return false;
+    }
+    if (header.msg_type === 'status') {
+      try {
+        const parentType = JSON.parse(frames.parts[1].toString('utf8')).msg_type as string | undefined;
+        if (!parentType || !UNTRACKED_PARENTS.has(parentType)) {
+          this.kernelIdle = peekContent(frames).execution_state === 'idle';
+        }
+      } catch {
+        // An unreadable status changes nothing.
+      }
+    }
+    return true;
+  }
+
+  // ---- requests (from the comm, the CLI, or the in-kernel plugin) ---------------------------
+
+  status(): SupervisorStatus {
+    const engine = { name: this.options.engine.name, version: this.probe?.version ?? 'unknown' };
+    return {
+      protocol_version: PROTOCOL_VERSION,
+      engine,
+      engine_ok: this.probe?.ok ?? false,
+      ...(this.probe?.ok ? {} : { engine_problem: `${this.probe?.problem ?? 'unknown'} ${this.probe?.remedy ?? ''}`.trim() }),
+      current_id: this.currentId,
+      kernel_name: this.options.kernel.name,
+      notebook_path: this.options.notebookPath,
+      busy: this.busy,
+      plugin: this.agent.present,
+      store: this.options.store.root
+    };
+  }
+
+  /** Handles one request; never throws: failures become an ErrorReply. */
+  handleRequest(request: Request, send: Sink): void {
+    const requestId = typeof request?.request_id === 'string' ? request.request_id : '';
+    const action = request?.action;
+    if (!requestId || !ACTIONS.includes(action)) {
+      send(this.errorMessage(requestId, String(action ?? ''), new RequestError(
+        'invalid_request',
+        `Not a kernel_checkpoint request: it needs a request_id and an action (one of ${ACTIONS.join(', ')}).`
+      )));
+      return;
+    }
+    const progress = (stage: Extract<SupervisorMessage, { type: 'progress' }>['stage'], message?: string) =>
+      send({ type: 'progress', request_id: requestId, action, stage, ...(message ? { message } : {}) });
+    this.perform(request, progress)
+      .then(result => send({ type: 'reply', request_id: requestId, action, current_id: this.currentId, ...result }))
+      .catch(error => {
+        const failure = asRequestError(error);
+        log.warn(`${action} failed: ${failure.code}: ${failure.message}${failure.detail ? `\n${failure.detail}` : ''}`);
+        send(this.errorMessage(requestId, action, failure));
+      });
+  }
+
+  private errorMessage(requestId: string, action: string, error: RequestError): SupervisorMessage {
+    return {
+      type: 'error',
+      request_id: requestId,
+      action,
+      error: { code: error.code, message: error.message, ...(error.detail ? { detail: error.detail } : {}) }
+    };
+  }
+
+  private async perform(
+    request: Request,
+    progress: (stage: any, message?: string) => void
+  ): Promise<{ checkpoint?: Checkpoint; checkpoints?: Checkpoint[]; status?: SupervisorStatus }> {
+    switch (request.action) {
+      case 'status':
+        return { status: this.status() };
+      case 'list':
+        return { checkpoints: await this.list(request) };
+      case 'label':
+        return { checkpoint: await this.label(this.requireId(request), request.label ?? null) };
+      case 'delete':
+        return this.exclusive('delete', async () => ({ checkpoint: await this.delete(this.requireId(request)) }));
+      case 'checkpoint':
+        return this.exclusive('checkpoint', async () => ({ checkpoint: await this.checkpoint(request, progress) }));
+      case 'restore':
+        return this.exclusive('restore', async () => ({
+          checkpoint: await this.restore(this.requireId(request), progress)
+        }));
+    }
+    throw new RequestError('invalid_request', `Unknown action ${JSON.stringify(request.action)}.`);
+  }
+
+  private requireId(request: Request): string {
+    if (typeof request.checkpoint_id !== 'string' || !request.checkpoint_id) {
+      throw new RequestError('invalid_request', `${request.action} needs a checkpoint_id.`);
+    }
+    return request.checkpoint_id;
+  }
+
+  private async exclusive<T>(action: Action, body: () => Promise<T>): Promise<T> {
+    if (this.busy) {
+      throw new RequestError('busy', `Another ${this.busy} is under way; try again when it has finished.`);
+    }
+    this.busy = action;
+    this.broadcast({ type: 'event', event: 'busy', action, current_id: this.currentId });
+    try {
+      return await body();
+    } finally {
+      this.busy = null;
+      this.broadcast({ type: 'event', event: 'idle', action, current_id: this.currentId });
+      if (this.shuttingDown && !this.kernel) {
+        void this.exit(0);
+      }
+    }
+  }
+
+  private async list(request: Request): Promise<Checkpoint[]> {
+    const all = await this.options.store.list();
+    if (request.scope === 'all') {
+      return all;
+    }
+    // This notebook's images, and the tree the running kernel belongs to.
+    const notebook = request.notebook_path ?? this.options.notebookPath;
+    const byId = new Map(all.map(c => [c.id, c]));
+    const rootOf = (c: Checkpoint): string => {
+      const seen = new Set<string>();
+      while (c.parent_id && byId.has(c.parent_id) && !seen.has(c.id)) {
+        seen.add(c.id);
+        c = byId.get(c.parent_id)!;
+      }
+      return c.id;
+    };
+    const current = this.currentId ? byId.get(this.currentId) : undefined;
+    const ourRoot = current ? rootOf(current) : null;
+    return all.filter(c => (notebook && c.notebook_path === notebook) || (ourRoot !== null && rootOf(c) === ourRoot));
+  }
+
+  private async label(id: string, label: string | null): Promise<Checkpoint> {
+    const checkpoint = await this.options.store.relabel(id, label);
+    this.broadcast({ type: 'event', event: 'labelled', checkpoint, checkpoint_id: id, current_id: this.currentId });
+    return checkpoint;
+  }
+
+  private async delete(id: string): Promise<Checkpoint> {
+    const checkpoint = await this.options.store.manifest(id);
+    await this.options.store.delete(id);
+    if (this.currentId === id) {
+      this.currentId = checkpoint.parent_id;
+    }
+    this.broadcast({ type: 'event', event: 'deleted', checkpoint_id: id, current_id: this.currentId });
+    return checkpoint;
+  }
+
+  private requireEngine(): void {
+    if (!this.probe?.ok) {
+      throw new RequestError(
+        'engine_unavailable',
+        `${this.probe?.problem ?? 'The checkpoint engine cannot run here.'} ${this.probe?.remedy ?? ''}`.trim()
+      );
+    }
+  }
+
+  private async checkpoint(request: Request, progress: (stage: any, message?: string) => void): Promise<Checkpoint> {
+    const started = Date.now();
+    this.requireEngine();
+    const kernel = this.kernel;
+    if (!kernel) {
+      throw new RequestError('kernel_not_running', 'There is no kernel process to checkpoint.');
+    }
+    const id = newCheckpointId();
+    const label = request.label ?? null;
+    const pending = await this.options.store.begin(id);
+    let summary: StateSummary | null = null;
+    let gated = false;
+    let resumed = false;
+    let snapshot: Awaited<ReturnType<Engine['checkpoint']>> | null = null;
+    let snapshotError: unknown = null;
+    try {
+      progress('preparing');
+      if (this.agent.connected && this.agent.present) {
+        try {
+          const prepared = await this.agent.ask(
+            { type: 'prepare', checkpoint_id: id, label },
+            'prepared',
+            this.options.prepareTimeoutMs ?? 120000
+          );
+          if (prepared.veto) {
+            throw new RequestError('vetoed', `A pre-checkpoint hook refused the checkpoint: ${prepared.veto}`);
+          }
+          summary = prepared.summary ?? null;
+          gated = true;
+          for (const hookError of prepared.hook_errors ?? []) {
+            log.warn(`pre-checkpoint hook failed: ${hookError}`);
+          }
+        } catch (error) {
+          if (!(error instanceof AgentTimeout)) {
+            throw error;
+          }
+          log.warn(`${error.message}; checkpointing without hooks and state summary`);
+        }
+      }
+      progress('quiescing');
+      this.relay.pause();
+      if (gated) {
+        await this.waitForMarker(id, 10000);
+      }
+      this.relay.disconnectKernel();
+      this.agent.disconnect();
+      await waitForKernelToLetGo(this.lineage.ipcDir, kernel.pid, 10000);
+      progress('snapshotting');
+      try {
+        snapshot = await this.options.engine.checkpoint(kernel, pending.imageDir);
+      } catch (error) {
+        snapshotError = error;
+      }
+      progress('resuming');
+      await this.reconnect();
+      if (gated) {
+        this.agent.send(
+          snapshot
+            ? { type: 'resumed', checkpoint_id: id }
+            : { type: 'aborted', checkpoint_id: id, error: { code: asRequestError(snapshotError).code, message: asRequestError(snapshotError).message } }
+        );
+      }
+      resumed = true;
+      this.relay.resume();
+      if (!snapshot) {
+        throw snapshotError;
+      }
+      progress('saving');
+      const manifest: Checkpoint = {
+        format: MANIFEST_FORMAT,
+        id,
+        parent_id: this.currentId,
+        label,
+        created: new Date(started).toISOString(),
+        engine: { name: this.options.engine.name, version: snapshot.version },
+        duration_ms: 0,
+        snapshot_ms: snapshot.frozenMs,
+        image_bytes: 0,
+        kernel: this.options.kernel,
+        notebook_path: request.notebook_path ?? this.options.notebookPath,
+        host: { hostname: os.hostname(), arch: process.arch, kernel_release: os.release() },
+        state: summary
+      };
+      manifest.duration_ms = Date.now() - started;
+      const saved = await pending.commit(manifest, {
+        format: MANIFEST_FORMAT,
+        engine: this.options.engine.name,
+        engineData: snapshot.data,
+        kernelConnection: this.lineage.connection,
+        ipcDir: this.lineage.ipcDir,
+        agentEndpoint: this.command?.withPlugin ? this.lineage.agentEndpoint : null,
+        lineage: this.lineage.id,
+        arch: process.arch
+      });
+      this.currentId = id;
+      log.info(`checkpoint ${id}: ${saved.image_bytes} bytes in ${Date.now() - started} ms`);
+      this.broadcast({ type: 'event', event: 'created', checkpoint: saved, checkpoint_id: id, current_id: id });
+      return saved;
+    } catch (error) {
+      await pending.discard();
+      if (!resumed) {
+        if (!this.relay.kernelConnected && this.kernel) {
+          await this.reconnect();
+        }
+        if (gated) {
+          this.agent.send({ type: 'aborted', checkpoint_id: id, error: { code: asRequestError(error).code, message: asRequestError(error).message } });
+        }
+        this.relay.resume();
+      }
+      throw error;
+    }
+  }
+
+  private waitForMarker(id: string, timeoutMs: number): Promise<void> {
+    if (this.seenMarkers.delete(id)) {
+      return Promise.resolve();
+    }
+    return new Promise(resolve => {
+      const timer = setTimeout(() => {
+        log.warn('the kernel plugin\'s iopub marker did not arrive; output sent just before the snapshot may be late');
+        this.markerWaiters.delete(id);
+        resolve();
+      }, timeoutMs);
+      this.markerWaiters.set(id, () => {
+        clearTimeout(timer);
+        this.seenMarkers.delete(id);
+        this.markerWaiters.delete(id);
+        resolve();
+      });
+    });
+  }
+
+  /** Connects to the (resumed or restored) kernel again and waits until its iopub is live. */
+  private async reconnect(): Promise<void> {
+    const live = await this.relay.connectKernel(30000);
+    if (!live) {
+      log.warn('the kernel\'s iopub did not answer within 30 s of reconnecting');
+    }
+    this.connectAgent();
+  }
+
+  private async restore(id: string, progress: (stage: any, message?: string) => void): Promise<Checkpoint> {
+    const store = this.options.store;
+    const manifest = await store.manifest(id);
+    const record = await store.privateRecord(id);
+    if (record.engine !== this.options.engine.name) {
+      throw new RequestError(
+        'foreign_image',
+        `Checkpoint ${id} was made by the ${record.engine} engine; this kernel runs under ${this.options.engine.name}.`
+      );
+    }
+    if (record.arch !== process.arch) {
+      throw new RequestError('foreign_image', `Checkpoint ${id} was made on ${record.arch}; this machine is ${process.arch}.`);
+    }
+    this.requireEngine();
+    progress('verifying');
+    await store.verify(id, record);
+
+    progress('stopping');
+    this.relay.pause();
+    this.relay.disconnectKernel();
+    this.agent.disconnect();
+    const old = this.kernel;
+    this.kernel = null;
+    await old?.terminate();
+    const oldLineage = this.lineage;
+    const lineage: Lineage = {
+      id: record.lineage,
+      ipcDir: record.ipcDir,
+      connection: record.kernelConnection as unknown as ConnectionInfo,
+      connectionFile: `${record.ipcDir}/connection.json`,
+      agentEndpoint: record.agentEndpoint ?? `ipc://${record.ipcDir}/agent`
+    };
+    progress('restoring');
+    try {
+      await prepareLineageDir(lineage);
+      const spec = { argv: [], env: this.options.env, cwd: this.options.cwd, workDir: lineage.ipcDir };
+      const kernel = await this.options.engine.restore(store.imageDir(id), record.engineData, spec);
+      this.lineage = lineage;
+      this.adoptKernel(kernel);
+    } catch (error) {
+      // The old kernel is gone; start a fresh one so that the notebook stays usable.
+      const failure = asRequestError(error);
+      log.error(`restore of ${id} failed, starting a fresh kernel: ${failure.message}`);
+      this.lineage = newLineage(this.options.env);
+      this.currentId = null;
+      await this.launchKernel();
+      this.relay.resume();
+      throw new RequestError(failure.code, `${failure.message} A fresh kernel was started instead.`, failure.detail);
+    }
+    if (oldLineage.id !== lineage.id) {
+      await removeLineageDir(oldLineage);
+    }
+    this.relay.setKernelConnection(lineage.connection);
+    this.agent.setEndpoint(record.agentEndpoint);
+    this.command = { argv: [], env: {}, withPlugin: record.agentEndpoint !== null };
+    progress('reconnecting');
+    await this.reconnect();
+    if (this.command.withPlugin) {
+      this.agent.send({ type: 'restarted', checkpoint_id: id });
+    }
+    this.currentId = id;
+    this.relay.resume();
+    log.info(`restored ${id}`);
+    this.broadcast({ type: 'event', event: 'restored', checkpoint: manifest, checkpoint_id: id, current_id: id });
+    return manifest;
+  }
+}
+
+/** Reads and checks a connection file. */
+export function readConnectionFile(file: string): ConnectionInfo {
+  const info = JSON.parse(readFileSync(file, 'utf8')) as ConnectionInfo;
+  for (const field of ['shell_port', 'iopub_port', 'stdin_port', 'control_port', 'hb_port', 'ip', 'key'] as const) {
+    if (info[field] === undefined) {
+      throw new Error(`connection file ${file} has no ${field}`);
+    }
+  }
+  info.transport ??= 'tcp';
+  info.signature_scheme ??= 'hmac-sha256';
+  return info;
+}
