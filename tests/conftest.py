@@ -69,14 +69,11 @@ def make_kernel(jupyter_env, store, engine) -> Iterator:
     supervisor left no process behind."""
     started: list[Kernel] = []
 
-    def make(**extra_env: str) -> Kernel:
+    def make(stderr=None, **extra_env: str) -> Kernel:
         env = dict(os.environ)
-        env.update(
-            KERNEL_CHECKPOINT_STORE=str(store),
-            KERNEL_CHECKPOINT_ENGINE=engine,
-            **extra_env,
-        )
-        kernel = Kernel(env)
+        env.update(KERNEL_CHECKPOINT_STORE=str(store), KERNEL_CHECKPOINT_ENGINE=engine)
+        env.update(extra_env)
+        kernel = Kernel(env, stderr=stderr)
         started.append(kernel)
         return kernel
 

@@ -28,7 +28,9 @@ KERNEL_NAME = "python3-checkpoint"
 def kernel_checkpoint_command() -> str:
     found = shutil.which("kernel-checkpoint") or str(ROOT / ".venv" / "bin" / "kernel-checkpoint")
     if not os.path.exists(found):
-        raise RuntimeError("kernel-checkpoint is not installed: run `make test` (or `make lab`) first")
+        raise RuntimeError(
+            "kernel-checkpoint is not installed: run `make test` (or `make lab`) first"
+        )
     return found
 
 
@@ -215,10 +217,10 @@ class Client:
 class Kernel:
     """A kernel started from the checkpointable kernelspec by jupyter_client's KernelManager."""
 
-    def __init__(self, env: dict[str, str], kernel_name: str = KERNEL_NAME):
+    def __init__(self, env: dict[str, str], kernel_name: str = KERNEL_NAME, stderr=None):
         self.env = env
         self.km = KernelManager(kernel_name=kernel_name)
-        self.km.start_kernel(env=env)
+        self.km.start_kernel(env=env, **({"stderr": stderr} if stderr else {}))
         self.clients: list[Client] = []
         self.client = self.connect()
 
@@ -227,7 +229,9 @@ class Kernel:
         return self.km.provisioner.process.pid  # type: ignore[union-attr]
 
     def connect(self) -> Client:
-        kc = self.km.client()
+        # A client of its own session (identity), like another JupyterLab tab.
+        kc = BlockingKernelClient()
+        kc.load_connection_info(self.km.get_connection_info())
         kc.start_channels()
         kc.wait_for_ready(timeout=90)
         client = Client(kc)

@@ -21,10 +21,14 @@ export function registerDoctorCommand(program: Command): void {
       } else {
         for (const probe of probes) {
           const head = `${probe.name.padEnd(6)} ${probe.ok ? 'ok' : 'unavailable'}`;
-          const version = probe.version ? ` (version ${probe.version}${probe.path ? `, ${probe.path}` : ''})` : '';
+          const version = probe.version
+            ? ` (version ${probe.version}${probe.path ? `, ${probe.path}` : ''})`
+            : '';
           process.stdout.write(`${head}${version}\n`);
           if (!probe.ok) {
-            process.stdout.write(`       why: ${probe.problem}\n       fix: ${probe.remedy ?? '-'}\n`);
+            process.stdout.write(
+              `       why: ${probe.problem}\n       fix: ${probe.remedy ?? '-'}\n`
+            );
           }
         }
       }

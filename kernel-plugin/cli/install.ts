@@ -52,29 +52,51 @@ print(KernelSpecManager().install_kernel_spec(sys.argv[1], kernel_name=sys.argv[
 export async function installKernelspec(options: InstallOptions): Promise<string> {
   const python = pythonExecutable();
   const { stdout } = await run(python, ['-c', FIND_SPEC, options.wrap]).catch(error => {
-    throw new Error(`no kernelspec named ${JSON.stringify(options.wrap)} to wrap: ${String(error.stderr || error.message).trim().split('\n').pop()}`);
+    throw new Error(
+      `no kernelspec named ${JSON.stringify(options.wrap)} to wrap: ${String(
+        error.stderr || error.message
+      )
+        .trim()
+        .split('\n')
+        .pop()}`
+    );
   });
   const { resource_dir: resourceDir, spec } = JSON.parse(stdout) as {
     resource_dir: string;
-    spec: { argv: string[]; display_name: string; language: string; env?: object; metadata?: object };
+    spec: {
+      argv: string[];
+      display_name: string;
+      language: string;
+      env?: object;
+      metadata?: object;
+    };
   };
   if (spec.metadata && 'kernel_checkpoint' in spec.metadata) {
-    throw new Error(`kernelspec ${options.wrap} is already checkpointable; wrap the kernel it wraps instead`);
+    throw new Error(
+      `kernelspec ${options.wrap} is already checkpointable; wrap the kernel it wraps instead`
+    );
   }
   const name = options.name ?? `${options.wrap}-checkpoint`;
   // A bare "python" is resolved by Jupyter only in argv[0]; here it is not argv[0] any more.
   const wrapped = spec.argv.map((arg, i) =>
-    i === 0 && /^python(\d(\.\d+)?)?$/.test(arg) ? python : arg.replace('{connection_file}', CONNECTION_PLACEHOLDER)
+    i === 0 && /^python(\d(\.\d+)?)?$/.test(arg)
+      ? python
+      : arg.replace('{connection_file}', CONNECTION_PLACEHOLDER)
   );
   const argv = [
     selfCommand(),
     'run',
-    '--kernel-name', name,
-    '--display-name', spec.display_name,
-    '--language', spec.language,
-    '--engine', options.engine,
+    '--kernel-name',
+    name,
+    '--display-name',
+    spec.display_name,
+    '--language',
+    spec.language,
+    '--engine',
+    options.engine,
     ...(options.store ? ['--store', options.store] : []),
-    '-f', '{connection_file}',
+    '-f',
+    '{connection_file}',
     '--',
     ...wrapped
   ];
@@ -85,7 +107,10 @@ export async function installKernelspec(options: InstallOptions): Promise<string
     // The supervisor answers interrupt_request by signalling the kernel, whichever engine runs it.
     interrupt_mode: 'message',
     env: spec.env ?? {},
-    metadata: { ...(spec.metadata ?? {}), kernel_checkpoint: { wraps: options.wrap, engine: options.engine } }
+    metadata: {
+      ...(spec.metadata ?? {}),
+      kernel_checkpoint: { wraps: options.wrap, engine: options.engine }
+    }
   };
   const staging = await fs.mkdtemp(path.join(os.tmpdir(), 'kernel-checkpoint-spec-'));
   try {
@@ -94,7 +119,10 @@ export async function installKernelspec(options: InstallOptions): Promise<string
         await fs.cp(path.join(resourceDir, entry), path.join(staging, entry), { recursive: true });
       }
     }
-    await fs.writeFile(path.join(staging, 'kernel.json'), JSON.stringify(kernelJson, null, 2) + '\n');
+    await fs.writeFile(
+      path.join(staging, 'kernel.json'),
+      JSON.stringify(kernelJson, null, 2) + '\n'
+    );
     const where = options.user ? 'user' : options.prefix ? options.prefix : 'sys-prefix';
     const installed = await run(python, ['-c', INSTALL_SPEC, staging, name, where]);
     return installed.stdout.trim();
@@ -106,7 +134,9 @@ export async function installKernelspec(options: InstallOptions): Promise<string
 export function registerInstallCommand(program: Command): void {
   program
     .command('install')
-    .description('Install a kernelspec "<display name> (checkpointable)" wrapping an existing kernelspec.')
+    .description(
+      'Install a kernelspec "<display name> (checkpointable)" wrapping an existing kernelspec.'
+    )
     .option('--user', 'install for the current user')
     .option('--sys-prefix', 'install into this Python environment (the default)')
     .option('--prefix <dir>', 'install under this prefix')
@@ -116,6 +146,8 @@ export function registerInstallCommand(program: Command): void {
     .option('--store <dir>', 'image store folder for kernels of this kernelspec')
     .action(async (options: InstallOptions) => {
       const where = await installKernelspec(options);
-      process.stdout.write(`Installed kernelspec ${options.name ?? `${options.wrap}-checkpoint`} in ${where}\n`);
+      process.stdout.write(
+        `Installed kernelspec ${options.name ?? `${options.wrap}-checkpoint`} in ${where}\n`
+      );
     });
 }

@@ -26,7 +26,9 @@ if (require.main === module) {
   buildProgram()
     .parseAsync(process.argv)
     .catch((error: unknown) => {
-      process.stderr.write(`kernel-checkpoint: ${error instanceof Error ? error.message : String(error)}\n`);
+      process.stderr.write(
+        `kernel-checkpoint: ${error instanceof Error ? error.message : String(error)}\n`
+      );
       process.exit(1);
     });
 }

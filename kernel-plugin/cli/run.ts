@@ -19,17 +19,33 @@ interface RunOptions {
 export function registerRunCommand(program: Command): void {
   program
     .command('run')
-    .description('Run a kernel under the supervisor (this is what a checkpointable kernelspec launches).')
+    .description(
+      'Run a kernel under the supervisor (this is what a checkpointable kernelspec launches).'
+    )
     .requiredOption('-f, --connection-file <file>', 'the connection file Jupyter gave')
-    .option('--engine <name>', 'checkpoint engine: auto, criu or dmtcp', process.env.KERNEL_CHECKPOINT_ENGINE ?? 'auto')
-    .option('--store <dir>', 'folder of the image store (default: $KERNEL_CHECKPOINT_STORE or Jupyter data dir)')
-    .option('--kernel-name <name>', 'name of this kernelspec, recorded in each checkpoint', 'python3-checkpoint')
+    .option(
+      '--engine <name>',
+      'checkpoint engine: auto, criu or dmtcp',
+      process.env.KERNEL_CHECKPOINT_ENGINE ?? 'auto'
+    )
+    .option(
+      '--store <dir>',
+      'folder of the image store (default: $KERNEL_CHECKPOINT_STORE or Jupyter data dir)'
+    )
+    .option(
+      '--kernel-name <name>',
+      'name of this kernelspec, recorded in each checkpoint',
+      'python3-checkpoint'
+    )
     .option('--display-name <name>', 'display name of the kernel, recorded in each checkpoint')
     .option('--language <language>', 'language of the kernel', 'python')
-    .argument('<argv...>', 'the wrapped kernel\'s command line, after --')
+    .argument('<argv...>', "the wrapped kernel's command line, after --")
     .action(async (argv: string[], options: RunOptions) => {
       // KERNEL_CHECKPOINT_ENGINE picks the engine for every kernel whose kernelspec says auto.
-      const wanted = options.engine === 'auto' ? (process.env.KERNEL_CHECKPOINT_ENGINE ?? 'auto') : options.engine;
+      const wanted =
+        options.engine === 'auto'
+          ? (process.env.KERNEL_CHECKPOINT_ENGINE ?? 'auto')
+          : options.engine;
       const { engine, probes } = await chooseEngine(wanted);
       for (const probe of probes.filter(p => !p.ok)) {
         log.info(`engine ${probe.name}: ${probe.problem}`);

@@ -5,6 +5,7 @@
 
 import { execFile } from 'node:child_process';
 import { promises as fs, constants as fsConstants } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 
@@ -70,7 +71,9 @@ function atLeast(version: number[], minimum: readonly number[]): boolean {
 /** The lines of a CRIU log that say what went wrong. */
 async function errorsFromLog(logFile: string): Promise<string> {
   const log = await fs.readFile(logFile, 'utf8').catch(() => '');
-  const errors = log.split('\n').filter(line => /Error|error|No space|Permission denied/.test(line));
+  const errors = log
+    .split('\n')
+    .filter(line => /Error|error|No space|Permission denied/.test(line));
   return (errors.length ? errors : log.split('\n')).slice(-12).join('\n').trim();
 }
 
@@ -78,7 +81,10 @@ function classify(detail: string, what: string): EngineError {
   if (/No space left on device|ENOSPC|Disk quota/i.test(detail)) {
     return new EngineError('no_space', `The disk is full: CRIU could not ${what}.`, detail);
   }
-  if (/Permission denied|Operation not permitted|EPERM|EACCES/.test(detail) && !/rlimit/.test(detail)) {
+  if (
+    /Permission denied|Operation not permitted|EPERM|EACCES/.test(detail) &&
+    !/rlimit/.test(detail)
+  ) {
     return new EngineError('permission_denied', `CRIU was not permitted to ${what}.`, detail);
   }
   const reason = detail.split('\n').filter(Boolean).pop() ?? 'no reason given';
@@ -99,7 +105,11 @@ export class CriuEngine implements Engine {
   private async criu(): Promise<string> {
     const probe = await this.probe();
     if (!probe.ok || !probe.path) {
-      throw new EngineError('engine_unavailable', probe.problem ?? 'CRIU cannot run here.', probe.remedy);
+      throw new EngineError(
+        'engine_unavailable',
+        probe.problem ?? 'CRIU cannot run here.',
+        probe.remedy
+      );
     }
     return probe.path;
   }
@@ -108,9 +118,23 @@ export class CriuEngine implements Engine {
     const remedy =
       'Install CRIU 4.2 or newer (`make lab` puts one in the project venv), run as root or with ' +
       'CAP_CHECKPOINT_RESTORE, or set KERNEL_CHECKPOINT_CRIU to its path.';
-    const found = this.env.KERNEL_CHECKPOINT_CRIU || (await findExecutable('criu', this.env));
+    const configured = this.env.KERNEL_CHECKPOINT_CRIU;
+    if (configured && !(await fs.access(configured, fsConstants.X_OK).then(() => true, () => false))) {
+      return {
+        name: this.name,
+        ok: false,
+        problem: `CRIU is not installed: KERNEL_CHECKPOINT_CRIU names ${configured}, which is not an executable.`,
+        remedy
+      };
+    }
+    const found = configured || (await findExecutable('criu', this.env));
     if (!found) {
-      return { name: this.name, ok: false, problem: 'CRIU is not installed (no `criu` on PATH).', remedy };
+      return {
+        name: this.name,
+        ok: false,
+        problem: 'CRIU is not installed (no `criu` on PATH).',
+        remedy
+      };
     }
     let version: number[] | null = null;
     try {
@@ -179,12 +203,23 @@ export class CriuEngine implements Engine {
     // (Its fd 1 and 2 are not it: ipykernel swaps them for pipes of its own, inside the image.)
     const launcher = (kernel as Partial<PipelineKernel>).launcherPid;
     const outputPipe = launcher ? await fdTarget(launcher, 1) : null;
-    const logFile = path.join(path.dirname(imageDir), 'criu-dump.log');
+    // Not in the image folder: on a full disk the log must still be writable to say so.
+    const logFile = path.join(os.tmpdir(), `kernel-checkpoint-dump-${process.pid}-${Date.now()}.log`);
     const started = Date.now();
     try {
       await run(
         criu,
-        ['dump', '-t', String(kernel.pid), '-D', imageDir, '--leave-running', ...COMMON_FLAGS, '-o', logFile],
+        [
+          'dump',
+          '-t',
+          String(kernel.pid),
+          '-D',
+          imageDir,
+          '--leave-running',
+          ...COMMON_FLAGS,
+          '-o',
+          logFile
+        ],
         { timeout: 600000, maxBuffer: 1 << 20 }
       );
     } catch (error) {
@@ -200,11 +235,16 @@ export class CriuEngine implements Engine {
     };
   }
 
-  async restore(imageDir: string, data: Record<string, unknown>, spec: LaunchSpec): Promise<KernelProcess> {
+  async restore(
+    imageDir: string,
+    data: Record<string, unknown>,
+    spec: LaunchSpec
+  ): Promise<KernelProcess> {
     const criu = await this.criu();
     const logFile = path.join(spec.workDir, `criu-restore-${Date.now()}.log`);
     // The kernel's old stdout/stderr pipe becomes the pipeline's pipe, on criu's fd 3.
-    const inherit = typeof data.outputPipe === 'string' ? ['--inherit-fd', `fd[3]:${data.outputPipe}`] : [];
+    const inherit =
+      typeof data.outputPipe === 'string' ? ['--inherit-fd', `fd[3]:${data.outputPipe}`] : [];
     try {
       return await startPipelineKernel(
         [criu, 'restore', '-D', imageDir, ...COMMON_FLAGS, ...inherit, '-o', logFile, '-v4'],

@@ -20,7 +20,9 @@ export function engineNames(): string[] {
 export function createEngine(name: string): Engine {
   const factory = ENGINES[name];
   if (!factory) {
-    throw new Error(`unknown engine ${JSON.stringify(name)}; known engines: ${engineNames().join(', ')}`);
+    throw new Error(
+      `unknown engine ${JSON.stringify(name)}; known engines: ${engineNames().join(', ')}`
+    );
   }
   return factory();
 }
@@ -29,7 +31,9 @@ export function createEngine(name: string): Engine {
  * Resolves `auto` to the first engine that can run here. When none can, returns the first one
  * anyway together with every probe, so the caller can explain why nothing runs.
  */
-export async function chooseEngine(name: string): Promise<{ engine: Engine; probes: EngineProbe[] }> {
+export async function chooseEngine(
+  name: string
+): Promise<{ engine: Engine; probes: EngineProbe[] }> {
   if (name !== 'auto') {
     const engine = createEngine(name);
     return { engine, probes: [await engine.probe()] };

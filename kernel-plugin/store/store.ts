@@ -60,13 +60,19 @@ export function storeErrorFrom(error: unknown, what: string): StoreError {
     return new StoreError('no_space', `The disk is full: cannot ${what}.`);
   }
   if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS') {
-    return new StoreError('permission_denied', `No permission to ${what}: ${(error as Error).message}`);
+    return new StoreError(
+      'permission_denied',
+      `No permission to ${what}: ${(error as Error).message}`
+    );
   }
   return new StoreError('engine_failed', `Cannot ${what}: ${(error as Error)?.message ?? error}`);
 }
 
 export function newCheckpointId(now = new Date()): string {
-  const stamp = now.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
+  const stamp = now
+    .toISOString()
+    .replace(/[-:]/g, '')
+    .replace(/\.\d+Z$/, 'Z');
   return `ckpt-${stamp}-${randomBytes(3).toString('hex')}`;
 }
 
@@ -126,7 +132,23 @@ export class ImageStore {
       await fs.mkdir(this.root, { recursive: true, mode: 0o700 });
       await fs.access(this.root, fs.constants.W_OK | fs.constants.R_OK | fs.constants.X_OK);
     } catch (error) {
-      throw storeErrorFrom(error, `use the image store ${this.root}`);
+      // A recursive mkdir on a read-only file system can say ENOENT: ask the nearest existing
+      // folder whether it may be written, which says EROFS or EACCES plainly.
+      let folder = path.dirname(this.root);
+      while (
+        !(await fs.stat(folder).then(
+          () => true,
+          () => false
+        )) &&
+        folder !== path.dirname(folder)
+      ) {
+        folder = path.dirname(folder);
+      }
+      const denied = await fs.access(folder, fs.constants.W_OK).then(
+        () => null,
+        (e: unknown) => e
+      );
+      throw storeErrorFrom(denied ?? error, `use the image store ${this.root}`);
     }
   }
 
@@ -164,7 +186,10 @@ export class ImageStore {
   async manifest(id: string): Promise<Checkpoint> {
     const manifest = await this.readJson<Checkpoint>(id, 'manifest.json');
     if (manifest.format !== MANIFEST_FORMAT || manifest.id !== id) {
-      throw new StoreError('foreign_image', `Checkpoint ${id} was not written by this version of kernel-checkpoint.`);
+      throw new StoreError(
+        'foreign_image',
+        `Checkpoint ${id} was not written by this version of kernel-checkpoint.`
+      );
     }
     return manifest;
   }
@@ -172,7 +197,10 @@ export class ImageStore {
   async privateRecord(id: string): Promise<PrivateRecord> {
     const record = await this.readJson<PrivateRecord>(id, 'private.json');
     if (record.format !== MANIFEST_FORMAT || !Array.isArray(record.files)) {
-      throw new StoreError('foreign_image', `Checkpoint ${id} was not written by this version of kernel-checkpoint.`);
+      throw new StoreError(
+        'foreign_image',
+        `Checkpoint ${id} was not written by this version of kernel-checkpoint.`
+      );
     }
     return record;
   }
@@ -187,7 +215,10 @@ export class ImageStore {
     for (const expected of record.files) {
       const found = actual.get(expected.path);
       if (!found) {
-        throw new StoreError('corrupt_image', `Checkpoint ${id} is damaged: its file ${expected.path} is missing.`);
+        throw new StoreError(
+          'corrupt_image',
+          `Checkpoint ${id} is damaged: its file ${expected.path} is missing.`
+        );
       }
       if (found.bytes !== expected.bytes || found.xxh64 !== expected.xxh64) {
         throw new StoreError(
@@ -238,7 +269,10 @@ export class ImageStore {
     try {
       return JSON.parse(text) as T;
     } catch {
-      throw new StoreError('corrupt_image', `Checkpoint ${id} is damaged: its ${file} is not valid JSON.`);
+      throw new StoreError(
+        'corrupt_image',
+        `Checkpoint ${id} is damaged: its ${file} is not valid JSON.`
+      );
     }
   }
 }

@@ -62,7 +62,11 @@ export class AgentChannel {
   }
 
   /** Sends a command and waits for the report of type `expect`; throws AgentTimeout. */
-  async ask(command: AgentCommand, expect: AgentReport['type'], timeoutMs: number): Promise<AgentReport> {
+  async ask(
+    command: AgentCommand,
+    expect: AgentReport['type'],
+    timeoutMs: number
+  ): Promise<AgentReport> {
     if (!this.socket) {
       throw new AgentTimeout('the kernel plugin is not connected');
     }
@@ -72,7 +76,11 @@ export class AgentChannel {
       setTimeout(() => {
         if (this.waiters.includes(waiter)) {
           this.waiters = this.waiters.filter(other => other !== waiter);
-          reject(new AgentTimeout(`the kernel plugin did not answer ${command.type} in ${timeoutMs / 1000} s`));
+          reject(
+            new AgentTimeout(
+              `the kernel plugin did not answer ${command.type} in ${timeoutMs / 1000} s`
+            )
+          );
         }
       }, timeoutMs).unref();
     });

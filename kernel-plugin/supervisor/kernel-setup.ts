@@ -22,7 +22,10 @@ export interface Lineage {
 
 /** The folder of every lineage's ipc folder: short (unix socket paths are <= 107 bytes), private. */
 export function runtimeBase(env: NodeJS.ProcessEnv = process.env): string {
-  return env.KERNEL_CHECKPOINT_RUNTIME_DIR || path.join(os.tmpdir(), `kernel-checkpoint-${process.getuid?.() ?? 0}`);
+  return (
+    env.KERNEL_CHECKPOINT_RUNTIME_DIR ||
+    path.join(os.tmpdir(), `kernel-checkpoint-${process.getuid?.() ?? 0}`)
+  );
 }
 
 export function newLineage(env: NodeJS.ProcessEnv = process.env): Lineage {
@@ -57,7 +60,9 @@ export async function prepareLineageDir(lineage: Lineage): Promise<void> {
       await fs.rm(path.join(lineage.ipcDir, name), { force: true, recursive: true });
     }
   }
-  await fs.writeFile(lineage.connectionFile, JSON.stringify(lineage.connection, null, 1), { mode: 0o600 });
+  await fs.writeFile(lineage.connectionFile, JSON.stringify(lineage.connection, null, 1), {
+    mode: 0o600
+  });
 }
 
 export async function removeLineageDir(lineage: Lineage): Promise<void> {
@@ -66,7 +71,9 @@ export async function removeLineageDir(lineage: Lineage): Promise<void> {
 
 /** Whether argv starts an IPython kernel (the in-kernel plugin and history flags apply). */
 export function isIPythonKernel(argv: string[]): boolean {
-  return argv.some(arg => /(^|[/\\])ipykernel(_launcher)?(\.py)?$/.test(arg) || arg === 'ipykernel_launcher');
+  return argv.some(
+    arg => /(^|[/\\])ipykernel(_launcher)?(\.py)?$/.test(arg) || arg === 'ipykernel_launcher'
+  );
 }
 
 /** Where the `kernel_checkpoint` Python package lives, so the kernel can import the plugin. */
@@ -78,7 +85,10 @@ export function pluginPath(env: NodeJS.ProcessEnv = process.env): string | null 
     // The compiled sources in a checkout: kernel-plugin/lib/supervisor/
     path.resolve(__dirname, '..', '..', 'python')
   ];
-  return candidates.find(dir => dir && existsSync(path.join(dir, 'kernel_checkpoint', '__init__.py'))) ?? null;
+  return (
+    candidates.find(dir => dir && existsSync(path.join(dir, 'kernel_checkpoint', '__init__.py'))) ??
+    null
+  );
 }
 
 export interface KernelCommand {
@@ -101,7 +111,9 @@ export function kernelCommand(
   const argv = wrappedArgv.map(arg =>
     arg === serverConnectionFile
       ? lineage.connectionFile
-      : arg.replace(CONNECTION_PLACEHOLDER, lineage.connectionFile).replace('{connection_file}', lineage.connectionFile)
+      : arg
+          .replace(CONNECTION_PLACEHOLDER, lineage.connectionFile)
+          .replace('{connection_file}', lineage.connectionFile)
   );
   const kernelEnv: NodeJS.ProcessEnv = { ...env };
   // ipykernel exits when JPY_PARENT_PID is not its parent, which it never is after a restore.

@@ -96,12 +96,18 @@ export class Relay {
   ) {
     this.frontSigner = new Signer(frontInfo.key, frontInfo.signature_scheme);
     this.backSigner = new Signer(backInfo.key, backInfo.signature_scheme);
+    // Handover, as ipykernel does: a client reconnecting with the same identity takes its route.
     this.front = {
-      shell: new zmq.Router({ linger: 0 }),
-      control: new zmq.Router({ linger: 0 }),
-      stdin: new zmq.Router({ linger: 0 }),
+      shell: new zmq.Router({ linger: 0, handover: true }),
+      control: new zmq.Router({ linger: 0, handover: true }),
+      stdin: new zmq.Router({ linger: 0, handover: true }),
       // Report every subscription, so each gets a welcome; never drop output.
-      iopub: new zmq.XPublisher({ linger: 0, verbosity: 'allSubs', noDrop: true, sendHighWaterMark: 0 }),
+      iopub: new zmq.XPublisher({
+        linger: 0,
+        verbosity: 'allSubs',
+        noDrop: true,
+        sendHighWaterMark: 0
+      }),
       hb: new zmq.Router({ linger: 0 })
     };
     this.frontOut = {
@@ -116,7 +122,9 @@ export class Relay {
   /** Binds the server-facing ports and starts relaying from them. */
   async bindFront(): Promise<void> {
     const channels: Channel[] = ['shell', 'control', 'stdin', 'iopub', 'hb'];
-    await Promise.all(channels.map(channel => this.front[channel].bind(endpoint(this.frontInfo, channel))));
+    await Promise.all(
+      channels.map(channel => this.front[channel].bind(endpoint(this.frontInfo, channel)))
+    );
     for (const channel of REQUEST_CHANNELS) {
       void this.readFront(channel);
     }
@@ -139,7 +147,12 @@ export class Relay {
     if (this.back) {
       return true;
     }
-    const options = { routingId: BACK_ROUTING_ID, linger: 2000, sendHighWaterMark: 0, receiveHighWaterMark: 0 };
+    const options = {
+      routingId: BACK_ROUTING_ID,
+      linger: 2000,
+      sendHighWaterMark: 0,
+      receiveHighWaterMark: 0
+    };
     const iopub = new zmq.Subscriber({ linger: 0, receiveHighWaterMark: 0 });
     iopub.subscribe();
     const back: BackSockets = {

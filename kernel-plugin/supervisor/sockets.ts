@@ -47,7 +47,11 @@ export async function outsideConnections(dir: string, pid: number): Promise<numb
 }
 
 /** Resolves true once no outside connection to `dir`'s sockets remains; false after `timeoutMs`. */
-export async function waitForKernelToLetGo(dir: string, pid: number, timeoutMs: number): Promise<boolean> {
+export async function waitForKernelToLetGo(
+  dir: string,
+  pid: number,
+  timeoutMs: number
+): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
   for (let delay = 1; Date.now() < deadline; delay = Math.min(delay * 2, 20)) {
     const remaining = await outsideConnections(dir, pid).catch(() => null);

@@ -109,14 +109,18 @@ export class Supervisor {
       onClientRequest: (channel, frames, header) => this.onClientRequest(channel, frames, header),
       onKernelIopub: (frames, header) => this.onKernelIopub(frames, header)
     });
-    this.agent = new AgentChannel(null, request => this.handleRequest(request, message => this.agent.send(message)));
+    this.agent = new AgentChannel(null, request =>
+      this.handleRequest(request, message => this.agent.send(message))
+    );
   }
 
   /** Binds Jupyter's ports and starts the kernel under the engine (plainly if it cannot run). */
   async start(): Promise<void> {
     this.probe = await this.options.engine.probe();
     if (!this.probe.ok) {
-      log.warn(`${this.probe.problem} The kernel runs, but cannot be checkpointed. ${this.probe.remedy ?? ''}`);
+      log.warn(
+        `${this.probe.problem} The kernel runs, but cannot be checkpointed. ${this.probe.remedy ?? ''}`
+      );
     }
     await this.relay.bindFront();
     await this.launchKernel();
@@ -124,8 +128,18 @@ export class Supervisor {
 
   private async launchKernel(): Promise<void> {
     await prepareLineageDir(this.lineage);
-    this.command = kernelCommand(this.options.argv, this.lineage, this.options.env, this.options.connectionFile);
-    const spec = { argv: this.command.argv, env: this.command.env, cwd: this.options.cwd, workDir: this.lineage.ipcDir };
+    this.command = kernelCommand(
+      this.options.argv,
+      this.lineage,
+      this.options.env,
+      this.options.connectionFile
+    );
+    const spec = {
+      argv: this.command.argv,
+      env: this.command.env,
+      cwd: this.options.cwd,
+      workDir: this.lineage.ipcDir
+    };
     const kernel = this.probe?.ok
       ? await this.options.engine.launch(spec)
       : await import('../engines/process').then(({ startPipelineKernel }) =>
@@ -186,7 +200,11 @@ export class Supervisor {
 
   // ---- messages from clients -------------------------------------------------------------
 
-  private onClientRequest(channel: 'shell' | 'control' | 'stdin', frames: Frames, header: Header): boolean {
+  private onClientRequest(
+    channel: 'shell' | 'control' | 'stdin',
+    frames: Frames,
+    header: Header
+  ): boolean {
     const type = header.msg_type;
     if (type === 'shutdown_request') {
       this.shuttingDown = true;
@@ -197,7 +215,11 @@ export class Supervisor {
     }
     if (channel === 'control' && type === 'interrupt_request') {
       this.interruptKernel();
-      const reply = newMessage('interrupt_reply', { status: 'ok' }, { session: this.relay.session, parent: header });
+      const reply = newMessage(
+        'interrupt_reply',
+        { status: 'ok' },
+        { session: this.relay.session, parent: header }
+      );
       void this.relay.reply('control', frames.identities, reply);
       return true;
     }
@@ -222,7 +244,9 @@ export class Supervisor {
       this.comms.delete(commId);
     } else if (type === 'comm_msg') {
       this.withStatus(header, () =>
-        this.handleRequest(content.data as Request, message => this.sendComm(commId, message, header))
+        this.handleRequest(content.data as Request, message =>
+          this.sendComm(commId, message, header)
+        )
       );
     }
     return true;
@@ -233,10 +257,18 @@ export class Supervisor {
     const version = String(content.data?.protocol_version ?? '');
     this.withStatus(header, () => {
       if (version.split('.')[0] !== PROTOCOL_VERSION.split('.')[0]) {
-        this.sendComm(commId, this.errorMessage('', 'status', new RequestError(
-          'unsupported_protocol',
-          `This kernel speaks kernel_checkpoint protocol ${PROTOCOL_VERSION}, the client ${version || 'none'}.`
-        )), header);
+        this.sendComm(
+          commId,
+          this.errorMessage(
+            '',
+            'status',
+            new RequestError(
+              'unsupported_protocol',
+              `This kernel speaks kernel_checkpoint protocol ${PROTOCOL_VERSION}, the client ${version || 'none'}.`
+            )
+          ),
+          header
+        );
         return;
       }
       this.comms.set(commId, { session: header.session });
@@ -254,15 +286,23 @@ export class Supervisor {
   private withStatus(parent: Header, body: () => void): void {
     const idle = this.kernelIdle && !this.busy;
     if (idle) {
-      void this.relay.publish(newMessage('status', { execution_state: 'busy' }, { session: this.relay.session, parent }));
+      void this.relay.publish(
+        newMessage('status', { execution_state: 'busy' }, { session: this.relay.session, parent })
+      );
     }
     body();
     if (idle) {
-      void this.relay.publish(newMessage('status', { execution_state: 'idle' }, { session: this.relay.session, parent }));
+      void this.relay.publish(
+        newMessage('status', { execution_state: 'idle' }, { session: this.relay.session, parent })
+      );
     }
   }
 
-  private sendComm(commId: string, data: SupervisorMessage, parent: Header | Record<string, never> = {}): void {
+  private sendComm(
+    commId: string,
+    data: SupervisorMessage,
+    parent: Header | Record<string, never> = {}
+  ): void {
     void this.relay.publish(
       newMessage('comm_msg', { comm_id: commId, data }, { session: this.relay.session, parent })
     );
@@ -286,7 +326,8 @@ export class Supervisor {
     }
     if (header.msg_type === 'status') {
       try {
-        const parentType = JSON.parse(frames.parts[1].toString('utf8')).msg_type as string | undefined;
+        const parentType = JSON.parse(frames.parts[1].toString('utf8')).msg_type as
+          string | undefined;
         if (!parentType || !UNTRACKED_PARENTS.has(parentType)) {
           this.kernelIdle = peekContent(frames).execution_state === 'idle';
         }
@@ -305,7 +346,11 @@ export class Supervisor {
       protocol_version: PROTOCOL_VERSION,
       engine,
       engine_ok: this.probe?.ok ?? false,
-      ...(this.probe?.ok ? {} : { engine_problem: `${this.probe?.problem ?? 'unknown'} ${this.probe?.remedy ?? ''}`.trim() }),
+      ...(this.probe?.ok
+        ? {}
+        : {
+            engine_problem: `${this.probe?.problem ?? 'unknown'} ${this.probe?.remedy ?? ''}`.trim()
+          }),
       current_id: this.currentId,
       kernel_name: this.options.kernel.name,
       notebook_path: this.options.notebookPath,
@@ -320,19 +365,44 @@ export class Supervisor {
     const requestId = typeof request?.request_id === 'string' ? request.request_id : '';
     const action = request?.action;
     if (!requestId || !ACTIONS.includes(action)) {
-      send(this.errorMessage(requestId, String(action ?? ''), new RequestError(
-        'invalid_request',
-        `Not a kernel_checkpoint request: it needs a request_id and an action (one of ${ACTIONS.join(', ')}).`
-      )));
+      send(
+        this.errorMessage(
+          requestId,
+          String(action ?? ''),
+          new RequestError(
+            'invalid_request',
+            `Not a kernel_checkpoint request: it needs a request_id and an action (one of ${ACTIONS.join(', ')}).`
+          )
+        )
+      );
       return;
     }
-    const progress = (stage: Extract<SupervisorMessage, { type: 'progress' }>['stage'], message?: string) =>
-      send({ type: 'progress', request_id: requestId, action, stage, ...(message ? { message } : {}) });
+    const progress = (
+      stage: Extract<SupervisorMessage, { type: 'progress' }>['stage'],
+      message?: string
+    ) =>
+      send({
+        type: 'progress',
+        request_id: requestId,
+        action,
+        stage,
+        ...(message ? { message } : {})
+      });
     this.perform(request, progress)
-      .then(result => send({ type: 'reply', request_id: requestId, action, current_id: this.currentId, ...result }))
+      .then(result =>
+        send({
+          type: 'reply',
+          request_id: requestId,
+          action,
+          current_id: this.currentId,
+          ...result
+        })
+      )
       .catch(error => {
         const failure = asRequestError(error);
-        log.warn(`${action} failed: ${failure.code}: ${failure.message}${failure.detail ? `\n${failure.detail}` : ''}`);
+        log.warn(
+          `${action} failed: ${failure.code}: ${failure.message}${failure.detail ? `\n${failure.detail}` : ''}`
+        );
         send(this.errorMessage(requestId, action, failure));
       });
   }
@@ -342,7 +412,11 @@ export class Supervisor {
       type: 'error',
       request_id: requestId,
       action,
-      error: { code: error.code, message: error.message, ...(error.detail ? { detail: error.detail } : {}) }
+      error: {
+        code: error.code,
+        message: error.message,
+        ...(error.detail ? { detail: error.detail } : {})
+      }
     };
   }
 
@@ -358,9 +432,13 @@ export class Supervisor {
       case 'label':
         return { checkpoint: await this.label(this.requireId(request), request.label ?? null) };
       case 'delete':
-        return this.exclusive('delete', async () => ({ checkpoint: await this.delete(this.requireId(request)) }));
+        return this.exclusive('delete', async () => ({
+          checkpoint: await this.delete(this.requireId(request))
+        }));
       case 'checkpoint':
-        return this.exclusive('checkpoint', async () => ({ checkpoint: await this.checkpoint(request, progress) }));
+        return this.exclusive('checkpoint', async () => ({
+          checkpoint: await this.checkpoint(request, progress)
+        }));
       case 'restore':
         return this.exclusive('restore', async () => ({
           checkpoint: await this.restore(this.requireId(request), progress)
@@ -378,7 +456,10 @@ export class Supervisor {
 
   private async exclusive<T>(action: Action, body: () => Promise<T>): Promise<T> {
     if (this.busy) {
-      throw new RequestError('busy', `Another ${this.busy} is under way; try again when it has finished.`);
+      throw new RequestError(
+        'busy',
+        `Another ${this.busy} is under way; try again when it has finished.`
+      );
     }
     this.busy = action;
     this.broadcast({ type: 'event', event: 'busy', action, current_id: this.currentId });
@@ -411,12 +492,20 @@ export class Supervisor {
     };
     const current = this.currentId ? byId.get(this.currentId) : undefined;
     const ourRoot = current ? rootOf(current) : null;
-    return all.filter(c => (notebook && c.notebook_path === notebook) || (ourRoot !== null && rootOf(c) === ourRoot));
+    return all.filter(
+      c => (notebook && c.notebook_path === notebook) || (ourRoot !== null && rootOf(c) === ourRoot)
+    );
   }
 
   private async label(id: string, label: string | null): Promise<Checkpoint> {
     const checkpoint = await this.options.store.relabel(id, label);
-    this.broadcast({ type: 'event', event: 'labelled', checkpoint, checkpoint_id: id, current_id: this.currentId });
+    this.broadcast({
+      type: 'event',
+      event: 'labelled',
+      checkpoint,
+      checkpoint_id: id,
+      current_id: this.currentId
+    });
     return checkpoint;
   }
 
@@ -426,7 +515,12 @@ export class Supervisor {
     if (this.currentId === id) {
       this.currentId = checkpoint.parent_id;
     }
-    this.broadcast({ type: 'event', event: 'deleted', checkpoint_id: id, current_id: this.currentId });
+    this.broadcast({
+      type: 'event',
+      event: 'deleted',
+      checkpoint_id: id,
+      current_id: this.currentId
+    });
     return checkpoint;
   }
 
@@ -439,7 +533,10 @@ export class Supervisor {
     }
   }
 
-  private async checkpoint(request: Request, progress: (stage: any, message?: string) => void): Promise<Checkpoint> {
+  private async checkpoint(
+    request: Request,
+    progress: (stage: any, message?: string) => void
+  ): Promise<Checkpoint> {
     const started = Date.now();
     this.requireEngine();
     const kernel = this.kernel;
@@ -464,7 +561,10 @@ export class Supervisor {
             this.options.prepareTimeoutMs ?? 120000
           );
           if (prepared.veto) {
-            throw new RequestError('vetoed', `A pre-checkpoint hook refused the checkpoint: ${prepared.veto}`);
+            throw new RequestError(
+              'vetoed',
+              `A pre-checkpoint hook refused the checkpoint: ${prepared.veto}`
+            );
           }
           summary = prepared.summary ?? null;
           gated = true;
@@ -498,7 +598,14 @@ export class Supervisor {
         this.agent.send(
           snapshot
             ? { type: 'resumed', checkpoint_id: id }
-            : { type: 'aborted', checkpoint_id: id, error: { code: asRequestError(snapshotError).code, message: asRequestError(snapshotError).message } }
+            : {
+                type: 'aborted',
+                checkpoint_id: id,
+                error: {
+                  code: asRequestError(snapshotError).code,
+                  message: asRequestError(snapshotError).message
+                }
+              }
         );
       }
       resumed = true;
@@ -535,7 +642,13 @@ export class Supervisor {
       });
       this.currentId = id;
       log.info(`checkpoint ${id}: ${saved.image_bytes} bytes in ${Date.now() - started} ms`);
-      this.broadcast({ type: 'event', event: 'created', checkpoint: saved, checkpoint_id: id, current_id: id });
+      this.broadcast({
+        type: 'event',
+        event: 'created',
+        checkpoint: saved,
+        checkpoint_id: id,
+        current_id: id
+      });
       return saved;
     } catch (error) {
       await pending.discard();
@@ -544,7 +657,11 @@ export class Supervisor {
           await this.reconnect();
         }
         if (gated) {
-          this.agent.send({ type: 'aborted', checkpoint_id: id, error: { code: asRequestError(error).code, message: asRequestError(error).message } });
+          this.agent.send({
+            type: 'aborted',
+            checkpoint_id: id,
+            error: { code: asRequestError(error).code, message: asRequestError(error).message }
+          });
         }
         this.relay.resume();
       }
@@ -558,7 +675,9 @@ export class Supervisor {
     }
     return new Promise(resolve => {
       const timer = setTimeout(() => {
-        log.warn('the kernel plugin\'s iopub marker did not arrive; output sent just before the snapshot may be late');
+        log.warn(
+          "the kernel plugin's iopub marker did not arrive; output sent just before the snapshot may be late"
+        );
         this.markerWaiters.delete(id);
         resolve();
       }, timeoutMs);
@@ -575,12 +694,15 @@ export class Supervisor {
   private async reconnect(): Promise<void> {
     const live = await this.relay.connectKernel(30000);
     if (!live) {
-      log.warn('the kernel\'s iopub did not answer within 30 s of reconnecting');
+      log.warn("the kernel's iopub did not answer within 30 s of reconnecting");
     }
     this.connectAgent();
   }
 
-  private async restore(id: string, progress: (stage: any, message?: string) => void): Promise<Checkpoint> {
+  private async restore(
+    id: string,
+    progress: (stage: any, message?: string) => void
+  ): Promise<Checkpoint> {
     const store = this.options.store;
     const manifest = await store.manifest(id);
     const record = await store.privateRecord(id);
@@ -591,7 +713,10 @@ export class Supervisor {
       );
     }
     if (record.arch !== process.arch) {
-      throw new RequestError('foreign_image', `Checkpoint ${id} was made on ${record.arch}; this machine is ${process.arch}.`);
+      throw new RequestError(
+        'foreign_image',
+        `Checkpoint ${id} was made on ${record.arch}; this machine is ${process.arch}.`
+      );
     }
     this.requireEngine();
     progress('verifying');
@@ -615,7 +740,12 @@ export class Supervisor {
     progress('restoring');
     try {
       await prepareLineageDir(lineage);
-      const spec = { argv: [], env: this.options.env, cwd: this.options.cwd, workDir: lineage.ipcDir };
+      const spec = {
+        argv: [],
+        env: this.options.env,
+        cwd: this.options.cwd,
+        workDir: lineage.ipcDir
+      };
       const kernel = await this.options.engine.restore(store.imageDir(id), record.engineData, spec);
       this.lineage = lineage;
       this.adoptKernel(kernel);
@@ -627,7 +757,11 @@ export class Supervisor {
       this.currentId = null;
       await this.launchKernel();
       this.relay.resume();
-      throw new RequestError(failure.code, `${failure.message} A fresh kernel was started instead.`, failure.detail);
+      throw new RequestError(
+        failure.code,
+        `${failure.message} A fresh kernel was started instead.`,
+        failure.detail
+      );
     }
     if (oldLineage.id !== lineage.id) {
       await removeLineageDir(oldLineage);
@@ -643,7 +777,13 @@ export class Supervisor {
     this.currentId = id;
     this.relay.resume();
     log.info(`restored ${id}`);
-    this.broadcast({ type: 'event', event: 'restored', checkpoint: manifest, checkpoint_id: id, current_id: id });
+    this.broadcast({
+      type: 'event',
+      event: 'restored',
+      checkpoint: manifest,
+      checkpoint_id: id,
+      current_id: id
+    });
     return manifest;
   }
 }
@@ -651,7 +791,15 @@ export class Supervisor {
 /** Reads and checks a connection file. */
 export function readConnectionFile(file: string): ConnectionInfo {
   const info = JSON.parse(readFileSync(file, 'utf8')) as ConnectionInfo;
-  for (const field of ['shell_port', 'iopub_port', 'stdin_port', 'control_port', 'hb_port', 'ip', 'key'] as const) {
+  for (const field of [
+    'shell_port',
+    'iopub_port',
+    'stdin_port',
+    'control_port',
+    'hb_port',
+    'ip',
+    'key'
+  ] as const) {
     if (info[field] === undefined) {
       throw new Error(`connection file ${file} has no ${field}`);
     }

@@ -121,12 +121,9 @@ export function decode(
 
 /** Encodes and signs a message, with the routing identities in front. */
 export function encode(message: Message, signer: Signer, identities: Buffer[] = []): Buffer[] {
-  const parts = [
-    message.header,
-    message.parent_header,
-    message.metadata,
-    message.content
-  ].map(part => Buffer.from(JSON.stringify(part), 'utf8')) as Frames['parts'];
+  const parts = [message.header, message.parent_header, message.metadata, message.content].map(
+    part => Buffer.from(JSON.stringify(part), 'utf8')
+  ) as Frames['parts'];
   return joinFrames({ identities, parts, buffers: message.buffers }, signer);
 }
 

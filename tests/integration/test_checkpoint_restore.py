@@ -97,7 +97,9 @@ def test_state_no_pickle_can_hold_survives(kernel: Kernel, tmp_path: Path):
         "threading.Thread(target=tick, daemon=True).start(); time.sleep(0.2)"
     )
     taken = client.checkpoint()
-    client.run("next(gen); next(gen); handle.readline(); db.execute('delete from t'); square = None")
+    client.run(
+        "next(gen); next(gen); handle.readline(); db.execute('delete from t'); square = None"
+    )
     client.restore(taken["id"])
 
     assert client.value("next(gen)") == 25  # 5 values were taken before the checkpoint
@@ -210,7 +212,11 @@ def test_concurrent_checkpoints_are_refused_as_busy(kernel: Kernel):
 def test_checkpoint_while_a_cell_runs_keeps_it_running(kernel: Kernel):
     client = kernel.client
     other = kernel.connect()
-    msg_id = client.kc.execute("import time\ntotal = 0\nfor i in range(30):\n    total += i; time.sleep(0.05)\nprint(total)")
+    msg_id = client.kc.execute(
+        "import time\ntotal = 0\n"
+        "for i in range(30):\n    total += i; time.sleep(0.05)\n"
+        "print(total)"
+    )
     time.sleep(0.3)
     other.checkpoint()
     assert client.collect(msg_id).stdout == "435\n"
@@ -226,7 +232,7 @@ def test_checkpoint_works_from_a_thread_while_another_client_executes(kernel: Ke
         try:
             for i in range(20):
                 assert client.value(f"{i} * 2") == i * 2
-        except BaseException as error:  # noqa: BLE001 - reported below
+        except BaseException as error:
             errors.append(error)
 
     worker = threading.Thread(target=work)

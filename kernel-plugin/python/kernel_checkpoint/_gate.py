@@ -13,6 +13,12 @@ either sends or appends to an in-memory list. Closing and opening are themselves
 the IOPub thread, so the state changes at a precise point of the message order:
 everything queued before ``close`` is sent before the marker, everything after it is held, and
 ``open`` sends the held messages, in order, before anything queued after it.
+
+Replies on the other channels (shell, control, stdin) cannot be held the same way: each is sent
+from the thread that owns its socket. While the gate is closed, ``Session.send`` to any stream
+but iopub *waits* in its own thread until the gate opens, then sends. Without this a cell that
+ends during a snapshot would send its execute_reply while the supervisor is disconnected, and
+the kernel's ROUTER would drop it (no route).
 """
 
 from __future__ import annotations
@@ -43,6 +49,9 @@ class IopubGate:
         self._closed = False
         self._pid = os.getpid()
         self._installed = False
+        self._replies_open = threading.Event()
+        self._replies_open.set()
+        self._orig_session_send = self._session.send
 
     # -- installation ----------------------------------------------------------------------
 
@@ -50,6 +59,7 @@ class IopubGate:
         if "_really_send" in vars(self._thread):
             raise GateError("the kernel's IOPubThread._really_send is already patched")
         self._thread._really_send = self._really_send
+        self._session.send = self._session_send
         self._installed = True
 
     def uninstall(self, timeout: float = 10.0) -> None:
@@ -58,6 +68,8 @@ class IopubGate:
         self.open(timeout)
         if vars(self._thread).get("_really_send") == self._really_send:
             del self._thread._really_send
+        if vars(self._session).get("send") == self._session_send:
+            del self._session.send
         self._installed = False
 
     # -- the IOPub thread's side -----------------------------------------------------------
@@ -68,6 +80,22 @@ class IopubGate:
             self._held.append((msg, args, kwargs))
             return
         self._orig(msg, *args, **kwargs)
+
+    def _is_iopub(self, stream: Any) -> bool:
+        return (
+            stream is self._thread
+            or stream is getattr(self._kernel, "iopub_socket", None)
+            or getattr(stream, "io_thread", None) is self._thread
+        )
+
+    def _session_send(self, stream: Any, *args: Any, **kwargs: Any) -> Any:
+        if (
+            not self._replies_open.is_set()
+            and os.getpid() == self._pid
+            and not self._is_iopub(stream)
+        ):
+            self._replies_open.wait()
+        return self._orig_session_send(stream, *args, **kwargs)
 
     # -- the agent's side -----------------------------------------------------------------
 
@@ -111,6 +139,7 @@ class IopubGate:
         """Publish the marker as the last message through the open gate, then hold
         everything. Returns once the marker was handed to the socket."""
         self._flush_streams(timeout)
+        self._replies_open.clear()
         msg = self._session.msg(MARKER_MSG_TYPE, content={"checkpoint_id": checkpoint_id})
         frames = self._session.serialize(msg, ident=MARKER_TOPIC)
 
@@ -118,7 +147,11 @@ class IopubGate:
             self._orig(frames)
             self._closed = True
 
-        self._run_on_iopub_thread(close_now, timeout)
+        try:
+            self._run_on_iopub_thread(close_now, timeout)
+        except BaseException:
+            self._replies_open.set()
+            raise
 
     def open(self, timeout: float = 10.0) -> int:
         """Send the held messages in order and stop holding. Returns how many were held."""
@@ -131,6 +164,7 @@ class IopubGate:
             for msg, args, kwargs in held:
                 self._orig(msg, *args, **kwargs)
 
+        self._replies_open.set()
         if not self._closed and not self._held:
             return 0
         self._run_on_iopub_thread(open_now, timeout)
