@@ -119,7 +119,13 @@ export class CriuEngine implements Engine {
       'Install CRIU 4.2 or newer (`make lab` puts one in the project venv), run as root or with ' +
       'CAP_CHECKPOINT_RESTORE, or set KERNEL_CHECKPOINT_CRIU to its path.';
     const configured = this.env.KERNEL_CHECKPOINT_CRIU;
-    if (configured && !(await fs.access(configured, fsConstants.X_OK).then(() => true, () => false))) {
+    if (
+      configured &&
+      !(await fs.access(configured, fsConstants.X_OK).then(
+        () => true,
+        () => false
+      ))
+    ) {
       return {
         name: this.name,
         ok: false,
@@ -204,7 +210,10 @@ export class CriuEngine implements Engine {
     const launcher = (kernel as Partial<PipelineKernel>).launcherPid;
     const outputPipe = launcher ? await fdTarget(launcher, 1) : null;
     // Not in the image folder: on a full disk the log must still be writable to say so.
-    const logFile = path.join(os.tmpdir(), `kernel-checkpoint-dump-${process.pid}-${Date.now()}.log`);
+    const logFile = path.join(
+      os.tmpdir(),
+      `kernel-checkpoint-dump-${process.pid}-${Date.now()}.log`
+    );
     const started = Date.now();
     try {
       await run(
