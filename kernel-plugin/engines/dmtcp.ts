@@ -208,6 +208,12 @@ export class DmtcpKernel implements KernelProcess {
 }
 
 export class DmtcpEngine implements Engine {
+  /**
+   * ipykernel's fd capture keeps copies of the original stdout/stderr that DMTCP does not bring
+   * back on restart; their numbers are then reused by ZeroMQ sockets, and the first C-level
+   * write corrupts a connection. Without the capture, C-level output goes to the log instead.
+   */
+  readonly ipykernelFlags = ['--IPKernelApp.capture_fd_output=False'];
   readonly name = 'dmtcp';
   private bins: Binaries | null = null;
   private version: string | null = null;

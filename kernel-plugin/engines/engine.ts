@@ -64,7 +64,8 @@ export interface Snapshot {
 /** An engine refused or failed; `code` maps onto the protocol's ErrorCode. */
 export class EngineError extends Error {
   constructor(
-    readonly code: 'engine_unavailable' | 'engine_failed' | 'no_space' | 'permission_denied' | 'foreign_image',
+    readonly code:
+      'engine_unavailable' | 'engine_failed' | 'no_space' | 'permission_denied' | 'foreign_image',
     message: string,
     readonly detail?: string
   ) {
@@ -75,6 +76,9 @@ export class EngineError extends Error {
 
 export interface Engine {
   readonly name: string;
+
+  /** Extra command-line flags an IPython kernel needs to run well under this engine. */
+  readonly ipykernelFlags?: readonly string[];
 
   /** Whether this engine can run here; cheap enough to call at start-up. */
   probe(): Promise<EngineProbe>;
@@ -93,7 +97,11 @@ export interface Engine {
    * Starts a kernel process from an image in `imageDir`, written by `checkpoint` with `data`.
    * The previous kernel, if any, has already been terminated by the supervisor.
    */
-  restore(imageDir: string, data: Record<string, unknown>, spec: LaunchSpec): Promise<KernelProcess>;
+  restore(
+    imageDir: string,
+    data: Record<string, unknown>,
+    spec: LaunchSpec
+  ): Promise<KernelProcess>;
 }
 
 /** How an engine is made: engines register a factory under their name (see engines/index.ts). */

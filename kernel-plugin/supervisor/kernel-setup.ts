@@ -104,7 +104,8 @@ export function kernelCommand(
   wrappedArgv: string[],
   lineage: Lineage,
   env: NodeJS.ProcessEnv,
-  serverConnectionFile?: string
+  serverConnectionFile?: string,
+  engineFlags: readonly string[] = []
 ): KernelCommand {
   // Installed kernelspecs carry a placeholder Jupyter leaves alone; by hand, `{connection_file}`
   // or the server's own file may stand where the kernel's private one must go.
@@ -122,7 +123,7 @@ export function kernelCommand(
   const withPlugin = isIPythonKernel(argv) && plugin !== null;
   if (isIPythonKernel(argv)) {
     // A shared history.sqlite breaks restores (its size changes) and was seen corrupted.
-    argv.push('--HistoryManager.hist_file=:memory:');
+    argv.push('--HistoryManager.hist_file=:memory:', ...engineFlags);
   }
   if (withPlugin) {
     argv.push('--InteractiveShellApp.extra_extensions=kernel_checkpoint');

@@ -132,7 +132,8 @@ export class Supervisor {
       this.options.argv,
       this.lineage,
       this.options.env,
-      this.options.connectionFile
+      this.options.connectionFile,
+      this.probe?.ok ? (this.options.engine.ipykernelFlags ?? []) : []
     );
     const spec = {
       argv: this.command.argv,
