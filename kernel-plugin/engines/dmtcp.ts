@@ -476,7 +476,27 @@ export class DmtcpEngine implements Engine {
     const image = images[0];
     const source = path.join(kernel.ckptDir, image);
     const target = path.join(imageDir, image);
-    await moveFile(source, target);
+    try {
+      await moveFile(source, target);
+    } catch (error) {
+      await fs.rm(source, { force: true });
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === 'ENOSPC' || code === 'EDQUOT') {
+        throw new EngineError(
+          'no_space',
+          'The disk is full: the DMTCP image could not be saved.',
+          String(error)
+        );
+      }
+      if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS') {
+        throw new EngineError(
+          'permission_denied',
+          `No permission to save the DMTCP image in ${imageDir}.`,
+          String(error)
+        );
+      }
+      throw error;
+    }
     await fs.chmod(target, 0o600);
     const bytes = (await fs.stat(target)).size;
     const gzip = await isGzip(target);
