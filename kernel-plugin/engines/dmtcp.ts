@@ -405,7 +405,9 @@ export class DmtcpEngine implements Engine {
   async launch(spec: LaunchSpec): Promise<KernelProcess> {
     const bins = await this.ready();
     const dirs = await this.folders(spec.workDir);
-    const env = cleanEnv(spec.env);
+    // The coordinator it starts writes its restart scripts to DMTCP_CHECKPOINT_DIR (default:
+    // its working directory, which is the notebook's): keep them in the kernel's own folder.
+    const env = { ...cleanEnv(spec.env), DMTCP_CHECKPOINT_DIR: dirs.ckpt };
     const args = [
       '--new-coordinator',
       '--coord-port',
@@ -545,7 +547,7 @@ export class DmtcpEngine implements Engine {
       await fs.cp(path.join(imageDir, filesCopy), filesDir, { recursive: true, force: false });
     }
     const dirs = await this.folders(spec.workDir);
-    const env = cleanEnv(spec.env);
+    const env = { ...cleanEnv(spec.env), DMTCP_CHECKPOINT_DIR: dirs.ckpt };
     const portFile = path.join(dirs.root, 'restart.port');
     const args = [
       '--new-coordinator',

@@ -19,6 +19,7 @@ import {
   endpoint,
   joinFrames,
   peekHeader,
+  peekParentHeader,
   Signer,
   splitFrames,
   type Channel,
@@ -54,6 +55,12 @@ class Outbox {
   }
 }
 
+/** A shell request sent to the kernel process and not answered yet. */
+export interface OutstandingRequest {
+  frames: Frames;
+  header: Header;
+}
+
 /** What the supervisor does with messages; the relay only moves frames. */
 export interface RelayHandlers {
   /** A verified client request; return true when the supervisor answered it itself. */
@@ -84,6 +91,8 @@ export class Relay {
   private back: BackSockets | null = null;
   private paused = false;
   private readonly held: Array<{ channel: RequestChannel; frames: Frames }> = [];
+  /** Shell requests the kernel process has been sent and not yet answered, by msg_id. */
+  private readonly outstanding = new Map<string, OutstandingRequest>();
   private closed = false;
   /** Resolvers waiting for proof that the kernel's iopub reaches us. */
   private iopubWaiters: Array<() => void> = [];
@@ -285,7 +294,26 @@ export class Relay {
       this.held.push({ channel, frames });
       return;
     }
+    if (channel === 'shell') {
+      const header = peekHeader(frames);
+      this.outstanding.set(header.msg_id, { frames, header });
+    }
     void this.back.outboxes[channel].send(joinFrames(frames, this.backSigner));
+  }
+
+  /**
+   * Forgets and returns the shell requests the kernel process never answered: when that process
+   * is replaced by a restore, they are answered or sent again by the supervisor.
+   */
+  takeOutstanding(): OutstandingRequest[] {
+    const requests = [...this.outstanding.values()];
+    this.outstanding.clear();
+    return requests;
+  }
+
+  /** Sends requests to the kernel again, before anything held since. */
+  requeue(requests: OutstandingRequest[]): void {
+    this.held.unshift(...requests.map(({ frames }) => ({ channel: 'shell' as const, frames })));
   }
 
   private async readBack(back: BackSockets, channel: RequestChannel): Promise<void> {
@@ -295,6 +323,12 @@ export class Relay {
         if (!frames || frames.identities.length === 0) {
           // A reply to the supervisor's own request: nobody to route it to.
           continue;
+        }
+        if (channel === 'shell') {
+          const parent = peekParentHeader(frames).msg_id;
+          if (parent) {
+            this.outstanding.delete(parent);
+          }
         }
         void this.frontOut[channel].send(joinFrames(frames, this.frontSigner));
       }

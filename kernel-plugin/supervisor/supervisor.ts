@@ -26,9 +26,16 @@ import {
   type Lineage
 } from './kernel-setup';
 import { log } from './log';
-import { Relay } from './relay';
+import { Relay, type OutstandingRequest } from './relay';
 import { waitForKernelToLetGo } from './sockets';
-import { newMessage, peekContent, type ConnectionInfo, type Frames, type Header } from './wire';
+import {
+  newMessage,
+  peekContent,
+  peekParentHeader,
+  type ConnectionInfo,
+  type Frames,
+  type Header
+} from './wire';
 
 export const PROTOCOL_VERSION = '1.0';
 export const COMM_TARGET = 'kernel_checkpoint';
@@ -101,6 +108,8 @@ export class Supervisor {
   private readonly comms = new Map<string, { session: string }>();
   private markerWaiters = new Map<string, () => void>();
   private seenMarkers = new Set<string>();
+  /** The cell the kernel process is running, as its iopub says. */
+  private executing: { msgId: string; count: number | null } | null = null;
   private exiting = false;
 
   constructor(private readonly options: SupervisorOptions) {
@@ -110,7 +119,7 @@ export class Supervisor {
       onKernelIopub: (frames, header) => this.onKernelIopub(frames, header)
     });
     this.agent = new AgentChannel(null, request =>
-      this.handleRequest(request, message => this.agent.send(message))
+      this.handleRequest(request, message => this.agent.send(message), true)
     );
   }
 
@@ -325,15 +334,31 @@ export class Supervisor {
       this.markerWaiters.get(id)?.();
       return false;
     }
-    if (header.msg_type === 'status') {
+    if (header.msg_type === 'status' || header.msg_type === 'execute_input') {
       try {
-        const parentType = JSON.parse(frames.parts[1].toString('utf8')).msg_type as
-          string | undefined;
-        if (!parentType || !UNTRACKED_PARENTS.has(parentType)) {
-          this.kernelIdle = peekContent(frames).execution_state === 'idle';
+        const parent = peekParentHeader(frames);
+        const content = peekContent(frames);
+        if (header.msg_type === 'execute_input') {
+          if (this.executing && this.executing.msgId === parent.msg_id) {
+            this.executing.count = content.execution_count ?? null;
+          }
+        } else {
+          if (!parent.msg_type || !UNTRACKED_PARENTS.has(parent.msg_type)) {
+            this.kernelIdle = content.execution_state === 'idle';
+          }
+          if (parent.msg_type === 'execute_request' && parent.msg_id) {
+            if (content.execution_state === 'busy') {
+              this.executing = { msgId: parent.msg_id, count: null };
+            } else if (
+              content.execution_state === 'idle' &&
+              this.executing?.msgId === parent.msg_id
+            ) {
+              this.executing = null;
+            }
+          }
         }
       } catch {
-        // An unreadable status changes nothing.
+        // An unreadable message changes nothing.
       }
     }
     return true;
@@ -362,7 +387,7 @@ export class Supervisor {
   }
 
   /** Handles one request; never throws: failures become an ErrorReply. */
-  handleRequest(request: Request, send: Sink): void {
+  handleRequest(request: Request, send: Sink, fromKernel = false): void {
     const requestId = typeof request?.request_id === 'string' ? request.request_id : '';
     const action = request?.action;
     if (!requestId || !ACTIONS.includes(action)) {
@@ -389,7 +414,7 @@ export class Supervisor {
         stage,
         ...(message ? { message } : {})
       });
-    this.perform(request, progress)
+    this.perform(request, progress, fromKernel)
       .then(result =>
         send({
           type: 'reply',
@@ -423,7 +448,8 @@ export class Supervisor {
 
   private async perform(
     request: Request,
-    progress: (stage: any, message?: string) => void
+    progress: (stage: any, message?: string) => void,
+    fromKernel: boolean
   ): Promise<{ checkpoint?: Checkpoint; checkpoints?: Checkpoint[]; status?: SupervisorStatus }> {
     switch (request.action) {
       case 'status':
@@ -442,7 +468,7 @@ export class Supervisor {
         }));
       case 'restore':
         return this.exclusive('restore', async () => ({
-          checkpoint: await this.restore(this.requireId(request), progress)
+          checkpoint: await this.restore(this.requireId(request), progress, fromKernel)
         }));
     }
     throw new RequestError('invalid_request', `Unknown action ${JSON.stringify(request.action)}.`);
@@ -691,6 +717,44 @@ export class Supervisor {
     });
   }
 
+  /**
+   * Answers the cell the replaced kernel process was running, which that process never will:
+   * a cell that asked for this restore (`%checkpoint restore`) ends well; any other was cut
+   * short and ends in an error saying why.
+   */
+  private finishReplacedCell(cell: OutstandingRequest, id: string, askedForIt: boolean): void {
+    const session = this.relay.session;
+    const parent = cell.header;
+    const count = this.executing?.count ?? 0;
+    const evalue = `The kernel was restored from checkpoint ${id} while this cell ran.`;
+    if (askedForIt) {
+      void this.relay.publish(
+        newMessage(
+          'stream',
+          { name: 'stdout', text: `Restored checkpoint ${id}.\n` },
+          { session, parent }
+        )
+      );
+    } else {
+      void this.relay.publish(
+        newMessage(
+          'error',
+          { ename: 'KernelRestored', evalue, traceback: [`KernelRestored: ${evalue}`] },
+          { session, parent }
+        )
+      );
+    }
+    const content = askedForIt
+      ? { status: 'ok', execution_count: count, user_expressions: {}, payload: [] }
+      : { status: 'error', execution_count: count, ename: 'KernelRestored', evalue, traceback: [] };
+    void this.relay.reply(
+      'shell',
+      cell.frames.identities,
+      newMessage('execute_reply', content, { session, parent })
+    );
+    void this.relay.publish(newMessage('status', { execution_state: 'idle' }, { session, parent }));
+  }
+
   /** Connects to the (resumed or restored) kernel again and waits until its iopub is live. */
   private async reconnect(): Promise<void> {
     const live = await this.relay.connectKernel(30000);
@@ -702,7 +766,8 @@ export class Supervisor {
 
   private async restore(
     id: string,
-    progress: (stage: any, message?: string) => void
+    progress: (stage: any, message?: string) => void,
+    fromKernel: boolean
   ): Promise<Checkpoint> {
     const store = this.options.store;
     const manifest = await store.manifest(id);
@@ -730,6 +795,16 @@ export class Supervisor {
     const old = this.kernel;
     this.kernel = null;
     await old?.terminate();
+    const orphans = this.relay.takeOutstanding();
+    const running = orphans.find(request => request.header.msg_id === this.executing?.msgId);
+    const settle = (restored: boolean) => {
+      if (running) {
+        this.finishReplacedCell(running, id, fromKernel && restored);
+      }
+      // Requests the old process had queued but not started run in the new one.
+      this.relay.requeue(orphans.filter(request => request !== running));
+      this.executing = null;
+    };
     const oldLineage = this.lineage;
     const lineage: Lineage = {
       id: record.lineage,
@@ -757,6 +832,7 @@ export class Supervisor {
       this.lineage = newLineage(this.options.env);
       this.currentId = null;
       await this.launchKernel();
+      settle(false);
       this.relay.resume();
       throw new RequestError(
         failure.code,
@@ -776,6 +852,7 @@ export class Supervisor {
       this.agent.send({ type: 'restarted', checkpoint_id: id });
     }
     this.currentId = id;
+    settle(true);
     this.relay.resume();
     log.info(`restored ${id}`);
     this.broadcast({

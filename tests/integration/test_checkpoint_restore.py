@@ -240,3 +240,24 @@ def test_checkpoint_works_from_a_thread_while_another_client_executes(kernel: Ke
     other.checkpoint()
     worker.join(120)
     assert not errors
+
+
+def test_restore_ends_the_running_cell_and_runs_the_queued_ones_in_the_restored_kernel(
+    kernel: Kernel,
+):
+    client = kernel.client
+    other = kernel.connect()
+    client.run("x = 'saved'")
+    taken = client.checkpoint()
+    client.run("x = 'changed'")
+    running = client.kc.execute("import time; time.sleep(60)")
+    queued = client.kc.execute("print(x)")
+    time.sleep(1.0)
+    other.restore(taken["id"])
+
+    cut_short = client.collect(running)
+    assert cut_short.status == "error"
+    assert cut_short.error["ename"] == "KernelRestored"
+    assert taken["id"] in cut_short.error["evalue"]
+    # The cell queued behind it ran in the restored kernel.
+    assert client.collect(queued).stdout == "saved\n"

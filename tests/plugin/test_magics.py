@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from conftest import CKPT_ID, CKPT_ID2, manifest, stderr, stdout
 
@@ -88,7 +90,7 @@ def test_list_prints_a_table_and_marks_the_current_one(kernel, supervisor):
     lines = stdout(msgs).splitlines()
     assert len(lines) == 3
     header = lines[0].split()
-    assert header == ["id", "parent", "label", "when", "exec", "size", "engine"]
+    assert header == ["id", "parent", "label", "when", "exec", "size", "engine", "variables"]
     first, second = lines[1], lines[2]
     assert first.startswith(" ") and CKPT_ID in first and "first" in first
     assert " - " in first  # no parent
@@ -326,18 +328,31 @@ def r():
 """
 
 
-def test_hooks_run_on_the_main_thread_when_it_waits_for_a_checkpoint(kernel, supervisor):
+def test_hooks_run_on_the_main_thread(kernel, supervisor):
     kernel.check(THREADS)
-    # Started from outside (the front end): the main thread is idle, hooks run in the agent.
+    # Started from outside (the front end) while the kernel is idle: the hooks are run by the
+    # kernel's event loop on the main thread, so thread-bound objects (a sqlite3 connection)
+    # can be closed and reopened.
     supervisor.checkpoint_cycle(CKPT_ID)
-    # Started by checkpoint() / %checkpoint: they run on the main thread that waits, so
-    # thread-bound objects (a sqlite3 connection) can be closed and reopened.
+    # Started by checkpoint() / %checkpoint: they run on the main thread that waits.
     msg_id = kernel.execute("%checkpoint")
     req = supervisor.expect("request")["request"]
     supervisor.checkpoint_cycle(CKPT_ID2)
     answer(supervisor, req, checkpoint=manifest(CKPT_ID2), current_id=CKPT_ID2)
     kernel.collect(msg_id)
     assert kernel.check("print(where)") == (
-        "[('before', 'kernel-checkpoint-agent'), ('resume', 'kernel-checkpoint-agent'), "
+        "[('before', 'MainThread'), ('resume', 'MainThread'), "
         "('before', 'MainThread'), ('resume', 'MainThread')]\n"
+    )
+
+
+def test_hooks_run_beside_a_running_cell(kernel, supervisor):
+    kernel.check(THREADS)
+    # The main thread is busy running a cell: the hooks cannot wait for it to finish.
+    msg_id = kernel.execute("import time; time.sleep(4)")
+    time.sleep(0.5)
+    supervisor.checkpoint_cycle(CKPT_ID)
+    kernel.collect(msg_id)
+    assert kernel.check("print(where)") == (
+        "[('before', 'kernel-checkpoint-agent'), ('resume', 'kernel-checkpoint-agent')]\n"
     )

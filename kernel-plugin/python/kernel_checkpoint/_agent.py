@@ -432,10 +432,10 @@ class Agent:
             pass
 
     def _run_hooks(self, event: HookEvent) -> HookResult:
-        """Run hooks on the main thread when it is waiting for one of our requests (a
-        checkpoint() or %checkpoint: the hooks then see the objects of the main thread as
-        their creator, e.g. a sqlite3 connection), else here in the agent thread (the main
-        thread is busy running a cell, or idle in the kernel's event loop)."""
+        """Run hooks on the main thread: when it waits for one of our requests (a checkpoint()
+        or %checkpoint), or when it is idle in the kernel's event loop. The hooks then see the
+        main thread's objects as their creator (e.g. a sqlite3 connection). Only when the main
+        thread is busy running a cell do they run here, in the agent thread."""
         out: list[HookResult] = []
         ran = threading.Event()
         claim = threading.Lock()  # whoever takes it runs the hooks: exactly once
@@ -452,7 +452,19 @@ class Agent:
             waiter = next((p for p in self._pending.values() if p.waiting_on_main), None)
             if waiter is not None:
                 waiter.jobs.put(job)
-        if waiter is None:
+        loop = getattr(self.kernel, "io_loop", None)
+        if waiter is None and loop is not None:
+            # An idle kernel runs it on the main thread at once (hooks then see the main
+            # thread's objects as their creator); one busy running a cell would only get to
+            # it after the cell, so then the hooks run here instead.
+            try:
+                loop.add_callback(job)
+            except Exception:
+                pass
+            if not ran.wait(1.0):
+                job()
+            ran.wait()
+        elif waiter is None:
             job()
         else:
             # If the main thread stops waiting (interrupted) without running it, run it here.

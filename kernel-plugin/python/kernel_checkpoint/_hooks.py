@@ -183,9 +183,9 @@ before_checkpoint = _decorator("before_checkpoint")
 before_checkpoint.__name__ = before_checkpoint.__qualname__ = "before_checkpoint"
 before_checkpoint.__doc__ = _doc.format(
     name="before_checkpoint",
-    when="before each checkpoint. Hooks run on the main thread when the checkpoint was asked "
-    "for by checkpoint() or %checkpoint (it is waiting), else in the plugin's agent thread "
-    "while a cell may be running (a sqlite3 connection closed there needs "
+    when="before each checkpoint. Hooks run on the main thread, unless a cell is running when "
+    "the checkpoint is asked for from outside the kernel (toolbar, command line): then they run "
+    "in the plugin's agent thread, beside the cell (a sqlite3 connection closed there needs "
     "check_same_thread=False)",
     extra="Raise ``kernel_checkpoint.Veto('why')`` to refuse the checkpoint: the person sees "
     "why, later hooks do not run and nothing changes. Any other exception is reported and the "

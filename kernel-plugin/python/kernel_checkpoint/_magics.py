@@ -21,7 +21,8 @@ Usage::
                                    id, label, image size and the time it took
   %checkpoint list [--all]         table of this notebook's checkpoints (--all: every image in
                                    the store): id, parent, label, when, execution count, size,
-                                   engine; '*' marks the one this kernel descends from
+                                   engine, the variables it held; '*' marks the one this
+                                   kernel descends from
   %checkpoint restore ID           replace this kernel by one restored from checkpoint ID
                                    (variables, imports, threads: the whole process)
   %checkpoint delete ID            delete checkpoint ID's image
@@ -117,7 +118,7 @@ def _clip(text: str, width: int) -> str:
 
 
 def format_table(checkpoints: list[dict[str, Any]], current_id: str | None = None) -> str:
-    headers = ["", "id", "parent", "label", "when", "exec", "size", "engine"]
+    headers = ["", "id", "parent", "label", "when", "exec", "size", "engine", "variables"]
     rows = []
     for c in checkpoints:
         state = c.get("state") or {}
@@ -133,6 +134,7 @@ def format_table(checkpoints: list[dict[str, Any]], current_id: str | None = Non
                 "" if count is None else str(count),
                 human_bytes(c.get("image_bytes")),
                 _engine(c),
+                _clip(", ".join(v.get("name", "?") for v in state.get("variables") or []), 40),
             ]
         )
     widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
