@@ -1,0 +1,60 @@
+import {
+  CONNECTION_PLACEHOLDER,
+  isIPythonKernel,
+  kernelCommand,
+  newLineage
+} from '../kernel-setup';
+
+describe('kernel command', () => {
+  const env = { PATH: '/usr/bin', JPY_PARENT_PID: '123', KERNEL_CHECKPOINT_RUNTIME_DIR: '/tmp/kc' };
+
+  it('points the wrapped kernel at its private connection and strips JPY_PARENT_PID', () => {
+    const lineage = newLineage(env);
+    const argv = ['/venv/bin/python', '-m', 'ipykernel_launcher', '-f', CONNECTION_PLACEHOLDER];
+    const command = kernelCommand(argv, lineage, env, '/server/kernel-1.json', ['--flag']);
+    expect(command.argv.slice(0, 5)).toEqual([
+      '/venv/bin/python',
+      '-m',
+      'ipykernel_launcher',
+      '-f',
+      lineage.connectionFile
+    ]);
+    expect(command.argv).toContain('--HistoryManager.hist_file=:memory:');
+    expect(command.argv).toContain('--flag');
+    expect(command.env.JPY_PARENT_PID).toBeUndefined();
+    expect(lineage.connection.transport).toBe('ipc');
+    expect(lineage.ipcDir.startsWith('/tmp/kc/')).toBe(true);
+    expect(lineage.connection.key).toHaveLength(64);
+  });
+
+  it('replaces the server connection file passed by hand', () => {
+    const lineage = newLineage(env);
+    const command = kernelCommand(
+      ['ipykernel_launcher', '-f', '/server/k.json'],
+      lineage,
+      env,
+      '/server/k.json'
+    );
+    expect(command.argv[2]).toBe(lineage.connectionFile);
+  });
+
+  it('leaves kernels that are not IPython alone', () => {
+    const lineage = newLineage(env);
+    const command = kernelCommand(
+      ['R', '--slave', '-e', 'IRkernel::main()', '{connection_file}'],
+      lineage,
+      env
+    );
+    expect(isIPythonKernel(command.argv)).toBe(false);
+    expect(command.withPlugin).toBe(false);
+    expect(command.argv).not.toContain('--HistoryManager.hist_file=:memory:');
+    expect(command.argv[4]).toBe(lineage.connectionFile);
+  });
+
+  it('gives every lineage its own folder and key', () => {
+    const a = newLineage(env);
+    const b = newLineage(env);
+    expect(a.ipcDir).not.toBe(b.ipcDir);
+    expect(a.connection.key).not.toBe(b.connection.key);
+  });
+});
