@@ -41,8 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"
 sys.path.insert(0, str(ROOT / "tests"))
 
-from jupyter_client import BlockingKernelClient, KernelManager  # noqa: E402
 import kctesting  # noqa: E402
+from jupyter_client import BlockingKernelClient, KernelManager  # noqa: E402
 from kctesting import Client, Kernel, kernel_checkpoint_command  # noqa: E402
 
 # The test client checks every reply against the protocol's JSON Schema (~10 ms a reply, and
@@ -160,6 +160,21 @@ class TimedClient(Client):
         super()._file(msg)
 
 
+class BenchKernel(Kernel):
+    """kctesting's Kernel, with clients that have no heartbeat channel: a client's
+    wait_for_ready calls a kernel dead once its heartbeat is silent for ~1 s, which happens on a
+    machine busy writing back the last run's gigabytes."""
+
+    def connect(self) -> Client:
+        kc = BlockingKernelClient()
+        kc.load_connection_info(self.km.get_connection_info())
+        kc.start_channels(hb=False)
+        kc.wait_for_ready(timeout=90)
+        client = TimedClient(kc)
+        self.clients.append(client)
+        return client
+
+
 def execute_reply(kc: BlockingKernelClient, code: str, timeout: float = 300) -> dict[str, Any]:
     msg_id = kc.execute(code, store_history=False)
     while True:
@@ -223,10 +238,7 @@ def fill_code(state: str) -> str:
     mib = int(state)
     if mib == 0:
         return "pass"
-    return (
-        "import numpy as np\n"
-        f"data = np.random.default_rng(0).random({mib * MiB // 8})\n"
-    )
+    return f"import numpy as np\ndata = np.random.default_rng(0).random({mib * MiB // 8})\n"
 
 
 def check_expr(state: str) -> str:
@@ -358,10 +370,8 @@ class Bench:
             KERNEL_CHECKPOINT_LOG="debug",
         )
         with stderr_to(self.logs / f"supervisor-{engine}-{self.next_id()}.log"):
-            kernel = Kernel(env)
-        client = kernel.client
-        client.__class__ = TimedClient
-        return kernel, client  # type: ignore[return-value]
+            kernel = BenchKernel(env)
+        return kernel, kernel.client  # type: ignore[return-value]
 
     def bench_ours(self, engine: str, state: str, repeats: int) -> dict[str, Any]:
         kernel, client = self.start_ours(engine)
@@ -463,21 +473,32 @@ class Bench:
             outside = 0
             for line in out.splitlines():
                 f = line.split()
-                if len(f) > 7 and f[0] == "u_str" and f[1] == "ESTAB" and f[4].startswith(f"{folder}/"):
+                if (
+                    len(f) > 7
+                    and f[0] == "u_str"
+                    and f[1] == "ESTAB"
+                    and f[4].startswith(f"{folder}/")
+                ):
                     if f[5] in ours and f[7] not in ours:
                         outside += 1
             if outside == 0:
                 return
             time.sleep(0.01)
 
-    def bench_bare_criu(self, state: str, repeats: int, restore_extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    def bench_bare_criu(
+        self, state: str, repeats: int, restore_extra: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
         folder = self.work / f"bc{self.next_id()}"
         conn = self.connection(folder)
         env = dict(self.env)
         argv = ["unshare", "--pid", "--fork", "--kill-child", "setsid", PY, *KERNEL_ARGS]
         argv += ["-f", str(conn), NO_HISTORY]
         launcher = subprocess.Popen(
-            argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         out: dict[str, Any] = {"runs": []}
         holder = launcher
@@ -496,13 +517,28 @@ class Bench:
                 image.mkdir()
                 t0 = now()
                 dump = subprocess.run(
-                    [str(VENV_BIN / "criu"), "dump", "-t", str(pid), "-D", str(image), "--leave-running",
-                     "--tcp-close", "--file-locks", "-o", "dump.log"],
-                    capture_output=True, text=True, check=False,
+                    [
+                        str(VENV_BIN / "criu"),
+                        "dump",
+                        "-t",
+                        str(pid),
+                        "-D",
+                        str(image),
+                        "--leave-running",
+                        "--tcp-close",
+                        "--file-locks",
+                        "-o",
+                        "dump.log",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=False,
                 )
                 run["checkpoint_s"] = now() - t0
                 if dump.returncode != 0:
-                    raise RuntimeError(f"criu dump failed: {(image / 'dump.log').read_text()[-2000:]}")
+                    raise RuntimeError(
+                        f"criu dump failed: {(image / 'dump.log').read_text()[-2000:]}"
+                    )
                 run["image_bytes"] = tree_bytes(image) - (image / "dump.log").stat().st_size
                 kill([pid, holder.pid])
                 holder.wait()
@@ -513,9 +549,21 @@ class Bench:
                 self.clean_sockets(folder)
                 t0 = now()
                 holder = subprocess.Popen(
-                    [str(VENV_BIN / "criu"), "restore", "-D", str(image), "--tcp-close", "--file-locks",
-                     "-o", "restore.log", *restore_extra],
-                    env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    [
+                        str(VENV_BIN / "criu"),
+                        "restore",
+                        "-D",
+                        str(image),
+                        "--tcp-close",
+                        "--file-locks",
+                        "-o",
+                        "restore.log",
+                        *restore_extra,
+                    ],
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
                 )
                 kc = self.client(conn, fast_reconnect=True)
                 msg_id = kc.execute("1", store_history=False)
@@ -559,13 +607,39 @@ class Bench:
         tmp_dir.mkdir()
         env = dict(self.env)
         bin_ = Path(self.dmtcp_bin or "")
-        common = ["--new-coordinator", "--coord-port", "0", "--ckptdir", str(ckpt_dir),
-                  "--tmpdir", str(tmp_dir), "--interval", "0", "--quiet"]
+        common = [
+            "--new-coordinator",
+            "--coord-port",
+            "0",
+            "--ckptdir",
+            str(ckpt_dir),
+            "--tmpdir",
+            str(tmp_dir),
+            "--interval",
+            "0",
+            "--quiet",
+        ]
         port_file = folder / "port"
-        argv = [str(bin_ / "dmtcp_launch"), *common, "--port-file", str(port_file), "--no-gzip",
-                PY, *KERNEL_ARGS, "-f", str(conn), NO_HISTORY]
-        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, cwd=folder)
+        argv = [
+            str(bin_ / "dmtcp_launch"),
+            *common,
+            "--port-file",
+            str(port_file),
+            "--no-gzip",
+            PY,
+            *KERNEL_ARGS,
+            "-f",
+            str(conn),
+            NO_HISTORY,
+        ]
+        proc = subprocess.Popen(
+            argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=folder,
+        )
         out: dict[str, Any] = {"runs": []}
         kc = None
         try:
@@ -581,8 +655,13 @@ class Bench:
                 for old in ckpt_dir.glob("ckpt_*"):
                     shutil.rmtree(old) if old.is_dir() else old.unlink()
                 t0 = now()
-                done = subprocess.run([str(bin_ / "dmtcp_command"), "-p", port, "--bcheckpoint"],
-                                      capture_output=True, text=True, env=env, check=False)
+                done = subprocess.run(
+                    [str(bin_ / "dmtcp_command"), "-p", port, "--bcheckpoint"],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                    check=False,
+                )
                 run["checkpoint_s"] = now() - t0
                 images = list(ckpt_dir.glob("ckpt_*.dmtcp"))
                 if done.returncode != 0 or len(images) != 1:
@@ -596,9 +675,18 @@ class Bench:
                 port_file.unlink(missing_ok=True)
                 t0 = now()
                 proc = subprocess.Popen(
-                    [str(bin_ / "dmtcp_restart"), *common, "--port-file", str(port_file), str(image)],
-                    env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL, cwd=folder,
+                    [
+                        str(bin_ / "dmtcp_restart"),
+                        *common,
+                        "--port-file",
+                        str(port_file),
+                        str(image),
+                    ],
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    cwd=folder,
                 )
                 kc = self.client(conn, fast_reconnect=True)
                 execute_reply(kc, "1", timeout=120)
@@ -616,12 +704,19 @@ class Bench:
         return out
 
     # -- dill --------------------------------------------------------------------------------
-    def start_direct(self, transport: str = "ipc") -> tuple[subprocess.Popen, BlockingKernelClient, Path]:
+    def start_direct(
+        self, transport: str = "ipc"
+    ) -> tuple[subprocess.Popen, BlockingKernelClient, Path]:
         folder = self.work / f"dk{self.next_id()}"
         conn = self.connection(folder, transport)
-        proc = subprocess.Popen([PY, *KERNEL_ARGS, "-f", str(conn), NO_HISTORY], env=self.env,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, cwd=folder)
+        proc = subprocess.Popen(
+            [PY, *KERNEL_ARGS, "-f", str(conn), NO_HISTORY],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=folder,
+        )
         kc = self.client(conn)
         ready(kc)
         return proc, kc, folder
@@ -642,7 +737,9 @@ class Bench:
             for _ in range(repeats):
                 run: dict[str, Any] = {}
                 t0 = now()
-                reply = execute_reply(kc, f"import dill; dill.dump_session({str(path)!r})", timeout=600)
+                reply = execute_reply(
+                    kc, f"import dill; dill.dump_session({str(path)!r})", timeout=600
+                )
                 run["checkpoint_s"] = now() - t0
                 if reply["content"]["status"] != "ok":
                     run["error"] = f"{reply['content']['ename']}: {reply['content']['evalue']}"
@@ -652,7 +749,9 @@ class Bench:
                 t0 = now()
                 proc2, kc2, folder2 = self.start_direct()
                 t1 = now()
-                reply = execute_reply(kc2, f"import dill; dill.load_session({str(path)!r})", timeout=600)
+                reply = execute_reply(
+                    kc2, f"import dill; dill.load_session({str(path)!r})", timeout=600
+                )
                 t2 = now()
                 run["kernel_start_s"] = t1 - t0
                 run["load_s"] = t2 - t1
@@ -675,8 +774,14 @@ class Bench:
         folder.mkdir()
         found: dict[str, Any] = {}
         for phase in ("save", "load"):
-            out = subprocess.run([PY, "-c", DILL_PROBE, phase, str(folder)], capture_output=True,
-                                 text=True, timeout=120, env=self.env, cwd=folder)
+            out = subprocess.run(
+                [PY, "-c", DILL_PROBE, phase, str(folder)],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env=self.env,
+                cwd=folder,
+            )
             try:
                 found.update(json.loads(out.stdout.strip().splitlines()[-1]))
             except Exception:
@@ -689,39 +794,68 @@ class Bench:
         times = []
         for _ in range(repeats):
             t0 = now()
-            subprocess.run(["dd", "if=/dev/zero", f"of={target}", "bs=1M", f"count={mib}",
-                            "conv=fdatasync"], capture_output=True, check=True)
+            subprocess.run(
+                ["dd", "if=/dev/zero", f"of={target}", "bs=1M", f"count={mib}", "conv=fdatasync"],
+                capture_output=True,
+                check=True,
+            )
             times.append(now() - t0)
             target.unlink()
         seconds = median(times)
-        return {"bytes": mib * MiB, "seconds": seconds, "runs": times, "bytes_per_s": mib * MiB / seconds}
+        return {
+            "bytes": mib * MiB,
+            "seconds": seconds,
+            "runs": times,
+            "bytes_per_s": mib * MiB / seconds,
+        }
 
     # -- relay ---------------------------------------------------------------------------------
     def bench_relay(self, pings: int, output_mib: int, repeats: int) -> dict[str, Any]:
+        """Both kernels run at once and take turns in blocks, so machine noise hits both alike."""
         result: dict[str, Any] = {}
-        # Through the supervisor (Jupyter's TCP ports -> supervisor -> ipc -> kernel).
         kernel, client = self.start_ours("criu")
-        try:
-            sup = kernel.supervisor_pid
-            idle = proc_status(sup).get("VmRSS", 0)
-            reset_peak(sup)
-            result["supervisor"] = relay_measure(client.kc, pings, output_mib, repeats)
-            result["supervisor"]["supervisor_idle_rss"] = idle
-            result["supervisor"]["supervisor_peak_extra"] = (proc_status(sup).get("VmHWM") or 0) - idle
-        finally:
-            kernel.shutdown()
         # Straight to an ipykernel started as Jupyter would (TCP, KernelManager).
         km = KernelManager(kernel_name="python3")
         km.start_kernel(env=self.env, extra_arguments=[NO_HISTORY])
         kc = km.client()
-        kc.start_channels()
+        kc.start_channels(hb=False)
         try:
             kc.wait_for_ready(timeout=60)
-            result["direct"] = relay_measure(kc, pings, output_mib, repeats)
+            sup = kernel.supervisor_pid
+            idle = proc_status(sup).get("VmRSS", 0)
+            reset_peak(sup)
+            sides = {"supervisor": client.kc, "direct": kc}
+            for side in sides.values():
+                execute_reply(side, "")
+            rtts: dict[str, list[float]] = {name: [] for name in sides}
+            block = 50
+            for _ in range(max(1, pings // block)):
+                for name, side in sides.items():
+                    rtts[name] += ping(side, block)
+            for name, side in sides.items():
+                result[name] = relay_measure(side, rtts[name], output_mib, repeats)
+            result["supervisor"]["supervisor_idle_rss"] = idle
+            result["supervisor"]["supervisor_peak_extra"] = (
+                proc_status(sup).get("VmHWM") or 0
+            ) - idle
         finally:
             kc.stop_channels()
             km.shutdown_kernel(now=True)
+            kernel.shutdown()
         return result
+
+
+def ping(kc: BlockingKernelClient, count: int) -> list[float]:
+    drain_iopub(kc)
+    for _ in range(5):
+        execute_reply(kc, "")
+    out = []
+    for _ in range(count):
+        t0 = now()
+        execute_reply(kc, "")
+        out.append(now() - t0)
+    drain_iopub(kc)
+    return out
 
 
 def ready(kc: BlockingKernelClient, timeout: float = 120) -> None:
@@ -748,21 +882,11 @@ def value(kc: BlockingKernelClient, expression: str) -> Any:
     return json.loads(text)
 
 
-def relay_measure(kc: BlockingKernelClient, pings: int, output_mib: int, repeats: int) -> dict[str, Any]:
-    drain_iopub(kc)
-    for _ in range(50):
-        execute_reply(kc, "")
-    drain_iopub(kc)
-    rtts = []
-    for i in range(pings):
-        t0 = now()
-        execute_reply(kc, "")
-        rtts.append(now() - t0)
-        if i % 50 == 0:
-            drain_iopub(kc)
-    drain_iopub(kc)
+def relay_measure(
+    kc: BlockingKernelClient, rtts: list[float], output_mib: int, repeats: int
+) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "pings": pings,
+        "pings": len(rtts),
         "rtt_median_ms": median(rtts) * 1000,
         "rtt_p99_ms": percentile(rtts, 99) * 1000,
         "rtt_mean_ms": statistics.fmean(rtts) * 1000,
@@ -805,8 +929,16 @@ def stages(progress: list[dict[str, Any]], t0: float, t1: float) -> dict[str, fl
 
 def summarize(out: dict[str, Any]) -> None:
     runs = out["runs"]
-    for key in ("checkpoint_s", "kernel_blocked_s", "restore_to_cell_s", "restore_reply_s", "image_bytes", "load_s",
-                "kernel_start_s", "first_cell_s"):
+    for key in (
+        "checkpoint_s",
+        "kernel_blocked_s",
+        "restore_to_cell_s",
+        "restore_reply_s",
+        "image_bytes",
+        "load_s",
+        "kernel_start_s",
+        "first_cell_s",
+    ):
         values = [r[key] for r in runs if r.get(key) is not None]
         if values:
             out[key] = median(values)
@@ -944,7 +1076,9 @@ def ratio(a: float | None, b: float | None) -> str:
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
-    line = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    line = lambda cells: "  ".join(
+        str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+    )
     return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
 
 
@@ -971,8 +1105,16 @@ def report(results: dict[str, Any]) -> str:
     states = results["states"]
     dd_rate = dd["bytes_per_s"] if dd else None
 
-    headers = ["state", "image MiB", "ours ckpt", "(blocked)", "bare criu dump", "ours/criu", "blocked/criu",
-               "dd same bytes"]
+    headers = [
+        "state",
+        "image MiB",
+        "ours ckpt",
+        "(blocked)",
+        "bare criu dump",
+        "ours/criu",
+        "blocked/criu",
+        "dd same bytes",
+    ]
     has_dmtcp = any("dmtcp" in s for s in states.values())
     if has_dmtcp:
         headers += ["ours-dmtcp", "bare dmtcp", "o/d"]
@@ -981,20 +1123,35 @@ def report(results: dict[str, Any]) -> str:
     for name, s in states.items():
         ours, bare = s.get("ours", {}), s.get("criu", {})
         img = ours.get("image_bytes")
-        row = [name, fmt_mib(img), fmt_s(ours.get("checkpoint_s")), fmt_s(ours.get("kernel_blocked_s")),
-               fmt_s(bare.get("checkpoint_s")), ratio(ours.get("checkpoint_s"), bare.get("checkpoint_s")),
-               ratio(ours.get("kernel_blocked_s"), bare.get("checkpoint_s")),
-               fmt_s(img / dd_rate if img and dd_rate else None)]
+        row = [
+            name,
+            fmt_mib(img),
+            fmt_s(ours.get("checkpoint_s")),
+            fmt_s(ours.get("kernel_blocked_s")),
+            fmt_s(bare.get("checkpoint_s")),
+            ratio(ours.get("checkpoint_s"), bare.get("checkpoint_s")),
+            ratio(ours.get("kernel_blocked_s"), bare.get("checkpoint_s")),
+            fmt_s(img / dd_rate if img and dd_rate else None),
+        ]
         if has_dmtcp:
             od, d = s.get("ours-dmtcp", {}), s.get("dmtcp", {})
-            row += [fmt_s(od.get("checkpoint_s")), fmt_s(d.get("checkpoint_s")),
-                    ratio(od.get("checkpoint_s"), d.get("checkpoint_s"))]
+            row += [
+                fmt_s(od.get("checkpoint_s")),
+                fmt_s(d.get("checkpoint_s")),
+                ratio(od.get("checkpoint_s"), d.get("checkpoint_s")),
+            ]
         dl = s.get("dill", {})
-        row += ["fails" if dl.get("error") else fmt_s(dl.get("checkpoint_s")), fmt_mib(dl.get("image_bytes"))]
+        row += [
+            "fails" if dl.get("error") else fmt_s(dl.get("checkpoint_s")),
+            fmt_mib(dl.get("image_bytes")),
+        ]
         rows.append(row)
-    lines += ["CHECKPOINT (request -> reply; (blocked): request -> relay resumed, cells run again; "
-              "bare: criu dump / dmtcp_command --bcheckpoint)",
-              table(headers, rows), ""]
+    lines += [
+        "CHECKPOINT (request -> reply; (blocked): request -> relay resumed, cells run again; "
+        "bare: criu dump / dmtcp_command --bcheckpoint)",
+        table(headers, rows),
+        "",
+    ]
 
     headers = ["state", "ours restore", "->cell", "bare criu ->cell", "ours/criu"]
     if has_dmtcp:
@@ -1003,29 +1160,52 @@ def report(results: dict[str, Any]) -> str:
     rows = []
     for name, s in states.items():
         ours, bare = s.get("ours", {}), s.get("criu", {})
-        row = [name, fmt_s(ours.get("restore_reply_s")), fmt_s(ours.get("restore_to_cell_s")),
-               fmt_s(bare.get("restore_to_cell_s")),
-               ratio(ours.get("restore_to_cell_s"), bare.get("restore_to_cell_s"))]
+        row = [
+            name,
+            fmt_s(ours.get("restore_reply_s")),
+            fmt_s(ours.get("restore_to_cell_s")),
+            fmt_s(bare.get("restore_to_cell_s")),
+            ratio(ours.get("restore_to_cell_s"), bare.get("restore_to_cell_s")),
+        ]
         if has_dmtcp:
             od, d = s.get("ours-dmtcp", {}), s.get("dmtcp", {})
-            row += [fmt_s(od.get("restore_to_cell_s")), fmt_s(d.get("restore_to_cell_s")),
-                    ratio(od.get("restore_to_cell_s"), d.get("restore_to_cell_s"))]
+            row += [
+                fmt_s(od.get("restore_to_cell_s")),
+                fmt_s(d.get("restore_to_cell_s")),
+                ratio(od.get("restore_to_cell_s"), d.get("restore_to_cell_s")),
+            ]
         dl = s.get("dill", {})
-        row += ["fails" if dl.get("error") else fmt_s(dl.get("restore_to_cell_s")), fmt_s(dl.get("load_s"))]
+        row += [
+            "fails" if dl.get("error") else fmt_s(dl.get("restore_to_cell_s")),
+            fmt_s(dl.get("load_s")),
+        ]
         oks = [v.get("state_ok") for v in s.values() if isinstance(v, dict) and "state_ok" in v]
         row.append("yes" if oks and all(oks) else ("NO" if oks else "-"))
         rows.append(row)
-    lines += ["RESTORE (request -> first executed cell's reply; bare: process start -> reply)",
-              table(headers, rows), ""]
+    lines += [
+        "RESTORE (request -> first executed cell's reply; bare: process start -> reply)",
+        table(headers, rows),
+        "",
+    ]
 
     headers = ["state", "engine", "sup idle RSS MiB", "sup peak extra MiB"]
     rows = []
     for name, s in states.items():
         for key in ("ours", "ours-dmtcp"):
             if key in s and "supervisor_idle_rss" in s[key]:
-                rows.append([name, key, fmt_mib(s[key]["supervisor_idle_rss"]),
-                             f"{s[key].get('supervisor_peak_extra', 0) / MiB:.1f}"])
-    lines += ["SUPERVISOR MEMORY during checkpoint+restore (VmHWM - idle VmRSS)", table(headers, rows), ""]
+                rows.append(
+                    [
+                        name,
+                        key,
+                        fmt_mib(s[key]["supervisor_idle_rss"]),
+                        f"{s[key].get('supervisor_peak_extra', 0) / MiB:.1f}",
+                    ]
+                )
+    lines += [
+        "SUPERVISOR MEMORY during checkpoint+restore (VmHWM - idle VmRSS)",
+        table(headers, rows),
+        "",
+    ]
 
     headers = ["state", "engine", "checkpoint stages (median s)", "restore stages (median s)"]
     rows = []
@@ -1035,29 +1215,53 @@ def report(results: dict[str, Any]) -> str:
                 c = " ".join(f"{k}={v:.2f}" for k, v in s[key].get("checkpoint_stages", {}).items())
                 r = " ".join(f"{k}={v:.2f}" for k, v in s[key].get("restore_stages", {}).items())
                 rows.append([name, key, c, r])
-    lines += ["WHERE OUR TIME GOES (from progress messages; each stage runs until the next one)",
-              table(headers, rows), ""]
+    lines += [
+        "WHERE OUR TIME GOES (from progress messages; each stage runs until the next one)",
+        table(headers, rows),
+        "",
+    ]
 
     relay = results.get("relay", {})
     if relay.get("supervisor") and relay.get("direct"):
         s, d = relay["supervisor"], relay["direct"]
         rows = [
-            ["empty execute median", fmt_ms(s["rtt_median_ms"]), fmt_ms(d["rtt_median_ms"]),
-             f"+{s['rtt_median_ms'] - d['rtt_median_ms']:.2f}ms"],
-            ["empty execute p99", fmt_ms(s["rtt_p99_ms"]), fmt_ms(d["rtt_p99_ms"]),
-             f"+{s['rtt_p99_ms'] - d['rtt_p99_ms']:.2f}ms"],
+            [
+                "empty execute median",
+                fmt_ms(s["rtt_median_ms"]),
+                fmt_ms(d["rtt_median_ms"]),
+                f"+{s['rtt_median_ms'] - d['rtt_median_ms']:.2f}ms",
+            ],
+            [
+                "empty execute p99",
+                fmt_ms(s["rtt_p99_ms"]),
+                fmt_ms(d["rtt_p99_ms"]),
+                f"+{s['rtt_p99_ms'] - d['rtt_p99_ms']:.2f}ms",
+            ],
         ]
         for name in ("stream", "display_data"):
             key = f"output_{name}_s"
-            rows.append([f"{s[f'output_{name}_bytes'] // MiB} MiB {name}", fmt_s(s[key]), fmt_s(d[key]),
-                         ratio(s[key], d[key])])
-        rows.append(["supervisor peak extra MiB", f"{s['supervisor_peak_extra'] / MiB:.0f}", "", ""])
-        lines += [f"RELAY ({s['pings']} empty executes; outputs: median of runs)",
-                  table(["", "supervisor", "direct", "cost"], rows), ""]
+            rows.append(
+                [
+                    f"{s[f'output_{name}_bytes'] // MiB} MiB {name}",
+                    fmt_s(s[key]),
+                    fmt_s(d[key]),
+                    ratio(s[key], d[key]),
+                ]
+            )
+        rows.append(
+            ["supervisor peak extra MiB", f"{s['supervisor_peak_extra'] / MiB:.0f}", "", ""]
+        )
+        lines += [
+            f"RELAY ({s['pings']} empty executes; outputs: median of runs)",
+            table(["", "supervisor", "direct", "cost"], rows),
+            "",
+        ]
 
     limits = results["references"].get("dill_limits")
     if limits:
-        lines.append("DILL: what dump/load does not carry over (CRIU/DMTCP images keep all of these)")
+        lines.append(
+            "DILL: what dump/load does not carry over (CRIU/DMTCP images keep all of these)"
+        )
         for name, verdict in limits.items():
             lines.append(f"  {name}: {verdict}")
         lines.append("")
@@ -1070,16 +1274,24 @@ def report(results: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small run: 0 and 256 MiB, mixed, 1 repeat")
-    parser.add_argument("--sizes", help="MiB of numpy data, comma-separated (default 0,256,1024[,4096])")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small run: 0 and 256 MiB, mixed, 1 repeat"
+    )
+    parser.add_argument(
+        "--sizes", help="MiB of numpy data, comma-separated (default 0,256,1024[,4096])"
+    )
     parser.add_argument("--repeats", type=int, help="runs per measurement (default 3; --quick 1)")
     parser.add_argument("--out", help="JSON file (default bench/results/bench-<time>.json)")
     parser.add_argument("--no-mixed", action="store_true", help="skip the mixed data-science state")
     parser.add_argument("--no-dmtcp", action="store_true", help="skip DMTCP even when present")
     parser.add_argument("--no-dill", action="store_true", help="skip dill")
     parser.add_argument("--no-relay", action="store_true", help="skip the relay measurements")
-    parser.add_argument("--workdir", help="parent folder of the store and scratch (default: $TMPDIR)")
+    parser.add_argument(
+        "--workdir", help="parent folder of the store and scratch (default: $TMPDIR)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (logs)")
     args = parser.parse_args()
 
@@ -1103,12 +1315,16 @@ def main() -> int:
         if mem_avail >= 14 * (1 << 30):
             sizes.append(4096)
         else:
-            results["notes"].append(f"4 GiB skipped: {mem_avail / (1 << 30):.1f} GiB available, 14 wanted")
+            results["notes"].append(
+                f"4 GiB skipped: {mem_avail / (1 << 30):.1f} GiB available, 14 wanted"
+            )
     large_repeats = 1 if not args.repeats else repeats
     results["large_repeats"] = large_repeats
     dmtcp = bench.dmtcp_bin is not None and not args.no_dmtcp
     if not dmtcp:
-        results["notes"].append("DMTCP not measured: " + ("--no-dmtcp" if args.no_dmtcp else "dmtcp_launch not found"))
+        results["notes"].append(
+            "DMTCP not measured: " + ("--no-dmtcp" if args.no_dmtcp else "dmtcp_launch not found")
+        )
     t_start = now()
     log(f"scratch and store in {bench.work}; supervisor logs in {bench.logs}")
     try:
@@ -1122,11 +1338,15 @@ def main() -> int:
             n = large_repeats if big else repeats
             entry: dict[str, Any] = {}
             results["states"][name] = entry
-            methods = [("ours", lambda: bench.bench_ours("criu", state, n)),
-                       ("criu", lambda: bench.bench_bare_criu(state, n))]
+            methods = [
+                ("ours", lambda: bench.bench_ours("criu", state, n)),
+                ("criu", lambda: bench.bench_bare_criu(state, n)),
+            ]
             if dmtcp and not big:
-                methods += [("ours-dmtcp", lambda: bench.bench_ours("dmtcp", state, n)),
-                            ("dmtcp", lambda: bench.bench_bare_dmtcp(state, n))]
+                methods += [
+                    ("ours-dmtcp", lambda: bench.bench_ours("dmtcp", state, n)),
+                    ("dmtcp", lambda: bench.bench_bare_dmtcp(state, n)),
+                ]
             if not args.no_dill and not big:
                 methods.append(("dill", lambda: bench.bench_dill(state, 1)))
             for key, fn in methods:
@@ -1141,9 +1361,11 @@ def main() -> int:
                     log(f"  ! {name} {key}: {error}")
                     traceback.print_exc()
                 e = entry[key]
-                log(f"{name:>8} {key:<10} ckpt {fmt_s(e.get('checkpoint_s'))} restore->cell "
+                log(
+                    f"{name:>8} {key:<10} ckpt {fmt_s(e.get('checkpoint_s'))} restore->cell "
                     f"{fmt_s(e.get('restore_to_cell_s'))} image {fmt_mib(e.get('image_bytes'))} MiB "
-                    f"({now() - t0:.0f}s)")
+                    f"({now() - t0:.0f}s)"
+                )
         if not args.no_dill:
             results["references"]["dill_limits"] = bench.dill_limits()
         if not args.no_relay:
@@ -1155,7 +1377,11 @@ def main() -> int:
         text = report(results)
         print(text)
         print(f"\nelapsed: {results['elapsed_s']:.0f}s")
-        out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"bench-{started:%Y%m%dT%H%M%S}.json"
+        out = (
+            Path(args.out)
+            if args.out
+            else ROOT / "bench" / "results" / f"bench-{started:%Y%m%dT%H%M%S}.json"
+        )
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1, default=str))
         print(f"JSON: {out}")
