@@ -1,3 +1,4 @@
+# ruff: noqa: B023, E501, E731, RUF005  (lambdas are called within their loop iteration)
 """What a checkpoint costs, side by side with what users would use instead.
 
     .venv/bin/python bench/run.py [--quick] [--sizes 0,256,1024] [--repeats 3] [--out FILE]
