@@ -271,3 +271,16 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state not in ("Z", "X")
+
+
+def wait_sealed(store: Path, checkpoint_id: str, timeout: float = 60) -> None:
+    """Waits until the supervisor has checksummed an image (it does so after replying): a test
+    that damages an image must do it after that, or the checksum would be of the damage."""
+    record = store / checkpoint_id / "private.json"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        files = json.loads(record.read_text())["files"]
+        if all("xxh64" in f for f in files):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"checkpoint {checkpoint_id} was not sealed in {timeout} s")

@@ -20,11 +20,15 @@ import type { Checkpoint, ErrorCode } from '../../protocol/checkpoint-protocol';
 export const MANIFEST_FORMAT = 'kernel-checkpoint/1';
 const ID_PATTERN = /^ckpt-[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}$/;
 
-/** A file of an image and its checksum (xxh64: fast enough not to double a checkpoint's time). */
+/**
+ * A file of an image: its size, and once the image is sealed its xxh64 checksum and the file's
+ * identity (inode, mtime, ctime in ns) at that moment. Any write to the file changes its ctime.
+ */
 export interface FileDigest {
   path: string;
   bytes: number;
-  xxh64: string;
+  xxh64?: string;
+  stat?: string;
 }
 
 /** What restoring an image needs beyond the engine's files. Never sent to clients. */
@@ -98,10 +102,13 @@ export class PendingImage {
     return path.join(this.dir, 'image');
   }
 
-  /** Checksums the image, writes both records and renames the folder into place. */
+  /**
+   * Writes both records and renames the folder into place. The checksums are computed after
+   * that, by `ImageStore.seal`, so that the caller need not wait for a re-read of the image.
+   */
   async commit(manifest: Checkpoint, record: Omit<PrivateRecord, 'files'>): Promise<Checkpoint> {
     try {
-      const files = await digestTree(this.imageDir);
+      const files = await listTree(this.imageDir);
       manifest.image_bytes = files.reduce((sum, file) => sum + file.bytes, 0);
       await writePrivateJson(path.join(this.dir, 'private.json'), { ...record, files });
       await writePrivateJson(path.join(this.dir, 'manifest.json'), manifest);
@@ -209,22 +216,49 @@ export class ImageStore {
     return path.join(this.folderOf(id), 'image');
   }
 
-  /** Checks every file of the image against its checksum; throws corrupt_image otherwise. */
-  async verify(id: string, record: PrivateRecord): Promise<void> {
-    const actual = new Map((await digestTree(this.imageDir(id))).map(file => [file.path, file]));
+  /**
+   * Checksums every file of a committed image and records it in private.json, with each file's
+   * identity at that moment. Until then an image can be restored, but only its sizes are checked.
+   */
+  async seal(id: string): Promise<void> {
+    const record = await this.privateRecord(id);
+    const files: FileDigest[] = [];
+    for (const file of record.files) {
+      const full = path.join(this.imageDir(id), file.path);
+      const digest = await digestFile(full);
+      files.push({ ...file, xxh64: digest.xxh64, stat: await identity(full) });
+    }
+    await writePrivateJson(path.join(this.folderOf(id), 'private.json'), { ...record, files });
+  }
+
+  /**
+   * Checks every file of the image; throws corrupt_image when one is missing, has another size,
+   * or does not match its checksum. A file unchanged since it was sealed (same inode, mtime and
+   * ctime) is not read again unless `rehash` (KERNEL_CHECKPOINT_VERIFY=always) asks for it.
+   */
+  async verify(id: string, record: PrivateRecord, rehash = false): Promise<void> {
     for (const expected of record.files) {
-      const found = actual.get(expected.path);
-      if (!found) {
+      const full = path.join(this.imageDir(id), expected.path);
+      const stat = await fs.stat(full).catch(() => null);
+      if (!stat?.isFile()) {
         throw new StoreError(
           'corrupt_image',
           `Checkpoint ${id} is damaged: its file ${expected.path} is missing.`
         );
       }
-      if (found.bytes !== expected.bytes || found.xxh64 !== expected.xxh64) {
-        throw new StoreError(
+      const damaged = () =>
+        new StoreError(
           'corrupt_image',
           `Checkpoint ${id} is damaged: its file ${expected.path} does not match its checksum.`
         );
+      if (stat.size !== expected.bytes) {
+        throw damaged();
+      }
+      if (!expected.xxh64 || (!rehash && expected.stat === (await identity(full)))) {
+        continue;
+      }
+      if ((await digestFile(full)).xxh64 !== expected.xxh64) {
+        throw damaged();
       }
     }
   }
@@ -315,15 +349,21 @@ async function digestFile(file: string): Promise<{ bytes: number; xxh64: string 
   return { bytes, xxh64: state.digest().toString(16).padStart(16, '0') };
 }
 
-/** Checksums of every regular file below `dir`, with paths relative to it, sorted. */
-export async function digestTree(dir: string, prefix = ''): Promise<FileDigest[]> {
+/** The identity of a file's content as the file system keeps it: a write changes its ctime. */
+async function identity(file: string): Promise<string> {
+  const stat = await fs.stat(file, { bigint: true });
+  return `${stat.ino}:${stat.mtimeNs}:${stat.ctimeNs}`;
+}
+
+/** Every regular file below `dir`, with paths relative to it and sizes, sorted. */
+export async function listTree(dir: string, prefix = ''): Promise<FileDigest[]> {
   const result: FileDigest[] = [];
   for (const entry of await fs.readdir(path.join(dir, prefix), { withFileTypes: true })) {
     const relative = path.join(prefix, entry.name);
     if (entry.isDirectory()) {
-      result.push(...(await digestTree(dir, relative)));
+      result.push(...(await listTree(dir, relative)));
     } else if (entry.isFile()) {
-      result.push({ path: relative, ...(await digestFile(path.join(dir, relative))) });
+      result.push({ path: relative, bytes: (await fs.stat(path.join(dir, relative))).size });
     }
   }
   return result.sort((a, b) => a.path.localeCompare(b.path));

@@ -108,6 +108,8 @@ export class Supervisor {
   private readonly comms = new Map<string, { session: string }>();
   private markerWaiters = new Map<string, () => void>();
   private seenMarkers = new Set<string>();
+  /** Images whose checksums are being computed, after the checkpoint's reply went out. */
+  private readonly sealing = new Map<string, Promise<void>>();
   /** The cell the kernel process is running, as its iopub says. */
   private executing: { msgId: string; count: number | null } | null = null;
   private exiting = false;
@@ -538,6 +540,7 @@ export class Supervisor {
 
   private async delete(id: string): Promise<Checkpoint> {
     const checkpoint = await this.options.store.manifest(id);
+    await this.sealing.get(id);
     await this.options.store.delete(id);
     if (this.currentId === id) {
       this.currentId = checkpoint.parent_id;
@@ -668,6 +671,7 @@ export class Supervisor {
         arch: process.arch
       });
       this.currentId = id;
+      this.sealInBackground(id);
       log.info(`checkpoint ${id}: ${saved.image_bytes} bytes in ${Date.now() - started} ms`);
       this.broadcast({
         type: 'event',
@@ -694,6 +698,17 @@ export class Supervisor {
       }
       throw error;
     }
+  }
+
+  /** Checksums an image while the user goes on; a restore or delete of it waits for this. */
+  private sealInBackground(id: string): void {
+    const started = Date.now();
+    const sealing = this.options.store
+      .seal(id)
+      .then(() => log.debug(`sealed ${id} in ${Date.now() - started} ms`))
+      .catch(error => log.warn(`could not checksum ${id}: ${(error as Error).message}`))
+      .finally(() => this.sealing.delete(id));
+    this.sealing.set(id, sealing);
   }
 
   private waitForMarker(id: string, timeoutMs: number): Promise<void> {
@@ -771,6 +786,7 @@ export class Supervisor {
   ): Promise<Checkpoint> {
     const store = this.options.store;
     const manifest = await store.manifest(id);
+    await this.sealing.get(id);
     const record = await store.privateRecord(id);
     if (record.engine !== this.options.engine.name) {
       throw new RequestError(
@@ -786,7 +802,7 @@ export class Supervisor {
     }
     this.requireEngine();
     progress('verifying');
-    await store.verify(id, record);
+    await store.verify(id, record, this.options.env.KERNEL_CHECKPOINT_VERIFY === 'always');
 
     progress('stopping');
     this.relay.pause();

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from jupyter_client import KernelManager, MultiKernelManager
-from kctesting import KERNEL_NAME, Kernel, kernel_checkpoint_command, validate
+from kctesting import KERNEL_NAME, Kernel, kernel_checkpoint_command, validate, wait_sealed
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -219,6 +219,7 @@ def test_engine_failure_on_a_corrupt_image(kernel: Kernel, store: Path):
     cf = connection(kernel)
     kernel.client.run("x = 'intact'")
     taken = as_json("checkpoint", "--existing", cf)
+    wait_sealed(store, taken["id"])
     files = sorted(p for p in (store / taken["id"] / "image").rglob("*") if p.is_file())
     victim = max(files, key=lambda p: p.stat().st_size)
     data = bytearray(victim.read_bytes())

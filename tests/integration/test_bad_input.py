@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from jupyter_client import BlockingKernelClient
-from kctesting import CommError, Kernel
+from kctesting import CommError, Kernel, wait_sealed
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -62,6 +62,7 @@ def test_an_image_with_one_flipped_byte_is_refused(kernel: Kernel, store: Path):
     client.run("x = 'running'")
     pid = kernel.kernel_pid()
 
+    wait_sealed(store, damaged["id"])
     flip_one_byte(store / damaged["id"] / "image")
     error = expect_error("corrupt_image", client.restore, damaged["id"])
     assert damaged["id"] in error.message

@@ -63,21 +63,38 @@ describe('image store', () => {
     ).resolves.toBeUndefined();
   });
 
-  it('finds a flipped byte and a missing file', async () => {
+  it('finds a flipped byte and a missing file once sealed', async () => {
     const saved = await save(store, 'abcdef');
+    await store.seal(saved.id);
+    const record = await store.privateRecord(saved.id);
+    expect(record.files[0].xxh64).toMatch(/^[0-9a-f]{16}$/);
+    await expect(store.verify(saved.id, record)).resolves.toBeUndefined();
     const file = path.join(store.imageDir(saved.id), 'pages.img');
     await fs.writeFile(file, 'abcdeg');
-    await expect(store.verify(saved.id, await store.privateRecord(saved.id))).rejects.toMatchObject(
-      {
-        code: 'corrupt_image'
-      }
-    );
+    await expect(store.verify(saved.id, record)).rejects.toMatchObject({ code: 'corrupt_image' });
     await fs.rm(file);
-    await expect(store.verify(saved.id, await store.privateRecord(saved.id))).rejects.toMatchObject(
-      {
-        code: 'corrupt_image'
-      }
-    );
+    await expect(store.verify(saved.id, record)).rejects.toMatchObject({ code: 'corrupt_image' });
+  });
+
+  it('re-reads an unchanged sealed file only when asked to', async () => {
+    const saved = await save(store, 'abcdef');
+    await store.seal(saved.id);
+    const record = await store.privateRecord(saved.id);
+    // A checksum that no longer matches, on a file the file system says is unchanged.
+    record.files[0].xxh64 = '0000000000000000';
+    await expect(store.verify(saved.id, record)).resolves.toBeUndefined();
+    await expect(store.verify(saved.id, record, true)).rejects.toMatchObject({
+      code: 'corrupt_image'
+    });
+  });
+
+  it('checks the sizes of an image not sealed yet', async () => {
+    const saved = await save(store, 'abcdef');
+    const record = await store.privateRecord(saved.id);
+    expect(record.files[0].xxh64).toBeUndefined();
+    await expect(store.verify(saved.id, record)).resolves.toBeUndefined();
+    await fs.writeFile(path.join(store.imageDir(saved.id), 'pages.img'), 'abc');
+    await expect(store.verify(saved.id, record)).rejects.toMatchObject({ code: 'corrupt_image' });
   });
 
   it('never lists a partial image and discards it', async () => {
