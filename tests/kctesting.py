@@ -229,8 +229,9 @@ class Kernel:
         return self.km.provisioner.process.pid  # type: ignore[union-attr]
 
     def connect(self) -> Client:
-        # A client of its own session (identity), like another JupyterLab tab.
-        kc = BlockingKernelClient()
+        # A client of its own session (identity), like another JupyterLab tab. Its parent is the
+        # manager, so liveness is the process's, not a heartbeat that a busy machine may delay.
+        kc = BlockingKernelClient(parent=self.km)
         kc.load_connection_info(self.km.get_connection_info())
         kc.start_channels()
         kc.wait_for_ready(timeout=90)
