@@ -18,6 +18,7 @@ import {
   encode,
   endpoint,
   joinFrames,
+  peekContent,
   peekHeader,
   peekParentHeader,
   Signer,
@@ -91,6 +92,8 @@ export class Relay {
   private back: BackSockets | null = null;
   private paused = false;
   private readonly held: Array<{ channel: RequestChannel; frames: Frames }> = [];
+  /** The kernel's last kernel_info_reply content, to answer for it while it is away. */
+  kernelInfo: Record<string, unknown> | null = null;
   /** Shell requests the kernel process has been sent and not yet answered, by msg_id. */
   private readonly outstanding = new Map<string, OutstandingRequest>();
   private closed = false;
@@ -329,6 +332,9 @@ export class Relay {
           if (parent) {
             this.outstanding.delete(parent);
           }
+        }
+        if (channel !== 'stdin' && peekHeader(frames).msg_type === 'kernel_info_reply') {
+          this.kernelInfo = peekContent(frames);
         }
         void this.frontOut[channel].send(joinFrames(frames, this.frontSigner));
       }

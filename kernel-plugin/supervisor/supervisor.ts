@@ -225,6 +225,23 @@ export class Supervisor {
       }
       return false;
     }
+    if (type === 'kernel_info_request' && this.relay.isPaused && this.relay.kernelInfo) {
+      // The kernel is away for a snapshot or a restore: answer for it, as it last answered,
+      // so that clients connecting now (a new tab, the command line) need not wait.
+      const session = this.relay.session;
+      const reply = newMessage('kernel_info_reply', this.relay.kernelInfo, {
+        session,
+        parent: header
+      });
+      void this.relay.publish(
+        newMessage('status', { execution_state: 'busy' }, { session, parent: header })
+      );
+      void this.relay.reply(channel, frames.identities, reply);
+      void this.relay.publish(
+        newMessage('status', { execution_state: 'idle' }, { session, parent: header })
+      );
+      return true;
+    }
     if (channel === 'control' && type === 'interrupt_request') {
       this.interruptKernel();
       const reply = newMessage(

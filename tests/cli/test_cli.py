@@ -257,8 +257,12 @@ def test_wrong_key_is_reported_not_a_hang(kernel: Kernel, tmp_path: Path):
 
 def test_busy_while_another_checkpoint_runs(kernel: Kernel):
     client = kernel.client
-    # Enough memory that the first checkpoint takes a while.
-    client.run("import numpy as np; big = np.ones(96 * 1024 * 1024)")
+    # A pre-checkpoint hook that takes its time keeps the first checkpoint under way.
+    client.run(
+        "import time, kernel_checkpoint as kc\n"
+        "@kc.before_checkpoint\n"
+        "def take_your_time(): time.sleep(6)"
+    )
     request_id = client.send_request("checkpoint", label="first")
     time.sleep(0.3)
     out = cli("checkpoint", "--existing", connection(kernel))
