@@ -717,7 +717,7 @@ export class Supervisor {
     }
   }
 
-  /** Checksums an image while the user goes on; a restore or delete of it waits for this. */
+  /** Checksums an image while the user goes on; a delete of it waits for this. */
   private sealInBackground(id: string): void {
     const started = Date.now();
     const sealing = this.options.store
@@ -803,7 +803,8 @@ export class Supervisor {
   ): Promise<Checkpoint> {
     const store = this.options.store;
     const manifest = await store.manifest(id);
-    await this.sealing.get(id);
+    // An image still being sealed (checksummed) is restored on its sizes: it was written
+    // moments ago by this supervisor, and waiting would add a full read of it to the restore.
     const record = await store.privateRecord(id);
     if (record.engine !== this.options.engine.name) {
       throw new RequestError(
