@@ -281,6 +281,13 @@ export class KernelCheckpointSession implements IDisposable {
     }
 
     this.model.setAvailability({ state: 'connecting' });
+    // Open the channel once the kernel has answered kernel_info: until then the server may
+    // hold the websocket back (a kernel that is slow to start), and the hello timeout would
+    // run out on a channel that is not even open yet.
+    await Private.kernelReady(kernel);
+    if (generation !== this._generation || this._isDisposed) {
+      return;
+    }
     try {
       const status = await client.connect();
       if (generation !== this._generation || this._isDisposed) {
@@ -332,5 +339,34 @@ export namespace KernelCheckpointSession {
     sessionContext: ISessionContext;
     specsManager?: KernelSpec.IManager;
     helloTimeout?: number;
+  }
+}
+
+namespace Private {
+  /** Longest wait for a kernel's first kernel_info reply before trying the channel anyway. */
+  export const KERNEL_INFO_WAIT = 120_000;
+
+  /**
+   * Resolve when the kernel has answered kernel_info (`IKernelConnection.info`), or after
+   * KERNEL_INFO_WAIT; at once for a kernel object without `info` (unit-test fakes).
+   */
+  export function kernelReady(kernel: unknown): Promise<void> {
+    const info = (kernel as { info?: Promise<unknown> } | null)?.info;
+    if (!info || typeof (info as Promise<unknown>).then !== 'function') {
+      return Promise.resolve();
+    }
+    return new Promise<void>(resolve => {
+      const timer = setTimeout(resolve, KERNEL_INFO_WAIT);
+      (info as Promise<unknown>).then(
+        () => {
+          clearTimeout(timer);
+          resolve();
+        },
+        () => {
+          clearTimeout(timer);
+          resolve();
+        }
+      );
+    });
   }
 }

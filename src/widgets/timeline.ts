@@ -5,9 +5,11 @@ import type { CommandRegistry } from '@lumino/commands';
 import type { ReadonlyPartialJSONObject } from '@lumino/coreutils';
 import type { Message } from '@lumino/messaging';
 import { Widget } from '@lumino/widgets';
+import { deleteIcon, editIcon, refreshIcon } from '@jupyterlab/ui-components';
+import type { LabIcon } from '@jupyterlab/ui-components';
 import { CommandIDs, checkpointName } from '../commands';
 import { formatBytes, formatDuration, relativeTime } from '../format';
-import { timelineIcon } from '../icons';
+import { checkpointIcon, restoreIcon, timelineIcon } from '../icons';
 import type { KernelCheckpointManager } from '../manager';
 import type { ICheckpointNode } from '../model';
 import type { KernelCheckpointSession } from '../session';
@@ -114,11 +116,23 @@ export class TimelinePanel extends Widget {
     ariaLabel: string,
     command: string,
     args: ReadonlyPartialJSONObject,
-    className = ''
+    className = '',
+    icon?: LabIcon,
+    iconOnly = false
   ): HTMLButtonElement {
     const button = el('button', `jp-Button jp-mod-styled jp-KernelCheckpoint-button ${className}`);
     button.type = 'button';
-    button.textContent = label;
+    if (icon) {
+      const holder = el('span', 'jp-KernelCheckpoint-buttonIcon');
+      holder.setAttribute('aria-hidden', 'true');
+      icon.element({ container: holder });
+      button.appendChild(holder);
+    }
+    if (iconOnly && icon) {
+      button.classList.add('jp-mod-iconOnly');
+    } else {
+      button.appendChild(el('span', 'jp-KernelCheckpoint-buttonLabel', label));
+    }
     button.setAttribute('aria-label', ariaLabel);
     button.title = ariaLabel;
     button.disabled = !this._commands.isEnabled(command, args);
@@ -204,11 +218,19 @@ export class TimelinePanel extends Widget {
         'Checkpoint kernel',
         CommandIDs.checkpoint,
         args,
-        'jp-mod-accept jp-KernelCheckpoint-checkpointButton'
+        'jp-mod-accept jp-KernelCheckpoint-checkpointButton',
+        checkpointIcon
       )
     );
     toolbar.appendChild(
-      this._button('Refresh', 'Refresh the checkpoint list', CommandIDs.refresh, args)
+      this._button(
+        'Refresh',
+        'Refresh the checkpoint list',
+        CommandIDs.refresh,
+        args,
+        'jp-KernelCheckpoint-refresh',
+        refreshIcon
+      )
     );
     const scopeAll = model.scope === 'all';
     toolbar.appendChild(
@@ -365,21 +387,26 @@ export class TimelinePanel extends Widget {
       `Restore checkpoint ${name}`,
       CommandIDs.restore,
       idArgs,
-      'jp-KernelCheckpoint-restore'
+      'jp-KernelCheckpoint-restore',
+      restoreIcon
     );
     const rename = this._button(
       'Rename',
       `Rename checkpoint ${name}`,
       CommandIDs.rename,
       idArgs,
-      'jp-KernelCheckpoint-rename'
+      'jp-KernelCheckpoint-rename',
+      editIcon,
+      true
     );
     const remove = this._button(
       'Delete',
       `Delete checkpoint ${name}`,
       CommandIDs.remove,
       idArgs,
-      'jp-KernelCheckpoint-delete'
+      'jp-KernelCheckpoint-delete',
+      deleteIcon,
+      true
     );
     if (busy) {
       restore.disabled = rename.disabled = remove.disabled = true;

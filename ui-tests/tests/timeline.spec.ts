@@ -9,8 +9,10 @@ import * as fs from 'fs';
 import * as path from 'path';
 
 const KERNEL = 'python3-checkpoint';
-/** Checkpoints and restores of a small kernel take seconds; allow for a slow machine. */
-const SLOW = 120_000;
+/** Checkpoints and restores of a small kernel take about a second; allow for a slow machine. */
+const SLOW = 30_000;
+/** Every test finishes within a minute. */
+const TEST_TIMEOUT = 60_000;
 
 test.use({ autoGoto: true });
 test.describe.configure({ mode: 'serial' });
@@ -36,15 +38,43 @@ async function newNotebook(page: IJupyterLabPageFixture, name: string): Promise<
   await expect(panel(page)).toBeVisible();
   // The supervisor said hello: the panel offers the checkpoint action.
   await expect(panel(page).getByRole('button', { name: 'Checkpoint kernel' })).toBeVisible({
-    timeout: 60_000
+    timeout: SLOW
   });
 }
 
+/**
+ * Append a code cell with `source` to the current notebook, run it and return its text output.
+ * Through the notebook's own model and its Run command (one round trip: Galata's typing helpers
+ * take seconds per cell); the cell's rendered output is then checked in the page.
+ */
 async function run(page: IJupyterLabPageFixture, source: string): Promise<string> {
-  await page.notebook.addCell('code', source);
-  const index = (await page.notebook.getCellCount()) - 1;
-  await page.notebook.runCell(index);
-  return ((await page.notebook.getCellTextOutput(index)) ?? []).join('').trim();
+  const { index, text } = await page.evaluate(async (src: string) => {
+    const app = (window as any).jupyterapp;
+    const notebook = app.shell.currentWidget.content;
+    const model = notebook.model;
+    model.sharedModel.insertCell(model.cells.length, { cell_type: 'code', source: src });
+    const index = model.cells.length - 1;
+    notebook.activeCellIndex = index;
+    notebook.deselectAll();
+    await app.commands.execute('notebook:run-cell');
+    const parts: string[] = [];
+    for (const output of model.cells.get(index).outputs.toJSON()) {
+      const join = (t: unknown) => (Array.isArray(t) ? t.join('') : String(t ?? ''));
+      if (output.output_type === 'stream') {
+        parts.push(join(output.text));
+      } else if (output.output_type === 'error') {
+        parts.push(`${output.ename}: ${output.evalue}`);
+      } else if (output.data && 'text/plain' in output.data) {
+        parts.push(join(output.data['text/plain']));
+      }
+    }
+    return { index, text: parts.join('').trim() };
+  }, source);
+  if (text) {
+    const cell = page.locator('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell');
+    await expect(cell.nth(index).locator('.jp-OutputArea-output')).not.toHaveCount(0);
+  }
+  return text;
 }
 
 async function idle(page: IJupyterLabPageFixture): Promise<void> {
@@ -79,10 +109,9 @@ async function restoreFromPanel(page: IJupyterLabPageFixture, id: string) {
 
 test.describe('kernel checkpoint timeline', () => {
   test('checkpoint, restore an older node, and branch', async ({ page }) => {
-    test.setTimeout(6 * SLOW);
+    test.setTimeout(TEST_TIMEOUT);
     await newNotebook(page, 'timeline.ipynb');
-    await page.notebook.setCell(0, 'code', 'x = 1\nprint("x =", x)');
-    await page.notebook.runCell(0);
+    expect(await run(page, 'x = 1\nprint("x =", x)')).toBe('x = 1');
 
     // The toolbar button: a node appears and is the current one.
     const first = await checkpointWithButton(page);
@@ -108,14 +137,51 @@ test.describe('kernel checkpoint timeline', () => {
     await expect(panel(page).locator('.jp-KernelCheckpoint-node.jp-mod-current')).toHaveCount(1);
   });
 
+  test('the toolbar button has a tooltip; the Kernel menu has the checkpoint items', async ({
+    page
+  }) => {
+    test.setTimeout(TEST_TIMEOUT);
+    await newNotebook(page, 'menu.ipynb');
+    const button = toolbarButton(page);
+    await expect(button).toHaveAttribute('aria-label', 'Checkpoint kernel');
+    await expect(button).toHaveAttribute(
+      'title',
+      'Checkpoint kernel: save the whole kernel process to restore it later'
+    );
+    await expect(button.locator('svg')).toBeVisible();
+    await expect(button).toContainText('Checkpoint');
+
+    await page.menu.open('Kernel');
+    const menu = page.locator('.lm-Menu.lm-MenuBar-menu');
+    await expect(menu).toBeVisible();
+    for (const [label, shortcut] of [
+      ['Checkpoint Kernel', /K$/],
+      ['Restore Kernel…', null],
+      ['Show Checkpoint Timeline', /K$/]
+    ] as const) {
+      const entry = menu.locator('.lm-Menu-item', {
+        has: page.locator('.lm-Menu-itemLabel', { hasText: new RegExp(`^${label}$`) })
+      });
+      await expect(entry, `Kernel menu item "${label}"`).toHaveCount(1);
+      await expect(entry).not.toHaveClass(/lm-mod-disabled/);
+      await expect(entry.locator('.lm-Menu-itemIcon svg')).toHaveCount(1);
+      if (shortcut) {
+        await expect(entry.locator('.lm-Menu-itemShortcut')).toHaveText(shortcut);
+      }
+    }
+    await page.keyboard.press('Escape');
+    await expect(menu).toHaveCount(0);
+  });
+
   test('a checkpoint made by the %checkpoint magic appears live', async ({ page }) => {
-    test.setTimeout(3 * SLOW);
+    test.setTimeout(TEST_TIMEOUT);
     await newNotebook(page, 'magic.ipynb');
-    await page.notebook.setCell(0, 'code', 'z = 3');
-    await page.notebook.runCell(0);
+    await run(page, 'z = 3');
     const before = await nodes(page).count();
-    await page.notebook.addCell('code', '%checkpoint -m from-magic');
-    await page.notebook.runCell(1);
+    // The magic prints the new checkpoint's id and label.
+    expect(await run(page, '%checkpoint -m from-magic')).toMatch(
+      /^Checkpoint ckpt-\S+ "from-magic"/
+    );
     await expect(nodes(page)).toHaveCount(before + 1, { timeout: SLOW });
     await expect(
       panel(page).locator('.jp-KernelCheckpoint-node.jp-mod-current .jp-KernelCheckpoint-label')
@@ -123,10 +189,9 @@ test.describe('kernel checkpoint timeline', () => {
   });
 
   test('restore a session from a saved image after the kernel is replaced', async ({ page }) => {
-    test.setTimeout(4 * SLOW);
+    test.setTimeout(TEST_TIMEOUT);
     await newNotebook(page, 'saved-session.ipynb');
-    await page.notebook.setCell(0, 'code', 'y = 42\nprint("y =", y)');
-    await page.notebook.runCell(0);
+    await run(page, 'y = 42\nprint("y =", y)');
     const saved = await checkpointWithButton(page);
 
     // Shut the kernel down and start a new one.
@@ -137,7 +202,7 @@ test.describe('kernel checkpoint timeline', () => {
       await widget.sessionContext.changeKernel({ name: kernel });
     }, KERNEL);
     await expect(panel(page).getByRole('button', { name: 'Checkpoint kernel' })).toBeVisible({
-      timeout: 60_000
+      timeout: SLOW
     });
     expect(await run(page, 'print("y" in globals())')).toBe('False');
 
@@ -152,10 +217,9 @@ test.describe('kernel checkpoint timeline', () => {
   });
 
   test('a failing restore shows a notification with the reason', async ({ page }) => {
-    test.setTimeout(3 * SLOW);
+    test.setTimeout(TEST_TIMEOUT);
     await newNotebook(page, 'failing.ipynb');
-    await page.notebook.setCell(0, 'code', 'w = 7');
-    await page.notebook.runCell(0);
+    await run(page, 'w = 7');
     const id = await checkpointWithButton(page);
 
     // Damage the image behind the supervisor's back.
@@ -181,22 +245,26 @@ test.describe('kernel checkpoint timeline', () => {
 
     await node(page, id).locator('.jp-KernelCheckpoint-restore').click();
     await page.getByRole('button', { name: 'Confirm restore' }).click();
+    // A JupyterLab notification with the supervisor's reason: the image is damaged.
     const toast = page.locator('.Toastify__toast').filter({ hasText: 'Restore failed:' });
     await expect(toast).toBeVisible({ timeout: SLOW });
+    await expect(toast).toContainText(`Checkpoint ${id} is damaged`);
+    // The node is still there and the kernel's current node is unchanged.
+    await expect(node(page, id)).toHaveClass(/jp-mod-current/);
     // The kernel that ran before the failed restore is still there, unchanged.
     expect(await run(page, 'print(w)')).toBe('7');
   });
 
   test('a kernel that is not checkpointable gets an explanation and a switch', async ({ page }) => {
-    test.setTimeout(2 * SLOW);
+    test.setTimeout(TEST_TIMEOUT);
     await requireCheckpointKernel(page);
     await page.notebook.createNew('plain.ipynb', { kernel: 'python3' });
     await page.menu.clickMenuItem('Kernel>Show Checkpoint Timeline');
     const box = panel(page).locator('.jp-KernelCheckpoint-unavailable');
-    await expect(box).toContainText('cannot be checkpointed', { timeout: 60_000 });
+    await expect(box).toContainText('cannot be checkpointed', { timeout: SLOW });
     await box.getByRole('button', { name: /Switch this notebook to the kernel/ }).click();
     await expect(panel(page).getByRole('button', { name: 'Checkpoint kernel' })).toBeVisible({
-      timeout: 60_000
+      timeout: SLOW
     });
     const kernelName = await page.evaluate(
       () => (window as any).jupyterapp.shell.currentWidget.sessionContext.session?.kernel?.name
@@ -206,15 +274,14 @@ test.describe('kernel checkpoint timeline', () => {
 
   for (const theme of ['light', 'dark'] as const) {
     test(`timeline panel in the ${theme} theme`, async ({ page }) => {
-      test.setTimeout(4 * SLOW);
+      test.setTimeout(TEST_TIMEOUT);
       if (theme === 'dark') {
         await page.theme.setDarkTheme();
       } else {
         await page.theme.setLightTheme();
       }
       await newNotebook(page, `theme-${theme}.ipynb`);
-      await page.notebook.setCell(0, 'code', 'a = list(range(10))');
-      await page.notebook.runCell(0);
+      await run(page, 'a = list(range(10))');
       for (const label of ['first', 'second']) {
         await page.evaluate(
           (l: string) =>
@@ -239,6 +306,8 @@ test.describe('kernel checkpoint timeline', () => {
         timeout: SLOW
       });
       await idle(page);
+      // Stable pictures: no success toasts over the panel, no hover highlight.
+      await expect(page.locator('.Toastify__toast')).toHaveCount(0, { timeout: SLOW });
       await page.mouse.move(0, 0);
       expect(
         await panel(page).screenshot({
