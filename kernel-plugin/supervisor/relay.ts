@@ -186,6 +186,11 @@ export class Relay {
       void this.readBack(back, channel);
     }
     void this.readBackIopub(back);
+    if (!this.paused) {
+      // Requests that came while there was no kernel to send them to (at start-up, Jupyter's
+      // first kernel_info_request): ZeroMQ queues them until the kernel has bound its sockets.
+      this.resume();
+    }
     return live;
   }
 

@@ -3,13 +3,16 @@ real kernels started by jupyter_client from the installed kernelspec and a real 
 
 from __future__ import annotations
 
+import os
+import shutil
 import stat
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from kctesting import CommError, Kernel, alive
+from jupyter_client import KernelManager
+from kctesting import KERNEL_NAME, CommError, Kernel, alive
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -261,3 +264,32 @@ def test_restore_ends_the_running_cell_and_runs_the_queued_ones_in_the_restored_
     assert taken["id"] in cut_short.error["evalue"]
     # The cell queued behind it ran in the restored kernel.
     assert client.collect(queued).stdout == "saved\n"
+
+
+@pytest.mark.parametrize("engine", ["criu"], indirect=True)
+def test_the_first_request_is_answered_even_before_the_kernel_is_up(
+    jupyter_env, store, engine, tmp_path
+):
+    # Jupyter Server sends one kernel_info_request as soon as it has started the kernel, and
+    # waits for its reply; it may reach the supervisor before the kernel process is up. A slow
+    # `unshare` (the CRIU engine's launcher; busy for a second, with no child of its own, so
+    # the supervisor cannot see the kernel yet) makes that certain here.
+    slow = tmp_path / "bin"
+    slow.mkdir()
+    real = shutil.which("unshare")
+    busy = "i=0; while [ $i -lt 800000 ]; do i=$((i+1)); done"
+    (slow / "unshare").write_text(f'#!/bin/sh\n{busy}\nexec {real} "$@"\n')
+    (slow / "unshare").chmod(0o755)
+    env = dict(os.environ, KERNEL_CHECKPOINT_STORE=str(store), KERNEL_CHECKPOINT_ENGINE=engine)
+    env["PATH"] = f"{slow}{os.pathsep}{env['PATH']}"
+    km = KernelManager(kernel_name=KERNEL_NAME)
+    km.start_kernel(env=env)
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.kernel_info()
+        reply = kc.get_shell_msg(timeout=60)
+        assert reply["msg_type"] == "kernel_info_reply"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
