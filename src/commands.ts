@@ -250,17 +250,10 @@ export function addCommands(
           id = result.value;
         } else if (manager.settings.confirmRestore) {
           const c = session.model.get(id);
-          const result = await showDialog({
-            title: 'Restore Kernel',
-            body: `Replace the running kernel by checkpoint "${
-              c ? checkpointName(c) : id
-            }"? Everything done since that checkpoint is lost from the kernel's memory.`,
-            buttons: [
-              Dialog.cancelButton(),
-              Dialog.warnButton({ label: 'Restore', ariaLabel: 'Confirm restore' })
-            ]
-          });
-          if (!result.button.accept) {
+          const body = `Replace the running kernel by checkpoint "${
+            c ? checkpointName(c) : id
+          }"? Everything done since that checkpoint is lost from the kernel's memory.`;
+          if (!(await confirmWarning('Restore Kernel', body, 'Restore'))) {
             return;
           }
         }
@@ -320,17 +313,10 @@ export function addCommands(
         const session = requireSession(args);
         const id = String(args.id);
         const c = session.model.get(id);
-        const result = await showDialog({
-          title: 'Delete Checkpoint',
-          body: `Delete checkpoint "${c ? checkpointName(c) : id}" and its image${
-            c ? ` (${formatBytes(c.image_bytes)})` : ''
-          }? This cannot be undone.`,
-          buttons: [
-            Dialog.cancelButton(),
-            Dialog.warnButton({ label: 'Delete', ariaLabel: 'Confirm delete' })
-          ]
-        });
-        if (!result.button.accept) {
+        const body = `Delete checkpoint "${c ? checkpointName(c) : id}" and its image${
+          c ? ` (${formatBytes(c.image_bytes)})` : ''
+        }? This cannot be undone.`;
+        if (!(await confirmWarning('Delete Checkpoint', body, 'Delete'))) {
           return;
         }
         await session.remove(id);
@@ -401,4 +387,17 @@ export function addCommands(
       palette.addItem({ command, category });
     }
   }
+}
+
+/** Asks before something that cannot be undone; true when the person confirmed. */
+async function confirmWarning(title: string, body: string, action: string): Promise<boolean> {
+  const result = await showDialog({
+    title,
+    body,
+    buttons: [
+      Dialog.cancelButton(),
+      Dialog.warnButton({ label: action, ariaLabel: `Confirm ${action.toLowerCase()}` })
+    ]
+  });
+  return result.button.accept;
 }

@@ -409,19 +409,8 @@ export class DmtcpEngine implements Engine {
     // its working directory, which is the notebook's): keep them in the kernel's own folder.
     const env = { ...cleanEnv(spec.env), DMTCP_CHECKPOINT_DIR: dirs.ckpt };
     const args = [
-      '--new-coordinator',
-      '--coord-port',
-      '0',
-      '--port-file',
-      path.join(dirs.root, 'launch.port'),
-      '--ckptdir',
-      dirs.ckpt,
-      '--tmpdir',
-      dirs.tmp,
-      '--interval',
-      '0',
+      ...coordinatorArgs(path.join(dirs.root, 'launch.port'), dirs),
       this.options.gzip ? '--gzip' : '--no-gzip',
-      '--quiet',
       ...spec.argv
     ];
     return this.start(
@@ -549,23 +538,27 @@ export class DmtcpEngine implements Engine {
     const dirs = await this.folders(spec.workDir);
     const env = { ...cleanEnv(spec.env), DMTCP_CHECKPOINT_DIR: dirs.ckpt };
     const portFile = path.join(dirs.root, 'restart.port');
-    const args = [
-      '--new-coordinator',
-      '--coord-port',
-      '0',
-      '--port-file',
-      portFile,
-      '--ckptdir',
-      dirs.ckpt,
-      '--tmpdir',
-      dirs.tmp,
-      '--interval',
-      '0',
-      '--quiet',
-      imagePath
-    ];
+    const args = [...coordinatorArgs(portFile, dirs), imagePath];
     return this.start(bins, bins.restart, args, portFile, dirs.ckpt, env, spec.cwd);
   }
+}
+
+/** Each launch and restart gets a coordinator of its own on a free port, and private folders. */
+function coordinatorArgs(portFile: string, dirs: { ckpt: string; tmp: string }): string[] {
+  return [
+    '--new-coordinator',
+    '--coord-port',
+    '0',
+    '--port-file',
+    portFile,
+    '--ckptdir',
+    dirs.ckpt,
+    '--tmpdir',
+    dirs.tmp,
+    '--interval',
+    '0',
+    '--quiet'
+  ];
 }
 
 async function isGzip(file: string): Promise<boolean> {
