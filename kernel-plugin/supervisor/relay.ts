@@ -91,7 +91,7 @@ export class Relay {
   private readonly frontOut: Record<RequestChannel | 'iopub' | 'hb', Outbox>;
   private back: BackSockets | null = null;
   private paused = false;
-  private readonly held: Array<{ channel: RequestChannel; frames: Frames }> = [];
+  private readonly held: Array<{ channel: RequestChannel; frames: Frames; header: Header }> = [];
   /** The kernel's last kernel_info_reply content, to answer for it while it is away. */
   kernelInfo: Record<string, unknown> | null = null;
   /** Shell requests the kernel process has been sent and not yet answered, by msg_id. */
@@ -214,8 +214,8 @@ export class Relay {
   resume(): void {
     this.paused = false;
     const held = this.held.splice(0);
-    for (const { channel, frames } of held) {
-      this.toKernel(channel, frames);
+    for (const { channel, frames, header } of held) {
+      this.toKernel(channel, frames, header);
     }
   }
 
@@ -287,9 +287,9 @@ export class Relay {
           continue;
         }
         if (this.paused || !this.back) {
-          this.held.push({ channel, frames });
+          this.held.push({ channel, frames, header });
         } else {
-          this.toKernel(channel, frames);
+          this.toKernel(channel, frames, header);
         }
       }
     } catch (error) {
@@ -297,13 +297,12 @@ export class Relay {
     }
   }
 
-  private toKernel(channel: RequestChannel, frames: Frames): void {
+  private toKernel(channel: RequestChannel, frames: Frames, header: Header): void {
     if (!this.back) {
-      this.held.push({ channel, frames });
+      this.held.push({ channel, frames, header });
       return;
     }
     if (channel === 'shell') {
-      const header = peekHeader(frames);
       this.outstanding.set(header.msg_id, { frames, header });
     }
     void this.back.outboxes[channel].send(joinFrames(frames, this.backSigner));
@@ -321,7 +320,7 @@ export class Relay {
 
   /** Sends requests to the kernel again, before anything held since. */
   requeue(requests: OutstandingRequest[]): void {
-    this.held.unshift(...requests.map(({ frames }) => ({ channel: 'shell' as const, frames })));
+    this.held.unshift(...requests.map(request => ({ channel: 'shell' as const, ...request })));
   }
 
   private async readBack(back: BackSockets, channel: RequestChannel): Promise<void> {
