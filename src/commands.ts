@@ -167,14 +167,16 @@ export function addCommands(
     return session;
   };
 
+  const hasIdleSession = (args: Record<string, unknown>): boolean => {
+    const s = sessionOf(args);
+    return !!s && !s.model.busy;
+  };
+
   commands.addCommand(CommandIDs.checkpoint, {
     label: 'Checkpoint Kernel',
     caption: 'Save the whole kernel process (every variable) as an image you can restore later',
     icon: checkpointIcon,
-    isEnabled: args => {
-      const s = sessionOf(args);
-      return !!s && !s.model.busy;
-    },
+    isEnabled: hasIdleSession,
     execute: async args => {
       try {
         const session = requireSession(args);
@@ -208,10 +210,7 @@ export function addCommands(
     label: args => (args.id ? 'Restore Checkpoint' : 'Restore Kernel…'),
     caption: 'Replace the running kernel by a saved checkpoint image',
     icon: restoreIcon,
-    isEnabled: args => {
-      const s = sessionOf(args);
-      return !!s && !s.model.busy;
-    },
+    isEnabled: hasIdleSession,
     execute: async args => {
       try {
         const session = requireSession(args);

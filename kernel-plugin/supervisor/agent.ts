@@ -16,6 +16,7 @@ export class AgentTimeout extends Error {}
 interface Waiter {
   type: AgentReport['type'];
   resolve: (report: AgentReport) => void;
+  reject: (error: Error) => void;
 }
 
 export class AgentChannel {
@@ -53,7 +54,8 @@ export class AgentChannel {
     this.socket = null;
     socket?.close();
     for (const waiter of this.waiters.splice(0)) {
-      waiter.resolve({ type: waiter.type, veto: null } as AgentReport);
+      // The plugin cannot answer any more: a disconnect is not an answer (not "prepared").
+      waiter.reject(new AgentTimeout('the kernel plugin was disconnected before it answered'));
     }
   }
 
@@ -71,7 +73,7 @@ export class AgentChannel {
       throw new AgentTimeout('the kernel plugin is not connected');
     }
     const reply = new Promise<AgentReport>((resolve, reject) => {
-      const waiter: Waiter = { type: expect, resolve };
+      const waiter: Waiter = { type: expect, resolve, reject };
       this.waiters.push(waiter);
       setTimeout(() => {
         if (this.waiters.includes(waiter)) {
