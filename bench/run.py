@@ -35,6 +35,7 @@ import tempfile
 import time
 import traceback
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,12 @@ MiB = 1 << 20
 PY = sys.executable
 KERNEL_ARGS = ["-m", "ipykernel_launcher"]
 NO_HISTORY = "--HistoryManager.hist_file=:memory:"
+RELAYS = ROOT / "bench" / "relays"
+# Pass-through relays measured beside ours: the floor of the binding we use, and of any relay.
+REFERENCE_RELAYS = ("zeromq.js", "libzmq")
+# A method under measurement: the first value is its result dict (after set-up, the kernel holds
+# the state), then one run (checkpoint + restore) per next(); close() tears it down.
+Runs = Iterator[dict[str, Any]]
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -374,19 +381,21 @@ class Bench:
             kernel = BenchKernel(env)
         return kernel, kernel.client  # type: ignore[return-value]
 
-    def bench_ours(self, engine: str, state: str, repeats: int) -> dict[str, Any]:
+    def runs_ours(self, engine: str, state: str) -> Runs:
         kernel, client = self.start_ours(engine)
         out: dict[str, Any] = {"runs": []}
+        sup = kernel.supervisor_pid
+        idle = 0
         try:
             client.open_comm()  # a front end has its comm open before the user presses the button
             client.run(fill_code(state), timeout=600)
             expected = client.value(check_expr(state))
-            sup = kernel.supervisor_pid
             time.sleep(0.3)
             idle = proc_status(sup).get("VmRSS", 0)
             out["supervisor_idle_rss"] = idle
             out["peak_tracking"] = reset_peak(sup)
-            for _ in range(repeats):
+            yield out
+            while True:
                 run: dict[str, Any] = {}
                 client.progress.clear()
                 t0 = now()
@@ -415,14 +424,59 @@ class Bench:
                 if run["state_ok"] is False:
                     log(f"  ! state differs after restore: {got} != {expected}")
                 client.request("delete", checkpoint_id=ckpt["id"])
-                out["runs"].append(run)
-            status = proc_status(sup)
-            out["supervisor_peak_rss"] = status.get("VmHWM")
-            out["supervisor_peak_extra"] = (status.get("VmHWM") or 0) - idle
+                yield run
         finally:
+            if idle:
+                status = proc_status(sup)
+                out["supervisor_peak_rss"] = status.get("VmHWM")
+                out["supervisor_peak_extra"] = (status.get("VmHWM") or 0) - idle
             kernel.shutdown()
-        summarize(out)
-        return out
+
+    def side_by_side(
+        self, name: str, runners: dict[str, Callable[[], Runs]], repeats: int
+    ) -> dict[str, Any]:
+        """Sets every method up (each keeps its kernel holding the state), then takes turns, one
+        checkpoint+restore each per round: A1 B1 A2 B2 ... Machine noise (writeback of earlier
+        images, other load) then hits ours and the reference alike, so their ratio holds still."""
+        results: dict[str, dict[str, Any]] = {}
+        running: dict[str, Runs] = {}
+        t0 = now()
+        try:
+            for key, make in runners.items():
+                subprocess.run(["sync"], check=False)
+                try:
+                    runs = make()
+                    results[key] = next(runs)
+                    running[key] = runs
+                except Exception as error:
+                    results[key] = {"error": f"{type(error).__name__}: {error}"}
+                    log(f"  ! {name} {key}: {error}")
+                    traceback.print_exc()
+            for _ in range(repeats):
+                for key, runs in list(running.items()):
+                    # Every measurement starts with no dirty pages: writeback of the previous
+                    # one's image would otherwise stall it.
+                    subprocess.run(["sync"], check=False)
+                    try:
+                        results[key]["runs"].append(next(runs))
+                    except Exception as error:
+                        results[key]["error"] = f"{type(error).__name__}: {error}"
+                        log(f"  ! {name} {key}: {error}")
+                        traceback.print_exc()
+                        runs.close()
+                        del running[key]
+        finally:
+            for runs in running.values():
+                runs.close()
+        for key, out in results.items():
+            if out.get("runs"):
+                summarize(out)
+            log(
+                f"{name:>8} {key:<10} ckpt {fmt_s(out.get('checkpoint_s'))} restore->cell "
+                f"{fmt_s(out.get('restore_to_cell_s'))} image {fmt_mib(out.get('image_bytes'))} MiB"
+            )
+        log(f"{name:>8} measured in {now() - t0:.0f}s")
+        return results
 
     # -- bare engines ------------------------------------------------------------------------
     def connection(self, folder: Path, transport: str = "ipc") -> Path:
@@ -486,9 +540,7 @@ class Bench:
                 return
             time.sleep(0.01)
 
-    def bench_bare_criu(
-        self, state: str, repeats: int, restore_extra: tuple[str, ...] = ()
-    ) -> dict[str, Any]:
+    def runs_bare_criu(self, state: str) -> Runs:
         folder = self.work / f"bc{self.next_id()}"
         conn = self.connection(folder)
         env = dict(self.env)
@@ -510,11 +562,12 @@ class Bench:
             ready(kc)
             execute_reply(kc, fill_code(state), timeout=600)
             expected = value(kc, check_expr(state))
-            for r in range(repeats):
+            yield out
+            while True:
                 run: dict[str, Any] = {}
                 kc.stop_channels()
                 self.wait_let_go(folder, pid)
-                image = folder / f"img{r}"
+                image = folder / f"img{self.next_id()}"
                 image.mkdir()
                 t0 = now()
                 dump = subprocess.run(
@@ -559,7 +612,6 @@ class Bench:
                         "--file-locks",
                         "-o",
                         "restore.log",
-                        *restore_extra,
                     ],
                     env=env,
                     stdin=subprocess.DEVNULL,
@@ -588,7 +640,7 @@ class Bench:
                 pid = wait_child(holder.pid)
                 run["state_ok"] = value(kc, check_expr(state)) == expected
                 shutil.rmtree(image)
-                out["runs"].append(run)
+                yield run
         finally:
             if kc is not None:
                 kc.stop_channels()
@@ -596,10 +648,8 @@ class Bench:
                 kill([*children(holder.pid), holder.pid])
                 holder.wait(timeout=10)
             shutil.rmtree(folder, ignore_errors=True)
-        summarize(out)
-        return out
 
-    def bench_bare_dmtcp(self, state: str, repeats: int) -> dict[str, Any]:
+    def runs_bare_dmtcp(self, state: str) -> Runs:
         folder = self.work / f"bd{self.next_id()}"
         conn = self.connection(folder)
         ckpt_dir = folder / "ckpt"
@@ -648,7 +698,8 @@ class Bench:
             ready(kc)
             execute_reply(kc, fill_code(state), timeout=600)
             expected = value(kc, check_expr(state))
-            for _ in range(repeats):
+            yield out
+            while True:
                 run: dict[str, Any] = {}
                 kc.stop_channels()
                 time.sleep(0.2)  # the kernel's libzmq closes its end of our connections
@@ -694,15 +745,13 @@ class Bench:
                 run["restore_to_cell_s"] = now() - t0
                 run["state_ok"] = value(kc, check_expr(state)) == expected
                 image.unlink()
-                out["runs"].append(run)
+                yield run
         finally:
             if kc is not None:
                 kc.stop_channels()
             proc.kill()
             proc.wait()
             shutil.rmtree(folder, ignore_errors=True)
-        summarize(out)
-        return out
 
     # -- dill --------------------------------------------------------------------------------
     def start_direct(
@@ -811,21 +860,63 @@ class Bench:
         }
 
     # -- relay ---------------------------------------------------------------------------------
-    def bench_relay(self, pings: int, output_mib: int, repeats: int) -> dict[str, Any]:
-        """Both kernels run at once and take turns in blocks, so machine noise hits both alike."""
-        result: dict[str, Any] = {}
-        kernel, client = self.start_ours("criu")
-        # Straight to an ipykernel started as Jupyter would (TCP, KernelManager).
+    def stock_kernel(self) -> KernelManager:
+        """An ipykernel started as Jupyter would (TCP, KernelManager)."""
         km = KernelManager(kernel_name="python3")
         km.start_kernel(env=self.env, extra_arguments=[NO_HISTORY])
-        kc = km.client()
-        kc.start_channels(hb=False)
+        return km
+
+    def reference_relay(
+        self, kind: str, km: KernelManager
+    ) -> tuple[subprocess.Popen, BlockingKernelClient]:
+        """A pass-through relay in front of `km`'s kernel (bench/relays/): `zeromq.js` or `libzmq`."""
+        from jupyter_client.connect import write_connection_file
+
+        folder = self.work / f"relay{self.next_id()}"
+        folder.mkdir()
+        front, _ = write_connection_file(
+            str(folder / "front.json"), ip="127.0.0.1", key=km.session.key
+        )
+        script = RELAYS / ("passthrough.cjs" if kind == "zeromq.js" else "libzmq_proxy.py")
+        argv = ["node"] if kind == "zeromq.js" else [PY]
+        proc = subprocess.Popen(
+            [*argv, str(script), front, km.connection_file],
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while not Path(front + ".ready").exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the {kind} reference relay did not start")
+            time.sleep(0.05)
+        kc = self.client(Path(front))
+        ready(kc)
+        return proc, kc
+
+    def bench_relay(self, pings: int, output_mib: int, repeats: int) -> dict[str, Any]:
+        """All kernels run at once and take turns in blocks, so machine noise hits all alike.
+        Beside ours and a kernel reached directly: two pass-through relays (bench/relays/) in
+        front of kernels of their own, the floor of a zeromq.js relay and of any relay at all."""
+        result: dict[str, Any] = {}
+        kernel, client = self.start_ours("criu")
+        managers = {name: self.stock_kernel() for name in ("direct", *REFERENCE_RELAYS)}
+        relays: list[subprocess.Popen] = []
+        clients: list[BlockingKernelClient] = []
         try:
+            kc = managers["direct"].client()
+            kc.start_channels(hb=False)
+            clients.append(kc)
             kc.wait_for_ready(timeout=60)
+            sides = {"supervisor": client.kc, "direct": kc}
+            for name in REFERENCE_RELAYS:
+                proc, reference = self.reference_relay(name, managers[name])
+                relays.append(proc)
+                clients.append(reference)
+                sides[name] = reference
             sup = kernel.supervisor_pid
             idle = proc_status(sup).get("VmRSS", 0)
             reset_peak(sup)
-            sides = {"supervisor": client.kc, "direct": kc}
             for side in sides.values():
                 execute_reply(side, "")
             rtts: dict[str, list[float]] = {name: [] for name in sides}
@@ -834,14 +925,20 @@ class Bench:
                 for name, side in sides.items():
                     rtts[name] += ping(side, block)
             for name, side in sides.items():
-                result[name] = relay_measure(side, rtts[name], output_mib, repeats)
+                measured = relay_measure if name in ("supervisor", "direct") else rtt_summary
+                result[name] = measured(side, rtts[name], output_mib, repeats)
             result["supervisor"]["supervisor_idle_rss"] = idle
             result["supervisor"]["supervisor_peak_extra"] = (
                 proc_status(sup).get("VmHWM") or 0
             ) - idle
         finally:
-            kc.stop_channels()
-            km.shutdown_kernel(now=True)
+            for kc in clients:
+                kc.stop_channels()
+            for proc in relays:
+                proc.kill()
+                proc.wait()
+            for km in managers.values():
+                km.shutdown_kernel(now=True)
             kernel.shutdown()
         return result
 
@@ -883,15 +980,21 @@ def value(kc: BlockingKernelClient, expression: str) -> Any:
     return json.loads(text)
 
 
-def relay_measure(
-    kc: BlockingKernelClient, rtts: list[float], output_mib: int, repeats: int
+def rtt_summary(
+    kc: BlockingKernelClient, rtts: list[float], output_mib: int = 0, repeats: int = 0
 ) -> dict[str, Any]:
-    out: dict[str, Any] = {
+    return {
         "pings": len(rtts),
         "rtt_median_ms": median(rtts) * 1000,
         "rtt_p99_ms": percentile(rtts, 99) * 1000,
         "rtt_mean_ms": statistics.fmean(rtts) * 1000,
     }
+
+
+def relay_measure(
+    kc: BlockingKernelClient, rtts: list[float], output_mib: int, repeats: int
+) -> dict[str, Any]:
+    out = rtt_summary(kc, rtts)
     codes = {
         "stream": (
             "import sys\n_s = 'x' * (1 << 20)\n"
@@ -1257,6 +1360,21 @@ def report(results: dict[str, Any]) -> str:
             table(["", "supervisor", "direct", "cost"], rows),
             "",
         ]
+        references = [name for name in REFERENCE_RELAYS if relay.get(name)]
+        if references:
+            cost = [
+                relay[name]["rtt_median_ms"] - d["rtt_median_ms"]
+                for name in ("supervisor", *references)
+            ]
+            lines += [
+                "RELAY FLOOR (empty execute median, cost over direct; pass-through relays of "
+                "bench/relays/, same turns)",
+                table(
+                    ["", "supervisor", *(f"{name} pass-through" for name in references)],
+                    [["cost", *(f"+{c:.2f}ms" for c in cost)]],
+                ),
+                "",
+            ]
 
     limits = results["references"].get("dill_limits")
     if limits:
@@ -1312,12 +1430,12 @@ def main() -> int:
         sizes = [0, 256]
     else:
         sizes = [0, 256, 1024]
-        # 4 GiB kernel + its restored twin's page cache + headroom.
-        if mem_avail >= 14 * (1 << 30):
+        # Ours and bare CRIU side by side: two 4 GiB kernels, their images' page cache, headroom.
+        if mem_avail >= 18 * (1 << 30):
             sizes.append(4096)
         else:
             results["notes"].append(
-                f"4 GiB skipped: {mem_avail / (1 << 30):.1f} GiB available, 14 wanted"
+                f"4 GiB skipped: {mem_avail / (1 << 30):.1f} GiB available, 18 wanted"
             )
     large_repeats = 1 if not args.repeats else repeats
     results["large_repeats"] = large_repeats
@@ -1339,34 +1457,35 @@ def main() -> int:
             n = large_repeats if big else repeats
             entry: dict[str, Any] = {}
             results["states"][name] = entry
-            methods = [
-                ("ours", lambda: bench.bench_ours("criu", state, n)),
-                ("criu", lambda: bench.bench_bare_criu(state, n)),
-            ]
-            if dmtcp and not big:
-                methods += [
-                    ("ours-dmtcp", lambda: bench.bench_ours("dmtcp", state, n)),
-                    ("dmtcp", lambda: bench.bench_bare_dmtcp(state, n)),
-                ]
-            if not args.no_dill and not big:
-                methods.append(("dill", lambda: bench.bench_dill(state, 1)))
-            for key, fn in methods:
-                # Start each measurement with no dirty pages: writeback of the previous one's
-                # images would otherwise stall this one (and slow kernel start-up).
-                subprocess.run(["sync"], check=False)
-                t0 = now()
-                try:
-                    entry[key] = fn()
-                except Exception as error:
-                    entry[key] = {"error": f"{type(error).__name__}: {error}"}
-                    log(f"  ! {name} {key}: {error}")
-                    traceback.print_exc()
-                e = entry[key]
-                log(
-                    f"{name:>8} {key:<10} ckpt {fmt_s(e.get('checkpoint_s'))} restore->cell "
-                    f"{fmt_s(e.get('restore_to_cell_s'))} image {fmt_mib(e.get('image_bytes'))} MiB "
-                    f"({now() - t0:.0f}s)"
+            entry.update(
+                bench.side_by_side(
+                    name,
+                    {
+                        "ours": lambda: bench.runs_ours("criu", state),
+                        "criu": lambda: bench.runs_bare_criu(state),
+                    },
+                    n,
                 )
+            )
+            if dmtcp and not big:
+                entry.update(
+                    bench.side_by_side(
+                        name,
+                        {
+                            "ours-dmtcp": lambda: bench.runs_ours("dmtcp", state),
+                            "dmtcp": lambda: bench.runs_bare_dmtcp(state),
+                        },
+                        n,
+                    )
+                )
+            if not args.no_dill and not big:
+                subprocess.run(["sync"], check=False)
+                try:
+                    entry["dill"] = bench.bench_dill(state, 1)
+                except Exception as error:
+                    entry["dill"] = {"error": f"{type(error).__name__}: {error}"}
+                    log(f"  ! {name} dill: {error}")
+                    traceback.print_exc()
         if not args.no_dill:
             results["references"]["dill_limits"] = bench.dill_limits()
         if not args.no_relay:

@@ -28,7 +28,18 @@ export function runtimeBase(env: NodeJS.ProcessEnv = process.env): string {
   );
 }
 
-export function newLineage(env: NodeJS.ProcessEnv = process.env): Lineage {
+/**
+ * A new kernel process's identity: its private folder and connection. It signs with Jupyter's key
+ * (`signing`), so that the relay can pass its messages on as they are, without re-signing each;
+ * only a kernel restored from an image of another session has a key of its own (see Relay).
+ */
+export function newLineage(
+  env: NodeJS.ProcessEnv = process.env,
+  signing: { key: string; signature_scheme: string } = {
+    key: randomBytes(32).toString('hex'),
+    signature_scheme: 'hmac-sha256'
+  }
+): Lineage {
   const id = randomBytes(6).toString('hex');
   const ipcDir = path.join(runtimeBase(env), id);
   return {
@@ -44,8 +55,8 @@ export function newLineage(env: NodeJS.ProcessEnv = process.env): Lineage {
       stdin_port: 3,
       control_port: 4,
       hb_port: 5,
-      key: randomBytes(32).toString('hex'),
-      signature_scheme: 'hmac-sha256'
+      key: signing.key,
+      signature_scheme: signing.signature_scheme
     }
   };
 }

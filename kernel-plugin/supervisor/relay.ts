@@ -18,6 +18,7 @@ import {
   encode,
   endpoint,
   joinFrames,
+  passFrames,
   peekContent,
   peekHeader,
   peekParentHeader,
@@ -33,6 +34,8 @@ import {
 const BACK_ROUTING_ID = 'kernel-checkpoint-relay';
 type RequestChannel = 'shell' | 'control' | 'stdin';
 const REQUEST_CHANNELS: RequestChannel[] = ['shell', 'control', 'stdin'];
+/** Found in a header's bytes before it is parsed: most replies are not this one. */
+const KERNEL_INFO_REPLY = Buffer.from('"kernel_info_reply"');
 
 /** Serializes sends: a zeromq.js socket allows one pending send at a time. */
 class Outbox {
@@ -81,6 +84,12 @@ interface BackSockets {
 export class Relay {
   private readonly frontSigner: Signer;
   private backSigner: Signer;
+  /**
+   * The kernel signs with Jupyter's key (every kernel this supervisor started does): a message
+   * checked once passes both ways as it is. A kernel restored from another session's image has
+   * its own key, and every message is re-signed between the two.
+   */
+  private sameKey: boolean;
   private readonly front: {
     shell: zmq.Router;
     control: zmq.Router;
@@ -108,6 +117,7 @@ export class Relay {
   ) {
     this.frontSigner = new Signer(frontInfo.key, frontInfo.signature_scheme);
     this.backSigner = new Signer(backInfo.key, backInfo.signature_scheme);
+    this.sameKey = this.backSigner.signsLike(this.frontSigner);
     // Handover, as ipykernel does: a client reconnecting with the same identity takes its route.
     this.front = {
       shell: new zmq.Router({ linger: 0, handover: true }),
@@ -148,6 +158,12 @@ export class Relay {
   setKernelConnection(info: ConnectionInfo): void {
     this.backInfo = info;
     this.backSigner = new Signer(info.key, info.signature_scheme);
+    this.sameKey = this.backSigner.signsLike(this.frontSigner);
+  }
+
+  /** Whether messages pass unchanged (the kernel signs with Jupyter's key). */
+  get passesSignatures(): boolean {
+    return this.sameKey;
   }
 
   get kernelConnected(): boolean {
@@ -305,7 +321,9 @@ export class Relay {
     if (channel === 'shell') {
       this.outstanding.set(header.msg_id, { frames, header });
     }
-    void this.back.outboxes[channel].send(joinFrames(frames, this.backSigner));
+    void this.back.outboxes[channel].send(
+      this.sameKey ? passFrames(frames) : joinFrames(frames, this.backSigner)
+    );
   }
 
   /**
@@ -337,10 +355,14 @@ export class Relay {
             this.outstanding.delete(parent);
           }
         }
-        if (channel !== 'stdin' && peekHeader(frames).msg_type === 'kernel_info_reply') {
+        if (
+          channel !== 'stdin' &&
+          frames.parts[0].includes(KERNEL_INFO_REPLY) &&
+          peekHeader(frames).msg_type === 'kernel_info_reply'
+        ) {
           this.kernelInfo = peekContent(frames);
         }
-        void this.frontOut[channel].send(joinFrames(frames, this.frontSigner));
+        void this.frontOut[channel].send(this.toClients(frames));
       }
     } catch (error) {
       if (this.back === back) {
@@ -365,7 +387,7 @@ export class Relay {
           continue;
         }
         if (this.handlers.onKernelIopub(frames, header)) {
-          void this.frontOut.iopub.send(joinFrames(frames, this.frontSigner));
+          void this.frontOut.iopub.send(this.toClients(frames));
         }
       }
     } catch (error) {
@@ -373,6 +395,11 @@ export class Relay {
         this.loopEnded('kernel iopub', error);
       }
     }
+  }
+
+  /** A kernel's message, signed for Jupyter. */
+  private toClients(frames: Frames): Buffer[] {
+    return this.sameKey ? passFrames(frames) : joinFrames(frames, this.frontSigner);
   }
 
   /** Answers each client subscription with a signed iopub_welcome (JEP 65). */

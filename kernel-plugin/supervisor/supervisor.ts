@@ -115,7 +115,7 @@ export class Supervisor {
   private exiting = false;
 
   constructor(private readonly options: SupervisorOptions) {
-    this.lineage = newLineage(options.env);
+    this.lineage = newLineage(options.env, options.connection);
     this.relay = new Relay(options.connection, this.lineage.connection, {
       onClientRequest: (channel, frames, header) => this.onClientRequest(channel, frames, header),
       onKernelIopub: (frames, header) => this.onKernelIopub(frames, header)
@@ -509,9 +509,13 @@ export class Supervisor {
     }
     this.busy = action;
     this.broadcast({ type: 'event', event: 'busy', action, current_id: this.currentId });
+    // A delete waits for its image's seal, so only checkpoints and restores pause sealing.
+    const releaseSealing =
+      action === 'delete' ? () => undefined : this.options.store.background.hold();
     try {
       return await body();
     } finally {
+      releaseSealing();
       this.busy = null;
       this.broadcast({ type: 'event', event: 'idle', action, current_id: this.currentId });
       if (this.shuttingDown && !this.kernel) {
@@ -863,7 +867,7 @@ export class Supervisor {
       // The old kernel is gone; start a fresh one so that the notebook stays usable.
       const failure = asRequestError(error);
       log.error(`restore of ${id} failed, starting a fresh kernel: ${failure.message}`);
-      this.lineage = newLineage(this.options.env);
+      this.lineage = newLineage(this.options.env, this.options.connection);
       this.currentId = null;
       await this.launchKernel();
       settle(false);

@@ -42,7 +42,7 @@ export interface Frames {
 
 /** Signs and verifies with a connection's key (an empty key disables signing, as in Jupyter). */
 export class Signer {
-  private readonly key: Buffer;
+  readonly key: Buffer;
   private readonly algorithm: string;
 
   constructor(key: string, scheme = 'hmac-sha256') {
@@ -51,6 +51,11 @@ export class Signer {
       throw new Error(`unsupported signature scheme ${JSON.stringify(scheme)}`);
     }
     this.algorithm = scheme.slice('hmac-'.length);
+  }
+
+  /** Whether a signature made by `other` is one this signer would make. */
+  signsLike(other: Signer): boolean {
+    return this.algorithm === other.algorithm && this.key.equals(other.key);
   }
 
   sign(parts: readonly Buffer[]): Buffer {
@@ -96,6 +101,11 @@ export function joinFrames(frames: Omit<Frames, 'signature'>, signer: Signer): B
     ...frames.parts,
     ...frames.buffers
   ];
+}
+
+/** Frames for sending with the signature they came with (valid where the key is the same). */
+export function passFrames(frames: Frames): Buffer[] {
+  return [...frames.identities, DELIMITER, frames.signature, ...frames.parts, ...frames.buffers];
 }
 
 /** Decodes frames into a message; throws on a bad signature or malformed JSON. */

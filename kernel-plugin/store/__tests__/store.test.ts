@@ -97,6 +97,21 @@ describe('image store', () => {
     await expect(store.verify(saved.id, record)).rejects.toMatchObject({ code: 'corrupt_image' });
   });
 
+  it('holds sealing back while a checkpoint or restore holds the machine', async () => {
+    const saved = await save(store, 'x'.repeat(9 << 20)); // three 4 MiB chunks
+    const release = store.background.hold();
+    let sealed = false;
+    const sealing = store.seal(saved.id).then(() => (sealed = true));
+    await new Promise(resolve => setTimeout(resolve, 200));
+    expect(sealed).toBe(false);
+    expect((await store.privateRecord(saved.id)).files[0].xxh64).toBeUndefined();
+    release();
+    release(); // a second call of the same release changes nothing
+    await sealing;
+    expect((await store.privateRecord(saved.id)).files[0].xxh64).toMatch(/^[0-9a-f]{16}$/);
+    expect(store.background.paused).toBe(false);
+  });
+
   it('never lists a partial image and discards it', async () => {
     const pending = await store.begin(newCheckpointId());
     expect(await store.list()).toEqual([]);

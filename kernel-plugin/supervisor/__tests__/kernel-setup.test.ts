@@ -8,6 +8,14 @@ import {
 describe('kernel command', () => {
   const env = { PATH: '/usr/bin', JPY_PARENT_PID: '123', KERNEL_CHECKPOINT_RUNTIME_DIR: '/tmp/kc' };
 
+  it("gives a new kernel process Jupyter's key, and a key of its own when there is none", () => {
+    const signing = { key: 'jupyter-key', signature_scheme: 'hmac-sha256' };
+    expect(newLineage(env, signing).connection).toMatchObject(signing);
+    const own = newLineage(env).connection.key;
+    expect(own).toMatch(/^[0-9a-f]{64}$/);
+    expect(newLineage(env).connection.key).not.toBe(own);
+  });
+
   it('points the wrapped kernel at its private connection and strips JPY_PARENT_PID', () => {
     const lineage = newLineage(env);
     const argv = ['/venv/bin/python', '-m', 'ipykernel_launcher', '-f', CONNECTION_PLACEHOLDER];

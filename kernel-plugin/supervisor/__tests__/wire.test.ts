@@ -5,6 +5,7 @@ import {
   endpoint,
   joinFrames,
   newMessage,
+  passFrames,
   Signer,
   splitFrames,
   type ConnectionInfo
@@ -46,6 +47,19 @@ describe('wire protocol', () => {
     expect(() => decode(resigned, signer)).toThrow('bad message signature');
     expect(decode(resigned, other).message.content).toEqual({ code: '1' });
     expect(resigned.slice(3).every((frame, i) => frame.equals(frames[3 + i]))).toBe(true);
+  });
+
+  it('passes frames on with their own signature where the key is the same', () => {
+    const frames = encode(
+      newMessage('status', { execution_state: 'idle' }, { session: 's' }),
+      signer
+    );
+    const passed = passFrames(splitFrames(frames)!);
+    expect(passed.every((frame, i) => frame.equals(frames[i]))).toBe(true);
+    expect(() => decode(passed, new Signer('secret-key'))).not.toThrow();
+    expect(new Signer('secret-key').signsLike(signer)).toBe(true);
+    expect(new Signer('kernel-key').signsLike(signer)).toBe(false);
+    expect(new Signer('secret-key', 'hmac-sha512').signsLike(signer)).toBe(false);
   });
 
   it('rejects frames without a delimiter', () => {
