@@ -3,7 +3,7 @@
 
     .venv/bin/python bench/run.py [--quick] [--sizes 0,256,1024] [--repeats 3] [--out FILE]
 
-Runs, in one go (under 10 minutes on a 2-core machine):
+Runs, in one go (about 10 minutes on a 2-core machine):
 - kernels under our supervisor (kernelspec python3-checkpoint, CRIU engine; the DMTCP engine too
   when DMTCP is present) holding 0 MiB, 256 MiB, 1 GiB (4 GiB when memory allows) of numpy random
   data, and a mixed data-science state: checkpoint time (request to reply), restore time up to the
@@ -1402,7 +1402,7 @@ def main() -> int:
     parser.add_argument(
         "--sizes", help="MiB of numpy data, comma-separated (default 0,256,1024[,4096])"
     )
-    parser.add_argument("--repeats", type=int, help="runs per measurement (default 3; --quick 1)")
+    parser.add_argument("--repeats", type=int, help="runs per measurement (default 5; --quick 1)")
     parser.add_argument("--out", help="JSON file (default bench/results/bench-<time>.json)")
     parser.add_argument("--no-mixed", action="store_true", help="skip the mixed data-science state")
     parser.add_argument("--no-dmtcp", action="store_true", help="skip DMTCP even when present")
@@ -1416,7 +1416,7 @@ def main() -> int:
 
     if os.geteuid() != 0:
         print("note: CRIU needs root here; bare CRIU and ours will fail otherwise", file=sys.stderr)
-    repeats = args.repeats or (1 if args.quick else 3)
+    repeats = args.repeats or (1 if args.quick else 5)
     bench = Bench(args)
     started = dt.datetime.now().astimezone()
     results = bench.results
