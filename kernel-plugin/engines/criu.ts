@@ -288,14 +288,15 @@ export class CriuEngine implements Engine {
           do {
             ({ bytesRead: read } = await handle.read(chunk, 0, chunk.length, position));
             position += read;
-            // Keep the end of what was read, so a phrase split between two reads is still seen.
-            tail = (tail + chunk.toString('utf8', 0, read)).slice(-(chunk.length + 64));
-            if (tail.includes('Restore finished successfully')) {
+            // The new bytes, after the end of the last ones: a phrase split by a read is seen.
+            const text = tail + chunk.toString('utf8', 0, read);
+            if (text.includes('Restore finished successfully')) {
               return;
             }
-            if (tail.includes('Restoring FAILED')) {
+            if (text.includes('Restoring FAILED')) {
               throw new Error('restore failed');
             }
+            tail = text.slice(-64);
           } while (read === chunk.length);
         }
         if (failed()) {

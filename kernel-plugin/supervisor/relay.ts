@@ -161,11 +161,6 @@ export class Relay {
     this.sameKey = this.backSigner.signsLike(this.frontSigner);
   }
 
-  /** Whether messages pass unchanged (the kernel signs with Jupyter's key). */
-  get passesSignatures(): boolean {
-    return this.sameKey;
-  }
-
   get kernelConnected(): boolean {
     return this.back !== null;
   }
