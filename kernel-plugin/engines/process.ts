@@ -7,7 +7,7 @@
 // dmtcp_launch) is the shell's child; the kernel is the launcher's child.
 
 import { spawn, type ChildProcess } from 'node:child_process';
-import { promises as fs, readFileSync } from 'node:fs';
+import { promises as fs, readdirSync, readFileSync } from 'node:fs';
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 
@@ -48,6 +48,19 @@ export function isRunning(pid: number): boolean {
   }
 }
 
+/**
+ * True once `pid` has let go of every file (fds, and with them its sockets and locks): it has
+ * exited, as a zombie not yet reaped, or is gone. A zombie leader with threads still exiting still
+ * lists its fds, so this is stricter than `!isRunning`.
+ */
+export function holdsNoFiles(pid: number): boolean {
+  try {
+    return !isRunning(pid) && readdirSync(`/proc/${pid}/fd`).length === 0;
+  } catch {
+    return true;
+  }
+}
+
 /** Waits until `find` returns a PID, polling; throws after `timeoutMs`. */
 export async function waitForPid(
   find: () => number | undefined,
@@ -55,13 +68,19 @@ export async function waitForPid(
   what: string,
   stillHoping: () => boolean = () => true
 ): Promise<number> {
-  const deadline = Date.now() + timeoutMs;
-  for (let delay = 2; Date.now() < deadline && stillHoping(); delay = Math.min(delay * 2, 50)) {
+  const started = Date.now();
+  const deadline = started + timeoutMs;
+  // Every millisecond at first: a restore of a small kernel takes ~0.1 s in all, and its
+  // launcher and kernel appear within milliseconds. Then less often.
+  for (let delay = 1; Date.now() < deadline && stillHoping();) {
     const pid = find();
     if (pid) {
       return pid;
     }
     await sleep(delay);
+    if (Date.now() - started > 100) {
+      delay = Math.min(delay * 2, 50);
+    }
   }
   throw new Error(`${what} did not start`);
 }
@@ -138,6 +157,11 @@ export class PipelineKernel implements KernelProcess {
     }
   }
 
+  /**
+   * Kills the kernel and its launcher, and resolves once both hold no file: a restore may then
+   * bind the kernel's sockets and take its locks again. That takes a few milliseconds, so it is
+   * watched every millisecond; the shell and `cat` wind down afterwards, unwatched.
+   */
   async terminate(): Promise<void> {
     for (const pid of [this.pid, this.launcherPid]) {
       try {
@@ -146,13 +170,13 @@ export class PipelineKernel implements KernelProcess {
         // Already gone.
       }
     }
-    const timeout = sleep(5000).then(() => 'timeout' as const);
-    if ((await Promise.race([this.exited, timeout])) === 'timeout') {
-      this.shell.kill('SIGKILL');
-    }
-    // The launcher reaps the kernel; wait until the PID is really free of it.
-    for (let i = 0; i < 100 && isRunning(this.pid); i++) {
-      await sleep(20);
+    const deadline = Date.now() + 5000;
+    while (!(holdsNoFiles(this.pid) && holdsNoFiles(this.launcherPid))) {
+      if (Date.now() > deadline) {
+        this.shell.kill('SIGKILL');
+        break;
+      }
+      await sleep(1);
     }
   }
 }

@@ -144,13 +144,15 @@ export class PendingImage {
    */
   async commit(manifest: Checkpoint, record: Omit<PrivateRecord, 'files'>): Promise<Checkpoint> {
     try {
-      const files = await listTree(this.imageDir);
+      // The user waits for this: every step over the image's files runs on all of them at once.
+      const [files] = await Promise.all([listTree(this.imageDir), privatize(this.imageDir)]);
       manifest.image_bytes = files.reduce((sum, file) => sum + file.bytes, 0);
       // Not flushed to disk here: after a dump of gigabytes, an fsync on ext4 waits for the
       // journal, and so for the image's writeback (0.5 s at 4 GiB). Sealing makes it durable.
-      await writePrivateJson(path.join(this.dir, 'private.json'), { ...record, files }, false);
-      await writePrivateJson(path.join(this.dir, 'manifest.json'), manifest, false);
-      await privatize(this.imageDir);
+      await Promise.all([
+        writePrivateJson(path.join(this.dir, 'private.json'), { ...record, files }, false),
+        writePrivateJson(path.join(this.dir, 'manifest.json'), manifest, false)
+      ]);
       await fs.rename(this.dir, this.store.folderOf(this.id));
       return manifest;
     } catch (error) {
@@ -386,14 +388,17 @@ async function fsyncPath(target: string): Promise<void> {
 /** Makes every folder 0700 and every file 0600 below `dir`: images hold the kernel's memory. */
 async function privatize(dir: string): Promise<void> {
   await fs.chmod(dir, 0o700);
-  for (const entry of await fs.readdir(dir, { withFileTypes: true })) {
-    const full = path.join(dir, entry.name);
-    if (entry.isDirectory()) {
-      await privatize(full);
-    } else if (entry.isFile()) {
-      await fs.chmod(full, 0o600);
-    }
-  }
+  const entries = await fs.readdir(dir, { withFileTypes: true });
+  await Promise.all(
+    entries.map(async entry => {
+      const full = path.join(dir, entry.name);
+      if (entry.isDirectory()) {
+        await privatize(full);
+      } else if (entry.isFile()) {
+        await fs.chmod(full, 0o600);
+      }
+    })
+  );
 }
 
 let hasher: Promise<Awaited<ReturnType<typeof xxhash>>> | null = null;
@@ -424,14 +429,18 @@ async function identity(file: string): Promise<string> {
 
 /** Every regular file below `dir`, with paths relative to it and sizes, sorted. */
 export async function listTree(dir: string, prefix = ''): Promise<FileDigest[]> {
-  const result: FileDigest[] = [];
-  for (const entry of await fs.readdir(path.join(dir, prefix), { withFileTypes: true })) {
-    const relative = path.join(prefix, entry.name);
-    if (entry.isDirectory()) {
-      result.push(...(await listTree(dir, relative)));
-    } else if (entry.isFile()) {
-      result.push({ path: relative, bytes: (await fs.stat(path.join(dir, relative))).size });
-    }
-  }
-  return result.sort((a, b) => a.path.localeCompare(b.path));
+  const entries = await fs.readdir(path.join(dir, prefix), { withFileTypes: true });
+  const found = await Promise.all(
+    entries.map(async (entry): Promise<FileDigest[]> => {
+      const relative = path.join(prefix, entry.name);
+      if (entry.isDirectory()) {
+        return listTree(dir, relative);
+      }
+      if (entry.isFile()) {
+        return [{ path: relative, bytes: (await fs.stat(path.join(dir, relative))).size }];
+      }
+      return [];
+    })
+  );
+  return found.flat().sort((a, b) => a.path.localeCompare(b.path));
 }

@@ -31,14 +31,11 @@ export function runtimeBase(env: NodeJS.ProcessEnv = process.env): string {
 /**
  * A new kernel process's identity: its private folder and connection. It signs with Jupyter's key
  * (`signing`), so that the relay can pass its messages on as they are, without re-signing each;
- * only a kernel restored from an image of another session has a key of its own (see Relay).
+ * only a kernel restored from an image of another session has another key (see Relay).
  */
 export function newLineage(
-  env: NodeJS.ProcessEnv = process.env,
-  signing: { key: string; signature_scheme: string } = {
-    key: randomBytes(32).toString('hex'),
-    signature_scheme: 'hmac-sha256'
-  }
+  env: NodeJS.ProcessEnv,
+  signing: { key: string; signature_scheme: string }
 ): Lineage {
   const id = randomBytes(6).toString('hex');
   const ipcDir = path.join(runtimeBase(env), id);

@@ -21,8 +21,8 @@ import {
   passFrames,
   peekContent,
   peekHeader,
-  peekParentHeader,
   Signer,
+  stringField,
   splitFrames,
   type Channel,
   type ConnectionInfo,
@@ -37,9 +37,14 @@ const REQUEST_CHANNELS: RequestChannel[] = ['shell', 'control', 'stdin'];
 /** Found in a header's bytes before it is parsed: most replies are not this one. */
 const KERNEL_INFO_REPLY = Buffer.from('"kernel_info_reply"');
 
-/** Serializes sends: a zeromq.js socket allows one pending send at a time. */
+/**
+ * Serializes sends: a zeromq.js socket allows one pending send at a time. A send with none
+ * pending goes out at once, as almost every send does (the relay's sockets never reach a
+ * high-water mark); only sends behind a blocked one wait their turn.
+ */
 class Outbox {
   private tail: Promise<void> = Promise.resolve();
+  private pending = 0;
 
   constructor(
     private readonly socket: zmq.Writable & zmq.Socket,
@@ -47,15 +52,30 @@ class Outbox {
   ) {}
 
   send(frames: Buffer[]): Promise<void> {
-    this.tail = this.tail.then(
-      () => this.socket.send(frames),
-      () => this.socket.send(frames)
-    );
-    return this.tail.catch(error => {
-      if (!this.socket.closed) {
-        log.warn(`send on ${this.name} failed: ${(error as Error).message}`);
+    const sendNow = () => this.socket.send(frames);
+    let sent: Promise<void>;
+    if (this.pending === 0) {
+      try {
+        sent = sendNow();
+      } catch (error) {
+        sent = Promise.reject(error);
       }
-    });
+    } else {
+      sent = this.tail.then(sendNow, sendNow);
+    }
+    this.pending++;
+    this.tail = sent;
+    return sent.then(
+      () => {
+        this.pending--;
+      },
+      error => {
+        this.pending--;
+        if (!this.socket.closed) {
+          log.warn(`send on ${this.name} failed: ${(error as Error).message}`);
+        }
+      }
+    );
   }
 }
 
@@ -69,8 +89,8 @@ export interface OutstandingRequest {
 export interface RelayHandlers {
   /** A verified client request; return true when the supervisor answered it itself. */
   onClientRequest(channel: RequestChannel, frames: Frames, header: Header): boolean;
-  /** A message the kernel published; return false to swallow it. */
-  onKernelIopub(frames: Frames, header: Header): boolean;
+  /** A message the kernel published ('' as its type when unreadable); false swallows it. */
+  onKernelIopub(frames: Frames, msgType: string): boolean;
 }
 
 interface BackSockets {
@@ -203,6 +223,11 @@ export class Relay {
       this.resume();
     }
     return live;
+  }
+
+  /** How many connections the relay holds to the kernel: shell, control, stdin and iopub. */
+  get kernelConnections(): number {
+    return this.back ? REQUEST_CHANNELS.length + 1 : 0;
   }
 
   /** Closes every socket towards the kernel. */
@@ -345,7 +370,7 @@ export class Relay {
           continue;
         }
         if (channel === 'shell') {
-          const parent = peekParentHeader(frames).msg_id;
+          const parent = parentMsgId(frames);
           if (parent) {
             this.outstanding.delete(parent);
           }
@@ -373,15 +398,15 @@ export class Relay {
         if (!frames) {
           continue;
         }
-        const header = peekHeader(frames);
+        const msgType = msgTypeOf(frames);
         for (const waiter of this.iopubWaiters.splice(0)) {
           waiter();
         }
-        if (header.msg_type === 'iopub_welcome') {
+        if (msgType === 'iopub_welcome') {
           // Meant for us, the kernel's only subscriber; clients get our own welcome.
           continue;
         }
-        if (this.handlers.onKernelIopub(frames, header)) {
+        if (this.handlers.onKernelIopub(frames, msgType)) {
           void this.frontOut.iopub.send(this.toClients(frames));
         }
       }
@@ -444,5 +469,23 @@ export class Relay {
     if (!this.closed) {
       log.debug(`${what} reader ended: ${(error as Error)?.message ?? error}`);
     }
+  }
+}
+
+/** A kernel message's type, '' when its header cannot be read (it is relayed all the same). */
+function msgTypeOf(frames: Frames): string {
+  try {
+    return stringField(frames.parts[0], 'msg_type') ?? '';
+  } catch {
+    return '';
+  }
+}
+
+/** The msg_id of the request a kernel message answers, if it has one. */
+function parentMsgId(frames: Frames): string | null {
+  try {
+    return stringField(frames.parts[1], 'msg_id');
+  } catch {
+    return null;
   }
 }

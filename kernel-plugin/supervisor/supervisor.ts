@@ -27,11 +27,11 @@ import {
 } from './kernel-setup';
 import { log } from './log';
 import { Relay, type OutstandingRequest } from './relay';
-import { waitForKernelToLetGo } from './sockets';
+import { acceptedConnections, waitForKernelToLetGo } from './sockets';
 import {
   newMessage,
   peekContent,
-  peekParentHeader,
+  stringField,
   type ConnectionInfo,
   type Frames,
   type Header
@@ -118,7 +118,7 @@ export class Supervisor {
     this.lineage = newLineage(options.env, options.connection);
     this.relay = new Relay(options.connection, this.lineage.connection, {
       onClientRequest: (channel, frames, header) => this.onClientRequest(channel, frames, header),
-      onKernelIopub: (frames, header) => this.onKernelIopub(frames, header)
+      onKernelIopub: (frames, msgType) => this.onKernelIopub(frames, msgType)
     });
     this.agent = new AgentChannel(null, request =>
       this.handleRequest(request, message => this.agent.send(message), true)
@@ -198,7 +198,11 @@ export class Supervisor {
       this.exiting = true;
       const kernel = this.kernel;
       this.kernel = null;
-      await kernel?.terminate();
+      if (kernel) {
+        await kernel.terminate();
+        // And the processes around it (a launcher's shell, its output pipe): leave none behind.
+        await Promise.race([kernel.exited, new Promise(resolve => setTimeout(resolve, 2000))]);
+      }
       this.relay.close();
       this.agent.disconnect();
       await removeLineageDir(this.lineage);
@@ -345,40 +349,47 @@ export class Supervisor {
 
   // ---- messages from the kernel ----------------------------------------------------------
 
-  private onKernelIopub(frames: Frames, header: Header): boolean {
-    if (header.msg_type === 'kernel_checkpoint_marker') {
-      const id = (peekContent(frames) as { checkpoint_id?: string }).checkpoint_id ?? '';
+  /** Tracks what the kernel is doing from its status messages; every message passes but markers. */
+  private onKernelIopub(frames: Frames, msgType: string): boolean {
+    if (msgType === 'kernel_checkpoint_marker') {
+      let id = '';
+      try {
+        id = (peekContent(frames) as { checkpoint_id?: string }).checkpoint_id ?? '';
+      } catch {
+        // Unreadable: it still is a marker, and still not for clients.
+      }
       // The marker may come before the plugin's `prepared` reaches us: remember it.
       this.seenMarkers.add(id);
       this.markerWaiters.get(id)?.();
       return false;
     }
-    if (header.msg_type === 'status' || header.msg_type === 'execute_input') {
-      try {
-        const parent = peekParentHeader(frames);
-        const content = peekContent(frames);
-        if (header.msg_type === 'execute_input') {
-          if (this.executing && this.executing.msgId === parent.msg_id) {
-            this.executing.count = content.execution_count ?? null;
-          }
-        } else {
-          if (!parent.msg_type || !UNTRACKED_PARENTS.has(parent.msg_type)) {
-            this.kernelIdle = content.execution_state === 'idle';
-          }
-          if (parent.msg_type === 'execute_request' && parent.msg_id) {
-            if (content.execution_state === 'busy') {
-              this.executing = { msgId: parent.msg_id, count: null };
-            } else if (
-              content.execution_state === 'idle' &&
-              this.executing?.msgId === parent.msg_id
-            ) {
-              this.executing = null;
-            }
-          }
+    if (msgType !== 'status' && msgType !== 'execute_input') {
+      return true;
+    }
+    // Fields are peeked, not parsed: this runs for three messages of every cell.
+    try {
+      const [, parentHeader, , content] = frames.parts;
+      const parentId = stringField(parentHeader, 'msg_id');
+      if (msgType === 'execute_input') {
+        if (this.executing && this.executing.msgId === parentId) {
+          this.executing.count = peekContent(frames).execution_count ?? null;
         }
-      } catch {
-        // An unreadable message changes nothing.
+        return true;
       }
+      const parentType = stringField(parentHeader, 'msg_type');
+      const state = stringField(content, 'execution_state');
+      if (!parentType || !UNTRACKED_PARENTS.has(parentType)) {
+        this.kernelIdle = state === 'idle';
+      }
+      if (parentType === 'execute_request' && parentId) {
+        if (state === 'busy') {
+          this.executing = { msgId: parentId, count: null };
+        } else if (state === 'idle' && this.executing?.msgId === parentId) {
+          this.executing = null;
+        }
+      }
+    } catch {
+      // An unreadable message changes nothing.
     }
     return true;
   }
@@ -634,9 +645,13 @@ export class Supervisor {
       if (gated) {
         await this.waitForMarker(id, 10000);
       }
+      const closed = {
+        acceptedBefore: acceptedConnections(this.lineage.ipcDir, kernel.pid),
+        closed: this.relay.kernelConnections + (this.agent.connected ? 1 : 0)
+      };
       this.relay.disconnectKernel();
       this.agent.disconnect();
-      await waitForKernelToLetGo(this.lineage.ipcDir, kernel.pid, 10000);
+      await waitForKernelToLetGo(this.lineage.ipcDir, kernel.pid, 10000, closed);
       progress('snapshotting');
       try {
         snapshot = await this.options.engine.checkpoint(kernel, pending.imageDir);

@@ -8,16 +8,14 @@ import {
 describe('kernel command', () => {
   const env = { PATH: '/usr/bin', JPY_PARENT_PID: '123', KERNEL_CHECKPOINT_RUNTIME_DIR: '/tmp/kc' };
 
-  it("gives a new kernel process Jupyter's key, and a key of its own when there is none", () => {
-    const signing = { key: 'jupyter-key', signature_scheme: 'hmac-sha256' };
+  const signing = { key: 'jupyter-key', signature_scheme: 'hmac-sha256' };
+
+  it("gives a new kernel process Jupyter's key", () => {
     expect(newLineage(env, signing).connection).toMatchObject(signing);
-    const own = newLineage(env).connection.key;
-    expect(own).toMatch(/^[0-9a-f]{64}$/);
-    expect(newLineage(env).connection.key).not.toBe(own);
   });
 
   it('points the wrapped kernel at its private connection and strips JPY_PARENT_PID', () => {
-    const lineage = newLineage(env);
+    const lineage = newLineage(env, signing);
     const argv = ['/venv/bin/python', '-m', 'ipykernel_launcher', '-f', CONNECTION_PLACEHOLDER];
     const command = kernelCommand(argv, lineage, env, '/server/kernel-1.json', ['--flag']);
     expect(command.argv.slice(0, 5)).toEqual([
@@ -32,11 +30,10 @@ describe('kernel command', () => {
     expect(command.env.JPY_PARENT_PID).toBeUndefined();
     expect(lineage.connection.transport).toBe('ipc');
     expect(lineage.ipcDir.startsWith('/tmp/kc/')).toBe(true);
-    expect(lineage.connection.key).toHaveLength(64);
   });
 
   it('replaces the server connection file passed by hand', () => {
-    const lineage = newLineage(env);
+    const lineage = newLineage(env, signing);
     const command = kernelCommand(
       ['ipykernel_launcher', '-f', '/server/k.json'],
       lineage,
@@ -47,7 +44,7 @@ describe('kernel command', () => {
   });
 
   it('leaves kernels that are not IPython alone', () => {
-    const lineage = newLineage(env);
+    const lineage = newLineage(env, signing);
     const command = kernelCommand(
       ['R', '--slave', '-e', 'IRkernel::main()', '{connection_file}'],
       lineage,
@@ -59,10 +56,10 @@ describe('kernel command', () => {
     expect(command.argv[4]).toBe(lineage.connectionFile);
   });
 
-  it('gives every lineage its own folder and key', () => {
-    const a = newLineage(env);
-    const b = newLineage(env);
+  it('gives every lineage its own folder', () => {
+    const a = newLineage(env, signing);
+    const b = newLineage(env, signing);
     expect(a.ipcDir).not.toBe(b.ipcDir);
-    expect(a.connection.key).not.toBe(b.connection.key);
+    expect(a.id).not.toBe(b.id);
   });
 });

@@ -6,8 +6,10 @@ import {
   joinFrames,
   newMessage,
   passFrames,
+  peekString,
   Signer,
   splitFrames,
+  stringField,
   type ConnectionInfo
 } from '../wire';
 
@@ -79,5 +81,42 @@ describe('wire protocol', () => {
     const frames = encode(newMessage('status', {}, { session: 's' }), unsigned);
     expect(frames[1].length).toBe(0); // [<IDS|MSG>, signature, ...]
     expect(() => decode(frames, unsigned)).not.toThrow();
+  });
+
+  describe('peeking at a field without parsing', () => {
+    const bytes = (value: unknown) => Buffer.from(JSON.stringify(value));
+
+    it('reads a string field as JSON.parse would, in compact or spaced JSON', () => {
+      const header = {
+        msg_id: 'a1',
+        msg_type: 'execute_request',
+        session: 's',
+        username: 'ü-ser',
+        date: '2026-11-26T00:00:00Z',
+        version: '5.4'
+      };
+      expect(peekString(bytes(header), 'msg_type')).toBe('execute_request');
+      expect(peekString(bytes(header), 'username')).toBe('ü-ser');
+      // Python's json.dumps puts a space after each colon.
+      const spaced = Buffer.from('{"msg_id" :  "a1", "msg_type": "status"}');
+      expect(peekString(spaced, 'msg_type')).toBe('status');
+      expect(peekString(spaced, 'msg_id')).toBe('a1');
+    });
+
+    it('takes a key, never a value that looks like one', () => {
+      const tricky = bytes({ msg_type: 'msg_id', note: 'say "msg_id": "no"', msg_id: 'yes' });
+      expect(peekString(tricky, 'msg_id')).toBe('yes');
+    });
+
+    it('gives up on what it cannot read plainly; stringField then parses', () => {
+      const escaped = bytes({ msg_id: 'a"b\\c' });
+      expect(peekString(escaped, 'msg_id')).toBeNull();
+      expect(stringField(escaped, 'msg_id')).toBe('a"b\\c');
+      expect(peekString(bytes({ count: 3 }), 'count')).toBeNull();
+      expect(stringField(bytes({ count: 3 }), 'count')).toBeNull();
+      expect(peekString(bytes({}), 'msg_id')).toBeNull();
+      expect(stringField(bytes({}), 'msg_id')).toBeNull();
+      expect(() => stringField(Buffer.from('{"msg_id": 1'), 'msg_id')).toThrow();
+    });
   });
 });
