@@ -90,7 +90,8 @@ multiarch=$(basename "$(dirname "$loader")")
 cat >"$WRAPPER" <<WRAP
 #!/bin/sh
 # CRIU from Debian $SUITE, unpacked in a private prefix, run with its own loader and libraries.
-P="\$(cd "\$(dirname "\$0")/../opt/criu" && pwd)"
+# No command substitution here: each one forks, and criu runs on every checkpoint and restore.
+case "\$0" in */*) P="\${0%/*}/../opt/criu" ;; *) P=../opt/criu ;; esac
 exec "\$P/$loader" --library-path "\$P/usr/lib/$multiarch:\$P/lib/$multiarch" "\$P/usr/sbin/criu" "\$@"
 WRAP
 chmod +x "$WRAPPER"

@@ -841,12 +841,25 @@ export class Supervisor {
     progress('verifying');
     await store.verify(id, record, this.options.env.KERNEL_CHECKPOINT_VERIFY === 'always');
 
+    const lineage: Lineage = {
+      id: record.lineage,
+      ipcDir: record.ipcDir,
+      connection: record.kernelConnection as unknown as ConnectionInfo,
+      connectionFile: `${record.ipcDir}/connection.json`,
+      agentEndpoint: record.agentEndpoint ?? `ipc://${record.ipcDir}/agent`
+    };
+
     progress('stopping');
     this.relay.pause();
     this.relay.disconnectKernel();
     this.agent.disconnect();
     const old = this.kernel;
     this.kernel = null;
+    // The folder is made ready while the old process dies (its socket files are stale anyway).
+    const preparing = prepareLineageDir(lineage).then(
+      () => null,
+      (error: unknown) => error
+    );
     await old?.terminate();
     const orphans = this.relay.takeOutstanding();
     const running = orphans.find(request => request.header.msg_id === this.executing?.msgId);
@@ -859,16 +872,12 @@ export class Supervisor {
       this.executing = null;
     };
     const oldLineage = this.lineage;
-    const lineage: Lineage = {
-      id: record.lineage,
-      ipcDir: record.ipcDir,
-      connection: record.kernelConnection as unknown as ConnectionInfo,
-      connectionFile: `${record.ipcDir}/connection.json`,
-      agentEndpoint: record.agentEndpoint ?? `ipc://${record.ipcDir}/agent`
-    };
     progress('restoring');
     try {
-      await prepareLineageDir(lineage);
+      const unprepared = await preparing;
+      if (unprepared) {
+        throw unprepared;
+      }
       const spec = {
         argv: [],
         env: this.options.env,
