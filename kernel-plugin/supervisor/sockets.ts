@@ -5,33 +5,27 @@
 // whose peer is outside the image, which CRIU refuses to dump and DMTCP would try to drain.
 // The kernel also connects to its own shell socket (ipykernel 7's shell channel thread), and
 // that connection is inside the image and harmless: so a connection counts only when its peer
-// is not one of the kernel's own sockets.
+// is not one of the kernel's own sockets. `ss` can tell peers apart but costs ~6 ms a call; so
+// the supervisor counts the kernel's accepted connections in /proc/net/unix instead, and asks
+// `ss` only when that count does not settle.
 
 import { execFile } from 'node:child_process';
-import { promises as fs, readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 
 const run = promisify(execFile);
 
-async function socketInodes(pid: number): Promise<Set<string>> {
+/** The inodes of process `pid`'s sockets (none when it is gone). Read at once: ~70 fds, < 1 ms. */
+function socketInodes(pid: number): Set<string> {
   const inodes = new Set<string>();
-  const fds = await fs.readdir(`/proc/${pid}/fd`).catch(() => [] as string[]);
-  await Promise.all(
-    fds.map(async fd => {
-      const target = await fs.readlink(`/proc/${pid}/fd/${fd}`).catch(() => '');
-      const match = /^socket:\[(\d+)\]$/.exec(target);
-      if (match) {
-        inodes.add(match[1]);
-      }
-    })
-  );
-  return inodes;
-}
-
-function socketInodesNow(pid: number): Set<string> {
-  const inodes = new Set<string>();
-  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+  let fds: string[] = [];
+  try {
+    fds = readdirSync(`/proc/${pid}/fd`);
+  } catch {
+    return inodes;
+  }
+  for (const fd of fds) {
     try {
       const match = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`));
       if (match) {
@@ -51,7 +45,7 @@ function socketInodesNow(pid: number): Set<string> {
  */
 export function acceptedConnections(dir: string, pid: number): number | null {
   try {
-    const ours = socketInodesNow(pid);
+    const ours = socketInodes(pid);
     let count = 0;
     // "Num RefCount Protocol Flags Type St Inode Path": Flags 00010000 is a listening socket,
     // St 03 a connected one; an accepted socket carries its listener's path.
@@ -77,7 +71,7 @@ export function acceptedConnections(dir: string, pid: number): number | null {
 export async function outsideConnections(dir: string, pid: number): Promise<number> {
   // ss -x: "u_str ESTAB 0 0 <local path> <local inode> <peer path> <peer inode>"
   const { stdout } = await run('ss', ['-xaH'], { maxBuffer: 16 << 20 });
-  const ours = await socketInodes(pid);
+  const ours = socketInodes(pid);
   let count = 0;
   for (const line of stdout.split('\n')) {
     const fields = line.trim().split(/\s+/);
@@ -118,13 +112,13 @@ export async function waitForKernelToLetGo(
   if (closed?.acceptedBefore != null && closed.closed > 0) {
     const target = closed.acceptedBefore - closed.closed;
     // Bounded: a connection that never was established is never closed either.
-    const hintDeadline = Math.min(deadline, Date.now() + 100);
+    const countDeadline = Math.min(deadline, Date.now() + 100);
     for (;;) {
       const accepted = acceptedConnections(dir, pid);
       if (accepted !== null && accepted <= target) {
         return true;
       }
-      if (accepted === null || Date.now() > hintDeadline) {
+      if (accepted === null || Date.now() > countDeadline) {
         break;
       }
       await sleep(1);
