@@ -53,7 +53,7 @@ export function isRunning(pid: number): boolean {
  * exited, as a zombie not yet reaped, or is gone. A zombie leader with threads still exiting still
  * lists its fds, so this is stricter than `!isRunning`.
  */
-export function holdsNoFiles(pid: number): boolean {
+function holdsNoFiles(pid: number): boolean {
   try {
     return !isRunning(pid) && readdirSync(`/proc/${pid}/fd`).length === 0;
   } catch {

@@ -378,7 +378,7 @@ export class Relay {
         if (
           channel !== 'stdin' &&
           frames.parts[0].includes(KERNEL_INFO_REPLY) &&
-          peekHeader(frames).msg_type === 'kernel_info_reply'
+          msgTypeOf(frames) === 'kernel_info_reply'
         ) {
           this.kernelInfo = peekContent(frames);
         }

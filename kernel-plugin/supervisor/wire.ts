@@ -198,10 +198,6 @@ export function peekHeader(frames: Frames): Header {
   return JSON.parse(frames.parts[0].toString('utf8'));
 }
 
-export function peekParentHeader(frames: Frames): Partial<Header> {
-  return JSON.parse(frames.parts[1].toString('utf8'));
-}
-
 export function peekContent<C = Record<string, any>>(frames: Frames): C {
   return JSON.parse(frames.parts[3].toString('utf8'));
 }
