@@ -143,6 +143,18 @@ def kill(pids: list[int]) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def wait_no_files(pid: int, timeout: float = 10) -> None:
+    """Until a killed process has released its files (it exited; a zombie holds none)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if not os.listdir(f"/proc/{pid}/fd"):
+                return
+        except OSError:  # gone, or a zombie
+            return
+        time.sleep(0.001)
+
+
 @contextlib.contextmanager
 def stderr_to(path: Path):
     """Children started inside inherit `path` as their stderr (the supervisor logs there)."""
@@ -184,7 +196,10 @@ class BenchKernel(Kernel):
 
 
 def execute_reply(kc: BlockingKernelClient, code: str, timeout: float = 300) -> dict[str, Any]:
-    msg_id = kc.execute(code, store_history=False)
+    return wait_shell_reply(kc, kc.execute(code, store_history=False), timeout)
+
+
+def wait_shell_reply(kc: BlockingKernelClient, msg_id: str, timeout: float = 300) -> dict[str, Any]:
     while True:
         reply = kc.get_shell_msg(timeout=timeout)
         if reply["parent_header"].get("msg_id") == msg_id:
@@ -411,9 +426,13 @@ class Bench:
                 client.run("x_after = 1")
                 client.progress.clear()
                 t0 = now()
-                client.restore(ckpt["id"])
+                request = client.send_request("restore", checkpoint_id=ckpt["id"])
+                # The next cell goes out at once, as with bare CRIU below: it runs, after the
+                # restore, in the restored kernel (shell requests keep their order).
+                cell = client.kc.execute("1", store_history=False)
+                client.wait_reply(request)
                 t1 = now()
-                execute_reply(client.kc, "1")
+                wait_shell_reply(client.kc, cell)
                 t2 = now()
                 run["restore_reply_s"] = t1 - t0
                 run["restore_to_cell_s"] = t2 - t0
@@ -594,14 +613,14 @@ class Bench:
                         f"criu dump failed: {(image / 'dump.log').read_text()[-2000:]}"
                     )
                 run["image_bytes"] = tree_bytes(image) - (image / "dump.log").stat().st_size
-                kill([pid, holder.pid])
-                holder.wait()
-                # Until the old kernel is really gone: it holds a TCP port the restore re-binds.
-                deadline = time.monotonic() + 10
-                while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-                    time.sleep(0.005)
-                self.clean_sockets(folder)
+                # A restore replaces the running kernel: stopping it counts, as in ours.
                 t0 = now()
+                kill([pid, holder.pid])
+                # As ours does: until the old kernel holds no file (the TCP ports the restore
+                # binds again). Reaping the old criu comes after the timing.
+                wait_no_files(pid)
+                self.clean_sockets(folder)
+                old_holder = holder
                 holder = subprocess.Popen(
                     [
                         str(VENV_BIN / "criu"),
@@ -637,6 +656,7 @@ class Bench:
                     if reply["parent_header"].get("msg_id") == msg_id:
                         break
                 run["restore_to_cell_s"] = now() - t0
+                old_holder.wait()
                 pid = wait_child(holder.pid)
                 run["state_ok"] = value(kc, check_expr(state)) == expected
                 shutil.rmtree(image)
@@ -721,11 +741,11 @@ class Bench:
                 run["image_bytes"] = images[0].stat().st_size
                 image = folder / images[0].name
                 images[0].rename(image)
+                t0 = now()  # stopping the running kernel counts, as in ours
                 proc.kill()
                 proc.wait()
                 self.clean_sockets(folder)
                 port_file.unlink(missing_ok=True)
-                t0 = now()
                 proc = subprocess.Popen(
                     [
                         str(bin_ / "dmtcp_restart"),

@@ -256,7 +256,7 @@ export class CriuEngine implements Engine {
       typeof data.outputPipe === 'string' ? ['--inherit-fd', `fd[3]:${data.outputPipe}`] : [];
     try {
       return await startPipelineKernel(
-        [criu, 'restore', '-D', imageDir, ...COMMON_FLAGS, ...inherit, '-o', logFile, '-v4'],
+        [criu, 'restore', '-D', imageDir, ...COMMON_FLAGS, ...inherit, '-o', logFile, '-v3'],
         { env: spec.env, cwd: spec.cwd, pipeOnFd3: true },
         120000,
         (_launcher, failed) => this.waitForRestored(logFile, failed)

@@ -120,6 +120,8 @@ export class Relay {
   private readonly frontOut: Record<RequestChannel | 'iopub' | 'hb', Outbox>;
   private back: BackSockets | null = null;
   private paused = false;
+  /** Shell requests only are held (control and stdin flow): see `holdShell`. */
+  private shellHeld = false;
   private readonly held: Array<{ channel: RequestChannel; frames: Frames; header: Header }> = [];
   /** The kernel's last kernel_info_reply content, to answer for it while it is away. */
   kernelInfo: Record<string, unknown> | null = null;
@@ -246,17 +248,36 @@ export class Relay {
     this.paused = true;
   }
 
+  /**
+   * Holds shell requests, until `resume`, from the moment a checkpoint or restore is asked
+   * for: a kernel runs shell requests one after another, so a cell sent after the request must
+   * run after it (not into the image, not in the kernel being replaced). Control (interrupts,
+   * shutdown) and stdin (a running cell's input()) still flow.
+   */
+  holdShell(): void {
+    this.shellHeld = true;
+  }
+
   /** Relays what was held, in order, then everything as it comes. */
   resume(): void {
     this.paused = false;
+    this.shellHeld = false;
     const held = this.held.splice(0);
     for (const { channel, frames, header } of held) {
       this.toKernel(channel, frames, header);
     }
   }
 
-  get isPaused(): boolean {
-    return this.paused;
+  /** Ends a `holdShell` whose checkpoint or restore ended without pausing and resuming. */
+  releaseShell(): void {
+    if (this.shellHeld && !this.paused) {
+      this.resume();
+    }
+  }
+
+  /** Whether shell requests are held now (the kernel is, or is about to be, away). */
+  get holdsShell(): boolean {
+    return this.paused || this.shellHeld;
   }
 
   /** Publishes a message of the supervisor's own on iopub, signed for Jupyter. */
@@ -322,7 +343,7 @@ export class Relay {
         if (this.handlers.onClientRequest(channel, frames, header)) {
           continue;
         }
-        if (this.paused || !this.back) {
+        if (this.paused || !this.back || (this.shellHeld && channel === 'shell')) {
           this.held.push({ channel, frames, header });
         } else {
           this.toKernel(channel, frames, header);

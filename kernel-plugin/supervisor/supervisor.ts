@@ -229,7 +229,7 @@ export class Supervisor {
       }
       return false;
     }
-    if (type === 'kernel_info_request' && this.relay.isPaused && this.relay.kernelInfo) {
+    if (type === 'kernel_info_request' && this.relay.holdsShell && this.relay.kernelInfo) {
       // The kernel is away for a snapshot or a restore: answer for it, as it last answered,
       // so that clients connecting now (a new tab, the command line) need not wait.
       const session = this.relay.session;
@@ -519,6 +519,9 @@ export class Supervisor {
       );
     }
     this.busy = action;
+    if (action !== 'delete') {
+      this.relay.holdShell();
+    }
     this.broadcast({ type: 'event', event: 'busy', action, current_id: this.currentId });
     // A delete waits for its image's seal, so only checkpoints and restores pause sealing.
     const releaseSealing =
@@ -527,6 +530,7 @@ export class Supervisor {
       return await body();
     } finally {
       releaseSealing();
+      this.relay.releaseShell();
       this.busy = null;
       this.broadcast({ type: 'event', event: 'idle', action, current_id: this.currentId });
       if (this.shuttingDown && !this.kernel) {
@@ -821,10 +825,21 @@ export class Supervisor {
     fromKernel: boolean
   ): Promise<Checkpoint> {
     const store = this.options.store;
-    const manifest = await store.manifest(id);
     // An image still being sealed (checksummed) is restored on its sizes: it was written
     // moments ago by this supervisor, and waiting would add a full read of it to the restore.
-    const record = await store.privateRecord(id);
+    // Both read at once; a problem with the manifest is reported first, as when read in turn.
+    const [manifestRead, recordRead] = await Promise.allSettled([
+      store.manifest(id),
+      store.privateRecord(id)
+    ]);
+    if (manifestRead.status === 'rejected') {
+      throw manifestRead.reason;
+    }
+    if (recordRead.status === 'rejected') {
+      throw recordRead.reason;
+    }
+    const manifest = manifestRead.value;
+    const record = recordRead.value;
     if (record.engine !== this.options.engine.name) {
       throw new RequestError(
         'foreign_image',

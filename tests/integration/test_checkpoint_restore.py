@@ -266,6 +266,44 @@ def test_restore_ends_the_running_cell_and_runs_the_queued_ones_in_the_restored_
     assert client.collect(queued).stdout == "saved\n"
 
 
+def test_a_cell_sent_right_after_a_checkpoint_request_runs_after_the_snapshot(kernel: Kernel):
+    # Shell requests run in the order they were sent, the checkpoint's too: a notebook that
+    # asks for a checkpoint and at once runs the next cell must not find that cell in the image.
+    client = kernel.client
+    client.run("x = 42")
+    request = client.send_request("checkpoint")
+    cell = client.kc.execute("x = 7")
+    taken = client.wait_reply(request)["checkpoint"]
+    assert client.collect(cell).status == "ok"
+    assert client.value("x") == 7
+
+    client.restore(taken["id"])
+    assert client.value("x") == 42
+
+
+def test_a_cell_sent_right_after_a_restore_request_runs_in_the_restored_kernel(kernel: Kernel):
+    client = kernel.client
+    client.run("x = 42")
+    taken = client.checkpoint()
+    client.run("x = 7")
+    request = client.send_request("restore", checkpoint_id=taken["id"])
+    cell = client.kc.execute("y = x")
+    client.wait_reply(request)
+    assert client.collect(cell).status == "ok"
+    assert client.value("y") == 42
+
+
+def test_a_refused_restore_does_not_hold_back_the_cells_after_it(kernel: Kernel):
+    client = kernel.client
+    request = client.send_request("restore", checkpoint_id="no-such-checkpoint")
+    cell = client.kc.execute("z = 5")
+    with pytest.raises(CommError) as refused:
+        client.wait_reply(request)
+    assert refused.value.code == "unknown_checkpoint"
+    assert client.collect(cell, timeout=30).status == "ok"
+    assert client.value("z") == 5
+
+
 @pytest.mark.parametrize("engine", ["criu"], indirect=True)
 def test_the_first_request_is_answered_even_before_the_kernel_is_up(
     jupyter_env, store, engine, tmp_path
