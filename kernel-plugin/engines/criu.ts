@@ -93,6 +93,7 @@ function classify(detail: string, what: string): EngineError {
 
 export class CriuEngine implements Engine {
   readonly name = 'criu';
+  readonly acceptsConnectionsWhileRestoring = true;
   private probed: Promise<EngineProbe> | null = null;
 
   constructor(private readonly env: NodeJS.ProcessEnv = process.env) {}
@@ -259,7 +260,7 @@ export class CriuEngine implements Engine {
         [criu, 'restore', '-D', imageDir, ...COMMON_FLAGS, ...inherit, '-o', logFile, '-v3'],
         { env: spec.env, cwd: spec.cwd, pipeOnFd3: true },
         120000,
-        (_launcher, failed) => this.waitForRestored(logFile, failed)
+        (_launcher, failed) => this.waitForRestored(logFile, failed, spec.answered)
       );
     } catch (error) {
       const detail = (await errorsFromLog(logFile)) || (error as Error).message;
@@ -274,14 +275,27 @@ export class CriuEngine implements Engine {
    * is read as it grows (only new bytes), every few milliseconds: at 0 MiB the whole restore takes
    * ~0.1 s, so the poll interval is a visible part of it.
    */
-  private async waitForRestored(logFile: string, failed: () => boolean): Promise<void> {
+  private async waitForRestored(
+    logFile: string,
+    failed: () => boolean,
+    answered?: Promise<void>
+  ): Promise<void> {
     const deadline = Date.now() + 600000;
+    // The kernel answering the supervisor is the earlier sign: CRIU logs its last lines after
+    // it has resumed the process.
+    let running = false;
+    const runs = answered?.then(() => {
+      running = true;
+    });
     let handle: fs.FileHandle | null = null;
     let position = 0;
     let tail = '';
     const chunk = Buffer.alloc(1 << 16);
     try {
       while (Date.now() < deadline) {
+        if (running) {
+          return;
+        }
         handle ??= await fs.open(logFile, 'r').catch(() => null);
         let read = 0;
         if (handle) {
@@ -302,7 +316,8 @@ export class CriuEngine implements Engine {
         if (failed()) {
           throw new Error('restore failed');
         }
-        await new Promise(resolve => setTimeout(resolve, 3));
+        const pause = new Promise(resolve => setTimeout(resolve, 3));
+        await (runs ? Promise.race([pause, runs]) : pause);
       }
       throw new Error('restore timed out');
     } finally {

@@ -29,6 +29,12 @@ export interface LaunchSpec {
   cwd: string;
   /** A private folder (0700) for this kernel process: the engine may keep scratch files here. */
   workDir: string;
+  /**
+   * Restore only: resolves once the supervisor, connected during the restore, has heard the
+   * kernel answer. The kernel runs, so the restore is over: the engine may stop waiting for
+   * its own sign of it.
+   */
+  answered?: Promise<void>;
 }
 
 export interface KernelExit {
@@ -79,6 +85,13 @@ export interface Engine {
 
   /** Extra command-line flags an IPython kernel needs to run well under this engine. */
   readonly ipykernelFlags?: readonly string[];
+
+  /**
+   * Whether a restored kernel's listening sockets accept connections while the engine is still
+   * restoring it (CRIU re-creates them before it resumes the process). The supervisor then
+   * connects during the restore, and the connections are up the moment the kernel runs.
+   */
+  readonly acceptsConnectionsWhileRestoring?: boolean;
 
   /** Whether this engine can run here; cheap enough to call at start-up. */
   probe(): Promise<EngineProbe>;

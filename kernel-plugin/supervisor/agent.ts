@@ -43,7 +43,9 @@ export class AgentChannel {
     if (this.socket || !this.endpoint) {
       return;
     }
-    const socket = new zmq.Dealer({ routingId: 'supervisor', linger: 1000 });
+    // Retried every 2 ms (not ZeroMQ's 100) until the plugin listens: the supervisor connects
+    // while the engine is still restoring the kernel.
+    const socket = new zmq.Dealer({ routingId: 'supervisor', linger: 1000, reconnectInterval: 2 });
     socket.connect(this.endpoint);
     this.socket = socket;
     void this.read(socket);

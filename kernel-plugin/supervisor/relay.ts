@@ -119,6 +119,8 @@ export class Relay {
   };
   private readonly frontOut: Record<RequestChannel | 'iopub' | 'hb', Outbox>;
   private back: BackSockets | null = null;
+  /** Whether the kernel's iopub has answered since `back` was connected. */
+  private live: Promise<boolean> = Promise.resolve(false);
   private paused = false;
   /** Shell requests only are held (control and stdin flow): see `holdShell`. */
   private shellHeld = false;
@@ -187,18 +189,28 @@ export class Relay {
     return this.back !== null;
   }
 
-  /** Connects to the kernel and resolves once its iopub is live (or after `timeoutMs`). */
-  async connectKernel(timeoutMs = 30000): Promise<boolean> {
+  /**
+   * Connects to the kernel and resolves once its iopub is live (or false after `timeoutMs`).
+   * Called while connected, it resolves with the first call's answer.
+   */
+  connectKernel(timeoutMs = 30000): Promise<boolean> {
     if (this.back) {
-      return true;
+      return this.live;
     }
+    // Connected while the engine restores the kernel, a socket is retried every 2 ms (not
+    // ZeroMQ's 100) until the kernel's one listens.
     const options = {
       routingId: BACK_ROUTING_ID,
       linger: 2000,
       sendHighWaterMark: 0,
-      receiveHighWaterMark: 0
+      receiveHighWaterMark: 0,
+      reconnectInterval: 2
     };
-    const iopub = new zmq.Subscriber({ linger: 0, receiveHighWaterMark: 0 });
+    const iopub = new zmq.Subscriber({
+      linger: 0,
+      receiveHighWaterMark: 0,
+      reconnectInterval: 2
+    });
     iopub.subscribe();
     const back: BackSockets = {
       shell: new zmq.Dealer(options),
@@ -208,6 +220,7 @@ export class Relay {
       outboxes: {} as Record<RequestChannel, Outbox>
     };
     const live = this.waitForIopub(timeoutMs);
+    this.live = live;
     // Subscribe before connecting (slow joiner); iopub first, so its welcome comes early.
     back.iopub.connect(endpoint(this.backInfo, 'iopub'));
     for (const channel of REQUEST_CHANNELS) {

@@ -810,6 +810,13 @@ export class Supervisor {
     void this.relay.publish(newMessage('status', { execution_state: 'idle' }, { session, parent }));
   }
 
+  /** Points the relay and the agent channel at a restored kernel's endpoints. */
+  private useEndpointsOf(lineage: Lineage, agentEndpoint: string | null): void {
+    this.relay.setKernelConnection(lineage.connection);
+    this.agent.setEndpoint(agentEndpoint);
+    this.command = { argv: [], env: {}, withPlugin: agentEndpoint !== null };
+  }
+
   /** Connects to the (resumed or restored) kernel again and waits until its iopub is live. */
   private async reconnect(): Promise<void> {
     const live = await this.relay.connectKernel(30000);
@@ -864,6 +871,9 @@ export class Supervisor {
       agentEndpoint: record.agentEndpoint ?? `ipc://${record.ipcDir}/agent`
     };
 
+    // Under CRIU the relay and the agent connect while the image is restored (see the engine's
+    // acceptsConnectionsWhileRestoring): their connections are up when the kernel runs.
+    const connectsEarly = this.options.engine.acceptsConnectionsWhileRestoring === true;
     progress('stopping');
     this.relay.pause();
     this.relay.disconnectKernel();
@@ -893,11 +903,20 @@ export class Supervisor {
       if (unprepared) {
         throw unprepared;
       }
+      let answered: Promise<void> | undefined;
+      if (connectsEarly) {
+        this.useEndpointsOf(lineage, record.agentEndpoint);
+        answered = this.relay
+          .connectKernel(120000)
+          .then(live => (live ? undefined : new Promise<void>(() => undefined)));
+        this.connectAgent();
+      }
       const spec = {
         argv: [],
         env: this.options.env,
         cwd: this.options.cwd,
-        workDir: lineage.ipcDir
+        workDir: lineage.ipcDir,
+        answered
       };
       const kernel = await this.options.engine.restore(store.imageDir(id), record.engineData, spec);
       this.lineage = lineage;
@@ -906,6 +925,8 @@ export class Supervisor {
       // The old kernel is gone; start a fresh one so that the notebook stays usable.
       const failure = asRequestError(error);
       log.error(`restore of ${id} failed, starting a fresh kernel: ${failure.message}`);
+      this.relay.disconnectKernel();
+      this.agent.disconnect();
       this.lineage = newLineage(this.options.env, this.options.connection);
       this.currentId = null;
       await this.launchKernel();
@@ -920,12 +941,12 @@ export class Supervisor {
     if (oldLineage.id !== lineage.id) {
       await removeLineageDir(oldLineage);
     }
-    this.relay.setKernelConnection(lineage.connection);
-    this.agent.setEndpoint(record.agentEndpoint);
-    this.command = { argv: [], env: {}, withPlugin: record.agentEndpoint !== null };
+    if (!connectsEarly) {
+      this.useEndpointsOf(lineage, record.agentEndpoint);
+    }
     progress('reconnecting');
     await this.reconnect();
-    if (this.command.withPlugin) {
+    if (record.agentEndpoint !== null) {
       this.agent.send({ type: 'restarted', checkpoint_id: id });
     }
     this.currentId = id;

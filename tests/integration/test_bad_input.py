@@ -3,6 +3,7 @@ and every earlier image stay as they were."""
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import stat
@@ -70,6 +71,37 @@ def test_an_image_with_one_flipped_byte_is_refused(kernel: Kernel, store: Path):
     # Nothing changed: the same kernel process, its state, and the other image.
     assert kernel.kernel_pid() == pid
     assert client.value("x") == "running"
+    client.restore(good["id"])
+    assert client.value("x") == "good"
+
+
+def test_an_image_the_engine_cannot_restore_leaves_a_fresh_kernel_that_works(
+    kernel: Kernel, store: Path
+):
+    # Damage our checks cannot see (the image looks unsealed: only sizes are checked), so the
+    # running kernel is stopped and the engine itself fails on the image.
+    client = kernel.client
+    client.run("x = 'good'")
+    good = client.checkpoint()
+    client.run("x = 'broken'")
+    broken = client.checkpoint()
+    client.run("x = 'running'")
+    wait_sealed(store, broken["id"])
+    record_file = store / broken["id"] / "private.json"
+    record = json.loads(record_file.read_text())
+    for file in record["files"]:
+        file.pop("xxh64", None)
+        file.pop("stat", None)
+        with open(store / broken["id"] / "image" / file["path"], "r+b") as handle:
+            handle.write(bytes(min(64, file["bytes"])))  # same size, header zeroed
+    record_file.write_text(json.dumps(record))
+
+    error = expect_error("engine_failed", client.restore, broken["id"])
+    assert "fresh kernel" in error.message
+    # The same client, never reconnected, goes on in a fresh kernel...
+    assert client.value("'x' in globals()") is False
+    assert client.value("6 * 7") == 42
+    # ...and the other image still restores.
     client.restore(good["id"])
     assert client.value("x") == "good"
 
