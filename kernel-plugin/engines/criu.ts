@@ -273,7 +273,8 @@ export class CriuEngine implements Engine {
   /**
    * `criu restore` forks the kernel early; it is usable once the log says it was resumed. The log
    * is read as it grows (only new bytes), every few milliseconds: at 0 MiB the whole restore takes
-   * ~0.1 s, so the poll interval is a visible part of it.
+   * ~0.1 s, so the poll interval is a visible part of it. Sooner still, when the supervisor
+   * connected during the restore: the kernel's first answer (`answered`).
    */
   private async waitForRestored(
     logFile: string,

@@ -54,7 +54,13 @@ export class AgentChannel {
   disconnect(): void {
     const socket = this.socket;
     this.socket = null;
-    socket?.close();
+    if (socket) {
+      // Closed with unsent messages, a socket would go on connecting to this endpoint for its
+      // linger time, and a kernel restored there would hand it our routing id (ROUTER_HANDOVER),
+      // cutting off the new connection and what was sent on it (seen: a lost "restarted").
+      socket.linger = 0;
+      socket.close();
+    }
     for (const waiter of this.waiters.splice(0)) {
       // The plugin cannot answer any more: a disconnect is not an answer (not "prepared").
       waiter.reject(new AgentTimeout('the kernel plugin was disconnected before it answered'));

@@ -119,7 +119,7 @@ export class Relay {
   };
   private readonly frontOut: Record<RequestChannel | 'iopub' | 'hb', Outbox>;
   private back: BackSockets | null = null;
-  /** Whether the kernel's iopub has answered since `back` was connected. */
+  /** Resolves true once the kernel's iopub has answered since `back` was connected. */
   private live: Promise<boolean> = Promise.resolve(false);
   private paused = false;
   /** Shell requests only are held (control and stdin flow): see `holdShell`. */
@@ -245,12 +245,19 @@ export class Relay {
     return this.back ? REQUEST_CHANNELS.length + 1 : 0;
   }
 
-  /** Closes every socket towards the kernel. */
-  disconnectKernel(): void {
+  /**
+   * Closes every socket towards the kernel. What was sent goes on to it first (linger), unless
+   * `discard`: for a kernel being replaced, whose successor may listen at the same paths and
+   * must not get what was meant for it (the supervisor sends that again itself).
+   */
+  disconnectKernel(discard = false): void {
     const back = this.back;
     this.back = null;
     if (back) {
       for (const socket of [back.shell, back.control, back.stdin, back.iopub]) {
+        if (discard) {
+          socket.linger = 0;
+        }
         socket.close();
       }
     }

@@ -876,7 +876,7 @@ export class Supervisor {
     const connectsEarly = this.options.engine.acceptsConnectionsWhileRestoring === true;
     progress('stopping');
     this.relay.pause();
-    this.relay.disconnectKernel();
+    this.relay.disconnectKernel(true);
     this.agent.disconnect();
     const old = this.kernel;
     this.kernel = null;
@@ -925,7 +925,7 @@ export class Supervisor {
       // The old kernel is gone; start a fresh one so that the notebook stays usable.
       const failure = asRequestError(error);
       log.error(`restore of ${id} failed, starting a fresh kernel: ${failure.message}`);
-      this.relay.disconnectKernel();
+      this.relay.disconnectKernel(true);
       this.agent.disconnect();
       this.lineage = newLineage(this.options.env, this.options.connection);
       this.currentId = null;

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from jupyter_client import BlockingKernelClient
-from kctesting import CommError, Kernel, wait_sealed
+from kctesting import Client, CommError, Kernel, wait_sealed
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -54,16 +54,23 @@ def flip_one_byte(folder: Path) -> Path:
     return victim
 
 
-def test_an_image_with_one_flipped_byte_is_refused(kernel: Kernel, store: Path):
-    client = kernel.client
+def good_and_doomed_images(client: Client, store: Path) -> tuple[dict, dict]:
+    """Two checkpoints, x == 'good' and x == 'doomed' (sealed, so a test may damage it); the
+    kernel goes on with x == 'running'."""
     client.run("x = 'good'")
     good = client.checkpoint()
-    client.run("x = 'damaged'")
-    damaged = client.checkpoint()
+    client.run("x = 'doomed'")
+    doomed = client.checkpoint()
     client.run("x = 'running'")
+    wait_sealed(store, doomed["id"])
+    return good, doomed
+
+
+def test_an_image_with_one_flipped_byte_is_refused(kernel: Kernel, store: Path):
+    client = kernel.client
+    good, damaged = good_and_doomed_images(client, store)
     pid = kernel.kernel_pid()
 
-    wait_sealed(store, damaged["id"])
     flip_one_byte(store / damaged["id"] / "image")
     error = expect_error("corrupt_image", client.restore, damaged["id"])
     assert damaged["id"] in error.message
@@ -81,12 +88,7 @@ def test_an_image_the_engine_cannot_restore_leaves_a_fresh_kernel_that_works(
     # Damage our checks cannot see (the image looks unsealed: only sizes are checked), so the
     # running kernel is stopped and the engine itself fails on the image.
     client = kernel.client
-    client.run("x = 'good'")
-    good = client.checkpoint()
-    client.run("x = 'broken'")
-    broken = client.checkpoint()
-    client.run("x = 'running'")
-    wait_sealed(store, broken["id"])
+    good, broken = good_and_doomed_images(client, store)
     record_file = store / broken["id"] / "private.json"
     record = json.loads(record_file.read_text())
     for file in record["files"]:
