@@ -44,8 +44,11 @@ export class AgentChannel {
       return;
     }
     // Retried every 2 ms (not ZeroMQ's 100) until the plugin listens: the supervisor connects
-    // while the engine is still restoring the kernel.
-    const socket = new zmq.Dealer({ routingId: 'supervisor', linger: 1000, reconnectInterval: 2 });
+    // while the engine is still restoring the kernel. No linger: closed with unsent messages, a
+    // socket would go on connecting to this endpoint, and a kernel restored there would hand it
+    // our routing id (ROUTER_HANDOVER), cutting off the new connection and what was sent on it
+    // (seen: a lost "restarted").
+    const socket = new zmq.Dealer({ routingId: 'supervisor', linger: 0, reconnectInterval: 2 });
     socket.connect(this.endpoint);
     this.socket = socket;
     void this.read(socket);
@@ -54,13 +57,7 @@ export class AgentChannel {
   disconnect(): void {
     const socket = this.socket;
     this.socket = null;
-    if (socket) {
-      // Closed with unsent messages, a socket would go on connecting to this endpoint for its
-      // linger time, and a kernel restored there would hand it our routing id (ROUTER_HANDOVER),
-      // cutting off the new connection and what was sent on it (seen: a lost "restarted").
-      socket.linger = 0;
-      socket.close();
-    }
+    socket?.close();
     for (const waiter of this.waiters.splice(0)) {
       // The plugin cannot answer any more: a disconnect is not an answer (not "prepared").
       waiter.reject(new AgentTimeout('the kernel plugin was disconnected before it answered'));
