@@ -14,6 +14,7 @@ export default tseslint.config(
       '**/labextension/',
       '**/_node/',
       'protocol/*.d.ts',
+      'protocol/checkpoint-protocol-constants.js',
       '.venv/',
       'build/',
       'dist/',

@@ -8,6 +8,34 @@
  */
 export type ProtocolVersion = '1.0';
 /**
+ * target_name of the comm a client opens to the supervisor.
+ *
+ * This interface was referenced by `KernelCheckpointProtocol`'s JSON-Schema
+ * via the `definition` "CommTarget".
+ */
+export type CommTarget = 'kernel_checkpoint';
+/**
+ * Format of an image's manifest (and private record). A supervisor refuses an image of another format as foreign.
+ *
+ * This interface was referenced by `KernelCheckpointProtocol`'s JSON-Schema
+ * via the `definition` "ManifestFormat".
+ */
+export type ManifestFormat = 'kernel-checkpoint/1';
+/**
+ * msg_type of the iopub message that carries an IopubMarker.
+ *
+ * This interface was referenced by `KernelCheckpointProtocol`'s JSON-Schema
+ * via the `definition` "MarkerMsgType".
+ */
+export type MarkerMsgType = 'kernel_checkpoint_marker';
+/**
+ * Version of the Jupyter messaging protocol in the headers of the messages the supervisor writes itself (kernel_info replies for an absent kernel, status, comm messages).
+ *
+ * This interface was referenced by `KernelCheckpointProtocol`'s JSON-Schema
+ * via the `definition` "JupyterProtocolVersion".
+ */
+export type JupyterProtocolVersion = '5.4';
+/**
  * Identifier of a checkpoint: 'ckpt-' then a UTC timestamp and random hex, safe as a folder name.
  *
  * This interface was referenced by `KernelCheckpointProtocol`'s JSON-Schema
@@ -38,6 +66,22 @@ export type ErrorCode =
   | 'kernel_not_running'
   | 'invalid_request'
   | 'unsupported_protocol';
+/**
+ * A step of a long request, in order. checkpoint: preparing, quiescing, snapshotting, resuming, saving. restore: verifying, stopping, restoring, reconnecting.
+ *
+ * This interface was referenced by `KernelCheckpointProtocol`'s JSON-Schema
+ * via the `definition` "ProgressStage".
+ */
+export type ProgressStage =
+  | 'preparing'
+  | 'quiescing'
+  | 'snapshotting'
+  | 'resuming'
+  | 'saving'
+  | 'verifying'
+  | 'stopping'
+  | 'restoring'
+  | 'reconnecting';
 /**
  * Anything the supervisor sends to a client over the comm.
  *
@@ -120,7 +164,7 @@ export interface EngineInfo {
  * via the `definition` "Checkpoint".
  */
 export interface Checkpoint {
-  format: 'kernel-checkpoint/1';
+  format: ManifestFormat;
   id: CheckpointId;
   /**
    * The checkpoint the kernel descended from when this one was taken (the last one taken or restored in its history), or null for a root.
@@ -190,16 +234,7 @@ export interface Progress {
   type: 'progress';
   request_id: string;
   action: Action;
-  stage:
-    | 'preparing'
-    | 'quiescing'
-    | 'snapshotting'
-    | 'resuming'
-    | 'saving'
-    | 'verifying'
-    | 'stopping'
-    | 'restoring'
-    | 'reconnecting';
+  stage: ProgressStage;
   message?: string;
 }
 /**

@@ -1,11 +1,11 @@
-// Bundles the supervisor/CLI (compiled by `tsc -p kernel-plugin` into kernel-plugin/lib) into one
+// Bundles the supervisor/CLI (its TypeScript sources, type-checked by `tsc -p kernel-plugin`) into one
 // CommonJS file inside the Python package, with the parts of `zeromq` it loads at run time beside
 // it, so that a wheel is self-contained: kernel-plugin/python/kernel_checkpoint/_node/
 //   kernel-checkpoint.cjs            the bundle (zeromq kept external)
 //   node_modules/zeromq/             its JavaScript, manifest and the linux prebuilt addons
 //   node_modules/cmake-ts/           the addon loader zeromq requires
 // It also copies the protocol's JSON Schema to kernel_checkpoint/protocol/ for the Python side.
-// Usage: node scripts/bundle-supervisor.mjs [--entry path/to/main.js] [--out dir]
+// Usage: node scripts/bundle-supervisor.mjs [--entry path/to/main.ts] [--out dir]
 import { build } from 'esbuild';
 import { cp, mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
@@ -18,20 +18,20 @@ const arg = name => {
   const i = process.argv.indexOf(name);
   return i === -1 ? undefined : path.resolve(process.argv[i + 1]);
 };
-const entry = arg('--entry') ?? path.join(root, 'kernel-plugin', 'lib', 'cli', 'main.js');
+const entry = arg('--entry') ?? path.join(root, 'kernel-plugin', 'cli', 'main.ts');
 const pkgDir = arg('--pkg') ?? path.join(root, 'kernel-plugin', 'python', 'kernel_checkpoint');
 const outDir = path.join(pkgDir, '_node');
 const require = createRequire(path.join(root, 'package.json'));
 
 if (!existsSync(entry)) {
-  console.error(`bundle-supervisor: ${entry} does not exist; run \`tsc -p kernel-plugin\` first.`);
+  console.error(`bundle-supervisor: ${entry} does not exist; pass --entry.`);
   process.exit(1);
 }
 
 await rm(outDir, { recursive: true, force: true });
 await mkdir(outDir, { recursive: true });
 
-// cli/main.js runs the program only when it is the main module (`require.main === module`), which
+// cli/main.ts runs the program only when it is the main module (`require.main === module`), which
 // is never true inside a bundle: the bundle's own entry calls it instead.
 const stdin = `
 const cli = require(${JSON.stringify(entry)});

@@ -22,12 +22,7 @@ import type {
   SupervisorMessage,
   SupervisorStatus
 } from '../protocol/checkpoint-protocol';
-
-/** The comm target the supervisor answers. */
-export const COMM_TARGET = 'kernel_checkpoint';
-
-/** The protocol version this client speaks. */
-export const PROTOCOL_VERSION = '1.0';
+import { COMM_TARGET, PROTOCOL_VERSION } from '../protocol/checkpoint-protocol-constants';
 
 /**
  * The part of a JupyterLab comm (`Kernel.IComm`) the client uses.

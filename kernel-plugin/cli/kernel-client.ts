@@ -19,6 +19,7 @@ import type {
   SupervisorMessage,
   SupervisorStatus
 } from '../../protocol/checkpoint-protocol';
+import { COMM_TARGET, PROTOCOL_VERSION } from '../../protocol/checkpoint-protocol-constants';
 import {
   decode,
   encode,
@@ -28,9 +29,6 @@ import {
   type ConnectionInfo,
   type Message
 } from '../supervisor/wire';
-
-export const COMM_TARGET = 'kernel_checkpoint';
-export const CLIENT_PROTOCOL_VERSION = '1.0';
 
 /** Why talking to the kernel failed before any request could be made. */
 export type ConnectFailure = 'no_kernel' | 'wrong_key' | 'not_checkpointable' | 'timeout';
@@ -284,7 +282,7 @@ export class KernelClient {
           comm_id: commId,
           target_name: COMM_TARGET,
           data: {
-            protocol_version: CLIENT_PROTOCOL_VERSION,
+            protocol_version: PROTOCOL_VERSION,
             client: this.options.clientName ?? 'cli'
           }
         },

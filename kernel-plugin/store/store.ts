@@ -16,8 +16,8 @@ import os from 'node:os';
 import xxhash from 'xxhash-wasm';
 
 import type { Checkpoint, ErrorCode } from '../../protocol/checkpoint-protocol';
+import { MANIFEST_FORMAT } from '../../protocol/checkpoint-protocol-constants';
 
-export const MANIFEST_FORMAT = 'kernel-checkpoint/1';
 const ID_PATTERN = /^ckpt-[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}$/;
 
 /**

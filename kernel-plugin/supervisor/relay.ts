@@ -13,6 +13,8 @@
 
 import * as zmq from 'zeromq';
 
+import { JUPYTER_PROTOCOL_VERSION } from '../../protocol/checkpoint-protocol-constants';
+
 import { log } from './log';
 import {
   encode,
@@ -478,7 +480,7 @@ export class Relay {
             session: this.session,
             username: 'kernel-checkpoint',
             date: new Date().toISOString(),
-            version: '5.4'
+            version: JUPYTER_PROTOCOL_VERSION
           },
           parent_header: {},
           metadata: {},

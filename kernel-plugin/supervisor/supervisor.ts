@@ -14,8 +14,15 @@ import type {
   SupervisorMessage,
   SupervisorStatus
 } from '../../protocol/checkpoint-protocol';
+import {
+  ACTIONS,
+  COMM_TARGET,
+  MANIFEST_FORMAT,
+  MARKER_MSG_TYPE,
+  PROTOCOL_VERSION
+} from '../../protocol/checkpoint-protocol-constants';
 import { EngineError, type Engine, type EngineProbe, type KernelProcess } from '../engines/engine';
-import { ImageStore, newCheckpointId, StoreError, MANIFEST_FORMAT } from '../store/store';
+import { ImageStore, newCheckpointId, StoreError } from '../store/store';
 import { AgentChannel, AgentTimeout } from './agent';
 import {
   kernelCommand,
@@ -37,9 +44,6 @@ import {
   type Header
 } from './wire';
 
-export const PROTOCOL_VERSION = '1.0';
-export const COMM_TARGET = 'kernel_checkpoint';
-const ACTIONS: Action[] = ['checkpoint', 'restore', 'list', 'delete', 'label', 'status'];
 /** Status messages whose parent is one of these do not change a client's idea of busy/idle. */
 const UNTRACKED_PARENTS = new Set([
   'comm_info_request',
@@ -351,7 +355,7 @@ export class Supervisor {
 
   /** Tracks what the kernel is doing from its status messages; every message passes but markers. */
   private onKernelIopub(frames: Frames, msgType: string): boolean {
-    if (msgType === 'kernel_checkpoint_marker') {
+    if (msgType === MARKER_MSG_TYPE) {
       let id = '';
       try {
         id = (peekContent(frames) as { checkpoint_id?: string }).checkpoint_id ?? '';

@@ -7,8 +7,9 @@
 
 import { createHmac, randomUUID, timingSafeEqual } from 'node:crypto';
 
+import { JUPYTER_PROTOCOL_VERSION } from '../../protocol/checkpoint-protocol-constants';
+
 export const DELIMITER = Buffer.from('<IDS|MSG>');
-export const PROTOCOL_VERSION = '5.4';
 
 export type Channel = 'shell' | 'control' | 'stdin' | 'iopub' | 'hb';
 
@@ -222,7 +223,7 @@ export function newMessage<C extends Record<string, any>>(
       session: options.session,
       username: options.username ?? 'kernel-checkpoint',
       date: new Date().toISOString(),
-      version: PROTOCOL_VERSION
+      version: JUPYTER_PROTOCOL_VERSION
     },
     parent_header: options.parent ?? {},
     metadata: options.metadata ?? {},

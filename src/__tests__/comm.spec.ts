@@ -1,4 +1,5 @@
-import { COMM_TARGET, CheckpointClient, CheckpointError, NotCheckpointableError } from '../comm';
+import { COMM_TARGET } from '../../protocol/checkpoint-protocol-constants';
+import { CheckpointClient, CheckpointError, NotCheckpointableError } from '../comm';
 import type { Progress } from '../../protocol/checkpoint-protocol';
 import { FakeKernel, ckpt, flush, status } from './fakes';
 

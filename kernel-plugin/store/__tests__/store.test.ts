@@ -3,7 +3,8 @@ import os from 'node:os';
 import path from 'node:path';
 
 import type { Checkpoint } from '../../../protocol/checkpoint-protocol';
-import { ImageStore, MANIFEST_FORMAT, newCheckpointId, StoreError } from '../store';
+import { MANIFEST_FORMAT } from '../../../protocol/checkpoint-protocol-constants';
+import { ImageStore, newCheckpointId, StoreError } from '../store';
 
 function manifest(id: string, parent: string | null = null): Checkpoint {
   return {
