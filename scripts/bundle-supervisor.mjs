@@ -31,8 +31,7 @@ if (!existsSync(entry)) {
 await rm(outDir, { recursive: true, force: true });
 await mkdir(outDir, { recursive: true });
 
-// cli/main.ts runs the program only when it is the main module (`require.main === module`), which
-// is never true inside a bundle: the bundle's own entry calls it instead.
+// cli/main.ts only declares the program: the bundle's own entry runs it.
 const stdin = `
 const cli = require(${JSON.stringify(entry)});
 const fail = error => {

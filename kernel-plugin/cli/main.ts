@@ -1,5 +1,6 @@
 // `kernel-checkpoint`: the one command of this project. Each verb lives in its own module;
-// this file only declares them.
+// this file only declares them. The bundle's entry (scripts/bundle-supervisor.mjs) runs the
+// program; nothing here runs on import.
 
 import { Command } from 'commander';
 
@@ -20,15 +21,4 @@ export function buildProgram(): Command {
   registerDoctorCommand(program);
   registerClientCommands(program);
   return program;
-}
-
-if (require.main === module) {
-  buildProgram()
-    .parseAsync(process.argv)
-    .catch((error: unknown) => {
-      process.stderr.write(
-        `kernel-checkpoint: ${error instanceof Error ? error.message : String(error)}\n`
-      );
-      process.exit(1);
-    });
 }
