@@ -1,0 +1,41 @@
+/**
+ * The label of a new checkpoint, from the label format of the settings.
+ */
+
+function pad(n: number): string {
+  return String(n).padStart(2, '0');
+}
+
+/** Values of the label placeholders. */
+export interface ILabelContext {
+  /** Notebook path, e.g. 'work/analysis.ipynb'. */
+  notebookPath: string;
+  /** Execution count of the kernel (highest of the notebook's cells). */
+  count: number | null;
+  /** Sequence number of this checkpoint for the notebook (1-based). */
+  n: number;
+  /** Time of the checkpoint. */
+  date: Date;
+}
+
+/**
+ * Expand a label format: {notebook} (file name without .ipynb), {path}, {time}
+ * (HH:MM:SS), {date} (YYYY-MM-DD), {count} (execution count), {n} (sequence).
+ * Unknown placeholders are left as they are. An empty result means no label.
+ */
+export function formatLabel(format: string, ctx: ILabelContext): string {
+  const base = ctx.notebookPath.split('/').pop() ?? '';
+  const notebook = base.replace(/\.ipynb$/i, '');
+  const d = ctx.date;
+  const values: Record<string, string> = {
+    notebook,
+    path: ctx.notebookPath,
+    time: `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`,
+    date: `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}`,
+    count: ctx.count === null ? '?' : String(ctx.count),
+    n: String(ctx.n)
+  };
+  return format
+    .replace(/\{(\w+)\}/g, (whole, key: string) => (key in values ? values[key] : whole))
+    .trim();
+}
