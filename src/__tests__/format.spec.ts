@@ -8,7 +8,7 @@ import {
   parseTimestamp,
   relativeTime
 } from '../format';
-import { formatLabel } from '../label';
+import { formatLabel } from '../text';
 import { readSettings } from '../settings';
 
 /** tests/format-cases.json: the texts that this formatting (front end, CLI) and the %checkpoint

@@ -1,6 +1,34 @@
 /**
- * The label of a new checkpoint, from the label format of the settings.
+ * The words the front end shows for checkpoints: the name of one, the label a new one gets
+ * (from the settings' label format), and what a checkpoint or restore under way is doing.
+ * Sizes and times: format.ts.
  */
+import type { Action, Checkpoint, ProgressStage } from '../protocol/checkpoint-protocol';
+
+/** The name a checkpoint is shown with. */
+export function checkpointName(c: Checkpoint): string {
+  return c.label && c.label.trim() ? c.label : c.id;
+}
+
+const STAGES: Record<ProgressStage, string> = {
+  preparing: 'Preparing',
+  quiescing: 'Pausing the kernel',
+  snapshotting: 'Taking the snapshot',
+  resuming: 'Resuming',
+  saving: 'Saving the image',
+  verifying: 'Verifying',
+  stopping: 'Stopping the kernel',
+  restoring: 'Restoring the image',
+  reconnecting: 'Reconnecting'
+};
+
+/** A one-line description of what is under way. */
+export function busyText(action: Action, stage?: ProgressStage, message?: string): string {
+  const what =
+    action === 'restore' ? 'Restoring' : action === 'checkpoint' ? 'Checkpointing' : action;
+  const detail = message || (stage ? (STAGES[stage] ?? stage) : '');
+  return detail ? `${what}: ${detail}…` : `${what}…`;
+}
 
 function pad(n: number): string {
   return String(n).padStart(2, '0');
