@@ -9,7 +9,7 @@
  *
  * Pure functions, no DOM: both tsconfigs (src/ and kernel-plugin/) compile this file.
  */
-import type { Checkpoint } from '../protocol/checkpoint-protocol';
+import type { Checkpoint, SupervisorStatus } from '../protocol/checkpoint-protocol';
 
 /** Rounds half up, the same way in every language. */
 function roundHalfUp(value: number): number {
@@ -248,4 +248,23 @@ export function checkpointTable(
     [CHECKPOINT_COLUMNS, ...sorted.map(c => checkpointRow(c, currentId, now))],
     i => RIGHT_ALIGNED.has(CHECKPOINT_COLUMNS[i])
   );
+}
+
+/** The supervisor's status for people, one "key:     value" line each, without a final newline. */
+export function statusText(status: SupervisorStatus): string {
+  const engine = `${status.engine.name} ${status.engine.version}`;
+  const lines: [string, string][] = [
+    ['engine', status.engine_ok ? engine : `${engine} (unavailable)`],
+    ...(status.engine_ok
+      ? []
+      : [['problem', status.engine_problem ?? 'unknown'] as [string, string]]),
+    ['kernel', status.kernel_name],
+    ['notebook', status.notebook_path ?? '-'],
+    ['current', status.current_id ?? '-'],
+    ['busy', status.busy ?? 'no'],
+    ['plugin', status.plugin ? 'yes' : 'no'],
+    ['protocol', status.protocol_version],
+    ...(status.store ? [['store', status.store] as [string, string]] : [])
+  ];
+  return lines.map(([key, value]) => `${`${key}:`.padEnd(10)}${value}`).join('\n');
 }

@@ -1,7 +1,7 @@
 // Output of the client verbs: tables for people, the protocol's own objects as JSON for scripts.
 
 import type { Checkpoint, Progress, SupervisorStatus } from '../../protocol/checkpoint-protocol';
-import { checkpointTable as formatCheckpoints } from '../../src/format';
+import { checkpointTable as formatCheckpoints, statusText as formatStatus } from '../../src/format';
 
 /**
  * The table of `list` (and of a single checkpoint), as the front end's formatting (src/format.ts)
@@ -18,25 +18,9 @@ export function checkpointTable(
   return `${formatCheckpoints(checkpoints, currentId, now)}\n`;
 }
 
-/** `status` for people. */
+/** `status` for people: the text the %checkpoint magic prints too. */
 export function statusText(status: SupervisorStatus): string {
-  const lines: [string, string][] = [
-    [
-      'engine',
-      `${status.engine.name} ${status.engine.version}${status.engine_ok ? '' : ' (unavailable)'}`
-    ],
-    ...(status.engine_ok
-      ? []
-      : [['problem', status.engine_problem ?? 'unknown'] as [string, string]]),
-    ['kernel', status.kernel_name],
-    ['notebook', status.notebook_path ?? '-'],
-    ['current', status.current_id ?? '-'],
-    ['busy', status.busy ?? 'no'],
-    ['plugin', status.plugin ? 'yes' : 'no'],
-    ['protocol', status.protocol_version],
-    ...(status.store ? [['store', status.store] as [string, string]] : [])
-  ];
-  return lines.map(([key, value]) => `${`${key}:`.padEnd(10)}${value}\n`).join('');
+  return `${formatStatus(status)}\n`;
 }
 
 /** A progress line for stderr. */

@@ -1,12 +1,13 @@
 import * as fs from 'fs';
 import * as path from 'path';
-import type { Checkpoint } from '../../protocol/checkpoint-protocol';
+import type { Checkpoint, SupervisorStatus } from '../../protocol/checkpoint-protocol';
 import {
   checkpointTable,
   formatBytes,
   formatDuration,
   parseTimestamp,
-  relativeTime
+  relativeTime,
+  statusText
 } from '../format';
 import { formatLabel } from '../text';
 import { readSettings } from '../settings';
@@ -24,6 +25,7 @@ interface ICases {
     checkpoints: Checkpoint[];
     lines: string[];
   }[];
+  statuses: { description: string; status: SupervisorStatus; lines: string[] }[];
 }
 
 const cases: ICases = JSON.parse(
@@ -46,6 +48,9 @@ describe('format, with the cases shared with Python', () => {
   });
   it.each(cases.tables.map(c => [c.description, c] as const))('table: %s', (_, c) => {
     expect(checkpointTable(c.checkpoints, c.current_id, now).split('\n')).toEqual(c.lines);
+  });
+  it.each(cases.statuses.map(c => [c.description, c] as const))('status: %s', (_, c) => {
+    expect(statusText(c.status).split('\n')).toEqual(c.lines);
   });
   it('parses timestamps as Date.parse does', () => {
     for (const [iso] of cases.relative_times) {

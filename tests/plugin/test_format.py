@@ -13,6 +13,7 @@ from kernel_checkpoint._format import (
     format_duration,
     parse_timestamp,
     relative_time,
+    status_text,
 )
 
 CASES = json.loads((Path(__file__).resolve().parents[1] / "format-cases.json").read_text())
@@ -38,6 +39,11 @@ def test_relative_times(iso, text):
 def test_tables(case):
     text = checkpoint_table(case["checkpoints"], case["current_id"], NOW)
     assert text.split("\n") == case["lines"]
+
+
+@pytest.mark.parametrize("case", CASES["statuses"], ids=lambda case: case["description"][:40])
+def test_statuses(case):
+    assert status_text(case["status"]).split("\n") == case["lines"]
 
 
 def test_the_case_table_covers_every_unit_and_branch():

@@ -125,6 +125,38 @@ def test_list_prints_a_table_and_marks_the_current_one(kernel, supervisor):
     assert stderr(msgs) == "List failed: the store /x cannot be read (permission_denied)\n"
 
 
+def test_status_prints_what_the_cli_prints(kernel, supervisor):
+    msg_id = kernel.execute("%checkpoint status")
+    req = supervisor.expect("request")["request"]
+    assert req["action"] == "status"
+    status = {
+        "protocol_version": "1.0",
+        "engine": {"name": "criu", "version": "4.2.1"},
+        "engine_ok": False,
+        "engine_problem": "CRIU needs root.",
+        "current_id": CKPT_ID,
+        "kernel_name": "python3",
+        "notebook_path": "a.ipynb",
+        "busy": None,
+        "plugin": True,
+        "store": "/tmp/images",
+    }
+    answer(supervisor, req, status=status, current_id=CKPT_ID)
+    msgs = kernel.collect(msg_id)
+    no_traceback(msgs)
+    assert stdout(msgs) == (
+        "engine:   criu 4.2.1 (unavailable)\n"
+        "problem:  CRIU needs root.\n"
+        "kernel:   python3\n"
+        "notebook: a.ipynb\n"
+        f"current:  {CKPT_ID}\n"
+        "busy:     no\n"
+        "plugin:   yes\n"
+        "protocol: 1.0\n"
+        "store:    /tmp/images\n"
+    )
+
+
 def test_restore_delete_label(kernel, supervisor):
     msg_id = kernel.execute(f"%checkpoint restore {CKPT_ID}")
     req = supervisor.expect("request")["request"]

@@ -208,3 +208,30 @@ def checkpoint_table(
         [list(CHECKPOINT_COLUMNS), *(checkpoint_row(c, current_id, now_ms) for c in ordered)],
         lambda i: CHECKPOINT_COLUMNS[i] in _RIGHT_ALIGNED,
     )
+
+
+def status_text(status: dict[str, Any]) -> str:
+    """The supervisor's status (a SupervisorStatus of the protocol) for people, one
+    "key:     value" line each, without a final newline."""
+
+    def given(key: str, default: str) -> str:
+        value = status.get(key)
+        return default if value is None else str(value)
+
+    engine_info = status.get("engine") or {}
+    engine = f"{engine_info.get('name', '?')} {engine_info.get('version', '?')}"
+    ok = bool(status.get("engine_ok"))
+    lines = [("engine", engine if ok else f"{engine} (unavailable)")]
+    if not ok:
+        lines.append(("problem", given("engine_problem", "unknown")))
+    lines += [
+        ("kernel", given("kernel_name", "?")),
+        ("notebook", given("notebook_path", "-")),
+        ("current", given("current_id", "-")),
+        ("busy", given("busy", "no")),
+        ("plugin", "yes" if status.get("plugin") else "no"),
+        ("protocol", given("protocol_version", "?")),
+    ]
+    if status.get("store"):
+        lines.append(("store", str(status["store"])))
+    return "\n".join(f"{key + ':':<10}{value}" for key, value in lines)

@@ -10,7 +10,7 @@ from IPython.core.magic import Magics, line_magic, magics_class
 
 from . import _api
 from ._errors import NOT_CHECKPOINTABLE, CheckpointError
-from ._format import checkpoint_table, format_bytes, format_duration
+from ._format import checkpoint_table, format_bytes, format_duration, status_text
 
 USAGE = """\
 Checkpoint this kernel, or list, restore, delete and label its checkpoints.
@@ -195,13 +195,4 @@ class CheckpointMagics(Magics):
     def _status(self, args: list[str]) -> None:
         if args:
             raise _Usage("%checkpoint status")
-        st = _api.status()
-        engine = st.get("engine") or {}
-        lines = [
-            f"engine:     {engine.get('name', '?')} {engine.get('version', '')}".rstrip()
-            + ("" if st.get("engine_ok", True) else f"  (cannot run: {st.get('engine_problem')})"),
-            f"store:      {st.get('store', '?')}",
-            f"current:    {st.get('current_id') or '-'}",
-            f"busy:       {st.get('busy') or 'no'}",
-        ]
-        self._out("\n".join(lines))
+        self._out(status_text(_api.status()))
