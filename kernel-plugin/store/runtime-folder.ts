@@ -8,8 +8,11 @@ import path from 'node:path';
 
 import { ensurePrivateFolder } from './ownership';
 
-/** Longest runtime folder taken from $XDG_RUNTIME_DIR; the sockets below it add ~25 bytes. */
-const MAX_RUNTIME_FOLDER = 72;
+/**
+ * Longest runtime folder taken from $XDG_RUNTIME_DIR: the longest socket below it,
+ * `<folder>/<lineage>/kernel-5`, adds 22 bytes to it.
+ */
+const MAX_RUNTIME_FOLDER = 107 - 22;
 
 /**
  * KERNEL_CHECKPOINT_RUNTIME_DIR when set; else `$XDG_RUNTIME_DIR/kernel-checkpoint` (the

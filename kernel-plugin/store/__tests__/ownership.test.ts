@@ -1,8 +1,11 @@
+import { execFile } from 'node:child_process';
 import { mkdirSync, promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { promisify } from 'node:util';
 
 import { ensurePrivateFolder, UnsafeFolderError } from '../ownership';
+import { underPrivateUmask } from '../private-umask';
 import { runtimeFolder } from '../runtime-folder';
 
 const asRoot = process.getuid?.() === 0 ? it : it.skip;
@@ -113,5 +116,19 @@ describe('runtime folder', () => {
     expect(runtimeFolder({ KERNEL_CHECKPOINT_RUNTIME_DIR: '/r', XDG_RUNTIME_DIR: base })).toBe(
       '/r'
     );
+  });
+});
+
+describe('engine under a private umask', () => {
+  it('gives the process it starts umask 077, and the supervisor its own back', async () => {
+    const before = process.umask(0o022);
+    try {
+      const run = underPrivateUmask(promisify(execFile));
+      const { stdout } = await run('/bin/sh', ['-c', 'umask']);
+      expect(stdout.trim()).toBe('0077');
+      expect(process.umask(0o022)).toBe(0o022);
+    } finally {
+      process.umask(before);
+    }
   });
 });
