@@ -234,8 +234,8 @@ export class ImageStore {
   /**
    * Checks the store's folder when it exists (a missing one is created by the first checkpoint),
    * removes the half-written images of supervisors that are gone and the remains of interrupted
-   * deletes, and gives every file of every image back its private mode (CRIU writes its
-   * `stats-restore` into an image folder on each restore with the engine's umask).
+   * deletes, and gives every file of every image back its private mode (before CRIU ran under
+   * umask 077, each restore left a 0644 `stats-restore` in the image's folder).
    */
   private async open(): Promise<void> {
     const present = await fs.lstat(this.root).then(
