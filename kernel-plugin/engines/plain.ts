@@ -7,15 +7,14 @@ import {
   type Engine,
   type EngineProbe,
   type KernelProcess,
-  type LaunchSpec,
-  type Snapshot
+  type LaunchSpec
 } from './engine';
 import { startPipelineKernel } from './process';
 
 /** Starts `spec.argv` in a session of its own, through the real pipe of `startPipelineKernel`. */
 export function launchPlainKernel(spec: LaunchSpec): Promise<KernelProcess> {
-  // setsid --wait: a launcher between the shell and the kernel, as every engine has one, and
-  // the kernel in its own session (a Ctrl-C in a terminal reaches the supervisor only).
+  // `setsid --fork --wait` is the launcher a pipeline kernel has between the shell and the
+  // kernel (startPipelineKernel waits for the launcher, then for its child), as every engine's.
   return startPipelineKernel(['setsid', '--fork', '--wait', ...spec.argv], spec);
 }
 
@@ -30,15 +29,15 @@ export class PlainEngine implements Engine {
     return launchPlainKernel(spec);
   }
 
-  checkpoint(): Promise<Snapshot> {
-    return Promise.reject(
-      new EngineError('engine_unavailable', 'This kernel runs without a checkpoint engine.')
-    );
+  checkpoint(): Promise<never> {
+    return Promise.reject(noSnapshots());
   }
 
-  restore(): Promise<KernelProcess> {
-    return Promise.reject(
-      new EngineError('engine_unavailable', 'This kernel runs without a checkpoint engine.')
-    );
+  restore(): Promise<never> {
+    return Promise.reject(noSnapshots());
   }
+}
+
+function noSnapshots(): EngineError {
+  return new EngineError('engine_unavailable', 'This kernel runs without a checkpoint engine.');
 }

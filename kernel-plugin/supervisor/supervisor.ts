@@ -145,11 +145,16 @@ export class Supervisor {
     return this.stopping;
   }
 
+  /** Whether the kernel process is idle, as its iopub said last. */
+  get kernelIdle(): boolean {
+    return this.state.idle;
+  }
+
   interruptKernel(): void {
     this.host.kernel?.signal('SIGINT');
   }
 
-  /** Handles a request as if it came on a comm (tests, and the plugin's channel). */
+  /** Handles a request as if it came on a comm, answering through `send` (for tests). */
   handleRequest(request: Request, send: Parameters<Requests['handle']>[1]): void {
     this.requests.handle(request, send);
   }

@@ -7,11 +7,16 @@ import os from 'node:os';
 import path from 'node:path';
 
 import type { Request, SupervisorMessage } from '../../../protocol/checkpoint-protocol';
-import { PROGRESS_STAGES } from '../../../protocol/checkpoint-protocol-constants';
+import {
+  COMM_TARGET,
+  PROGRESS_STAGES,
+  PROTOCOL_VERSION
+} from '../../../protocol/checkpoint-protocol-constants';
 import { FAKE_DELAY_ENV, FAKE_FAIL_ENV, FAKE_RECORD, FakeEngine } from '../../engines/fake';
 import { isRunning } from '../../engines/process';
 import { ImageStore } from '../../store/store';
 import { Supervisor } from '../supervisor';
+import type { Message } from '../wire';
 import { freeConnection, TestClient } from './jupyter-test-client';
 
 const ROOT = path.resolve(__dirname, '..', '..', '..');
@@ -35,6 +40,16 @@ function ask(supervisor: Supervisor, request: Omit<Request, 'request_id'>) {
       }
     );
   });
+}
+
+async function waitFor(condition: () => boolean, timeoutMs = 30000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) {
+      throw new Error('timed out');
+    }
+    await new Promise(resolve => setTimeout(resolve, 20));
+  }
 }
 
 function errorOf(answer: SupervisorMessage) {
@@ -187,6 +202,26 @@ describeWithPython('checkpoint and restore under the fake engine', () => {
     expect(await client.value('"still here"')).toBe('still here');
   });
 
+  it('interrupts a running cell by a signal, for whichever process runs the kernel', async () => {
+    const cell = client.execute('import time; time.sleep(60)');
+    await waitFor(() => supervisor.host.kernel !== null && !supervisor.kernelIdle);
+    const reply = await client.reply(await client.send('control', 'interrupt_request', {}));
+    expect(reply.content.status).toBe('ok');
+    expect((await cell).error?.ename).toBe('KeyboardInterrupt');
+  });
+
+  it('ends a cell the restore cut short with an error saying why', async () => {
+    const taken = checkpointOf((await ask(supervisor, { action: 'checkpoint' })).answer);
+    const cell = client.execute('import time; time.sleep(60)');
+    await waitFor(() => !supervisor.kernelIdle);
+    const restored = await ask(supervisor, { action: 'restore', checkpoint_id: taken.id });
+    expect(restored.answer.type).toBe('reply');
+    const result = await cell;
+    expect(result.status).toBe('error');
+    expect(result.error?.ename).toBe('KernelRestored');
+    expect(await client.value('"alive"')).toBe('alive');
+  });
+
   it('answers kernel_info for the kernel once it has answered one', async () => {
     // The first goes to the kernel (a client connecting sends one), whose reply is kept.
     await client.reply(await client.send('shell', 'kernel_info_request', {}));
@@ -198,5 +233,146 @@ describeWithPython('checkpoint and restore under the fake engine', () => {
       expect(reply.content.implementation).toBe('ipython');
     }
     expect(await client.value('random.getstate() == s')).toBe(true);
+  });
+});
+
+describeWithPython('the comm, and the requests around images', () => {
+  let dir: string;
+  let supervisor: Supervisor;
+  let client: TestClient;
+
+  beforeAll(async () => {
+    dir = mkdtempSync(path.join(os.tmpdir(), 'kc-comm-'));
+    const env = {
+      ...process.env,
+      KERNEL_CHECKPOINT_RUNTIME_DIR: path.join(dir, 'run'),
+      KERNEL_CHECKPOINT_PLUGIN_PATH: path.join(ROOT, 'kernel-plugin', 'python'),
+      IPYTHONDIR: path.join(dir, 'ipython')
+    };
+    const connection = await freeConnection();
+    supervisor = new Supervisor({
+      connection,
+      argv: [PYTHON, '-m', 'ipykernel_launcher', '-f', '{connection_file}'],
+      engine: new FakeEngine(env),
+      store: new ImageStore(path.join(dir, 'store')),
+      kernel: { name: 'python3-checkpoint', display_name: 'Python 3', language: 'python' },
+      notebookPath: 'comm.ipynb',
+      cwd: dir,
+      env
+    });
+    await supervisor.start();
+    client = new TestClient(connection);
+    await client.connect();
+  });
+
+  afterAll(async () => {
+    client?.close();
+    await supervisor?.stop(0);
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const commData = (commId: string, type: string) => (message: Message) =>
+    message.header.msg_type === 'comm_msg' &&
+    message.content.comm_id === commId &&
+    message.content.data?.type === type;
+
+  it('greets a client of its protocol and refuses another major version', async () => {
+    await client.send('shell', 'comm_open', {
+      comm_id: 'good',
+      target_name: COMM_TARGET,
+      data: { protocol_version: PROTOCOL_VERSION }
+    });
+    const hello = await client.iopubMessage(commData('good', 'hello'));
+    expect(hello.content.data.status).toMatchObject({ engine_ok: true, busy: null });
+    await client.send('shell', 'comm_open', {
+      comm_id: 'old',
+      target_name: COMM_TARGET,
+      data: { protocol_version: '0.9' }
+    });
+    const refused = await client.iopubMessage(commData('old', 'error'));
+    expect(refused.content.data.error.code).toBe('unsupported_protocol');
+  });
+
+  it('answers requests sent on the comm', async () => {
+    await client.send('shell', 'comm_msg', {
+      comm_id: 'good',
+      data: { request_id: 'r1', action: 'status' }
+    });
+    const reply = await client.iopubMessage(commData('good', 'reply'));
+    expect(reply.content.data.status.kernel_name).toBe('python3-checkpoint');
+    await client.send('shell', 'comm_msg', { comm_id: 'good', data: { action: 'status' } });
+    const invalid = await client.iopubMessage(commData('good', 'error'));
+    expect(invalid.content.data.error.code).toBe('invalid_request');
+  });
+
+  it('labels, lists and deletes images, and tells every comm', async () => {
+    const taken = checkpointOf((await ask(supervisor, { action: 'checkpoint' })).answer);
+    const labelled = await ask(supervisor, {
+      action: 'label',
+      checkpoint_id: taken.id,
+      label: 'named'
+    });
+    expect(checkpointOf(labelled.answer).label).toBe('named');
+    const listed = (await ask(supervisor, { action: 'list' })).answer;
+    expect(listed.type === 'reply' && listed.checkpoints?.map(c => c.id)).toEqual([taken.id]);
+    await ask(supervisor, { action: 'delete', checkpoint_id: taken.id });
+    const event = await client.iopubMessage(
+      m => commData('good', 'event')(m) && m.content.data.event === 'deleted'
+    );
+    expect(event.content.data).toMatchObject({ checkpoint_id: taken.id, current_id: null });
+    const missing = await ask(supervisor, { action: 'restore', checkpoint_id: taken.id });
+    expect(errorOf(missing.answer).code).toBe('unknown_checkpoint');
+    const noId = await ask(supervisor, { action: 'delete' });
+    expect(errorOf(noId.answer).code).toBe('invalid_request');
+  });
+});
+
+/** An engine that cannot run here: the kernel must still start (plainly) and say why. */
+class UnavailableEngine extends FakeEngine {
+  probe() {
+    return Promise.resolve({
+      name: 'fake',
+      ok: false,
+      problem: 'The fake engine is switched off.',
+      remedy: 'Switch it on.'
+    });
+  }
+}
+
+describeWithPython('a kernel whose engine cannot run here', () => {
+  it('runs under the plain engine, and a checkpoint says why it cannot be taken', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'kc-plain-'));
+    const env = {
+      ...process.env,
+      KERNEL_CHECKPOINT_RUNTIME_DIR: path.join(dir, 'run'),
+      IPYTHONDIR: path.join(dir, 'ipython')
+    };
+    const connection = await freeConnection();
+    const supervisor = new Supervisor({
+      connection,
+      argv: [PYTHON, '-m', 'ipykernel_launcher', '-f', '{connection_file}'],
+      engine: new UnavailableEngine(env),
+      store: new ImageStore(path.join(dir, 'store')),
+      kernel: { name: 'python3-checkpoint', display_name: 'Python 3', language: 'python' },
+      notebookPath: null,
+      cwd: dir,
+      env
+    });
+    const client = new TestClient(connection);
+    try {
+      await supervisor.start();
+      await client.connect();
+      expect(await client.value('6 * 7')).toBe(42);
+      const { answer } = await ask(supervisor, { action: 'checkpoint' });
+      expect(errorOf(answer)).toMatchObject({
+        code: 'engine_unavailable',
+        message: 'The fake engine is switched off. Switch it on.'
+      });
+      expect(supervisor.requests.status()).toMatchObject({ engine_ok: false });
+    } finally {
+      client.close();
+      await supervisor.stop(0);
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

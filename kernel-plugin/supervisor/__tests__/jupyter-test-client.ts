@@ -98,6 +98,16 @@ export class TestClient {
     return found!;
   }
 
+  /** Waits for an iopub message that `match`es (one already received counts). */
+  async iopubMessage(match: (message: Message) => boolean, timeoutMs = 30000): Promise<Message> {
+    let found: Message | undefined;
+    await this.until(() => {
+      found = this.iopubMessages.find(match);
+      return found !== undefined;
+    }, timeoutMs);
+    return found!;
+  }
+
   /** Runs a cell and collects its reply and stdout (until the kernel is idle again). */
   async execute(code: string, timeoutMs = 60000): Promise<CellResult> {
     const msgId = await this.send('shell', 'execute_request', {
