@@ -86,7 +86,7 @@ export class Relay {
   /** Shell requests only are held (control and stdin flow): see `holdShell`. */
   private shellHeld = false;
   private readonly held: Array<{ channel: RequestChannel; frames: Frames; header: Header }> = [];
-  /** The kernel's last kernel_info_reply content, to answer for it while it is away. */
+  /** The kernel's last kernel_info_reply content: the supervisor answers with it (KernelStandIn). */
   kernelInfo: Record<string, unknown> | null = null;
   /** Shell requests the kernel process has been sent and not yet answered, by msg_id. */
   private readonly outstanding = new Map<string, OutstandingRequest>();

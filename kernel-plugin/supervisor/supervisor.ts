@@ -137,10 +137,14 @@ export class Supervisor {
   /** Stops the kernel and closes every socket; `ended` then resolves with `code`. */
   stop(code: number): Promise<void> {
     this.stopping ??= (async () => {
-      await this.host.stop();
-      this.relay.close();
-      this.agent.disconnect();
-      this.endWith(code);
+      try {
+        await this.host.stop();
+        this.relay.close();
+        this.agent.disconnect();
+      } finally {
+        // Whatever failed while closing up, the supervisor has ended.
+        this.endWith(code);
+      }
     })();
     return this.stopping;
   }

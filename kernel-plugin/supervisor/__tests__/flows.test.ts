@@ -12,6 +12,7 @@ import {
   PROGRESS_STAGES,
   PROTOCOL_VERSION
 } from '../../../protocol/checkpoint-protocol-constants';
+import type { Engine } from '../../engines/engine';
 import { FAKE_DELAY_ENV, FAKE_FAIL_ENV, FAKE_RECORD, FakeEngine } from '../../engines/fake';
 import { isRunning } from '../../engines/process';
 import { ImageStore } from '../../store/store';
@@ -66,39 +67,61 @@ function checkpointOf(answer: SupervisorMessage) {
   return answer.checkpoint;
 }
 
+/** A supervisor of a real ipykernel under `engine`, in a private folder, and a client of it. */
+async function startKernel(
+  makeEngine: (env: NodeJS.ProcessEnv) => Engine,
+  notebookPath: string | null = null
+) {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'kc-flows-'));
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    KERNEL_CHECKPOINT_RUNTIME_DIR: path.join(dir, 'run'),
+    KERNEL_CHECKPOINT_PLUGIN_PATH: path.join(ROOT, 'kernel-plugin', 'python'),
+    IPYTHONDIR: path.join(dir, 'ipython'),
+    JUPYTER_PLATFORM_DIRS: '1'
+  };
+  const store = new ImageStore(path.join(dir, 'store'));
+  const connection = await freeConnection();
+  const supervisor = new Supervisor({
+    connection,
+    argv: [PYTHON, '-m', 'ipykernel_launcher', '-f', '{connection_file}'],
+    engine: makeEngine(env),
+    store,
+    kernel: { name: 'python3-checkpoint', display_name: 'Python 3', language: 'python' },
+    notebookPath,
+    cwd: dir,
+    env
+  });
+  const client = new TestClient(connection);
+  const stop = async () => {
+    client.close();
+    await supervisor.stop(0);
+    rmSync(dir, { recursive: true, force: true });
+  };
+  try {
+    await supervisor.start();
+    await client.connect();
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+  return { env, store, supervisor, client, stop };
+}
+
 describeWithPython('checkpoint and restore under the fake engine', () => {
-  let dir: string;
   let env: NodeJS.ProcessEnv;
   let store: ImageStore;
   let supervisor: Supervisor;
   let client: TestClient;
+  let stop: () => Promise<void>;
 
   const kernelPid = async () => Number(await client.value('__import__("os").getpid()'));
 
   beforeAll(async () => {
-    dir = mkdtempSync(path.join(os.tmpdir(), 'kc-flows-'));
-    env = {
-      ...process.env,
-      KERNEL_CHECKPOINT_RUNTIME_DIR: path.join(dir, 'run'),
-      KERNEL_CHECKPOINT_PLUGIN_PATH: path.join(ROOT, 'kernel-plugin', 'python'),
-      IPYTHONDIR: path.join(dir, 'ipython'),
-      JUPYTER_PLATFORM_DIRS: '1'
-    };
-    store = new ImageStore(path.join(dir, 'store'));
-    const connection = await freeConnection();
-    supervisor = new Supervisor({
-      connection,
-      argv: [PYTHON, '-m', 'ipykernel_launcher', '-f', '{connection_file}'],
-      engine: new FakeEngine(env),
-      store,
-      kernel: { name: 'python3-checkpoint', display_name: 'Python 3', language: 'python' },
-      notebookPath: 'flows.ipynb',
-      cwd: dir,
-      env
-    });
-    await supervisor.start();
-    client = new TestClient(connection);
-    await client.connect();
+    ({ env, store, supervisor, client, stop } = await startKernel(
+      processEnv => new FakeEngine(processEnv),
+      'flows.ipynb'
+    ));
     // The first cell waits for the kernel to start.
     expect(await client.value('1 + 1')).toBe(2);
   });
@@ -110,13 +133,11 @@ describeWithPython('checkpoint and restore under the fake engine', () => {
 
   afterAll(async () => {
     const pid = supervisor.host.kernel?.pid;
-    client?.close();
-    await supervisor?.stop(0);
+    await stop();
     expect(await supervisor.ended).toBe(0);
     if (pid) {
       expect(isRunning(pid)).toBe(false);
     }
-    rmSync(dir, { recursive: true, force: true });
   });
 
   it('restores the state of the checkpoint, in a new kernel process', async () => {
@@ -237,39 +258,15 @@ describeWithPython('checkpoint and restore under the fake engine', () => {
 });
 
 describeWithPython('the comm, and the requests around images', () => {
-  let dir: string;
   let supervisor: Supervisor;
   let client: TestClient;
+  let stop: () => Promise<void>;
 
   beforeAll(async () => {
-    dir = mkdtempSync(path.join(os.tmpdir(), 'kc-comm-'));
-    const env = {
-      ...process.env,
-      KERNEL_CHECKPOINT_RUNTIME_DIR: path.join(dir, 'run'),
-      KERNEL_CHECKPOINT_PLUGIN_PATH: path.join(ROOT, 'kernel-plugin', 'python'),
-      IPYTHONDIR: path.join(dir, 'ipython')
-    };
-    const connection = await freeConnection();
-    supervisor = new Supervisor({
-      connection,
-      argv: [PYTHON, '-m', 'ipykernel_launcher', '-f', '{connection_file}'],
-      engine: new FakeEngine(env),
-      store: new ImageStore(path.join(dir, 'store')),
-      kernel: { name: 'python3-checkpoint', display_name: 'Python 3', language: 'python' },
-      notebookPath: 'comm.ipynb',
-      cwd: dir,
-      env
-    });
-    await supervisor.start();
-    client = new TestClient(connection);
-    await client.connect();
+    ({ supervisor, client, stop } = await startKernel(env => new FakeEngine(env), 'comm.ipynb'));
   });
 
-  afterAll(async () => {
-    client?.close();
-    await supervisor?.stop(0);
-    rmSync(dir, { recursive: true, force: true });
-  });
+  afterAll(() => stop());
 
   const commData = (commId: string, type: string) => (message: Message) =>
     message.header.msg_type === 'comm_msg' &&
@@ -341,27 +338,8 @@ class UnavailableEngine extends FakeEngine {
 
 describeWithPython('a kernel whose engine cannot run here', () => {
   it('runs under the plain engine, and a checkpoint says why it cannot be taken', async () => {
-    const dir = mkdtempSync(path.join(os.tmpdir(), 'kc-plain-'));
-    const env = {
-      ...process.env,
-      KERNEL_CHECKPOINT_RUNTIME_DIR: path.join(dir, 'run'),
-      IPYTHONDIR: path.join(dir, 'ipython')
-    };
-    const connection = await freeConnection();
-    const supervisor = new Supervisor({
-      connection,
-      argv: [PYTHON, '-m', 'ipykernel_launcher', '-f', '{connection_file}'],
-      engine: new UnavailableEngine(env),
-      store: new ImageStore(path.join(dir, 'store')),
-      kernel: { name: 'python3-checkpoint', display_name: 'Python 3', language: 'python' },
-      notebookPath: null,
-      cwd: dir,
-      env
-    });
-    const client = new TestClient(connection);
+    const { supervisor, client, stop } = await startKernel(env => new UnavailableEngine(env));
     try {
-      await supervisor.start();
-      await client.connect();
       expect(await client.value('6 * 7')).toBe(42);
       const { answer } = await ask(supervisor, { action: 'checkpoint' });
       expect(errorOf(answer)).toMatchObject({
@@ -370,9 +348,7 @@ describeWithPython('a kernel whose engine cannot run here', () => {
       });
       expect(supervisor.requests.status()).toMatchObject({ engine_ok: false });
     } finally {
-      client.close();
-      await supervisor.stop(0);
-      rmSync(dir, { recursive: true, force: true });
+      await stop();
     }
   });
 });
