@@ -47,8 +47,8 @@ export interface SupervisorOptions {
 }
 
 export class Supervisor {
-  readonly relay: Relay;
-  readonly agent: AgentChannel;
+  private readonly relay: Relay;
+  private readonly agent: AgentChannel;
   readonly host: KernelHost;
   readonly requests: Requests;
   private readonly state = new KernelState();
