@@ -4,7 +4,7 @@ import type { Command } from 'commander';
 
 import { chooseEngine } from '../engines';
 import { ImageStore, defaultStoreRoot } from '../store/store';
-import { log } from '../supervisor/log';
+import { log, setLogSink } from '../supervisor/log';
 import { readConnectionFile, Supervisor } from '../supervisor/supervisor';
 
 interface RunOptions {
@@ -25,7 +25,7 @@ export function registerRunCommand(program: Command): void {
     .requiredOption('-f, --connection-file <file>', 'the connection file Jupyter gave')
     .option(
       '--engine <name>',
-      'checkpoint engine: auto, criu or dmtcp',
+      'checkpoint engine: auto, criu or dmtcp (plain: no snapshots; fake: for tests only)',
       process.env.KERNEL_CHECKPOINT_ENGINE ?? 'auto'
     )
     .option(
@@ -41,6 +41,8 @@ export function registerRunCommand(program: Command): void {
     .option('--language <language>', 'language of the kernel', 'python')
     .argument('<argv...>', "the wrapped kernel's command line, after --")
     .action(async (argv: string[], options: RunOptions) => {
+      // The supervisor's log and the kernel's output go to stderr: Jupyter shows it.
+      setLogSink(process.stderr, process.env.KERNEL_CHECKPOINT_LOG);
       // KERNEL_CHECKPOINT_ENGINE picks the engine for every kernel whose kernelspec says auto.
       const wanted =
         options.engine === 'auto'
@@ -66,9 +68,11 @@ export function registerRunCommand(program: Command): void {
         cwd: process.cwd(),
         env: process.env
       });
+      // The supervisor never exits the process itself: it ends, and we exit with its code.
+      void supervisor.ended.then(code => process.exit(code));
       process.on('SIGINT', () => supervisor.interruptKernel());
       for (const signal of ['SIGTERM', 'SIGHUP'] as const) {
-        process.on(signal, () => void supervisor.exit(0));
+        process.on(signal, () => void supervisor.stop(0));
       }
       // Like ipykernel's parent poller: when whoever launched us is gone, nobody can reach the
       // kernel any more, so stop it rather than leave it running.
@@ -76,7 +80,7 @@ export function registerRunCommand(program: Command): void {
       setInterval(() => {
         if (process.ppid !== parent) {
           log.warn('the process that launched the kernel is gone; stopping');
-          void supervisor.exit(0);
+          void supervisor.stop(0);
         }
       }, 1000).unref();
       await supervisor.start();

@@ -4,10 +4,18 @@
 import { CriuEngine } from './criu';
 import { DmtcpEngine } from './dmtcp';
 import type { Engine, EngineFactory, EngineProbe } from './engine';
+import { FakeEngine } from './fake';
+import { PlainEngine } from './plain';
 
 export const ENGINES: Record<string, EngineFactory> = {
   criu: () => new CriuEngine(),
   dmtcp: () => new DmtcpEngine()
+};
+
+/** Selectable by name, never by auto, not listed by doctor: no snapshots; tests only. */
+const UNLISTED: Record<string, EngineFactory> = {
+  plain: () => new PlainEngine(),
+  fake: () => new FakeEngine()
 };
 
 /** The order `--engine auto` tries them in: DMTCP needs no privileges, so it comes first. */
@@ -18,7 +26,7 @@ export function engineNames(): string[] {
 }
 
 export function createEngine(name: string): Engine {
-  const factory = ENGINES[name];
+  const factory = ENGINES[name] ?? UNLISTED[name];
   if (!factory) {
     throw new Error(
       `unknown engine ${JSON.stringify(name)}; known engines: ${engineNames().join(', ')}`

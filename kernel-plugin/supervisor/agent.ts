@@ -10,6 +10,7 @@ import * as zmq from 'zeromq';
 
 import type { AgentCommand, AgentReport, Request } from '../../protocol/checkpoint-protocol';
 import { log } from './log';
+import { SendQueue } from './send-queue';
 
 export class AgentTimeout extends Error {}
 
@@ -21,7 +22,7 @@ interface Waiter {
 
 export class AgentChannel {
   private socket: zmq.Dealer | null = null;
-  private sending: Promise<unknown> = Promise.resolve();
+  private outbox: SendQueue<Buffer> | null = null;
   private waiters: Waiter[] = [];
 
   constructor(
@@ -51,12 +52,16 @@ export class AgentChannel {
     const socket = new zmq.Dealer({ routingId: 'supervisor', linger: 0, reconnectInterval: 2 });
     socket.connect(this.endpoint);
     this.socket = socket;
+    this.outbox = new SendQueue<Buffer>(socket, error =>
+      log.warn(`agent send failed: ${error.message}`)
+    );
     void this.read(socket);
   }
 
   disconnect(): void {
     const socket = this.socket;
     this.socket = null;
+    this.outbox = null;
     socket?.close();
     for (const waiter of this.waiters.splice(0)) {
       // The plugin cannot answer any more: a disconnect is not an answer (not "prepared").
@@ -97,18 +102,7 @@ export class AgentChannel {
 
   /** Sends any JSON object (commands, and answers to the plugin's requests). */
   send(message: object): void {
-    const socket = this.socket;
-    if (!socket) {
-      return;
-    }
-    const frame = Buffer.from(JSON.stringify(message));
-    this.sending = this.sending
-      .then(() => socket.send(frame))
-      .catch(error => {
-        if (!socket.closed) {
-          log.warn(`agent send failed: ${(error as Error).message}`);
-        }
-      });
+    void this.outbox?.send(Buffer.from(JSON.stringify(message)));
   }
 
   private async read(socket: zmq.Dealer): Promise<void> {

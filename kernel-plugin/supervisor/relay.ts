@@ -16,6 +16,7 @@ import * as zmq from 'zeromq';
 import { JUPYTER_PROTOCOL_VERSION } from '../../protocol/checkpoint-protocol-constants';
 
 import { log } from './log';
+import { SendQueue } from './send-queue';
 import {
   encode,
   endpoint,
@@ -39,48 +40,6 @@ const REQUEST_CHANNELS: RequestChannel[] = ['shell', 'control', 'stdin'];
 /** Found in a header's bytes before it is parsed: most replies are not this one. */
 const KERNEL_INFO_REPLY = Buffer.from('"kernel_info_reply"');
 
-/**
- * Serializes sends: a zeromq.js socket allows one pending send at a time. A send with none
- * pending goes out at once, as almost every send does (the relay's sockets never reach a
- * high-water mark); only sends behind a blocked one wait their turn.
- */
-class Outbox {
-  private tail: Promise<void> = Promise.resolve();
-  private pending = 0;
-
-  constructor(
-    private readonly socket: zmq.Writable & zmq.Socket,
-    private readonly name: string
-  ) {}
-
-  send(frames: Buffer[]): Promise<void> {
-    const sendNow = () => this.socket.send(frames);
-    let sent: Promise<void>;
-    if (this.pending === 0) {
-      try {
-        sent = sendNow();
-      } catch (error) {
-        sent = Promise.reject(error);
-      }
-    } else {
-      sent = this.tail.then(sendNow, sendNow);
-    }
-    this.pending++;
-    this.tail = sent;
-    return sent.then(
-      () => {
-        this.pending--;
-      },
-      error => {
-        this.pending--;
-        if (!this.socket.closed) {
-          log.warn(`send on ${this.name} failed: ${(error as Error).message}`);
-        }
-      }
-    );
-  }
-}
-
 /** A shell request sent to the kernel process and not answered yet. */
 export interface OutstandingRequest {
   frames: Frames;
@@ -100,7 +59,7 @@ interface BackSockets {
   control: zmq.Dealer;
   stdin: zmq.Dealer;
   iopub: zmq.Subscriber;
-  outboxes: Record<RequestChannel, Outbox>;
+  outboxes: Record<RequestChannel, SendQueue>;
 }
 
 export class Relay {
@@ -119,7 +78,7 @@ export class Relay {
     iopub: zmq.XPublisher;
     hb: zmq.Router;
   };
-  private readonly frontOut: Record<RequestChannel | 'iopub' | 'hb', Outbox>;
+  private readonly frontOut: Record<RequestChannel | 'iopub' | 'hb', SendQueue>;
   private back: BackSockets | null = null;
   /** Resolves true once the kernel's iopub has answered since `back` was connected. */
   private live: Promise<boolean> = Promise.resolve(false);
@@ -127,7 +86,7 @@ export class Relay {
   /** Shell requests only are held (control and stdin flow): see `holdShell`. */
   private shellHeld = false;
   private readonly held: Array<{ channel: RequestChannel; frames: Frames; header: Header }> = [];
-  /** The kernel's last kernel_info_reply content, to answer for it while it is away. */
+  /** The kernel's last kernel_info_reply content: the supervisor answers with it (KernelStandIn). */
   kernelInfo: Record<string, unknown> | null = null;
   /** Shell requests the kernel process has been sent and not yet answered, by msg_id. */
   private readonly outstanding = new Map<string, OutstandingRequest>();
@@ -159,11 +118,11 @@ export class Relay {
       hb: new zmq.Router({ linger: 0 })
     };
     this.frontOut = {
-      shell: new Outbox(this.front.shell, 'shell'),
-      control: new Outbox(this.front.control, 'control'),
-      stdin: new Outbox(this.front.stdin, 'stdin'),
-      iopub: new Outbox(this.front.iopub, 'iopub'),
-      hb: new Outbox(this.front.hb, 'hb')
+      shell: outboxOf(this.front.shell, 'shell'),
+      control: outboxOf(this.front.control, 'control'),
+      stdin: outboxOf(this.front.stdin, 'stdin'),
+      iopub: outboxOf(this.front.iopub, 'iopub'),
+      hb: outboxOf(this.front.hb, 'hb')
     };
   }
 
@@ -219,7 +178,7 @@ export class Relay {
       control: new zmq.Dealer(options),
       stdin: new zmq.Dealer(options),
       iopub,
-      outboxes: {} as Record<RequestChannel, Outbox>
+      outboxes: {} as Record<RequestChannel, SendQueue>
     };
     const live = this.waitForIopub(timeoutMs);
     this.live = live;
@@ -227,7 +186,7 @@ export class Relay {
     back.iopub.connect(endpoint(this.backInfo, 'iopub'));
     for (const channel of REQUEST_CHANNELS) {
       back[channel].connect(endpoint(this.backInfo, channel));
-      back.outboxes[channel] = new Outbox(back[channel], `kernel ${channel}`);
+      back.outboxes[channel] = outboxOf(back[channel], `kernel ${channel}`);
     }
     this.back = back;
     for (const channel of REQUEST_CHANNELS) {
@@ -531,4 +490,11 @@ function parentMsgId(frames: Frames): string | null {
   } catch {
     return null;
   }
+}
+
+/** A socket's send queue; a failed send is logged with the socket's name. */
+function outboxOf(socket: zmq.Writable & zmq.Socket, name: string): SendQueue {
+  return new SendQueue<Buffer[]>(socket, error =>
+    log.warn(`send on ${name} failed: ${error.message}`)
+  );
 }

@@ -75,6 +75,10 @@ def load_ipython_extension(ipython: Any) -> None:
     ipython.register_magics(CheckpointMagics)
     if _api._agent is not None:  # loaded twice: keep the running agent
         return
+    if os.environ.get("KERNEL_CHECKPOINT_FAKE_STATE"):  # the fake engine of the tests
+        from . import _fake_state
+
+        _fake_state.load(ipython)
     endpoint = os.environ.get(ENV_ENDPOINT, "").strip()
     if not endpoint:
         return  # by hand, without a supervisor: every action says the kernel is not checkpointable

@@ -495,6 +495,13 @@ class Agent:
             # No snapshot follows, the supervisor stays connected.
             return
         errors = list(result.errors)
+        if os.environ.get("KERNEL_CHECKPOINT_FAKE_STATE"):  # the fake engine of the tests
+            from . import _fake_state
+
+            try:
+                _fake_state.save(self.shell)
+            except Exception as exc:
+                errors.append(f"fake engine state: {type(exc).__name__}: {exc}")
         try:
             summary: dict[str, Any] | None = state_summary(self.shell)
         except Exception as exc:

@@ -1,0 +1,220 @@
+// The checkpoint flow, one named step per progress stage of the protocol:
+//
+//   preparing    the plugin runs the before-checkpoint hooks, reports the state summary and
+//                closes its gate (a veto ends the flow here);
+//   quiescing    client messages are held, the gate's marker awaited, every socket to the kernel
+//                closed, and the kernel seen to let go of them;
+//   snapshotting the engine dumps the process into the pending image;
+//   resuming     the supervisor reconnects, the plugin hears `resumed` (or `aborted`), and the
+//                held messages go on; this step runs whether or not the snapshot succeeded;
+//   saving       the image's records are written and it is renamed into place.
+//
+// On any failure the pending image is discarded: no half image is ever seen.
+
+import os from 'node:os';
+
+import type {
+  Checkpoint,
+  ProgressStage,
+  Request,
+  StateSummary
+} from '../../protocol/checkpoint-protocol';
+import { MANIFEST_FORMAT } from '../../protocol/checkpoint-protocol-constants';
+import type { KernelProcess, Snapshot } from '../engines/engine';
+import { newCheckpointId, type ImageStore, type PendingImage } from '../store/store';
+import { AgentTimeout, type AgentChannel } from './agent';
+import type { CommServer } from './comm-server';
+import type { GateMarkers } from './gate-markers';
+import type { KernelHost } from './kernel-host';
+import { log } from './log';
+import type { Relay } from './relay';
+import { asRequestError, RequestError } from './request-errors';
+import type { Sealer } from './sealing';
+import { acceptedConnections, waitForKernelToLetGo } from './sockets';
+
+/** Names the kernel in every manifest. */
+export type KernelIdentity = Checkpoint['kernel'];
+
+export type Progress = (stage: ProgressStage, message?: string) => void;
+
+export interface CheckpointFlowOptions {
+  store: ImageStore;
+  kernel: KernelIdentity;
+  notebookPath: string | null;
+  /** How long pre-checkpoint hooks may take. */
+  prepareTimeoutMs?: number;
+}
+
+/** What `prepare` learnt: whether the plugin closed its gate, and its state summary. */
+interface Prepared {
+  gated: boolean;
+  summary: StateSummary | null;
+}
+
+export class CheckpointFlow {
+  constructor(
+    private readonly options: CheckpointFlowOptions,
+    private readonly host: KernelHost,
+    private readonly relay: Relay,
+    private readonly agent: AgentChannel,
+    private readonly markers: GateMarkers,
+    private readonly comms: CommServer,
+    private readonly sealer: Sealer
+  ) {}
+
+  async run(request: Request, progress: Progress): Promise<Checkpoint> {
+    const started = Date.now();
+    this.host.requireEngine();
+    const kernel = this.host.requireKernel();
+    const id = newCheckpointId();
+    const label = request.label ?? null;
+    const pending = await this.options.store.begin(id);
+    try {
+      progress('preparing');
+      const prepared = await this.prepare(id, label);
+      let snapshot: Snapshot;
+      try {
+        progress('quiescing');
+        await this.quiesce(kernel, id, prepared.gated);
+        progress('snapshotting');
+        snapshot = await this.host.engine.checkpoint(kernel, pending.imageDir);
+      } catch (error) {
+        await this.resume(id, prepared.gated, error, progress);
+        throw error;
+      }
+      await this.resume(id, prepared.gated, null, progress);
+      progress('saving');
+      return await this.save(id, request, started, snapshot, prepared.summary, pending);
+    } catch (error) {
+      await pending.discard();
+      // A veto ends the flow before anything was held: let the shell requests go.
+      this.relay.resume();
+      throw error;
+    }
+  }
+
+  /** Asks the plugin to run its hooks and close its gate; a kernel without it goes on as it is. */
+  private async prepare(id: string, label: string | null): Promise<Prepared> {
+    if (!(this.agent.connected && this.agent.present)) {
+      return { gated: false, summary: null };
+    }
+    let prepared;
+    try {
+      prepared = await this.agent.ask(
+        { type: 'prepare', checkpoint_id: id, label },
+        'prepared',
+        this.options.prepareTimeoutMs ?? 120000
+      );
+    } catch (error) {
+      if (!(error instanceof AgentTimeout)) {
+        throw error;
+      }
+      log.warn(`${error.message}; checkpointing without hooks and state summary`);
+      return { gated: false, summary: null };
+    }
+    if (prepared.veto) {
+      throw new RequestError(
+        'vetoed',
+        `A pre-checkpoint hook refused the checkpoint: ${prepared.veto}`
+      );
+    }
+    for (const hookError of prepared.hook_errors ?? []) {
+      log.warn(`pre-checkpoint hook failed: ${hookError}`);
+    }
+    return { gated: true, summary: prepared.summary ?? null };
+  }
+
+  /** Holds client messages and leaves the kernel with no connection to any outside process. */
+  private async quiesce(kernel: KernelProcess, id: string, gated: boolean): Promise<void> {
+    this.relay.pause();
+    if (gated) {
+      await this.markers.waitFor(id, 10000);
+    }
+    const ipcDir = this.host.lineage.ipcDir;
+    const closed = {
+      acceptedBefore: acceptedConnections(ipcDir, kernel.pid),
+      closed: this.relay.kernelConnections + (this.agent.connected ? 1 : 0)
+    };
+    this.host.disconnect();
+    await waitForKernelToLetGo(ipcDir, kernel.pid, 10000, closed);
+  }
+
+  /**
+   * Connects to the kernel again (if it was let go), tells the plugin whether the snapshot was
+   * taken (it opens its gate either way), and relays the held messages.
+   */
+  private async resume(
+    id: string,
+    gated: boolean,
+    failure: unknown,
+    progress: Progress
+  ): Promise<void> {
+    progress('resuming');
+    if (!this.relay.kernelConnected && this.host.kernel) {
+      await this.host.reconnect();
+    }
+    if (gated) {
+      const error = failure === null ? null : asRequestError(failure);
+      this.agent.send(
+        error
+          ? {
+              type: 'aborted',
+              checkpoint_id: id,
+              error: { code: error.code, message: error.message }
+            }
+          : { type: 'resumed', checkpoint_id: id }
+      );
+    }
+    this.relay.resume();
+  }
+
+  /** Writes the image's records, puts it in place, seals it in the background, tells everyone. */
+  private async save(
+    id: string,
+    request: Request,
+    started: number,
+    snapshot: Snapshot,
+    summary: StateSummary | null,
+    pending: PendingImage
+  ): Promise<Checkpoint> {
+    const engine = this.host.engine;
+    const lineage = this.host.lineage;
+    const manifest: Checkpoint = {
+      format: MANIFEST_FORMAT,
+      id,
+      parent_id: this.host.currentId,
+      label: request.label ?? null,
+      created: new Date(started).toISOString(),
+      engine: { name: engine.name, version: snapshot.version },
+      duration_ms: 0,
+      snapshot_ms: snapshot.frozenMs,
+      image_bytes: 0,
+      kernel: this.options.kernel,
+      notebook_path: request.notebook_path ?? this.options.notebookPath,
+      host: { hostname: os.hostname(), arch: process.arch, kernel_release: os.release() },
+      state: summary
+    };
+    manifest.duration_ms = Date.now() - started;
+    const saved = await pending.commit(manifest, {
+      format: MANIFEST_FORMAT,
+      engine: engine.name,
+      engineData: snapshot.data,
+      kernelConnection: lineage.connection as unknown as Record<string, unknown>,
+      ipcDir: lineage.ipcDir,
+      agentEndpoint: this.host.withPlugin ? lineage.agentEndpoint : null,
+      lineage: lineage.id,
+      arch: process.arch
+    });
+    this.host.currentId = id;
+    this.sealer.seal(id);
+    log.info(`checkpoint ${id}: ${saved.image_bytes} bytes in ${Date.now() - started} ms`);
+    this.comms.broadcast({
+      type: 'event',
+      event: 'created',
+      checkpoint: saved,
+      checkpoint_id: id,
+      current_id: id
+    });
+    return saved;
+  }
+}

@@ -1,0 +1,237 @@
+// Requests of the kernel_checkpoint protocol, from a comm, the command line, or the in-kernel
+// plugin: checked, dispatched, answered (never thrown: a failure becomes an ErrorReply), with
+// one checkpoint, restore or delete at a time (another is refused as busy).
+
+import type {
+  Action,
+  Checkpoint,
+  Request,
+  SupervisorMessage,
+  SupervisorStatus
+} from '../../protocol/checkpoint-protocol';
+import { ACTIONS, PROTOCOL_VERSION } from '../../protocol/checkpoint-protocol-constants';
+import type { ImageStore } from '../store/store';
+import type { AgentChannel } from './agent';
+import type { CheckpointFlow, Progress } from './checkpoint-flow';
+import type { CommServer } from './comm-server';
+import type { KernelHost } from './kernel-host';
+import { log } from './log';
+import type { Relay } from './relay';
+import { asRequestError, errorMessage, RequestError } from './request-errors';
+import type { RestoreFlow } from './restore-flow';
+import type { Sealer } from './sealing';
+
+/** Where the answers to one request go. */
+export type Sink = (message: SupervisorMessage) => void;
+
+export interface RequestsOptions {
+  store: ImageStore;
+  kernelName: string;
+  notebookPath: string | null;
+}
+
+type Result = { checkpoint?: Checkpoint; checkpoints?: Checkpoint[]; status?: SupervisorStatus };
+
+export class Requests {
+  /** The checkpoint, restore or delete under way. */
+  busy: Action | null = null;
+  /** Called when an exclusive request has ended (the supervisor may be waiting to leave). */
+  onIdle: () => void = () => undefined;
+
+  constructor(
+    private readonly options: RequestsOptions,
+    private readonly host: KernelHost,
+    private readonly relay: Relay,
+    private readonly agent: AgentChannel,
+    private readonly comms: CommServer,
+    private readonly sealer: Sealer,
+    private readonly checkpointFlow: CheckpointFlow,
+    private readonly restoreFlow: RestoreFlow
+  ) {}
+
+  status(): SupervisorStatus {
+    const probe = this.host.probe;
+    const engine = { name: this.host.engine.name, version: probe?.version ?? 'unknown' };
+    return {
+      protocol_version: PROTOCOL_VERSION,
+      engine,
+      engine_ok: probe?.ok ?? false,
+      ...(probe?.ok
+        ? {}
+        : {
+            engine_problem: `${probe?.problem ?? 'unknown'} ${probe?.remedy ?? ''}`.trim()
+          }),
+      current_id: this.host.currentId,
+      kernel_name: this.options.kernelName,
+      notebook_path: this.options.notebookPath,
+      busy: this.busy,
+      plugin: this.agent.present,
+      store: this.options.store.root
+    };
+  }
+
+  /** Handles one request; never throws: failures become an ErrorReply. */
+  handle(request: Request, send: Sink, fromKernel = false): void {
+    const requestId = typeof request?.request_id === 'string' ? request.request_id : '';
+    const action = request?.action;
+    if (!requestId || !ACTIONS.includes(action)) {
+      send(
+        errorMessage(
+          requestId,
+          String(action ?? ''),
+          new RequestError(
+            'invalid_request',
+            `Not a kernel_checkpoint request: it needs a request_id and an action (one of ${ACTIONS.join(', ')}).`
+          )
+        )
+      );
+      return;
+    }
+    const progress: Progress = (stage, message) =>
+      send({
+        type: 'progress',
+        request_id: requestId,
+        action,
+        stage,
+        ...(message ? { message } : {})
+      });
+    this.perform(request, progress, fromKernel)
+      .then(result =>
+        send({
+          type: 'reply',
+          request_id: requestId,
+          action,
+          current_id: this.host.currentId,
+          ...result
+        })
+      )
+      .catch(error => {
+        const failure = asRequestError(error);
+        log.warn(
+          `${action} failed: ${failure.code}: ${failure.message}${failure.detail ? `\n${failure.detail}` : ''}`
+        );
+        send(errorMessage(requestId, action, failure));
+      });
+  }
+
+  private async perform(
+    request: Request,
+    progress: Progress,
+    fromKernel: boolean
+  ): Promise<Result> {
+    switch (request.action) {
+      case 'status':
+        return { status: this.status() };
+      case 'list':
+        return { checkpoints: await this.list(request) };
+      case 'label':
+        return { checkpoint: await this.label(requireId(request), request.label ?? null) };
+      case 'delete':
+        return this.exclusive('delete', async () => ({
+          checkpoint: await this.delete(requireId(request))
+        }));
+      case 'checkpoint':
+        return this.exclusive('checkpoint', async () => ({
+          checkpoint: await this.checkpointFlow.run(request, progress)
+        }));
+      case 'restore':
+        return this.exclusive('restore', async () => ({
+          checkpoint: await this.restoreFlow.run(requireId(request), progress, fromKernel)
+        }));
+    }
+    throw new RequestError('invalid_request', `Unknown action ${JSON.stringify(request.action)}.`);
+  }
+
+  /**
+   * Runs one checkpoint, restore or delete at a time. Shell requests sent after a checkpoint or
+   * restore request wait for it (see Relay.holdShell); sealing pauses meanwhile.
+   */
+  private async exclusive<T>(action: Action, body: () => Promise<T>): Promise<T> {
+    if (this.busy) {
+      throw new RequestError(
+        'busy',
+        `Another ${this.busy} is under way; try again when it has finished.`
+      );
+    }
+    this.busy = action;
+    if (action !== 'delete') {
+      this.relay.holdShell();
+    }
+    this.comms.broadcast({ type: 'event', event: 'busy', action, current_id: this.host.currentId });
+    // A delete waits for its image's seal, so only checkpoints and restores pause sealing.
+    const releaseSealing =
+      action === 'delete' ? () => undefined : this.options.store.background.hold();
+    try {
+      return await body();
+    } finally {
+      releaseSealing();
+      this.relay.releaseShell();
+      this.busy = null;
+      this.comms.broadcast({
+        type: 'event',
+        event: 'idle',
+        action,
+        current_id: this.host.currentId
+      });
+      this.onIdle();
+    }
+  }
+
+  private async list(request: Request): Promise<Checkpoint[]> {
+    const all = await this.options.store.list();
+    if (request.scope === 'all') {
+      return all;
+    }
+    // This notebook's images, and the tree the running kernel belongs to.
+    const notebook = request.notebook_path ?? this.options.notebookPath;
+    const byId = new Map(all.map(c => [c.id, c]));
+    const rootOf = (c: Checkpoint): string => {
+      const seen = new Set<string>();
+      while (c.parent_id && byId.has(c.parent_id) && !seen.has(c.id)) {
+        seen.add(c.id);
+        c = byId.get(c.parent_id)!;
+      }
+      return c.id;
+    };
+    const current = this.host.currentId ? byId.get(this.host.currentId) : undefined;
+    const ourRoot = current ? rootOf(current) : null;
+    return all.filter(
+      c => (notebook && c.notebook_path === notebook) || (ourRoot !== null && rootOf(c) === ourRoot)
+    );
+  }
+
+  private async label(id: string, label: string | null): Promise<Checkpoint> {
+    const checkpoint = await this.options.store.relabel(id, label);
+    this.comms.broadcast({
+      type: 'event',
+      event: 'labelled',
+      checkpoint,
+      checkpoint_id: id,
+      current_id: this.host.currentId
+    });
+    return checkpoint;
+  }
+
+  private async delete(id: string): Promise<Checkpoint> {
+    const checkpoint = await this.options.store.entry(id);
+    await this.sealer.settled(id);
+    await this.options.store.delete(id);
+    if (this.host.currentId === id) {
+      this.host.currentId = checkpoint.parent_id;
+    }
+    this.comms.broadcast({
+      type: 'event',
+      event: 'deleted',
+      checkpoint_id: id,
+      current_id: this.host.currentId
+    });
+    return checkpoint;
+  }
+}
+
+function requireId(request: Request): string {
+  if (typeof request.checkpoint_id !== 'string' || !request.checkpoint_id) {
+    throw new RequestError('invalid_request', `${request.action} needs a checkpoint_id.`);
+  }
+  return request.checkpoint_id;
+}

@@ -1,0 +1,209 @@
+// The restore flow, one named step per progress stage of the protocol:
+//
+//   verifying    the image is known, of this engine and architecture, and whole (sizes, and
+//                checksums once sealed); nothing has changed yet if this fails;
+//   stopping     client messages are held and the running kernel process is stopped;
+//   restoring    the engine starts the kernel from the image (if it fails, a fresh kernel is
+//                started and the error says so: the old one is gone);
+//   reconnecting the supervisor connects, the plugin hears `restarted`, held messages go on.
+
+import type { Checkpoint } from '../../protocol/checkpoint-protocol';
+import type { ImageStore, PrivateRecord } from '../store/store';
+import type { AgentChannel } from './agent';
+import type { Progress } from './checkpoint-flow';
+import type { CommServer } from './comm-server';
+import type { KernelHost } from './kernel-host';
+import type { KernelStandIn } from './kernel-stand-in';
+import type { KernelState } from './kernel-state';
+import { prepareLineageDir, recordedLineage, removeLineageDir, type Lineage } from './lineage';
+import { log } from './log';
+import type { OutstandingRequest, Relay } from './relay';
+import { asRequestError, RequestError } from './request-errors';
+
+export interface RestoreFlowOptions {
+  store: ImageStore;
+  cwd: string;
+  env: NodeJS.ProcessEnv;
+}
+
+/** What `stop` leaves: the image's folder being made ready, and the old kernel's requests. */
+interface Stopped {
+  preparing: Promise<unknown>;
+  /** The cell the old process was running, which it will never answer. */
+  running: OutstandingRequest | undefined;
+  /** Requests the old process had queued but not started. */
+  queued: OutstandingRequest[];
+}
+
+export class RestoreFlow {
+  constructor(
+    private readonly options: RestoreFlowOptions,
+    private readonly host: KernelHost,
+    private readonly relay: Relay,
+    private readonly agent: AgentChannel,
+    private readonly state: KernelState,
+    private readonly standIn: KernelStandIn,
+    private readonly comms: CommServer
+  ) {}
+
+  async run(id: string, progress: Progress, fromKernel: boolean): Promise<Checkpoint> {
+    const { manifest, record } = await this.verify(id, progress);
+    const lineage = recordedLineage(record);
+    // Under CRIU the relay and the agent connect while the image is restored (see the engine's
+    // acceptsConnectionsWhileRestoring): their connections are up when the kernel runs.
+    const connectsEarly = this.host.engine.acceptsConnectionsWhileRestoring === true;
+    progress('stopping');
+    const stopped = await this.stop(lineage);
+    const oldLineage = this.host.lineage;
+    progress('restoring');
+    try {
+      await this.restore(id, record, lineage, stopped, connectsEarly);
+    } catch (error) {
+      // The old kernel is gone; start a fresh one so that the notebook stays usable.
+      const failure = asRequestError(error);
+      log.error(`restore of ${id} failed, starting a fresh kernel: ${failure.message}`);
+      this.host.disconnect(true);
+      await this.host.launchFresh();
+      this.settle(stopped, id, false);
+      throw new RequestError(
+        failure.code,
+        `${failure.message} A fresh kernel was started instead.`,
+        failure.detail
+      );
+    }
+    if (oldLineage.id !== lineage.id) {
+      await removeLineageDir(oldLineage);
+    }
+    if (!connectsEarly) {
+      this.host.useEndpointsOf(lineage, record.agentEndpoint);
+    }
+    progress('reconnecting');
+    await this.reconnect(id, record);
+    this.host.currentId = id;
+    this.settle(stopped, id, fromKernel);
+    log.info(`restored ${id}`);
+    this.comms.broadcast({
+      type: 'event',
+      event: 'restored',
+      checkpoint: manifest,
+      checkpoint_id: id,
+      current_id: id
+    });
+    return manifest;
+  }
+
+  /** Checks everything that can fail before the running kernel is touched. */
+  private async verify(
+    id: string,
+    progress: Progress
+  ): Promise<{ manifest: Checkpoint; record: PrivateRecord }> {
+    const store = this.options.store;
+    // An image still being sealed (checksummed) is restored on its sizes: it was written
+    // moments ago by this supervisor, and waiting would add a full read of it to the restore.
+    // Both read at once; a problem with the manifest is reported first, as when read in turn.
+    const [manifestRead, recordRead] = await Promise.allSettled([
+      store.manifest(id),
+      store.privateRecord(id)
+    ]);
+    if (manifestRead.status === 'rejected') {
+      throw manifestRead.reason;
+    }
+    if (recordRead.status === 'rejected') {
+      throw recordRead.reason;
+    }
+    const record = recordRead.value;
+    const engine = this.host.engine.name;
+    if (record.engine !== engine) {
+      throw new RequestError(
+        'foreign_image',
+        `Checkpoint ${id} was made by the ${record.engine} engine; this kernel runs under ${engine}.`
+      );
+    }
+    if (record.arch !== process.arch) {
+      throw new RequestError(
+        'foreign_image',
+        `Checkpoint ${id} was made on ${record.arch}; this machine is ${process.arch}.`
+      );
+    }
+    this.host.requireEngine();
+    progress('verifying');
+    await store.verify(id, record, this.options.env.KERNEL_CHECKPOINT_VERIFY === 'always');
+    return { manifest: manifestRead.value, record };
+  }
+
+  /**
+   * Holds client messages and stops the running kernel, closing its sockets without linger:
+   * the restored kernel may listen at the same paths. The image's ipc folder is made ready
+   * meanwhile (its socket files are stale anyway).
+   */
+  private async stop(lineage: Lineage): Promise<Stopped> {
+    this.relay.pause();
+    this.host.disconnect(true);
+    const old = this.host.release();
+    const preparing = prepareLineageDir(lineage).then(
+      () => null,
+      (error: unknown) => error
+    );
+    await old?.terminate();
+    const orphans = this.relay.takeOutstanding();
+    const running = orphans.find(request => request.header.msg_id === this.state.executing?.msgId);
+    return { preparing, running, queued: orphans.filter(request => request !== running) };
+  }
+
+  /** Has the engine start the kernel from the image, and adopts it. */
+  private async restore(
+    id: string,
+    record: PrivateRecord,
+    lineage: Lineage,
+    stopped: Stopped,
+    connectsEarly: boolean
+  ): Promise<void> {
+    const unprepared = await stopped.preparing;
+    if (unprepared) {
+      throw unprepared;
+    }
+    let answered: Promise<void> | undefined;
+    if (connectsEarly) {
+      this.host.useEndpointsOf(lineage, record.agentEndpoint);
+      answered = this.relay
+        .connectKernel(120000)
+        .then(live => (live ? undefined : new Promise<void>(() => undefined)));
+      this.host.connectAgent();
+    }
+    const kernel = await this.host.engine.restore(
+      this.options.store.imageDir(id),
+      record.engineData,
+      {
+        argv: [],
+        env: this.options.env,
+        cwd: this.options.cwd,
+        workDir: lineage.ipcDir,
+        answered
+      }
+    );
+    this.host.lineage = lineage;
+    this.host.adopt(kernel);
+  }
+
+  /** Connects to the restored kernel and tells the plugin it was restarted from `id`. */
+  private async reconnect(id: string, record: PrivateRecord): Promise<void> {
+    await this.host.reconnect();
+    if (record.agentEndpoint !== null) {
+      this.agent.send({ type: 'restarted', checkpoint_id: id });
+    }
+  }
+
+  /**
+   * Answers the cell the old process was running (well when `askedForIt`: it asked for this
+   * restore, and the image was restored), sends its queued requests to the new process, and
+   * lets messages flow.
+   */
+  private settle(stopped: Stopped, id: string, askedForIt: boolean): void {
+    if (stopped.running) {
+      this.standIn.finishReplacedCell(stopped.running, id, askedForIt);
+    }
+    this.relay.requeue(stopped.queued);
+    this.state.executing = null;
+    this.relay.resume();
+  }
+}
