@@ -38,24 +38,16 @@ kctesting.validate = lambda *args, **kwargs: None
 
 VERBS = ("bare", "status", "list", "checkpoint", "label", "restore", "delete")
 TARGET_S = 0.2
+FOLDERS = ("data", "runtime", "config")
 
 
 def private_jupyter(work: Path) -> dict[str, str]:
     """Jupyter and IPython folders of this run only, with the checkpointable kernelspec in them."""
-    env = {
-        "JUPYTER_DATA_DIR": str(work / "jupyter" / "data"),
-        "JUPYTER_RUNTIME_DIR": str(work / "jupyter" / "runtime"),
-        "JUPYTER_CONFIG_DIR": str(work / "jupyter" / "config"),
-        "IPYTHONDIR": str(work / "ipython"),
-        "JUPYTER_PLATFORM_DIRS": "1",
-    }
+    env = {f"JUPYTER_{name.upper()}_DIR": str(work / "jupyter" / name) for name in FOLDERS}
+    env.update(IPYTHONDIR=str(work / "ipython"), JUPYTER_PLATFORM_DIRS="1")
     os.environ.update(env)  # KernelManager finds the kernelspec through these
-    subprocess.run(
-        [kernel_checkpoint_command(), "install", "--user"],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+    install = [kernel_checkpoint_command(), "install", "--user"]
+    subprocess.run(install, check=True, capture_output=True, timeout=120)
     return env
 
 

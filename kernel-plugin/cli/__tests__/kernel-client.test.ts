@@ -93,72 +93,69 @@ class FakeKernel {
     }
   }
 
-  private async serveControl(): Promise<void> {
+  /** Hands each verified message on `socket` to `handle`; drops, as a kernel does, the rest. */
+  private async serve(
+    socket: zmq.Router,
+    handle: (message: any, identities: Buffer[]) => Promise<void> | void
+  ): Promise<void> {
     try {
-      for await (const frames of this.control) {
+      for await (const frames of socket) {
         let decoded;
         try {
           decoded = decode(frames, this.signer);
         } catch {
-          continue;
+          continue; // a badly signed message is dropped without an answer
         }
-        const { identities, message } = decoded;
-        this.received.push(`control:${message.header.msg_type}`);
-        if (this.options.control && message.header.msg_type === 'kernel_info_request') {
-          await this.control.send(
-            encode(
-              newMessage(
-                'kernel_info_reply',
-                { status: 'ok' },
-                { session: 'fake', parent: message.header }
-              ),
-              this.signer,
-              identities
-            )
-          );
-        }
+        await handle(decoded.message, decoded.identities);
       }
     } catch {
       // closed
     }
   }
 
-  private async serveShell(): Promise<void> {
-    try {
-      for await (const frames of this.shell) {
-        let decoded;
-        try {
-          decoded = decode(frames, this.signer);
-        } catch {
-          continue; // as a kernel does: a badly signed message is dropped without an answer
-        }
-        const { message } = decoded;
-        const type = message.header.msg_type;
-        this.received.push(type);
-        if (this.options.mode === 'busy') {
-          continue;
-        }
-        if (type === 'comm_open') {
-          const commId = message.content.comm_id;
-          if (this.options.mode === 'plain') {
-            this.publish('comm_close', { comm_id: commId, data: {} }, message.header);
-          } else if (this.hellosLost < (this.options.loseHellos ?? 0)) {
-            this.hellosLost += 1;
-          } else {
-            expect(message.content.target_name).toBe('kernel_checkpoint');
-            expect(message.content.data).toEqual({ protocol_version: '1.0', client: 'cli' });
-            this.publish(
-              'comm_msg',
-              { comm_id: commId, data: { type: 'hello', status: STATUS } },
-              message.header
-            );
-          }
-        } else if (type === 'comm_msg' && !this.options.hangRequests) {
-          this.answerRequest(message);
-        }
+  private serveControl(): Promise<void> {
+    return this.serve(this.control, async (message, identities) => {
+      this.received.push(`control:${message.header.msg_type}`);
+      if (this.options.control && message.header.msg_type === 'kernel_info_request') {
+        const reply = newMessage(
+          'kernel_info_reply',
+          { status: 'ok' },
+          { session: 'fake', parent: message.header }
+        );
+        await this.control.send(encode(reply, this.signer, identities));
       }
-    } catch {
-      // closed
+    });
+  }
+
+  private serveShell(): Promise<void> {
+    return this.serve(this.shell, message => {
+      const type = message.header.msg_type;
+      this.received.push(type);
+      if (this.options.mode === 'busy') {
+        return;
+      }
+      if (type === 'comm_open') {
+        this.answerCommOpen(message);
+      } else if (type === 'comm_msg' && !this.options.hangRequests) {
+        this.answerRequest(message);
+      }
+    });
+  }
+
+  private answerCommOpen(message: any): void {
+    const commId = message.content.comm_id;
+    if (this.options.mode === 'plain') {
+      this.publish('comm_close', { comm_id: commId, data: {} }, message.header);
+    } else if (this.hellosLost < (this.options.loseHellos ?? 0)) {
+      this.hellosLost += 1;
+    } else {
+      expect(message.content.target_name).toBe('kernel_checkpoint');
+      expect(message.content.data).toEqual({ protocol_version: '1.0', client: 'cli' });
+      this.publish(
+        'comm_msg',
+        { comm_id: commId, data: { type: 'hello', status: STATUS } },
+        message.header
+      );
     }
   }
 
@@ -362,11 +359,17 @@ describe('KernelClient', () => {
     expect(fake.received).toEqual(['comm_open', 'comm_open']);
   });
 
-  it('stops waiting, saying the kernel stopped, when its connection closes mid-request', async () => {
+  /** A checkpoint request the fake kernel never answers, under way for `ms`. */
+  const hangingRequest = async (ms: number) => {
     const fake = await start({ mode: 'checkpoint', welcome: true, hangRequests: true });
     const c = await open();
     const pending = c.request('checkpoint', {}, () => undefined, 3600_000).catch(e => e);
-    await new Promise(resolve => setTimeout(resolve, 200));
+    await new Promise(resolve => setTimeout(resolve, ms));
+    return { fake, pending };
+  };
+
+  it('stops waiting, saying the kernel stopped, when its connection closes mid-request', async () => {
+    const { fake, pending } = await hangingRequest(200);
     const killed = Date.now();
     fake.close();
     const failure = await pending;
@@ -377,10 +380,7 @@ describe('KernelClient', () => {
   });
 
   it('stops waiting, saying the kernel stopped, when its heartbeat falls silent mid-request', async () => {
-    const fake = await start({ mode: 'checkpoint', welcome: true, hangRequests: true });
-    const c = await open();
-    const pending = c.request('checkpoint', {}, () => undefined, 3600_000).catch(e => e);
-    await new Promise(resolve => setTimeout(resolve, 600));
+    const { fake, pending } = await hangingRequest(600);
     const muted = Date.now();
     fake.heartbeatMuted = true;
     const failure = await pending;
