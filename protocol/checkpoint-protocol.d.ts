@@ -158,7 +158,7 @@ export interface EngineInfo {
   version: string;
 }
 /**
- * The public manifest of one checkpoint image, as stored in manifest.json and sent to clients. Secrets (the kernel's private key) are never part of it.
+ * The public manifest of one checkpoint image, as stored in manifest.json and sent to clients. Secrets (the kernel's private key) are never part of it. `damage` is present only on an entry of a list for an image the store holds but cannot restore as it is (its manifest.json is missing or unreadable, it is a symbolic link, or another version wrote it): why, as the error a restore would give; its other fields are what the store could still tell (id and created from the folder's name, image_bytes from its files, the rest empty), and such an image can only be deleted.
  *
  * This interface was referenced by `KernelCheckpointProtocol`'s JSON-Schema
  * via the `definition` "Checkpoint".
@@ -197,6 +197,7 @@ export interface Checkpoint {
     kernel_release?: string;
   };
   state: StateSummary | null;
+  damage?: ErrorInfo;
 }
 /**
  * A request from the front end or the CLI (comm_msg data), or from the in-kernel plugin (agent channel).

@@ -4,18 +4,18 @@
 import { NotebookActions } from '@jupyterlab/notebook';
 import type { Notebook, NotebookPanel } from '@jupyterlab/notebook';
 import type { CommandRegistry } from '@lumino/commands';
-import { CommandIDs } from './commands';
-import type { KernelCheckpointManager } from './manager';
 import type { ICheckpointSettings } from './settings';
+import { CommandIDs } from './tokens';
+import type { IKernelCheckpoint } from './tokens';
 
 export class AutoCheckpointer {
-  constructor(manager: KernelCheckpointManager, commands: CommandRegistry) {
-    this._manager = manager;
+  constructor(checkpoints: IKernelCheckpoint, commands: CommandRegistry) {
+    this._checkpoints = checkpoints;
     this._commands = commands;
-    manager.settingsChanged.connect((_, s) => this._configure(s));
+    checkpoints.settingsChanged.connect((_, s) => this._configure(s));
     NotebookActions.executionScheduled.connect(this._onScheduled, this);
     NotebookActions.executed.connect(this._onExecuted, this);
-    this._configure(manager.settings);
+    this._configure(checkpoints.settings);
   }
 
   dispose(): void {
@@ -55,7 +55,7 @@ export class AutoCheckpointer {
     }
     const start = this._started.get(args.cell.model.id);
     this._started.delete(args.cell.model.id);
-    const auto = this._manager.settings.autoCheckpoint;
+    const auto = this._checkpoints.settings.autoCheckpoint;
     if (auto.mode === 'interval') {
       this._dirty.add(panel);
     } else if (auto.mode === 'long-cell' && start !== undefined && args.success) {
@@ -75,7 +75,7 @@ export class AutoCheckpointer {
     if (panel.isDisposed) {
       return;
     }
-    const session = this._manager.sessionFor(panel);
+    const session = this._checkpoints.sessionFor(panel);
     const model = session.model;
     if (model.availability.state !== 'ready' || model.busy) {
       return;
@@ -97,7 +97,7 @@ export class AutoCheckpointer {
     });
   }
 
-  private _manager: KernelCheckpointManager;
+  private _checkpoints: IKernelCheckpoint;
   private _commands: CommandRegistry;
   private _timer = 0;
   private _started = new Map<string, number>();

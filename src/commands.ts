@@ -4,29 +4,17 @@
 import type { JupyterFrontEnd } from '@jupyterlab/application';
 import { Dialog, InputDialog, Notification, showDialog } from '@jupyterlab/apputils';
 import type { NotebookPanel } from '@jupyterlab/notebook';
-import { Widget } from '@lumino/widgets';
-import type { Checkpoint } from '../protocol/checkpoint-protocol';
 import { CheckpointError } from './comm';
-import { formatBytes, formatDuration, formatLabel, relativeTime } from './format';
+import { formatBytes, formatDuration } from './format';
 import { checkpointIcon, restoreIcon, timelineIcon } from './icons';
-import type { KernelCheckpointManager } from './manager';
 import type { KernelCheckpointSession } from './session';
-
-export namespace CommandIDs {
-  export const checkpoint = 'kernel-checkpoint:checkpoint';
-  export const restore = 'kernel-checkpoint:restore';
-  export const showTimeline = 'kernel-checkpoint:show-timeline';
-  export const rename = 'kernel-checkpoint:rename';
-  export const remove = 'kernel-checkpoint:delete';
-  export const refresh = 'kernel-checkpoint:refresh';
-  export const switchKernel = 'kernel-checkpoint:switch-kernel';
-}
-
-/** Id of the timeline side panel. */
-export const TIMELINE_ID = 'jp-kernel-checkpoint-timeline';
+import { checkpointName, formatLabel } from './text';
+import { CommandIDs, TIMELINE_ID } from './tokens';
+import type { IKernelCheckpoint } from './tokens';
+import { CheckpointPicker } from './widgets/picker';
 
 /** Human name of an action, for messages. */
-export function actionTitle(action: string | undefined): string {
+function actionTitle(action: string | undefined): string {
   switch (action) {
     case 'checkpoint':
       return 'Checkpoint';
@@ -41,11 +29,6 @@ export function actionTitle(action: string | undefined): string {
     default:
       return 'Kernel checkpoint';
   }
-}
-
-/** The name a checkpoint is shown with. */
-export function checkpointName(c: Checkpoint): string {
-  return c.label && c.label.trim() ? c.label : c.id;
 }
 
 /** Highest execution count among a notebook's code cells, or null. */
@@ -69,9 +52,9 @@ function executionCount(panel: NotebookPanel | null): number | null {
 /**
  * Show a failure as a notification carrying the supervisor's reason.
  */
-export function notifyError(
+function notifyError(
   error: unknown,
-  manager: KernelCheckpointManager,
+  manager: IKernelCheckpoint,
   app: JupyterFrontEnd,
   action?: string
 ): void {
@@ -107,40 +90,9 @@ export function notifyError(
   Notification.error(`${title} failed: ${e.message}`, { autoClose: 15000, actions });
 }
 
-class CheckpointPicker extends Widget implements Dialog.IBodyWidget<string> {
-  constructor(checkpoints: readonly Checkpoint[], currentId: string | null) {
-    super();
-    this.addClass('jp-KernelCheckpoint-picker');
-    const label = document.createElement('label');
-    label.textContent = 'Checkpoint';
-    const select = document.createElement('select');
-    select.className = 'jp-mod-styled';
-    select.setAttribute('aria-label', 'Checkpoint to restore');
-    const sorted = [...checkpoints].sort((a, b) => Date.parse(b.created) - Date.parse(a.created));
-    for (const c of sorted) {
-      const option = document.createElement('option');
-      option.value = c.id;
-      const count = c.state ? ` · [${c.state.execution_count}]` : '';
-      option.textContent = `${checkpointName(c)} — ${relativeTime(c.created)}${count} · ${formatBytes(
-        c.image_bytes
-      )}${c.id === currentId ? ' (current)' : ''}`;
-      select.appendChild(option);
-    }
-    label.appendChild(select);
-    this.node.appendChild(label);
-    this._select = select;
-  }
-
-  getValue(): string {
-    return this._select.value;
-  }
-
-  private _select: HTMLSelectElement;
-}
-
 export function addCommands(
   app: JupyterFrontEnd,
-  manager: KernelCheckpointManager,
+  manager: IKernelCheckpoint,
   palette: { addItem(options: { command: string; category: string }): unknown } | null
 ): void {
   const { commands, shell } = app;
@@ -171,6 +123,25 @@ export function addCommands(
     const s = sessionOf(args);
     return !!s && !s.model.busy;
   };
+
+  // Failures outside a command (a list after a reconnect); each command notifies its own.
+  manager.sessionAdded.connect((_, { session }) => {
+    session.failed.connect((__, error) => {
+      if (error.action === 'list') {
+        notifyError(error, manager, app, 'list');
+      }
+    });
+  });
+
+  // The commands' enabled states follow the current session's state.
+  const notify = () => commands.notifyCommandChanged();
+  manager.currentChanged.connect((_, session) => {
+    if (session) {
+      session.model.changed.connect(notify);
+      session.model.busyChanged.connect(notify);
+    }
+    notify();
+  });
 
   commands.addCommand(CommandIDs.checkpoint, {
     label: 'Checkpoint Kernel',

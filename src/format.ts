@@ -1,100 +1,270 @@
 /**
- * Pure formatting helpers (no DOM).
+ * How sizes, durations, times and the checkpoint table are shown to people: one formatting for
+ * the front end, the CLI (kernel-plugin/cli/format.ts imports this file) and the %checkpoint
+ * magic, whose Python twin is kernel_checkpoint/_format.py. tests/format-cases.json holds the
+ * cases that both implementations must give the same text for (a jest and a pytest test read
+ * it), so every step here is plain arithmetic that Python does the same way: rounding is
+ * floor(x + 0.5), never toFixed or Python's round() (which differ on ties), timestamps are
+ * read field by field, and lengths count code points.
+ *
+ * Pure functions, no DOM: both tsconfigs (src/ and kernel-plugin/) compile this file.
  */
+import type { Checkpoint, SupervisorStatus } from '../protocol/checkpoint-protocol';
 
-/** "just now", "5 min ago", "3 h ago", "2 days ago", or a date. */
-export function relativeTime(iso: string, now: number = Date.now()): string {
-  const t = Date.parse(iso);
-  if (isNaN(t)) {
-    return iso;
-  }
-  const s = Math.round((now - t) / 1000);
-  if (s < 0) {
-    return 'in the future';
-  }
-  if (s < 45) {
-    return 'just now';
-  }
-  const m = Math.round(s / 60);
-  if (m < 60) {
-    return `${m} min ago`;
-  }
-  const h = Math.round(m / 60);
-  if (h < 24) {
-    return `${h} h ago`;
-  }
-  const d = Math.round(h / 24);
-  if (d < 30) {
-    return d === 1 ? 'yesterday' : `${d} days ago`;
-  }
-  return new Date(t).toISOString().slice(0, 10);
+/** Rounds half up, the same way in every language. */
+function roundHalfUp(value: number): number {
+  return Math.floor(value + 0.5);
 }
 
-/** Bytes in a human unit (1024-based). */
-export function formatBytes(bytes: number): string {
-  if (!isFinite(bytes) || bytes < 0) {
+/** A count of tenths as "12.3". */
+function tenths(count: number): string {
+  return `${Math.floor(count / 10)}.${count % 10}`;
+}
+
+function isAmount(value: unknown): value is number {
+  return typeof value === 'number' && Number.isFinite(value) && value >= 0;
+}
+
+const BYTE_UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+
+/**
+ * Bytes in binary units: "512 B", "1.5 KiB", "25.0 MiB", "1020 MiB" (one decimal below 100,
+ * none from 100 on); "?" for what is not a size.
+ */
+export function formatBytes(bytes: number | null | undefined): string {
+  if (!isAmount(bytes)) {
     return '?';
   }
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let v = bytes;
-  let i = 0;
-  while (v >= 1024 && i < units.length - 1) {
-    v /= 1024;
-    i++;
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && unit < BYTE_UNITS.length - 1) {
+    value /= 1024;
+    unit += 1;
   }
-  return i === 0 ? `${v} B` : `${v < 10 ? v.toFixed(1) : Math.round(v)} ${units[i]}`;
+  const whole = roundHalfUp(value);
+  if (whole >= 1024 && unit < BYTE_UNITS.length - 1) {
+    return `1.0 ${BYTE_UNITS[unit + 1]}`; // 1023.7 KiB rounds up to the next unit
+  }
+  if (unit === 0 || roundHalfUp(value * 10) >= 1000) {
+    return `${whole} ${BYTE_UNITS[unit]}`;
+  }
+  return `${tenths(roundHalfUp(value * 10))} ${BYTE_UNITS[unit]}`;
 }
 
-/** Milliseconds as "850 ms", "1.2 s", "2 min 5 s". */
-export function formatDuration(ms: number): string {
-  if (!isFinite(ms) || ms < 0) {
+/** Milliseconds as "850 ms", "1.2 s", "42 s", "2 min 5 s", "1 h 3 min"; "?" for what is not one. */
+export function formatDuration(ms: number | null | undefined): string {
+  if (!isAmount(ms)) {
     return '?';
   }
-  if (ms < 1000) {
-    return `${Math.round(ms)} ms`;
+  if (roundHalfUp(ms) < 1000) {
+    return `${roundHalfUp(ms)} ms`;
   }
-  const s = ms / 1000;
-  if (s < 60) {
-    return `${s < 10 ? s.toFixed(1) : Math.round(s)} s`;
+  if (roundHalfUp(ms / 100) < 100) {
+    return `${tenths(roundHalfUp(ms / 100))} s`;
   }
-  const m = Math.floor(s / 60);
-  return `${m} min ${Math.round(s - m * 60)} s`;
+  const seconds = roundHalfUp(ms / 1000);
+  if (seconds < 60) {
+    return `${seconds} s`;
+  }
+  if (seconds < 3600) {
+    return `${Math.floor(seconds / 60)} min ${seconds % 60} s`;
+  }
+  return `${Math.floor(seconds / 3600)} h ${Math.floor((seconds % 3600) / 60)} min`;
 }
 
-function pad(n: number): string {
-  return String(n).padStart(2, '0');
+const TIMESTAMP =
+  /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:Z|([+-])(\d{2}):(\d{2}))$/;
+
+/** Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil). */
+function daysFromCivil(year: number, month: number, day: number): number {
+  const y = month <= 2 ? year - 1 : year;
+  const era = Math.floor(y / 400);
+  const yearOfEra = y - era * 400;
+  const dayOfYear = Math.floor((153 * (month + (month > 2 ? -3 : 9)) + 2) / 5) + day - 1;
+  const dayOfEra = yearOfEra * 365 + Math.floor(yearOfEra / 4) - Math.floor(yearOfEra / 100);
+  return era * 146097 + dayOfEra + dayOfYear - 719468;
 }
 
-/** Values of the label placeholders. */
-export interface ILabelContext {
-  /** Notebook path, e.g. 'work/analysis.ipynb'. */
-  notebookPath: string;
-  /** Execution count of the kernel (highest of the notebook's cells). */
-  count: number | null;
-  /** Sequence number of this checkpoint for the notebook (1-based). */
-  n: number;
-  /** Time of the checkpoint. */
-  date: Date;
+/** "YYYY-MM-DD" of a day number (H. Hinnant's civil_from_days). */
+function civilFromDays(days: number): string {
+  const z = days + 719468;
+  const era = Math.floor(z / 146097);
+  const dayOfEra = z - era * 146097;
+  const yearOfEra = Math.floor(
+    (dayOfEra -
+      Math.floor(dayOfEra / 1460) +
+      Math.floor(dayOfEra / 36524) -
+      Math.floor(dayOfEra / 146096)) /
+      365
+  );
+  const dayOfYear =
+    dayOfEra - (365 * yearOfEra + Math.floor(yearOfEra / 4) - Math.floor(yearOfEra / 100));
+  const monthIndex = Math.floor((5 * dayOfYear + 2) / 153);
+  const day = dayOfYear - Math.floor((153 * monthIndex + 2) / 5) + 1;
+  const month = monthIndex < 10 ? monthIndex + 3 : monthIndex - 9;
+  const year = yearOfEra + era * 400 + (month <= 2 ? 1 : 0);
+  const pad = (n: number, width: number) => String(n).padStart(width, '0');
+  return `${pad(year, 4)}-${pad(month, 2)}-${pad(day, 2)}`;
 }
 
 /**
- * Expand a label format: {notebook} (file name without .ipynb), {path}, {time}
- * (HH:MM:SS), {date} (YYYY-MM-DD), {count} (execution count), {n} (sequence).
- * Unknown placeholders are left as they are. An empty result means no label.
+ * Milliseconds since the epoch of an RFC 3339 timestamp ("2025-03-01T11:55:00.123Z", or with
+ * an offset), as the protocol writes them; null for anything else.
  */
-export function formatLabel(format: string, ctx: ILabelContext): string {
-  const base = ctx.notebookPath.split('/').pop() ?? '';
-  const notebook = base.replace(/\.ipynb$/i, '');
-  const d = ctx.date;
-  const values: Record<string, string> = {
-    notebook,
-    path: ctx.notebookPath,
-    time: `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`,
-    date: `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}`,
-    count: ctx.count === null ? '?' : String(ctx.count),
-    n: String(ctx.n)
-  };
-  return format
-    .replace(/\{(\w+)\}/g, (whole, key: string) => (key in values ? values[key] : whole))
-    .trim();
+export function parseTimestamp(iso: string): number | null {
+  const m = TIMESTAMP.exec(iso);
+  if (!m) {
+    return null;
+  }
+  const [year, month, day, hour, minute, second] = m.slice(1, 7).map(Number);
+  if (month < 1 || month > 12 || day < 1 || day > 31 || hour > 23 || minute > 59 || second > 60) {
+    return null;
+  }
+  const millis = Number((m[7] ?? '').slice(0, 3).padEnd(3, '0'));
+  const offset = m[8] ? (m[8] === '-' ? -1 : 1) * (Number(m[9]) * 60 + Number(m[10])) : 0;
+  const minutes = (daysFromCivil(year, month, day) * 24 + hour) * 60 + minute - offset;
+  return (minutes * 60 + second) * 1000 + millis;
+}
+
+const DAY_SECONDS = 86400;
+
+/**
+ * "just now", "30 s ago", "5 min ago", "3 h ago", "1 day ago", "9 days ago" (or "in 10 min" for a
+ * clock ahead of ours), and the date (UTC) from 30 days on; a text that is not a timestamp as
+ * it is.
+ */
+export function relativeTime(iso: string, now: number = Date.now()): string {
+  const then = parseTimestamp(iso);
+  if (then === null) {
+    return iso;
+  }
+  const seconds = roundHalfUp((now - then) / 1000);
+  const s = Math.abs(seconds);
+  let text: string;
+  if (s < 5) {
+    return 'just now';
+  } else if (s < 60) {
+    text = `${s} s`;
+  } else if (s < 3600) {
+    text = `${Math.floor(s / 60)} min`;
+  } else if (s < DAY_SECONDS) {
+    text = `${Math.floor(s / 3600)} h`;
+  } else if (s < 30 * DAY_SECONDS) {
+    const days = Math.floor(s / DAY_SECONDS);
+    text = `${days} ${days === 1 ? 'day' : 'days'}`;
+  } else {
+    return civilFromDays(Math.floor(then / (DAY_SECONDS * 1000)));
+  }
+  return seconds < 0 ? `in ${text}` : `${text} ago`;
+}
+
+/** Length in code points (what Python's len() counts), not UTF-16 units. */
+function width(text: string): number {
+  return Array.from(text).length;
+}
+
+/** At most `max` code points, the last one "…" when text was cut. */
+function clip(text: string, max: number): string {
+  const points = Array.from(text);
+  return points.length <= max ? text : `${points.slice(0, max - 1).join('')}\u2026`;
+}
+
+/** Columns of the checkpoint table; the first, unnamed, marks the kernel's current checkpoint. */
+export const CHECKPOINT_COLUMNS = [
+  '',
+  'ID',
+  'PARENT',
+  'LABEL',
+  'WHEN',
+  'EXEC',
+  'SIZE',
+  'ENGINE',
+  'VARIABLES'
+] as const;
+
+/** Numbers are aligned right. */
+const RIGHT_ALIGNED = new Set(['EXEC', 'SIZE']);
+const LABEL_WIDTH = 32;
+const VARIABLES_WIDTH = 40;
+
+/** One row of the checkpoint table. */
+export function checkpointRow(
+  checkpoint: Checkpoint,
+  currentId: string | null,
+  now: number = Date.now()
+): string[] {
+  const state = checkpoint.state;
+  const engine = checkpoint.engine;
+  return [
+    checkpoint.id === currentId ? '*' : '',
+    checkpoint.id,
+    checkpoint.parent_id ?? '-',
+    clip(checkpoint.label ?? '', LABEL_WIDTH),
+    relativeTime(checkpoint.created, now),
+    state ? String(state.execution_count) : '-',
+    formatBytes(checkpoint.image_bytes),
+    [engine.name, engine.version].filter(Boolean).join(' '),
+    clip((state?.variables ?? []).map(v => v.name).join(', '), VARIABLES_WIDTH)
+  ];
+}
+
+/**
+ * Columns two spaces apart, padded to the widest cell (right-aligned where `right` says),
+ * lines without trailing blanks and without a final newline.
+ */
+export function renderTable(
+  rows: readonly (readonly string[])[],
+  right: (column: number) => boolean = () => false
+): string {
+  const widths: number[] = [];
+  for (const row of rows) {
+    row.forEach((cell, i) => {
+      widths[i] = Math.max(widths[i] ?? 0, width(cell));
+    });
+  }
+  return rows
+    .map(row =>
+      row
+        .map((cell, i) => {
+          const fill = ' '.repeat(widths[i] - width(cell));
+          return right(i) ? fill + cell : cell + fill;
+        })
+        .join('  ')
+        .replace(/ +$/, '')
+    )
+    .join('\n');
+}
+
+/** The checkpoint table, oldest first, the current checkpoint marked *. */
+export function checkpointTable(
+  checkpoints: readonly Checkpoint[],
+  currentId: string | null,
+  now: number = Date.now()
+): string {
+  const sorted = [...checkpoints].sort((a, b) =>
+    a.created < b.created ? -1 : a.created > b.created ? 1 : 0
+  );
+  return renderTable(
+    [CHECKPOINT_COLUMNS, ...sorted.map(c => checkpointRow(c, currentId, now))],
+    i => RIGHT_ALIGNED.has(CHECKPOINT_COLUMNS[i])
+  );
+}
+
+/** The supervisor's status for people, one "key:     value" line each, without a final newline. */
+export function statusText(status: SupervisorStatus): string {
+  const engine = `${status.engine.name} ${status.engine.version}`;
+  const lines: [string, string][] = [
+    ['engine', status.engine_ok ? engine : `${engine} (unavailable)`],
+    ...(status.engine_ok
+      ? []
+      : [['problem', status.engine_problem ?? 'unknown'] as [string, string]]),
+    ['kernel', status.kernel_name],
+    ['notebook', status.notebook_path ?? '-'],
+    ['current', status.current_id ?? '-'],
+    ['busy', status.busy ?? 'no'],
+    ['plugin', status.plugin ? 'yes' : 'no'],
+    ['protocol', status.protocol_version],
+    ...(status.store ? [['store', status.store] as [string, string]] : [])
+  ];
+  return lines.map(([key, value]) => `${`${key}:`.padEnd(10)}${value}`).join('\n');
 }

@@ -1,7 +1,7 @@
 /**
  * jupyterlab-kernel-checkpoint: checkpoint a live kernel, restore it later from a timeline.
  *
- * This file only declares the plugins.
+ * This file only declares the plugins; tokens.ts is the public contract.
  */
 import { ILayoutRestorer } from '@jupyterlab/application';
 import type { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
@@ -11,10 +11,10 @@ import type { NotebookPanel } from '@jupyterlab/notebook';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { IStatusBar } from '@jupyterlab/statusbar';
 import { AutoCheckpointer } from './auto';
-import { CommandIDs, TIMELINE_ID, addCommands, notifyError } from './commands';
+import { addCommands } from './commands';
 import { KernelCheckpointManager } from './manager';
-import { readSettings } from './settings';
-import { IKernelCheckpoint } from './tokens';
+import { followSettings } from './settings';
+import { CommandIDs, IKernelCheckpoint, TIMELINE_ID } from './tokens';
 import { CheckpointButton } from './widgets/button';
 import { CheckpointStatus } from './widgets/status';
 import { TimelinePanel } from './widgets/timeline';
@@ -47,27 +47,6 @@ const plugin: JupyterFrontEndPlugin<IKernelCheckpoint> = {
       specsManager: app.serviceManager.kernelspecs
     });
     addCommands(app, manager, palette);
-
-    manager.sessionAdded.connect((_, { session }) => {
-      session.failed.connect((__, error) => {
-        // Errors of commands are notified by the commands; the rest (e.g. a list
-        // failing after a reconnect) here.
-        if (error.action === 'list') {
-          notifyError(error, manager, app, 'list');
-        }
-      });
-    });
-
-    // Re-evaluate enabled states of the commands when a session's state changes.
-    const notify = () => app.commands.notifyCommandChanged();
-    manager.currentChanged.connect((_, session) => {
-      if (session) {
-        session.model.changed.connect(notify);
-        session.model.busyChanged.connect(notify);
-      }
-      notify();
-    });
-
     if (toolbarRegistry) {
       toolbarRegistry.addFactory<NotebookPanel>(
         'Notebook',
@@ -80,22 +59,11 @@ const plugin: JupyterFrontEndPlugin<IKernelCheckpoint> = {
           })
       );
     }
-
     new AutoCheckpointer(manager, app.commands);
-
     if (settingRegistry) {
-      settingRegistry
-        .load(PLUGIN_ID)
-        .then(settings => {
-          const apply = () => {
-            manager.settings = readSettings(settings.composite);
-          };
-          apply();
-          settings.changed.connect(apply);
-        })
-        .catch(reason => {
-          console.error('jupyterlab-kernel-checkpoint: could not load settings', reason);
-        });
+      followSettings(settingRegistry, PLUGIN_ID, settings => {
+        manager.settings = settings;
+      });
     }
     return manager;
   }
@@ -116,8 +84,7 @@ const timelinePlugin: JupyterFrontEndPlugin<void> = {
     restorer: ILayoutRestorer | null,
     statusBar: IStatusBar | null
   ) => {
-    const manager = checkpoints as KernelCheckpointManager;
-    const panel = new TimelinePanel({ id: TIMELINE_ID, manager, commands: app.commands });
+    const panel = new TimelinePanel({ id: TIMELINE_ID, checkpoints, commands: app.commands });
     app.shell.add(panel, 'right', { rank: 650 });
     if (restorer) {
       restorer.add(panel, TIMELINE_ID);
@@ -125,18 +92,17 @@ const timelinePlugin: JupyterFrontEndPlugin<void> = {
 
     let opened = false;
     const maybeOpen = () => {
-      if (!opened && manager.settings.openPanelOnStart) {
+      if (!opened && checkpoints.settings.openPanelOnStart) {
         opened = true;
         void app.restored.then(() => app.commands.execute(CommandIDs.showTimeline));
       }
     };
-    manager.settingsChanged.connect(maybeOpen);
+    checkpoints.settingsChanged.connect(maybeOpen);
     maybeOpen();
 
     if (statusBar) {
-      const item = new CheckpointStatus(manager, app.commands);
       statusBar.registerStatusItem('jupyterlab-kernel-checkpoint:status', {
-        item,
+        item: new CheckpointStatus(checkpoints, app.commands),
         align: 'left',
         rank: 4
       });
@@ -146,4 +112,3 @@ const timelinePlugin: JupyterFrontEndPlugin<void> = {
 
 export default [plugin, timelinePlugin];
 export * from './tokens';
-export { CommandIDs } from './commands';

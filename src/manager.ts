@@ -1,5 +1,6 @@
 /**
- * Keeps one KernelCheckpointSession per open notebook and knows which one is current.
+ * Keeps one KernelCheckpointSession per open notebook and knows which one is current: what the
+ * core plugin provides as IKernelCheckpoint. Only the core plugin sets its settings.
  */
 import type { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import type { KernelSpec } from '@jupyterlab/services';
@@ -7,7 +8,7 @@ import { ISignal, Signal } from '@lumino/signaling';
 import { KernelCheckpointSession } from './session';
 import { DEFAULT_SETTINGS } from './settings';
 import type { ICheckpointSettings } from './settings';
-import type { IKernelCheckpoint } from './tokens';
+import type { IKernelCheckpoint, ISessionAdded } from './tokens';
 
 export class KernelCheckpointManager implements IKernelCheckpoint {
   constructor(options: KernelCheckpointManager.IOptions) {
@@ -27,11 +28,6 @@ export class KernelCheckpointManager implements IKernelCheckpoint {
     return this._currentChanged;
   }
 
-  /** The panel of the current session. */
-  get currentPanel(): NotebookPanel | null {
-    return this._tracker.currentWidget;
-  }
-
   get settings(): ICheckpointSettings {
     return this._settings;
   }
@@ -45,8 +41,7 @@ export class KernelCheckpointManager implements IKernelCheckpoint {
     this._settingsChanged.emit(value);
   }
 
-  /** Emitted when a session is created. */
-  get sessionAdded(): ISignal<this, { panel: NotebookPanel; session: KernelCheckpointSession }> {
+  get sessionAdded(): ISignal<this, ISessionAdded> {
     return this._sessionAdded;
   }
 
@@ -107,10 +102,7 @@ export class KernelCheckpointManager implements IKernelCheckpoint {
   private _settings: ICheckpointSettings = DEFAULT_SETTINGS;
   private _currentChanged = new Signal<this, KernelCheckpointSession | null>(this);
   private _settingsChanged = new Signal<this, ICheckpointSettings>(this);
-  private _sessionAdded = new Signal<
-    this,
-    { panel: NotebookPanel; session: KernelCheckpointSession }
-  >(this);
+  private _sessionAdded = new Signal<this, ISessionAdded>(this);
 }
 
 export namespace KernelCheckpointManager {

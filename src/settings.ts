@@ -1,6 +1,7 @@
 /**
  * The extension's settings (schema/plugin.json) as a typed object.
  */
+import type { ISettingRegistry } from '@jupyterlab/settingregistry';
 import type { ReadonlyPartialJSONObject } from '@lumino/coreutils';
 
 export type AutoCheckpointMode = 'off' | 'interval' | 'long-cell';
@@ -50,4 +51,23 @@ export function readSettings(
       seconds: positive(auto.seconds, DEFAULT_SETTINGS.autoCheckpoint.seconds)
     }
   };
+}
+
+/** Load the plugin's settings from the registry and call `apply` with them now and on every
+ * change; a registry that fails leaves the defaults, and says why on the console. */
+export function followSettings(
+  registry: ISettingRegistry,
+  pluginId: string,
+  apply: (settings: ICheckpointSettings) => void
+): void {
+  registry
+    .load(pluginId)
+    .then(settings => {
+      const read = () => apply(readSettings(settings.composite));
+      read();
+      settings.changed.connect(read);
+    })
+    .catch(reason => {
+      console.error('jupyterlab-kernel-checkpoint: could not load settings', reason);
+    });
 }

@@ -18,8 +18,9 @@ import {
   type Snapshot
 } from './engine';
 import { fdTarget, startPipelineKernel, type PipelineKernel } from './process';
+import { underPrivateUmask } from '../store/private-umask';
 
-const run = promisify(execFile);
+const run = underPrivateUmask(promisify(execFile)); // images and logs are born private
 
 /** CRIU before 4.2 cannot dump a process holding an AF_INET socket on Linux >= 6.16. */
 export const MINIMUM_CRIU_VERSION = [4, 2] as const;
@@ -256,7 +257,7 @@ export class CriuEngine implements Engine {
     const inherit =
       typeof data.outputPipe === 'string' ? ['--inherit-fd', `fd[3]:${data.outputPipe}`] : [];
     try {
-      return await startPipelineKernel(
+      return await underPrivateUmask(startPipelineKernel)(
         [criu, 'restore', '-D', imageDir, ...COMMON_FLAGS, ...inherit, '-o', logFile, '-v3'],
         { env: spec.env, cwd: spec.cwd, pipeOnFd3: true },
         120000,

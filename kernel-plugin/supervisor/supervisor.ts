@@ -579,7 +579,7 @@ export class Supervisor {
   }
 
   private async delete(id: string): Promise<Checkpoint> {
-    const checkpoint = await this.options.store.manifest(id);
+    const checkpoint = await this.options.store.entry(id);
     await this.sealing.get(id);
     await this.options.store.delete(id);
     if (this.currentId === id) {

@@ -1,28 +1,69 @@
-import { formatBytes, formatDuration, formatLabel, relativeTime } from '../format';
+import * as fs from 'fs';
+import * as path from 'path';
+import type { Checkpoint, SupervisorStatus } from '../../protocol/checkpoint-protocol';
+import {
+  checkpointTable,
+  formatBytes,
+  formatDuration,
+  parseTimestamp,
+  relativeTime,
+  statusText
+} from '../format';
+import { formatLabel } from '../text';
 import { readSettings } from '../settings';
 
-describe('format', () => {
-  const now = Date.parse('2026-11-26T12:00:00Z');
-  it('relativeTime', () => {
-    expect(relativeTime('2026-11-26T11:59:50Z', now)).toBe('just now');
-    expect(relativeTime('2026-11-26T11:55:00Z', now)).toBe('5 min ago');
-    expect(relativeTime('2026-11-26T09:00:00Z', now)).toBe('3 h ago');
-    expect(relativeTime('2026-11-25T12:00:00Z', now)).toBe('yesterday');
-    expect(relativeTime('2026-11-20T12:00:00Z', now)).toBe('6 days ago');
-    expect(relativeTime('2026-01-01T00:00:00Z', now)).toBe('2026-01-01');
+/** tests/format-cases.json: the texts that this formatting (front end, CLI) and the %checkpoint
+ * magic's (kernel_checkpoint/_format.py, tests/plugin/test_format.py) must both give. */
+interface ICases {
+  now: string;
+  bytes: [unknown, string][];
+  durations: [unknown, string][];
+  relative_times: [string, string][];
+  tables: {
+    description: string;
+    current_id: string | null;
+    checkpoints: Checkpoint[];
+    lines: string[];
+  }[];
+  statuses: { description: string; status: SupervisorStatus; lines: string[] }[];
+}
+
+const cases: ICases = JSON.parse(
+  fs.readFileSync(path.join(__dirname, '..', '..', 'tests', 'format-cases.json'), 'utf8')
+);
+const now = parseTimestamp(cases.now) as number;
+
+describe('format, with the cases shared with Python', () => {
+  it('reads the cases time', () => {
+    expect(now).toBe(Date.parse(cases.now));
   });
-  it('formatBytes', () => {
-    expect(formatBytes(512)).toBe('512 B');
-    expect(formatBytes(1536)).toBe('1.5 KiB');
-    expect(formatBytes(1.07e9)).toBe('1020 MiB');
-    expect(formatBytes(3 * 1024 ** 3)).toBe('3.0 GiB');
+  it.each(cases.bytes)('formatBytes(%j) is %j', (value, text) => {
+    expect(formatBytes(value as number)).toBe(text);
   });
-  it('formatDuration', () => {
-    expect(formatDuration(850)).toBe('850 ms');
-    expect(formatDuration(1234)).toBe('1.2 s');
-    expect(formatDuration(125_000)).toBe('2 min 5 s');
+  it.each(cases.durations)('formatDuration(%j) is %j', (value, text) => {
+    expect(formatDuration(value as number)).toBe(text);
   });
-  it('formatLabel expands placeholders', () => {
+  it.each(cases.relative_times)('relativeTime(%j) is %j', (iso, text) => {
+    expect(relativeTime(iso, now)).toBe(text);
+  });
+  it.each(cases.tables.map(c => [c.description, c] as const))('table: %s', (_, c) => {
+    expect(checkpointTable(c.checkpoints, c.current_id, now).split('\n')).toEqual(c.lines);
+  });
+  it.each(cases.statuses.map(c => [c.description, c] as const))('status: %s', (_, c) => {
+    expect(statusText(c.status).split('\n')).toEqual(c.lines);
+  });
+  it('parses timestamps as Date.parse does', () => {
+    for (const [iso] of cases.relative_times) {
+      const parsed = parseTimestamp(iso);
+      if (parsed !== null) {
+        expect(parsed).toBe(Date.parse(iso));
+      }
+    }
+  });
+});
+
+describe('formatLabel', () => {
+  it('expands placeholders', () => {
     const date = new Date(2026, 10, 26, 9, 5, 7);
     expect(
       formatLabel('{notebook} {time} [{count}] #{n} {date} {unknown}', {

@@ -4,10 +4,10 @@
 import type { NotebookPanel } from '@jupyterlab/notebook';
 import type { CommandRegistry } from '@lumino/commands';
 import { Widget } from '@lumino/widgets';
-import { CommandIDs } from '../commands';
 import { checkpointIcon } from '../icons';
 import type { KernelCheckpointSession } from '../session';
-import { busyText } from './timeline';
+import { busyText } from '../text';
+import { CommandIDs } from '../tokens';
 
 export class CheckpointButton extends Widget {
   constructor(options: CheckpointButton.IOptions) {

@@ -3,16 +3,16 @@
  */
 import type { CommandRegistry } from '@lumino/commands';
 import { Widget } from '@lumino/widgets';
-import { CommandIDs, checkpointName } from '../commands';
 import { checkpointIcon } from '../icons';
-import type { KernelCheckpointManager } from '../manager';
 import type { KernelCheckpointSession } from '../session';
-import { busyText } from './timeline';
+import { busyText, checkpointName } from '../text';
+import { CommandIDs } from '../tokens';
+import type { IKernelCheckpoint } from '../tokens';
 
 export class CheckpointStatus extends Widget {
-  constructor(manager: KernelCheckpointManager, commands: CommandRegistry) {
+  constructor(checkpoints: IKernelCheckpoint, commands: CommandRegistry) {
     super();
-    this._manager = manager;
+    this._checkpoints = checkpoints;
     this.addClass('jp-KernelCheckpoint-status');
     this.node.setAttribute('role', 'button');
     this.node.tabIndex = 0;
@@ -33,7 +33,7 @@ export class CheckpointStatus extends Widget {
         open();
       }
     });
-    manager.currentChanged.connect(this._onCurrentChanged, this);
+    checkpoints.currentChanged.connect(this._onCurrentChanged, this);
     this._onCurrentChanged();
   }
 
@@ -44,7 +44,7 @@ export class CheckpointStatus extends Widget {
   }
 
   private _onCurrentChanged(): void {
-    const next = this._manager.current;
+    const next = this._checkpoints.current;
     if (this._session && !this._session.isDisposed) {
       this._session.model.changed.disconnect(this._refresh, this);
       this._session.model.busyChanged.disconnect(this._refresh, this);
@@ -75,7 +75,7 @@ export class CheckpointStatus extends Widget {
     this.node.title = this._text.textContent ?? '';
   }
 
-  private _manager: KernelCheckpointManager;
+  private _checkpoints: IKernelCheckpoint;
   private _session: KernelCheckpointSession | null = null;
   private _spinner: HTMLSpanElement;
   private _text: HTMLSpanElement;

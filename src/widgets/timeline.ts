@@ -7,32 +7,13 @@ import type { Message } from '@lumino/messaging';
 import { Widget } from '@lumino/widgets';
 import { deleteIcon, editIcon, refreshIcon } from '@jupyterlab/ui-components';
 import type { LabIcon } from '@jupyterlab/ui-components';
-import { CommandIDs, checkpointName } from '../commands';
 import { formatBytes, formatDuration, relativeTime } from '../format';
 import { checkpointIcon, restoreIcon, timelineIcon } from '../icons';
-import type { KernelCheckpointManager } from '../manager';
 import type { ICheckpointNode } from '../model';
 import type { KernelCheckpointSession } from '../session';
-
-const STAGES: Record<string, string> = {
-  preparing: 'Preparing',
-  quiescing: 'Pausing the kernel',
-  snapshotting: 'Taking the snapshot',
-  resuming: 'Resuming',
-  saving: 'Saving the image',
-  verifying: 'Verifying',
-  stopping: 'Stopping the kernel',
-  restoring: 'Restoring the image',
-  reconnecting: 'Reconnecting'
-};
-
-/** A one-line description of what is under way. */
-export function busyText(action: string, stage?: string, message?: string): string {
-  const what =
-    action === 'restore' ? 'Restoring' : action === 'checkpoint' ? 'Checkpointing' : action;
-  const detail = message || (stage ? (STAGES[stage] ?? stage) : '');
-  return detail ? `${what}: ${detail}…` : `${what}…`;
-}
+import { busyText, checkpointName } from '../text';
+import { CommandIDs } from '../tokens';
+import type { IKernelCheckpoint } from '../tokens';
 
 function el<K extends keyof HTMLElementTagNameMap>(
   tag: K,
@@ -52,7 +33,7 @@ function el<K extends keyof HTMLElementTagNameMap>(
 export class TimelinePanel extends Widget {
   constructor(options: TimelinePanel.IOptions) {
     super();
-    this._manager = options.manager;
+    this._checkpoints = options.checkpoints;
     this._commands = options.commands;
     this.id = options.id;
     this.addClass('jp-KernelCheckpoint-timeline');
@@ -60,7 +41,7 @@ export class TimelinePanel extends Widget {
     this.title.caption = 'Kernel Checkpoint Timeline';
     this.node.setAttribute('role', 'region');
     this.node.setAttribute('aria-label', 'Kernel checkpoint timeline');
-    this._manager.currentChanged.connect(this._onCurrentChanged, this);
+    this._checkpoints.currentChanged.connect(this._onCurrentChanged, this);
     this._onCurrentChanged();
   }
 
@@ -91,7 +72,7 @@ export class TimelinePanel extends Widget {
   }
 
   private _onCurrentChanged(): void {
-    const next = this._manager.current;
+    const next = this._checkpoints.current;
     if (this._session === next) {
       return;
     }
@@ -427,7 +408,7 @@ export class TimelinePanel extends Widget {
     return li;
   }
 
-  private _manager: KernelCheckpointManager;
+  private _checkpoints: IKernelCheckpoint;
   private _commands: CommandRegistry;
   private _session: KernelCheckpointSession | null = null;
   private _clock = 0;
@@ -436,7 +417,8 @@ export class TimelinePanel extends Widget {
 export namespace TimelinePanel {
   export interface IOptions {
     id: string;
-    manager: KernelCheckpointManager;
+    /** Whose current session the panel shows. */
+    checkpoints: IKernelCheckpoint;
     commands: CommandRegistry;
   }
 }

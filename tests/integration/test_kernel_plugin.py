@@ -20,7 +20,8 @@ def test_magics_and_their_errors(kernel: Kernel):
     made = client.execute('%checkpoint -m "first try"')
     assert made.status == "ok", made.error
     match = re.fullmatch(
-        rf'Checkpoint ({ID}) "first try": [\d.]+ [kMG]?B, took [\d.]+ s \((criu|dmtcp) \S+\)\n',
+        rf'Checkpoint ({ID}) "first try": [\d.]+ (?:B|KiB|MiB|GiB), took [\d.]+ (?:ms|s) '
+        r"\((criu|dmtcp) \S+\)\n",
         made.stdout,
     )
     assert match, made.stdout

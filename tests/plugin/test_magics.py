@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from conftest import CKPT_ID, CKPT_ID2, manifest, stderr, stdout
@@ -33,6 +34,12 @@ def fail(supervisor, req, code, message):
     )
 
 
+def ago(seconds: float) -> str:
+    """The protocol's timestamp of ``seconds`` ago."""
+    when = datetime.now(timezone.utc) - timedelta(seconds=seconds)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
 def no_traceback(msgs):
     assert [m for m in msgs if m["msg_type"] == "error"] == []
     assert "Traceback" not in stderr(msgs)
@@ -57,7 +64,7 @@ def test_checkpoint_magic_prints_id_label_size_and_time(kernel, supervisor):
     msgs = kernel.collect(msg_id)
     no_traceback(msgs)
     assert stdout(msgs) == (
-        f'Checkpoint {CKPT_ID} "before training": 1.1 GB, took 0.84 s (criu 4.2.1)\n'
+        f'Checkpoint {CKPT_ID} "before training": 1020 MiB, took 840 ms (criu 4.2.1)\n'
     )
 
 
@@ -76,29 +83,38 @@ def test_list_prints_a_table_and_marks_the_current_one(kernel, supervisor):
     msg_id = kernel.execute("%checkpoint list")
     req = supervisor.expect("request")["request"]
     assert req["action"] == "list" and req["scope"] == "session"
-    answer(
-        supervisor,
-        req,
-        checkpoints=[
-            manifest(CKPT_ID, "first", execution_count=3, image_bytes=250_000_000),
-            manifest(CKPT_ID2, None, parent=CKPT_ID, execution_count=12, image_bytes=999),
-        ],
-        current_id=CKPT_ID2,
-    )
+    older = manifest(CKPT_ID, "first", execution_count=3, image_bytes=250_000_000)
+    older["created"] = ago(330)
+    newer = manifest(CKPT_ID2, None, parent=CKPT_ID, execution_count=12, image_bytes=999)
+    newer["created"] = ago(90)
+    newer["state"]["variables"] = [
+        {
+            "name": name,
+            "type": "int",
+            "size_bytes": 28,
+            "shape": None,
+            "dtype": None,
+            "length": None,
+        }
+        for name in ("df", "model")
+    ]
+    answer(supervisor, req, checkpoints=[older, newer], current_id=CKPT_ID2)
     msgs = kernel.collect(msg_id)
     no_traceback(msgs)
     lines = stdout(msgs).splitlines()
     assert len(lines) == 3
     header = lines[0].split()
-    assert header == ["id", "parent", "label", "when", "exec", "size", "engine", "variables"]
+    # The columns and texts of `kernel-checkpoint list` (one formatting: tests/format-cases.json).
+    assert header == ["ID", "PARENT", "LABEL", "WHEN", "EXEC", "SIZE", "ENGINE", "VARIABLES"]
     first, second = lines[1], lines[2]
     assert first.startswith(" ") and CKPT_ID in first and "first" in first
     assert " - " in first  # no parent
-    assert "250 MB" in first and " 3 " in first and "criu 4.2.1" in first
+    assert "238 MiB" in first and " 3 " in first and "criu 4.2.1" in first
+    assert "5 min ago" in first
     assert second.startswith("*")
     assert second.split()[1:3] == [CKPT_ID2, CKPT_ID]
-    assert " 12 " in second and "999 B" in second
-    assert "2026-11-26" in first  # when, in local time
+    assert " 12 " in second and "999 B" in second and "1 min ago" in second
+    assert second.endswith("criu 4.2.1  df, model")
 
     msg_id = kernel.execute("%checkpoint list --all")
     req = supervisor.expect("request")["request"]
@@ -107,6 +123,38 @@ def test_list_prints_a_table_and_marks_the_current_one(kernel, supervisor):
     msgs = kernel.collect(msg_id)
     no_traceback(msgs)
     assert stderr(msgs) == "List failed: the store /x cannot be read (permission_denied)\n"
+
+
+def test_status_prints_what_the_cli_prints(kernel, supervisor):
+    msg_id = kernel.execute("%checkpoint status")
+    req = supervisor.expect("request")["request"]
+    assert req["action"] == "status"
+    status = {
+        "protocol_version": "1.0",
+        "engine": {"name": "criu", "version": "4.2.1"},
+        "engine_ok": False,
+        "engine_problem": "CRIU needs root.",
+        "current_id": CKPT_ID,
+        "kernel_name": "python3",
+        "notebook_path": "a.ipynb",
+        "busy": None,
+        "plugin": True,
+        "store": "/tmp/images",
+    }
+    answer(supervisor, req, status=status, current_id=CKPT_ID)
+    msgs = kernel.collect(msg_id)
+    no_traceback(msgs)
+    assert stdout(msgs) == (
+        "engine:   criu 4.2.1 (unavailable)\n"
+        "problem:  CRIU needs root.\n"
+        "kernel:   python3\n"
+        "notebook: a.ipynb\n"
+        f"current:  {CKPT_ID}\n"
+        "busy:     no\n"
+        "plugin:   yes\n"
+        "protocol: 1.0\n"
+        "store:    /tmp/images\n"
+    )
 
 
 def test_restore_delete_label(kernel, supervisor):

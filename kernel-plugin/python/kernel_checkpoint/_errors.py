@@ -2,22 +2,6 @@
 
 from __future__ import annotations
 
-#: The protocol's ErrorCode values (protocol/checkpoint-protocol.schema.json).
-ERROR_CODES = (
-    "unknown_checkpoint",
-    "corrupt_image",
-    "foreign_image",
-    "engine_unavailable",
-    "permission_denied",
-    "no_space",
-    "busy",
-    "vetoed",
-    "engine_failed",
-    "kernel_not_running",
-    "invalid_request",
-    "unsupported_protocol",
-)
-
 NOT_CHECKPOINTABLE = (
     "This kernel is not checkpointable: start the notebook with a '... (checkpointable)' kernel "
     "(`kernel-checkpoint install` adds them)."

@@ -28,7 +28,9 @@ import sys
 import threading
 from typing import Any
 
-MARKER_MSG_TYPE = "kernel_checkpoint_marker"
+from ._protocol import MARKER_MSG_TYPE
+
+#: The marker's iopub topic (the supervisor matches the header's msg_type; the topic only names it).
 MARKER_TOPIC = MARKER_MSG_TYPE.encode()
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import shlex
 import sys
-from datetime import datetime, timezone
 from typing import Any, Callable
 
 from IPython.core.magic import Magics, line_magic, magics_class
 
 from . import _api
 from ._errors import NOT_CHECKPOINTABLE, CheckpointError
+from ._format import checkpoint_table, format_bytes, format_duration, status_text
 
 USAGE = """\
 Checkpoint this kernel, or list, restore, delete and label its checkpoints.
@@ -52,49 +52,6 @@ class _Usage(Exception):
     pass
 
 
-def human_bytes(n: Any) -> str:
-    if not isinstance(n, (int, float)) or isinstance(n, bool):
-        return "?"
-    value = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(value) < 1000 or unit == "TB":
-            if unit == "B":
-                return f"{int(value)} B"
-            return f"{value:.1f} {unit}" if value < 100 else f"{value:.0f} {unit}"
-        value /= 1000
-    return "?"  # pragma: no cover
-
-
-def human_ms(ms: Any) -> str:
-    if not isinstance(ms, (int, float)) or isinstance(ms, bool):
-        return "?"
-    s = ms / 1000
-    if s < 60:
-        return f"{s:.2f} s" if s < 10 else f"{s:.1f} s"
-    m, s = divmod(round(s), 60)
-    return f"{m} min {s} s"
-
-
-def human_time(iso: Any) -> str:
-    if not isinstance(iso, str):
-        return "?"
-    text = iso.strip()
-    if text.endswith("Z"):
-        text = text[:-1] + "+00:00"
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        try:
-            when = datetime.strptime(iso.strip(), "%Y-%m-%dT%H:%M:%S.%fZ").replace(
-                tzinfo=timezone.utc
-            )
-        except ValueError:
-            return iso
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return when.astimezone().strftime("%Y-%m-%d %H:%M:%S")
-
-
 def _engine(c: dict[str, Any]) -> str:
     e = c.get("engine") or {}
     return " ".join(str(x) for x in (e.get("name"), e.get("version")) if x) or "?"
@@ -108,45 +65,9 @@ def describe_checkpoint(c: dict[str, Any]) -> str:
     """One line: id, label, size, time taken, engine."""
     return (
         f"Checkpoint {c.get('id', '?')}{_quote(c.get('label'))}: "
-        f"{human_bytes(c.get('image_bytes'))}, took {human_ms(c.get('duration_ms'))} "
+        f"{format_bytes(c.get('image_bytes'))}, took {format_duration(c.get('duration_ms'))} "
         f"({_engine(c)})"
     )
-
-
-def _clip(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "\u2026"
-
-
-def format_table(checkpoints: list[dict[str, Any]], current_id: str | None = None) -> str:
-    headers = ["", "id", "parent", "label", "when", "exec", "size", "engine", "variables"]
-    rows = []
-    for c in checkpoints:
-        state = c.get("state") or {}
-        count = state.get("execution_count")
-        is_current = c.get("current") if "current" in c else c.get("id") == current_id
-        rows.append(
-            [
-                "*" if is_current else "",
-                str(c.get("id", "?")),
-                str(c.get("parent_id") or "-"),
-                _clip(str(c.get("label") or ""), 32),
-                human_time(c.get("created")),
-                "" if count is None else str(count),
-                human_bytes(c.get("image_bytes")),
-                _engine(c),
-                _clip(", ".join(v.get("name", "?") for v in state.get("variables") or []), 40),
-            ]
-        )
-    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
-    right = {5, 6}
-    lines = []
-    for r in [headers, *rows]:
-        cells = [
-            r[i].rjust(widths[i]) if i in right else r[i].ljust(widths[i])
-            for i in range(len(headers))
-        ]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)
 
 
 def _error_line(action: str, exc: CheckpointError) -> str:
@@ -241,7 +162,8 @@ class CheckpointMagics(Magics):
             where = "in the store" if scope == "all" else "for this notebook"
             self._out(f"No checkpoints {where} yet.")
             return
-        self._out(format_table(checkpoints))
+        current = next((c.get("id") for c in checkpoints if c.get("current")), None)
+        self._out(checkpoint_table(checkpoints, current))
 
     def _one_id(self, args: list[str], usage: str) -> str:
         if len(args) != 1:
@@ -273,13 +195,4 @@ class CheckpointMagics(Magics):
     def _status(self, args: list[str]) -> None:
         if args:
             raise _Usage("%checkpoint status")
-        st = _api.status()
-        engine = st.get("engine") or {}
-        lines = [
-            f"engine:     {engine.get('name', '?')} {engine.get('version', '')}".rstrip()
-            + ("" if st.get("engine_ok", True) else f"  (cannot run: {st.get('engine_problem')})"),
-            f"store:      {st.get('store', '?')}",
-            f"current:    {st.get('current_id') or '-'}",
-            f"busy:       {st.get('busy') or 'no'}",
-        ]
-        self._out("\n".join(lines))
+        self._out(status_text(_api.status()))

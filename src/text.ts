@@ -1,0 +1,69 @@
+/**
+ * The words the front end shows for checkpoints: the name of one, the label a new one gets
+ * (from the settings' label format), and what a checkpoint or restore under way is doing.
+ * Sizes and times: format.ts.
+ */
+import type { Action, Checkpoint, ProgressStage } from '../protocol/checkpoint-protocol';
+
+/** The name a checkpoint is shown with. */
+export function checkpointName(c: Checkpoint): string {
+  return c.label && c.label.trim() ? c.label : c.id;
+}
+
+const STAGES: Record<ProgressStage, string> = {
+  preparing: 'Preparing',
+  quiescing: 'Pausing the kernel',
+  snapshotting: 'Taking the snapshot',
+  resuming: 'Resuming',
+  saving: 'Saving the image',
+  verifying: 'Verifying',
+  stopping: 'Stopping the kernel',
+  restoring: 'Restoring the image',
+  reconnecting: 'Reconnecting'
+};
+
+/** A one-line description of what is under way. */
+export function busyText(action: Action, stage?: ProgressStage, message?: string): string {
+  const what =
+    action === 'restore' ? 'Restoring' : action === 'checkpoint' ? 'Checkpointing' : action;
+  const detail = message || (stage ? (STAGES[stage] ?? stage) : '');
+  return detail ? `${what}: ${detail}…` : `${what}…`;
+}
+
+function pad(n: number): string {
+  return String(n).padStart(2, '0');
+}
+
+/** Values of the label placeholders. */
+export interface ILabelContext {
+  /** Notebook path, e.g. 'work/analysis.ipynb'. */
+  notebookPath: string;
+  /** Execution count of the kernel (highest of the notebook's cells). */
+  count: number | null;
+  /** Sequence number of this checkpoint for the notebook (1-based). */
+  n: number;
+  /** Time of the checkpoint. */
+  date: Date;
+}
+
+/**
+ * Expand a label format: {notebook} (file name without .ipynb), {path}, {time}
+ * (HH:MM:SS), {date} (YYYY-MM-DD), {count} (execution count), {n} (sequence).
+ * Unknown placeholders are left as they are. An empty result means no label.
+ */
+export function formatLabel(format: string, ctx: ILabelContext): string {
+  const base = ctx.notebookPath.split('/').pop() ?? '';
+  const notebook = base.replace(/\.ipynb$/i, '');
+  const d = ctx.date;
+  const values: Record<string, string> = {
+    notebook,
+    path: ctx.notebookPath,
+    time: `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`,
+    date: `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}`,
+    count: ctx.count === null ? '?' : String(ctx.count),
+    n: String(ctx.n)
+  };
+  return format
+    .replace(/\{(\w+)\}/g, (whole, key: string) => (key in values ? values[key] : whole))
+    .trim();
+}
