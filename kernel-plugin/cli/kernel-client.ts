@@ -74,6 +74,7 @@ const COMM_OPEN_RESEND_MS = 1000;
 const HEARTBEAT_INTERVAL_MS = 500;
 /** A heartbeat silent this long, after it had answered, means the kernel is gone. */
 export const HEARTBEAT_SILENCE_MS = 3000;
+const SILENT_BEATS = HEARTBEAT_SILENCE_MS / HEARTBEAT_INTERVAL_MS;
 /** At most this long for a comm_close to be queued on the way out. */
 const CLOSE_SEND_MS = 1000;
 
@@ -117,7 +118,9 @@ export class KernelClient {
   private readonly firstIopub = signal<'verified' | 'bad'>();
   private readonly firstEcho = signal<true>();
   private heartbeatTimer: NodeJS.Timeout | undefined;
-  private lastEcho = 0;
+  private echoed = false;
+  private echoedSinceBeat = false;
+  private silentBeats = 0;
   private shellConnected = false;
   /** Why the kernel is known to be gone; every wait ends with it. */
   private stoppedBecause: string | null = null;
@@ -171,8 +174,15 @@ export class KernelClient {
     this.hb.send(['', `kernel-checkpoint-${Date.now()}`]).catch(() => undefined);
   }
 
+  /**
+   * Counts beats without an echo rather than time since the last one: when this process itself
+   * is held up (a loaded machine), its first timer after the pause runs before the echoes that
+   * came meanwhile are read, and must not take that for a silent kernel.
+   */
   private beat(): void {
-    if (this.lastEcho > 0 && Date.now() - this.lastEcho > HEARTBEAT_SILENCE_MS) {
+    this.silentBeats = this.echoedSinceBeat || !this.echoed ? 0 : this.silentBeats + 1;
+    this.echoedSinceBeat = false;
+    if (this.silentBeats >= SILENT_BEATS) {
       this.stop(
         `its heartbeat has been silent for ${HEARTBEAT_SILENCE_MS / 1000} s (the kernel-checkpoint ` +
           'supervisor hangs or is gone)'
@@ -250,7 +260,8 @@ export class KernelClient {
   private async readHeartbeat(): Promise<void> {
     try {
       for await (const _echo of this.hb) {
-        this.lastEcho = Date.now();
+        this.echoed = true;
+        this.echoedSinceBeat = true;
         this.firstEcho.resolve(true);
       }
     } catch (error) {
@@ -530,6 +541,11 @@ export class KernelClient {
     }
     this.closed = true;
     clearInterval(this.heartbeatTimer);
+    // A wait still pending (its caller gave up on it) ends now, and its timer with it.
+    const closed = new ConnectError('stopped', 'The connection to the kernel was closed.');
+    for (const waiter of [...this.stopWaiters]) {
+      waiter(closed);
+    }
     if (this.stoppedBecause || !this.shellConnected) {
       this.shell.linger = 0;
     }
