@@ -1,6 +1,7 @@
 // Verbs that talk to a running kernel over ZeroMQ (checkpoint, restore, list, delete, label,
-// status): find its connection file, check it answers (kernel_info, with a timeout), open the
-// kernel_checkpoint comm, send one request, print the answer, exit with a documented code.
+// status): find its connection file, check the key and that it answers (the supervisor's
+// signed iopub welcome and its heartbeat, with a timeout), open the kernel_checkpoint comm, send
+// one request, print the answer, exit with a documented code.
 
 import { readFileSync } from 'node:fs';
 
@@ -30,7 +31,8 @@ export const EXIT = {
 export const EXIT_CODES_HELP = `
 Exit codes (checkpoint, restore, list, delete, label, status):
   0  ok
-  1  unexpected failure (e.g. the kernel stopped answering in the middle of a request)
+  1  unexpected failure (e.g. the kernel stopped in the middle of a request: its connection
+     closed or its heartbeat fell silent)
   2  usage error (unknown verb or option, missing argument)
   3  no kernel found (no connection file, or nothing answers at its ports)
   4  kernel not checkpointable (not started under kernel-checkpoint: no answer to the
@@ -39,7 +41,8 @@ Exit codes (checkpoint, restore, list, delete, label, status):
      corrupt_image, foreign_image, kernel_not_running)
   6  unknown checkpoint id
   7  busy: another checkpoint or restore of this kernel is under way
-  8  wrong key: the kernel ignores our signed messages but its heartbeat answers
+  8  wrong key: the kernel's messages do not verify with the connection file's key, or it
+     ignores our signed messages while its heartbeat answers
   9  vetoed by a pre-checkpoint hook in the kernel
 `;
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -13,7 +14,15 @@ from typing import Any
 
 import pytest
 from jupyter_client import KernelManager, MultiKernelManager
-from kctesting import KERNEL_NAME, Kernel, kernel_checkpoint_command, validate, wait_sealed
+from kctesting import (
+    KERNEL_NAME,
+    Kernel,
+    alive,
+    descendants,
+    kernel_checkpoint_command,
+    validate,
+    wait_sealed,
+)
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -313,3 +322,141 @@ def test_two_clis_checkpointing_at_once(kernel: Kernel):
         ok("restore", checkpoint["id"], "--existing", cf)
         assert client.value("v") == "before"
         assert client.value("int(arr.sum())") == (8 * 1024 * 1024) * (8 * 1024 * 1024 - 1) // 2
+
+
+# -- a busy kernel, the kernel's own state, a kernel that dies --------------------------------
+
+# The batch job's case: the time limit comes while a cell runs (30 s of it).
+LONG_CELL = (
+    "import time\nticks = []\nfor i in range(60):\n    ticks.append(i); print(i); time.sleep(0.5)\n"
+)
+# Far below the cell's 30 s, and above what a verb takes on a loaded 2-core machine (~0.3 s).
+PROMPT_S = 8
+
+
+def prompt(*args: str) -> subprocess.CompletedProcess:
+    """A verb that must succeed without waiting for the running cell."""
+    started = time.monotonic()
+    out = ok(*args)
+    elapsed = time.monotonic() - started
+    assert elapsed < PROMPT_S, f"{args} took {elapsed:.1f} s: it waited for the running cell"
+    return out
+
+
+def as_json_now(*args: str) -> Any:
+    return json.loads(prompt(*args, "--json").stdout)
+
+
+def test_every_verb_works_while_a_cell_runs(kernel: Kernel):
+    cf = connection(kernel)
+    client = kernel.client
+    client.run("x = 'before the cell'")
+    idle = as_json("checkpoint", "--existing", cf, "-m", "idle")
+    spare = as_json("checkpoint", "--existing", cf, "-m", "spare")
+
+    running = client.kc.execute(LONG_CELL)
+    time.sleep(1)
+    status = as_json_now("status", "--existing", cf)
+    assert status["current_id"] == spare["id"]
+    listed = as_json_now("list", "--existing", cf)
+    assert [c["id"] for c in listed] == [idle["id"], spare["id"]]
+    taken = as_json_now("checkpoint", "--existing", cf, "-m", "mid-cell")
+    labelled = as_json_now("label", taken["id"], "renamed", "--existing", cf)
+    assert labelled["label"] == "renamed"
+    prompt("delete", spare["id"], "--existing", cf)
+    # The cell ran on undisturbed: all its output, once and in order, and its variables.
+    result = client.collect(running)
+    assert result.status == "ok", result.error
+    assert result.stdout == "".join(f"{i}\n" for i in range(60))
+    assert client.value("ticks") == list(range(60))
+    everything = {c["id"] for c in as_json("list", "--all", "--existing", cf)}
+    assert everything == {idle["id"], taken["id"]}
+
+    # A restore while a cell runs ends that cell and brings back the checkpoint's kernel.
+    running = client.kc.execute(LONG_CELL)
+    time.sleep(1)
+    prompt("restore", idle["id"], "--existing", cf)
+    cut_short = client.collect(running)
+    assert cut_short.error and cut_short.error["ename"] == "KernelRestored"
+    assert client.value("x") == "before the cell"
+
+
+def test_wrong_key_while_a_cell_runs_is_reported_at_once(kernel: Kernel, tmp_path: Path):
+    info = json.loads(Path(connection(kernel)).read_text())
+    info["key"] = "not-" + info["key"]
+    wrong = tmp_path / "kernel-wrong-key.json"
+    wrong.write_text(json.dumps(info))
+    running = kernel.client.kc.execute("import time; time.sleep(15); y = 'slept'")
+    time.sleep(0.5)
+    started = time.monotonic()
+    out = cli("status", "--existing", str(wrong), timeout=60)  # the default --timeout, 10 s
+    elapsed = time.monotonic() - started
+    assert out.returncode == WRONG_KEY, out.stderr
+    assert "key in the connection file is probably wrong" in out.stderr
+    assert elapsed < 5, f"the wrong key took {elapsed:.1f} s to tell"
+    assert kernel.client.collect(running).status == "ok"
+    assert kernel.client.value("y") == "slept"
+
+
+RANDOM_STATE = (
+    "import hashlib as _h, random as _r; print(_h.sha256(repr(_r.getstate()).encode()).hexdigest())"
+)
+
+
+def test_the_cli_leaves_the_kernels_random_state_alone(kernel: Kernel):
+    # A notebook checkpointed half way must draw the same numbers as one run straight through:
+    # what the command line asks for its own purposes runs no code in the kernel.
+    cf = connection(kernel)
+    client = kernel.client
+    client.run("import random; random.seed(15)")
+    before = client.run(RANDOM_STATE)
+    assert client.run(RANDOM_STATE) == before  # running this cell leaves it alone itself
+    taken = as_json("checkpoint", "--existing", cf)
+    assert client.run(RANDOM_STATE) == before, "checkpoint moved the kernel's random state"
+    as_json("list", "--existing", cf)
+    assert client.run(RANDOM_STATE) == before, "list moved the kernel's random state"
+    as_json("status", "--existing", cf)
+    assert client.run(RANDOM_STATE) == before, "status moved the kernel's random state"
+    as_json("label", taken["id"], "seeded", "--existing", cf)
+    assert client.run(RANDOM_STATE) == before, "label moved the kernel's random state"
+    assert client.value("random.random()") == __import__("random").Random(15).random()
+
+
+def test_the_cli_says_the_kernel_stopped_when_it_dies_mid_request(kernel: Kernel, tmp_path: Path):
+    cf = connection(kernel)
+    hook_started = tmp_path / "hook-started"
+    kernel.client.run(
+        "import pathlib, time, kernel_checkpoint as kc\n"
+        "@kc.before_checkpoint\n"
+        f"def take_your_time(): pathlib.Path({str(hook_started)!r}).touch(); time.sleep(30)"
+    )
+    proc = subprocess.Popen(
+        [kernel_checkpoint_command(), "checkpoint", "--existing", cf],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    below: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not hook_started.exists():
+            assert time.monotonic() < deadline, "the pre-checkpoint hook never ran"
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        supervisor = kernel.supervisor_pid
+        below = descendants(supervisor)
+        os.kill(supervisor, signal.SIGKILL)
+        killed = time.monotonic()
+        _, stderr = proc.communicate(timeout=60)
+        elapsed = time.monotonic() - killed
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        # What the supervisor leaves when killed is not this test's subject: clean it up.
+        for pid in below:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == FAILURE, stderr
+    assert elapsed < 5, f"the command noticed only after {elapsed:.1f} s"
+    assert "The kernel of" in stderr and "stopped" in stderr, stderr
