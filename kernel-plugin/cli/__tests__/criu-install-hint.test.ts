@@ -53,25 +53,27 @@ describe('criuInstallHint', () => {
 
 describe('criuInstallHintFor (doctor)', () => {
   const debian = os(DEBIAN_12);
-  it('hints when CRIU is missing or older than 4.2', () => {
-    expect(criuInstallHintFor([{ name: 'criu', ok: false }], debian)).toContain('Debian 12');
-    expect(
-      criuInstallHintFor([{ name: 'criu', ok: false, version: '4.1.1' }], debian)
-    ).toBeDefined();
-    expect(
-      criuInstallHintFor([{ name: 'criu', ok: false, version: 'unknown' }], debian)
-    ).toBeDefined();
-  });
+  const hint = (ok: boolean, version?: string) =>
+    criuInstallHintFor(
+      [
+        { name: 'dmtcp', ok: false },
+        { name: 'criu', ok, version }
+      ],
+      debian
+    );
 
-  it('not when CRIU works, or is recent but lacks privileges', () => {
-    expect(
-      criuInstallHintFor([{ name: 'criu', ok: true, version: '4.2.1' }], debian)
-    ).toBeUndefined();
-    expect(
-      criuInstallHintFor([{ name: 'criu', ok: false, version: '4.2.1' }], debian)
-    ).toBeUndefined();
-    expect(
-      criuInstallHintFor([{ name: 'criu', ok: false, version: '5.0' }], debian)
-    ).toBeUndefined();
+  it.each([[undefined], ['4.1.1'], ['3.17.1'], ['unknown']])(
+    'hints when CRIU is missing or older than 4.2 (version %s)',
+    version => {
+      expect(hint(false, version)).toContain("Debian 12's criu is too old");
+    }
+  );
+
+  it.each([
+    [true, '4.2.1'],
+    [false, '4.2.1'],
+    [false, '5.0']
+  ])('not when CRIU works, or is recent but lacks privileges (ok %s, %s)', (ok, version) => {
+    expect(hint(ok, version)).toBeUndefined();
   });
 });
