@@ -1,6 +1,7 @@
 # The README's two commands:
 #   make lab   - install everything, build, install the kernelspec, start JupyterLab
 #   make test  - the same set-up (minus starting JupyterLab), then every test suite
+# and, for a release, make dist: the wheel and the sdist, in dist/.
 # Each set-up step leaves a stamp in .stamps/ that is newer than the files it depends on, so a
 # second run with nothing changed only checks timestamps.
 
@@ -30,11 +31,12 @@ BUILD_INPUTS := $(shell find src schema style protocol kernel-plugin -type f \
 	package.json tsconfig.json kernel-plugin/tsconfig.json scripts/bundle-supervisor.mjs \
 	scripts/generate-protocol.mjs install.json
 
-.PHONY: help lab test setup lint jest pytest ui-test clean distclean
+.PHONY: help lab test setup lint jest pytest ui-test dist clean distclean
 
 help:
 	@echo "make lab    install everything, build, install the kernelspec and start JupyterLab"
 	@echo "make test   the same set-up, then lint, jest, pytest and the Galata UI tests"
+	@echo "make dist   the wheel and the sdist (production build of the front end), in dist/"
 
 lab: setup
 	jupyter lab $(ROOT_ARGS) $(LAB_ARGS)
@@ -72,7 +74,6 @@ $(STAMPS)/build: $(BUILD_INPUTS) $(STAMPS)/npm $(STAMPS)/venv
 	@mkdir -p $(dir $(LABEXT_DEST))
 	rm -rf $(LABEXT_DEST)
 	ln -s $(LABEXT_SRC) $(LABEXT_DEST)
-	@rm -f $(LABEXT_SRC)/install.json  # the wheel maps install.json there itself
 	@touch $@
 
 $(STAMPS)/kernelspec: $(STAMPS)/build
@@ -96,8 +97,15 @@ pytest: setup
 ui-test: setup
 	bash scripts/ui-tests.sh
 
+# The production build (minified, no source maps in the labextension) replaces the dev build, then
+# `python -m build` (sdist, then the wheel from it) packs it; the venv has the build backend.
+dist: setup
+	npm run build:prod
+	rm -rf dist
+	$(VENV)/bin/python -m build --no-isolation --outdir dist .
+
 clean:
-	rm -rf $(STAMPS) lib kernel-plugin/lib tsconfig.tsbuildinfo kernel-plugin/tsconfig.tsbuildinfo \
+	rm -rf $(STAMPS) dist lib kernel-plugin/lib tsconfig.tsbuildinfo kernel-plugin/tsconfig.tsbuildinfo \
 		kernel-plugin/python/kernel_checkpoint/labextension kernel-plugin/python/kernel_checkpoint/_node \
 		kernel-plugin/python/kernel_checkpoint/protocol ui-tests/test-results ui-tests/playwright-report
 

@@ -13,6 +13,8 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 "$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q 'hatchling>=1.25,<2' 'hatch-jupyter-builder>=0.9,<1' editables
+# The build backend and its plugins (pyproject.toml's [build-system]), for --no-build-isolation.
+"$VENV/bin/python" -m pip install -q 'hatchling>=1.25,<2' 'hatch-jupyter-builder>=0.9,<1' \
+  'hatch-nodejs-version>=0.3.2,<0.5' editables
 SKIP_JUPYTER_BUILDER=1 "$VENV/bin/python" -m pip install -q --no-build-isolation -e '.[test]'
 say "Python environment ready: $VENV ($("$VENV/bin/python" --version 2>&1))."

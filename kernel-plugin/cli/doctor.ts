@@ -1,9 +1,21 @@
-// `kernel-checkpoint doctor`: which engines work here, and for each that does not, why.
+// `kernel-checkpoint doctor`: which engines work here, and for each that does not, why; and
+// which Node runs the supervisor.
 
 import type { Command } from 'commander';
 
 import { createEngine, engineNames } from '../engines';
 import type { EngineProbe } from '../engines/engine';
+import { criuInstallHintFor } from './criu-install-hint';
+
+/** The Node this runs on, and why the launcher (kernel_checkpoint._launcher) chose it. */
+function nodeInUse(): { version: string; path: string; origin: string } {
+  return {
+    version: process.version,
+    path: process.execPath,
+    origin:
+      process.env.KERNEL_CHECKPOINT_NODE_ORIGIN ?? 'run without the kernel-checkpoint launcher'
+  };
+}
 
 export async function probeAll(): Promise<EngineProbe[]> {
   return Promise.all(engineNames().map(name => createEngine(name).probe()));
@@ -16,9 +28,14 @@ export function registerDoctorCommand(program: Command): void {
     .option('--json', 'print JSON for scripts')
     .action(async (options: { json?: boolean }) => {
       const probes = await probeAll();
+      const node = nodeInUse();
+      const criuInstall = criuInstallHintFor(probes);
       if (options.json) {
-        process.stdout.write(JSON.stringify({ engines: probes }, null, 2) + '\n');
+        process.stdout.write(
+          JSON.stringify({ engines: probes, node, criu_install: criuInstall }, null, 2) + '\n'
+        );
       } else {
+        process.stdout.write(`node   ${node.version} (${node.path}), ${node.origin}\n`);
         for (const probe of probes) {
           const head = `${probe.name.padEnd(6)} ${probe.ok ? 'ok' : 'unavailable'}`;
           const version = probe.version
@@ -29,6 +46,9 @@ export function registerDoctorCommand(program: Command): void {
             process.stdout.write(
               `       why: ${probe.problem}\n       fix: ${probe.remedy ?? '-'}\n`
             );
+          }
+          if (probe.name === 'criu' && criuInstall) {
+            process.stdout.write(`       get: ${criuInstall}\n`);
           }
         }
       }

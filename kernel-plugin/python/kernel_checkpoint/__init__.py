@@ -31,8 +31,6 @@ from ._api import (
 from ._errors import CheckpointError, Veto
 from ._hooks import HookEvent, before_checkpoint, on_restart, on_resume, registry
 
-__version__ = "0.1.0"
-
 __all__ = [
     "CheckpointError",
     "HookEvent",
@@ -53,6 +51,16 @@ __all__ = [
 ]
 
 ENV_ENDPOINT = "KERNEL_CHECKPOINT_AGENT"
+
+
+def __getattr__(name: str) -> Any:
+    # The installed distribution's version (package.json's, through hatch), looked up only when
+    # asked for, so that importing stays cheap.
+    if name == "__version__":
+        from importlib.metadata import version
+
+        return version("jupyterlab-kernel-checkpoint")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def unregister_hook(func: Any) -> bool:
