@@ -164,7 +164,7 @@ function processAlive(pid: number): boolean {
 const PACK_NAME = /^[0-9a-z]+-[0-9a-f]{12}$/;
 
 export class ChunkStore {
-  /** hash (base64) -> where the chunk is, for every pack read so far. */
+  /** hash (its 16 bytes as a latin1 string) -> where the chunk is, for every pack read so far. */
   private readonly index = new Map<string, Location>();
   private readonly indexedPacks = new Set<string>();
 
@@ -218,7 +218,7 @@ export class ChunkStore {
         continue;
       }
       for (const entry of entries) {
-        this.index.set(entry.hash.toString('base64'), { pack: name, at: entry.at });
+        this.index.set(entry.hash.toString('latin1'), { pack: name, at: entry.at });
       }
       this.indexedPacks.add(name);
     }
@@ -250,11 +250,8 @@ export class ChunkStore {
   }
 
   /** @internal Where an existing chunk is, or null. */
-  lookup(hash: Uint8Array): Location | null {
-    return (
-      this.index.get(Buffer.from(hash.buffer, hash.byteOffset, hash.length).toString('base64')) ??
-      null
-    );
+  lookup(key: string): Location | null {
+    return this.index.get(key) ?? null;
   }
 
   /** @internal Drops a pack found missing while ingesting. */
@@ -265,7 +262,7 @@ export class ChunkStore {
   /** @internal Adds a pack just written. */
   addPack(name: string, entries: Array<{ hash: Buffer; at: number }>): void {
     for (const entry of entries) {
-      this.index.set(entry.hash.toString('base64'), { pack: name, at: entry.at });
+      this.index.set(entry.hash.toString('latin1'), { pack: name, at: entry.at });
     }
     this.indexedPacks.add(name);
   }
@@ -543,7 +540,10 @@ export class IngestSession {
     }
     const digest = await hasher();
     const input = await fs.open(file, 'r');
-    const hashes: Buffer[] = [];
+    // Image files do not change while they are ingested; a file that grows is an error below.
+    const expected = chunkCount((await input.stat()).size);
+    const hashes = Buffer.alloc(expected * HASH_BYTES);
+    let chunks = 0;
     const runs: ChunkRun[] = [];
     let bytes = 0;
     const block = Buffer.allocUnsafe(BLOCK_BYTES);
@@ -578,12 +578,15 @@ export class IngestSession {
         }
         for (let start = 0; start < bytesRead; start += CHUNK_BYTES) {
           const chunk = block.subarray(start, Math.min(start + CHUNK_BYTES, bytesRead));
-          const hash = Buffer.from(digest(chunk));
-          hashes.push(hash);
-          const key = hash.toString('base64');
+          if (chunks === expected) {
+            throw new Error(`${file} grew while it was being ingested`);
+          }
+          hashes.set(digest(chunk), chunks * HASH_BYTES);
+          const hash = hashes.subarray(chunks * HASH_BYTES, ++chunks * HASH_BYTES);
+          const key = hash.toString('latin1');
           const ownAt = this.fresh.get(key);
           let location: Location | null =
-            ownAt !== undefined ? { pack: this.packName, at: ownAt } : this.store.lookup(hash);
+            ownAt !== undefined ? { pack: this.packName, at: ownAt } : this.store.lookup(key);
           if (location && location.pack !== this.packName && !this.claimed.has(location.pack)) {
             await this.claim(location.pack);
             // Claimed first, then checked: a collection that doomed it since is seen here.
@@ -617,7 +620,10 @@ export class IngestSession {
     } finally {
       await input.close();
     }
-    return { bytes, hashes: Buffer.concat(hashes), runs };
+    if (chunks !== expected) {
+      throw new Error(`${file} shrank while it was being ingested`);
+    }
+    return { bytes, hashes, runs };
   }
 
   private async openPack(): Promise<fs.FileHandle> {
