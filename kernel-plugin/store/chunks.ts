@@ -167,6 +167,11 @@ export class ChunkStore {
   /** hash (its 16 bytes as a latin1 string) -> where the chunk is, for every pack read so far. */
   private readonly index = new Map<string, Location>();
   private readonly indexedPacks = new Set<string>();
+  /**
+   * Packs found gone: their entries stay in the index (removing them would walk all of it) but
+   * never match; a chunk that was only there is written again.
+   */
+  private readonly gonePacks = new Set<string>();
 
   constructor(readonly root: string) {}
 
@@ -217,20 +222,13 @@ export class ChunkStore {
       if (!entries) {
         continue;
       }
-      for (const entry of entries) {
-        this.index.set(entry.hash.toString('latin1'), { pack: name, at: entry.at });
-      }
-      this.indexedPacks.add(name);
+      this.addPack(name, entries);
     }
   }
 
   private forgetPack(name: string): void {
     this.indexedPacks.delete(name);
-    for (const [hash, location] of this.index) {
-      if (location.pack === name) {
-        this.index.delete(hash);
-      }
-    }
+    this.gonePacks.add(name);
   }
 
   /**
@@ -251,7 +249,8 @@ export class ChunkStore {
 
   /** @internal Where an existing chunk is, or null. */
   lookup(key: string): Location | null {
-    return this.index.get(key) ?? null;
+    const location = this.index.get(key);
+    return location && !this.gonePacks.has(location.pack) ? location : null;
   }
 
   /** @internal Drops a pack found missing while ingesting. */
@@ -261,6 +260,8 @@ export class ChunkStore {
 
   /** @internal Adds a pack just written. */
   addPack(name: string, entries: Array<{ hash: Buffer; at: number }>): void {
+    // A pack given back by a collection is read again.
+    this.gonePacks.delete(name);
     for (const entry of entries) {
       this.index.set(entry.hash.toString('latin1'), { pack: name, at: entry.at });
     }

@@ -120,6 +120,16 @@ describe('ingest and materialize', () => {
     expect((await materialized(again, other)).equals(content)).toBe(true);
   });
 
+  it('writes a chunk again when another store object collected its pack', async () => {
+    const content = image(16);
+    await ingestAll(store, [await writeFile('a', content)]);
+    await new ChunkStore(store.root).gc(async () => []);
+    expect(await packFiles()).toEqual([]);
+    const [again] = await ingestAll(store, [await writeFile('b', content)]);
+    expect(await packFiles()).toHaveLength(1);
+    expect((await materialized(again)).equals(content)).toBe(true);
+  });
+
   it('keeps packs and folders private (0600, 0700)', async () => {
     await ingestAll(store, [await writeFile('a', randomBytes(10000))]);
     for (const sub of ['', 'packs', 'writers', 'doomed']) {
