@@ -3,31 +3,43 @@
 // one's files (into a folder on the image store's disk, and into /dev/shm), beside reading the
 // image as a restore does today and copying it.
 //
-//   node bench/dedup_speed.mjs /tmp/dd/criu-numpy [workdir]
+//   node bench/dedup_speed.mjs /tmp/dd/criu-numpy [workdir] [--zstd]   (--zstd: frames at level 1)
 
 import { execFileSync } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import { createRequire } from 'node:module';
-import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { buildSync } from 'esbuild';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const bundle = path.join(os.tmpdir(), `kc-chunks-speed-${process.pid}.cjs`);
+// Inside the repository, so that the native zstd addon (kept out of the bundle) is found.
+const bundle = path.join(
+  here,
+  '..',
+  'node_modules',
+  '.cache',
+  `kc-chunks-speed-${process.pid}.cjs`
+);
 buildSync({
-  entryPoints: [path.join(here, '..', 'kernel-plugin', 'store', 'chunks.ts')],
+  stdin: {
+    contents: "module.exports = { ...require('./chunks'), ...require('./zstd') };",
+    resolveDir: path.join(here, '..', 'kernel-plugin', 'store'),
+    loader: 'ts'
+  },
   bundle: true,
   platform: 'node',
   format: 'cjs',
   outfile: bundle,
+  external: ['@mongodb-js/zstd'],
   logLevel: 'silent'
 });
-const { ChunkStore } = createRequire(import.meta.url)(bundle);
+const { ChunkStore, zstdCodec } = createRequire(import.meta.url)(bundle);
 
-const series = process.argv[2];
-const work = process.argv[3] ?? path.join(path.dirname(series), 'speed');
+const args = process.argv.slice(2).filter(arg => arg !== '--zstd');
+const series = args[0];
+const work = args[1] ?? path.join(path.dirname(series), 'speed');
 const order = (await fs.readFile(path.join(series, 'order.txt'), 'utf8'))
   .split('\n')
   .filter(Boolean);
@@ -90,7 +102,10 @@ async function materializeImage(store, lists, dest) {
 }
 
 await fs.rm(work, { recursive: true, force: true });
-const store = new ChunkStore(path.join(work, 'chunks'));
+const store = new ChunkStore(
+  path.join(work, 'chunks'),
+  process.argv.includes('--zstd') ? zstdCodec() : null
+);
 const first = path.join(series, order[0], 'image');
 const second = path.join(series, order[1], 'image');
 const bytes = await timed('read the second image (as a restore reads it today, warm)', () =>

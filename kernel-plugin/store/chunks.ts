@@ -31,16 +31,32 @@ export const HASH_BYTES = 16;
 
 const PACK_MAGIC = Buffer.from('KCPACK01');
 const TRAILER_BYTES = 8 + 8 + 4 + 4; // magic, index offset, count, reserved
-const INDEX_ENTRY_BYTES = HASH_BYTES + 8 + 4 + 4; // hash, at, stored, length
+const INDEX_ENTRY_BYTES = HASH_BYTES + 8 + 4 + 4 + 4; // hash, at, stored, length, frame slot
+/** At most this many consecutive new chunks are compressed together (one zstd frame). */
+export const FRAME_CHUNKS = 16;
+/** A frame is kept compressed only when it saves at least this share of its bytes. */
+const WORTH_COMPRESSING = 0.03;
+/** How many runs ahead materialize starts reading and decompressing frames. */
+const FRAMES_AHEAD = 8;
 /** Reads and writes move this much at a time (a whole number of chunks). */
 const BLOCK_BYTES = 4 << 20;
 
-/** A run of chunks of one file that lie one after the other in one pack. */
+/**
+ * A run of chunks of one file that lie one after the other in one pack: raw, from `at` on; or,
+ * with `zstd`, slots `slot`.. of the compressed frame of `zstd` bytes at `at`.
+ */
 export interface ChunkRun {
   pack: string;
-  /** Offset of the run's first chunk in the pack. */
   at: number;
   count: number;
+  zstd?: number;
+  slot?: number;
+}
+
+/** Compression for new chunks (zstd: see `zstdCodec` in zstd.ts). */
+export interface Codec {
+  compress(data: Buffer): Promise<Buffer>;
+  decompress(data: Buffer): Promise<Buffer>;
 }
 
 /**
@@ -112,7 +128,10 @@ function chunkLength(list: ChunkList, index: number): number {
   return Math.min(CHUNK_BYTES, list.bytes - index * CHUNK_BYTES);
 }
 
-/** Every chunk of a list, in file order. */
+/**
+ * Every chunk of a list, in file order. The chunks of a compressed frame share its place (`at`)
+ * and its stored bytes.
+ */
 export function* chunkRefs(list: ChunkList): Generator<ChunkRef> {
   let index = 0;
   for (const run of list.runs) {
@@ -125,10 +144,12 @@ export function* chunkRefs(list: ChunkList): Generator<ChunkRef> {
         length,
         pack: run.pack,
         at,
-        stored: length,
-        compressed: false
+        stored: run.zstd ?? length,
+        compressed: run.zstd !== undefined
       };
-      at += length;
+      if (run.zstd === undefined) {
+        at += length;
+      }
     }
   }
 }
@@ -146,9 +167,27 @@ async function hasher(): Promise<(chunk: Uint8Array) => Uint8Array> {
   };
 }
 
+/** Where a chunk is: raw at `at`, or slot `slot` of the zstd frame of `zstd` bytes at `at`. */
 interface Location {
   pack: string;
   at: number;
+  zstd?: number;
+  slot?: number;
+}
+
+/** An entry of a pack's index (frameSlot 0: raw; k + 1: slot k of a zstd frame). */
+interface IndexEntry {
+  hash: Buffer;
+  at: number;
+  stored: number;
+  length: number;
+  frameSlot: number;
+}
+
+function locationOf(pack: string, entry: IndexEntry): Location {
+  return entry.frameSlot === 0
+    ? { pack, at: entry.at }
+    : { pack, at: entry.at, zstd: entry.stored, slot: entry.frameSlot - 1 };
 }
 
 /** Whether the process with this pid is alive (a dead writer's files are garbage). */
@@ -173,7 +212,11 @@ export class ChunkStore {
    */
   private readonly gonePacks = new Set<string>();
 
-  constructor(readonly root: string) {}
+  /** `codec` compresses new chunks (when given) and reads compressed ones. */
+  constructor(
+    readonly root: string,
+    readonly codec: Codec | null = null
+  ) {}
 
   private get packsDir(): string {
     return path.join(this.root, 'packs');
@@ -259,11 +302,11 @@ export class ChunkStore {
   }
 
   /** @internal Adds a pack just written. */
-  addPack(name: string, entries: Array<{ hash: Buffer; at: number }>): void {
+  addPack(name: string, entries: IndexEntry[]): void {
     // A pack given back by a collection is read again.
     this.gonePacks.delete(name);
     for (const entry of entries) {
-      this.index.set(entry.hash.toString('latin1'), { pack: name, at: entry.at });
+      this.index.set(entry.hash.toString('latin1'), locationOf(name, entry));
     }
     this.indexedPacks.add(name);
   }
@@ -287,57 +330,98 @@ export class ChunkStore {
    */
   async materialize(list: ChunkList, dest: string): Promise<void> {
     const digest = await hasher();
+    if (!this.codec && list.runs.some(run => run.zstd !== undefined)) {
+      throw new Error('This image has compressed chunks, and the chunk store has no codec.');
+    }
     const out = await fs.open(dest, 'w', 0o600);
-    const packs = new Map<string, fs.FileHandle>();
+    const packs = new Map<string, Promise<fs.FileHandle>>();
+    const pack = (name: string) => {
+      let handle = packs.get(name);
+      if (!handle) {
+        handle = this.openPack(name);
+        // Seen when used; not an unhandled rejection before that.
+        handle.catch(() => undefined);
+        packs.set(name, handle);
+      }
+      return handle;
+    };
+    // Frames are read and decompressed (on libuv's pool) a few runs ahead of their use.
+    const frames = new Map<string, Promise<Buffer | null>>();
+    const frameOf = (run: ChunkRun) => {
+      const key = `${run.pack}:${run.at}`;
+      let frame = frames.get(key);
+      if (!frame) {
+        frame = pack(run.pack).then(
+          handle => this.readFrame(handle, run).catch(() => null),
+          () => null
+        );
+        frames.set(key, frame);
+        if (frames.size > 4 * FRAMES_AHEAD) {
+          frames.delete(frames.keys().next().value as string);
+        }
+      }
+      return frame;
+    };
+    let ahead = 0;
+    let index = 0;
+    const fail = (pack: string, problem: string) =>
+      new ChunkCorruptError(
+        list.hashes.toString('hex', index * HASH_BYTES, (index + 1) * HASH_BYTES),
+        pack,
+        index * CHUNK_BYTES,
+        problem
+      );
+    /** Checks `count` chunks from `index` on, laid one after the other in `bytes`. */
+    const check = (pack: string, bytes: Buffer, count: number) => {
+      for (let k = 0, start = 0; k < count; k++, index++) {
+        const length = chunkLength(list, index);
+        if (start + length > bytes.length) {
+          throw fail(pack, 'its pack is too short');
+        }
+        const expected = list.hashes.subarray(index * HASH_BYTES, (index + 1) * HASH_BYTES);
+        if (!Buffer.from(digest(bytes.subarray(start, start + length))).equals(expected)) {
+          throw fail(pack, 'its bytes do not match its hash');
+        }
+        start += length;
+      }
+    };
     try {
-      let index = 0;
       const block = Buffer.allocUnsafe(BLOCK_BYTES);
-      for (const run of list.runs) {
-        let pack = packs.get(run.pack);
-        if (!pack) {
-          pack = await this.openPack(run.pack).catch(() => {
-            throw new ChunkCorruptError(
-              list.hashes.toString('hex', index * HASH_BYTES, (index + 1) * HASH_BYTES),
-              run.pack,
-              index * CHUNK_BYTES,
-              'its pack is missing'
-            );
-          });
-          packs.set(run.pack, pack);
+      // The frame read last: consecutive runs often use the same one.
+      for (const [position, run] of list.runs.entries()) {
+        for (; ahead < Math.min(position + FRAMES_AHEAD, list.runs.length); ahead++) {
+          if (list.runs[ahead].zstd !== undefined) {
+            void frameOf(list.runs[ahead]);
+          }
+        }
+        const handle = await pack(run.pack).catch(() => {
+          throw fail(run.pack, 'its pack is missing');
+        });
+        if (run.zstd !== undefined) {
+          const frame = await frameOf(run);
+          if (!frame) {
+            throw fail(run.pack, 'its frame cannot be read or decompressed');
+          }
+          let bytes = 0;
+          for (let k = 0; k < run.count; k++) {
+            bytes += chunkLength(list, index + k);
+          }
+          const start = (run.slot ?? 0) * CHUNK_BYTES;
+          const slice = frame.subarray(start, start + bytes);
+          check(run.pack, slice, run.count);
+          await out.write(slice);
+          continue;
         }
         let done = 0;
         while (done < run.count) {
-          // As many whole chunks of the run as fit in a block (only the file's last is short).
+          // As many chunks of the run as fit in a block (only the file's last is short).
           const count = Math.min(run.count - done, BLOCK_BYTES / CHUNK_BYTES);
-          const first = index;
           let bytes = 0;
           for (let k = 0; k < count; k++) {
-            bytes += chunkLength(list, first + k);
+            bytes += chunkLength(list, index + k);
           }
-          const at = run.at + done * CHUNK_BYTES;
-          const { bytesRead } = await pack.read(block, 0, bytes, at);
-          for (let k = 0; k < count; k++, index++) {
-            const length = chunkLength(list, index);
-            const start = (index - first) * CHUNK_BYTES;
-            const expected = list.hashes.subarray(index * HASH_BYTES, (index + 1) * HASH_BYTES);
-            const problem =
-              start + length > bytesRead
-                ? 'its pack is too short'
-                : Buffer.compare(
-                      Buffer.from(digest(block.subarray(start, start + length))),
-                      expected
-                    ) !== 0
-                  ? 'its bytes do not match its hash'
-                  : null;
-            if (problem) {
-              throw new ChunkCorruptError(
-                expected.toString('hex'),
-                run.pack,
-                index * CHUNK_BYTES,
-                problem
-              );
-            }
-          }
+          const { bytesRead } = await handle.read(block, 0, bytes, run.at + done * CHUNK_BYTES);
+          check(run.pack, block.subarray(0, bytesRead), count);
           await out.write(block, 0, bytes);
           done += count;
         }
@@ -350,11 +434,22 @@ export class ChunkStore {
       await fs.rm(dest, { force: true });
       throw error;
     } finally {
-      for (const pack of packs.values()) {
-        await pack.close().catch(() => undefined);
+      await Promise.all(frames.values());
+      for (const handle of packs.values()) {
+        await handle.then(
+          opened => opened.close(),
+          () => undefined
+        );
       }
     }
     await out.close();
+  }
+
+  /** Reads and decompresses a zstd frame. */
+  private async readFrame(pack: fs.FileHandle, run: ChunkRun): Promise<Buffer> {
+    const stored = Buffer.allocUnsafe(run.zstd as number);
+    const { bytesRead } = await pack.read(stored, 0, stored.length, run.at);
+    return (this.codec as Codec).decompress(stored.subarray(0, bytesRead));
   }
 
   /**
@@ -507,9 +602,9 @@ export class IngestSession {
   private out: fs.FileHandle | null = null;
   /** Bytes of the pack so far (its magic comes first, written when it is opened). */
   private written = PACK_MAGIC.length;
-  private readonly entries: Array<{ hash: Buffer; at: number; length: number }> = [];
+  private readonly entries: IndexEntry[] = [];
   /** Chunks written by this session, not yet in the store's index. */
-  private readonly fresh = new Map<string, number>();
+  private readonly fresh = new Map<string, Location>();
   private readonly claimed = new Set<string>();
   private finished = false;
 
@@ -559,17 +654,61 @@ export class IngestSession {
     };
     const append = (location: Location, length: number) => {
       const last = runs[runs.length - 1];
-      // Contiguous in the pack, and every earlier chunk of the run is whole.
-      if (
-        last &&
-        last.pack === location.pack &&
-        last.at + last.count * CHUNK_BYTES === location.at
-      ) {
+      // Raw: the next bytes of the pack (every earlier chunk of a run is whole). In a frame: the
+      // next slot of the same frame.
+      const follows =
+        last?.pack === location.pack &&
+        (location.zstd === undefined
+          ? last.zstd === undefined && last.at + last.count * CHUNK_BYTES === location.at
+          : last.zstd === location.zstd &&
+            last.at === location.at &&
+            (last.slot ?? 0) + last.count === location.slot);
+      if (follows) {
         last.count++;
       } else {
-        runs.push({ pack: location.pack, at: location.at, count: 1 });
+        runs.push({ ...location, count: 1 });
       }
       bytes += length;
+    };
+    // New chunks not stored yet: consecutive in the file, in `block`, at most FRAME_CHUNKS.
+    let waiting: Array<{ hash: Buffer; key: string; chunk: Buffer }> = [];
+    const storeWaiting = async () => {
+      if (waiting.length === 0) {
+        return;
+      }
+      await this.claim(this.packName);
+      const raw = Buffer.concat(waiting.map(w => w.chunk));
+      let frame: Buffer | null = null;
+      if (this.store.codec) {
+        const compressed = await this.store.codec.compress(raw);
+        frame = compressed.length <= raw.length * (1 - WORTH_COMPRESSING) ? compressed : null;
+      }
+      const at = this.written;
+      waiting.forEach((w, k) => {
+        const location: Location = frame
+          ? { pack: this.packName, at, zstd: frame.length, slot: k }
+          : { pack: this.packName, at: at + k * CHUNK_BYTES };
+        this.entries.push({
+          hash: w.hash,
+          at: location.at,
+          stored: frame ? frame.length : w.chunk.length,
+          length: w.chunk.length,
+          frameSlot: frame ? k + 1 : 0
+        });
+        if (w.chunk.length === CHUNK_BYTES) {
+          // A short chunk is never reused at another position: only whole chunks are shared.
+          this.fresh.set(w.key, location);
+        }
+        append(location, w.chunk.length);
+      });
+      const data = frame ?? raw;
+      if (pendingBytes + data.length > pending.length) {
+        await flush();
+      }
+      data.copy(pending, pendingBytes);
+      pendingBytes += data.length;
+      this.written += data.length;
+      waiting = [];
     };
     try {
       for (;;) {
@@ -585,9 +724,7 @@ export class IngestSession {
           hashes.set(digest(chunk), chunks * HASH_BYTES);
           const hash = hashes.subarray(chunks * HASH_BYTES, ++chunks * HASH_BYTES);
           const key = hash.toString('latin1');
-          const ownAt = this.fresh.get(key);
-          let location: Location | null =
-            ownAt !== undefined ? { pack: this.packName, at: ownAt } : this.store.lookup(key);
+          let location = this.fresh.get(key) ?? this.store.lookup(key);
           if (location && location.pack !== this.packName && !this.claimed.has(location.pack)) {
             await this.claim(location.pack);
             // Claimed first, then checked: a collection that doomed it since is seen here.
@@ -597,22 +734,18 @@ export class IngestSession {
             }
           }
           if (!location) {
-            await this.claim(this.packName);
-            location = { pack: this.packName, at: this.written };
-            if (chunk.length === CHUNK_BYTES) {
-              // A short chunk is never reused at another position: only whole chunks are shared.
-              this.fresh.set(key, this.written);
+            waiting.push({ hash, key, chunk });
+            if (waiting.length === FRAME_CHUNKS) {
+              await storeWaiting();
             }
-            this.entries.push({ hash, at: this.written, length: chunk.length });
-            if (pendingBytes + chunk.length > pending.length) {
-              await flush();
-            }
-            chunk.copy(pending, pendingBytes);
-            pendingBytes += chunk.length;
-            this.written += chunk.length;
+            continue;
           }
+          // The chunks before it in the file go first.
+          await storeWaiting();
           append(location, chunk.length);
         }
+        // `block` is read into again next: what waits in it is stored now.
+        await storeWaiting();
         if (bytesRead < BLOCK_BYTES) {
           break;
         }
@@ -651,8 +784,9 @@ export class IngestSession {
       const base = i * INDEX_ENTRY_BYTES;
       entry.hash.copy(index, base);
       index.writeBigUInt64LE(BigInt(entry.at), base + HASH_BYTES);
-      index.writeUInt32LE(entry.length, base + HASH_BYTES + 8);
+      index.writeUInt32LE(entry.stored, base + HASH_BYTES + 8);
       index.writeUInt32LE(entry.length, base + HASH_BYTES + 12);
+      index.writeUInt32LE(entry.frameSlot, base + HASH_BYTES + 16);
     });
     const trailer = Buffer.alloc(TRAILER_BYTES);
     PACK_MAGIC.copy(trailer, 0);
@@ -689,9 +823,7 @@ export class IngestSession {
 }
 
 /** The index of a pack: every chunk's hash and offset. Throws when the pack is malformed. */
-export async function readPackIndex(
-  file: string
-): Promise<Array<{ hash: Buffer; at: number; length: number }>> {
+export async function readPackIndex(file: string): Promise<IndexEntry[]> {
   const handle = await fs.open(file, 'r');
   try {
     const size = (await handle.stat()).size;
@@ -713,7 +845,9 @@ export async function readPackIndex(
       entries.push({
         hash: Buffer.from(index.subarray(base, base + HASH_BYTES)),
         at: Number(index.readBigUInt64LE(base + HASH_BYTES)),
-        length: index.readUInt32LE(base + HASH_BYTES + 12)
+        stored: index.readUInt32LE(base + HASH_BYTES + 8),
+        length: index.readUInt32LE(base + HASH_BYTES + 12),
+        frameSlot: index.readUInt32LE(base + HASH_BYTES + 16)
       });
     }
     // Only whole chunks are shared with other lists.

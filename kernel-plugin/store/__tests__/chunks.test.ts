@@ -6,6 +6,7 @@ import path from 'node:path';
 
 import { buildSync } from 'esbuild';
 
+import { zstdCodec } from '../zstd';
 import {
   CHUNK_BYTES,
   ChunkCorruptError,
@@ -153,6 +154,93 @@ describe('ingest and materialize', () => {
     expect(() => decodeChunkLists(encodeChunkLists({ a: lists[0] }).subarray(0, 100))).toThrow(
       /truncated/
     );
+  });
+});
+
+/** Pages that compress (like most of a real kernel's memory): short random words, repeated. */
+function compressiblePages(pages: number): Buffer {
+  const words = Array.from({ length: 64 }, () => randomBytes(6).toString('hex'));
+  let text = '';
+  while (text.length < pages * CHUNK_BYTES) {
+    text += words[Math.floor(Math.random() * words.length)] + ' ';
+  }
+  return Buffer.from(text.slice(0, pages * CHUNK_BYTES));
+}
+
+describe('compression (zstd frames)', () => {
+  let zstore: ChunkStore;
+
+  beforeEach(() => {
+    zstore = new ChunkStore(path.join(dir, 'zchunks'), zstdCodec());
+  });
+
+  it('stores compressible pages in fewer bytes and gives them back', async () => {
+    const content = Buffer.concat([
+      compressiblePages(100),
+      randomBytes(40 * CHUNK_BYTES),
+      Buffer.from('tail')
+    ]);
+    const [list] = await ingestAll(zstore, [await writeFile('a', content)]);
+    expect((await materialized(list, zstore)).equals(content)).toBe(true);
+    const refs = [...chunkRefs(list)];
+    expect(refs.slice(0, 100).every(ref => ref.compressed)).toBe(true);
+    // Frames of random pages do not compress: they are stored raw (pages 96-111 are one frame,
+    // compressed for its first four).
+    expect(refs.slice(112, 140).some(ref => ref.compressed)).toBe(false);
+    const usage = await zstore.usage({ a: [list] });
+    expect(usage.totalBytes).toBeLessThan(60 * CHUNK_BYTES);
+  });
+
+  it('shares single chunks of a frame with later images', async () => {
+    const first = compressiblePages(64);
+    const second = Buffer.from(first);
+    compressiblePages(1).copy(second, 20 * CHUNK_BYTES);
+    const [a] = await ingestAll(zstore, [await writeFile('a', first)]);
+    const before = (await zstore.usage({ a: [a] })).totalBytes;
+    const [b] = await ingestAll(zstore, [await writeFile('b', second)]);
+    expect((await materialized(b, zstore)).equals(second)).toBe(true);
+    // One new page, compressed: far less than a frame of 16.
+    const after = (await zstore.usage({ a: [a], b: [b] })).totalBytes;
+    expect(after - before).toBeLessThan(2 * CHUNK_BYTES);
+    // b's runs cut a's frame around the new page: slots 0-3, then 5-15 of its second frame.
+    expect(b.runs.map(run => [run.slot, run.count])).toEqual([
+      [0, 16],
+      [0, 4],
+      [0, 1],
+      [5, 11],
+      [0, 16],
+      [0, 16]
+    ]);
+  });
+
+  it('a flipped byte in a frame is an error naming a chunk of it', async () => {
+    const content = compressiblePages(32);
+    const [list] = await ingestAll(zstore, [await writeFile('a', content)]);
+    const ref = [...chunkRefs(list)][20];
+    const packFile = path.join(zstore.root, 'packs', `${ref.pack}.pack`);
+    const bytes = await fs.readFile(packFile);
+    bytes[ref.at + Math.floor(ref.stored / 2)] ^= 0x10;
+    await fs.writeFile(packFile, bytes);
+    const failure = await zstore.materialize(list, path.join(dir, 'x')).catch((e: unknown) => e);
+    expect(failure).toBeInstanceOf(ChunkCorruptError);
+    expect((failure as ChunkCorruptError).pack).toBe(ref.pack);
+    expect((failure as ChunkCorruptError).fileOffset).toBeGreaterThanOrEqual(16 * CHUNK_BYTES);
+    // The first frame is intact.
+    const firstFrame = { ...list, bytes: 16 * CHUNK_BYTES, runs: list.runs.slice(0, 1) };
+    expect(
+      (await materialized(firstFrame, zstore)).equals(content.subarray(0, 16 * CHUNK_BYTES))
+    ).toBe(true);
+  });
+
+  it('a store without a codec says why it cannot read compressed chunks', async () => {
+    const [list] = await ingestAll(zstore, [await writeFile('a', compressiblePages(4))]);
+    const plain = new ChunkStore(zstore.root);
+    await expect(plain.materialize(list, path.join(dir, 'x'))).rejects.toThrow(/has no codec/);
+  });
+
+  it('refuses a zstd level out of range', () => {
+    expect(() => zstdCodec(0)).toThrow(/from 1 to 19/);
+    expect(() => zstdCodec(2.5)).toThrow(/from 1 to 19/);
   });
 });
 
