@@ -3,9 +3,10 @@
 // rather than one file per chunk: docs/dedup-measurements.md.
 //
 // Layout under <root> (folders 0700, files 0600):
-//   packs/<name>.pack       immutable once renamed into place: chunk bodies, then an index of
-//                           them (hash, where, sizes) and a trailer; written as
-//                           packs/.tmp-<pid>-<name>.pack, flushed, then renamed.
+//   packs/<name>.pack       immutable once renamed into place: the new chunks of one ingest
+//                           (raw, or with a codec in zstd frames of up to 16 consecutive ones),
+//                           then an index of them (hash, where, sizes, slot in a frame) and a
+//                           trailer; written as packs/.tmp-<pid>-<name>.pack, flushed, renamed.
 //   writers/<pid>-<r>.refs  one per ingest in progress: the name of every pack its chunk lists
 //                           use, appended before it relies on that pack (a live list that
 //                           garbage collection reads).
