@@ -348,14 +348,19 @@ export class ChunkStore {
     };
     // Frames are read and decompressed (on libuv's pool) a few runs ahead of their use.
     const frames = new Map<string, Promise<Buffer | null>>();
+    // Reads still running when the packs are closed at the end (after an error).
+    const reading = new Set<Promise<unknown>>();
     const frameOf = (run: ChunkRun) => {
       const key = `${run.pack}:${run.at}`;
       let frame = frames.get(key);
       if (!frame) {
-        frame = pack(run.pack).then(
+        const started: Promise<Buffer | null> = pack(run.pack).then(
           handle => this.readFrame(handle, run).catch(() => null),
           () => null
         );
+        reading.add(started);
+        void started.then(() => reading.delete(started));
+        frame = started;
         frames.set(key, frame);
         if (frames.size > 4 * FRAMES_AHEAD) {
           frames.delete(frames.keys().next().value as string);
@@ -388,7 +393,6 @@ export class ChunkStore {
     };
     try {
       const block = Buffer.allocUnsafe(BLOCK_BYTES);
-      // The frame read last: consecutive runs often use the same one.
       for (const [position, run] of list.runs.entries()) {
         for (; ahead < Math.min(position + FRAMES_AHEAD, list.runs.length); ahead++) {
           if (list.runs[ahead].zstd !== undefined) {
@@ -435,7 +439,7 @@ export class ChunkStore {
       await fs.rm(dest, { force: true });
       throw error;
     } finally {
-      await Promise.all(frames.values());
+      await Promise.all(reading);
       for (const handle of packs.values()) {
         await handle.then(
           opened => opened.close(),
