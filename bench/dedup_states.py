@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -82,6 +83,7 @@ def main() -> int:
             print(f"{checkpoint['id']} {checkpoint['image_bytes']} bytes {took:.2f} s", flush=True)
     finally:
         kernel.shutdown()
+        shutil.rmtree(base, ignore_errors=True)
     (store / "order.txt").write_text("\n".join(order) + "\n")
     return 0
 
