@@ -634,8 +634,11 @@ export class IngestSession {
     }
   }
 
-  /** Cuts a file into chunks; chunks the store lacks are appended to this session's pack. */
-  async ingest(file: string): Promise<ChunkList> {
+  /**
+   * Cuts a file into chunks; chunks the store lacks are appended to this session's pack.
+   * `pause`, awaited between two 4 MiB blocks, lets background work give way (BackgroundPause).
+   */
+  async ingest(file: string, pause?: () => Promise<void>): Promise<ChunkList> {
     if (this.finished) {
       throw new Error('this ingest has finished');
     }
@@ -754,6 +757,7 @@ export class IngestSession {
         if (bytesRead < BLOCK_BYTES) {
           break;
         }
+        await pause?.();
       }
       await flush();
     } finally {

@@ -121,6 +121,21 @@ describe('ingest and materialize', () => {
     expect((await materialized(again, other)).equals(content)).toBe(true);
   });
 
+  it('gives way between blocks when asked (background ingest)', async () => {
+    const content = randomBytes((9 << 20) + 5);
+    const session = await store.begin({ durable: false });
+    let pauses = 0;
+    const list = await session.ingest(await writeFile('a', content), async () => {
+      pauses++;
+      await new Promise(resolve => setTimeout(resolve, 5));
+    });
+    await session.finish();
+    await session.close();
+    // Three blocks of 4 MiB: a pause after each of the first two.
+    expect(pauses).toBe(2);
+    expect((await materialized(list)).equals(content)).toBe(true);
+  });
+
   it('writes a chunk again when another store object collected its pack', async () => {
     const content = image(16);
     await ingestAll(store, [await writeFile('a', content)]);
