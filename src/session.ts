@@ -48,6 +48,7 @@ export class KernelCheckpointSession implements IDisposable {
     this.sessionContext = options.sessionContext;
     this._specsManager = options.specsManager ?? null;
     this._helloTimeout = options.helloTimeout ?? 5000;
+    this._identity = options.identity ?? null;
     this.sessionContext.kernelChanged.connect(this._onKernelChanged, this);
     this.sessionContext.statusChanged.connect(this._onStatusChanged, this);
     void this.sessionContext.ready.then(() => this._attach());
@@ -85,7 +86,7 @@ export class KernelCheckpointSession implements IDisposable {
     const reply = await this._run('checkpoint', () =>
       this._requireClient('checkpoint').request(
         'checkpoint',
-        { label, notebook_path: this.path },
+        { label, notebook_path: this.path, notebook_id: this._identity?.ensure() || null },
         { onProgress: p => this.model.applyProgress(p, true) }
       )
     );
@@ -127,7 +128,11 @@ export class KernelCheckpointSession implements IDisposable {
   /** List the checkpoints: this notebook's ('session') or the whole store ('all'). */
   async refresh(scope: ListScope = this.model.scope): Promise<void> {
     const client = this._requireClient('list');
-    const reply = await client.request('list', { notebook_path: this.path, scope });
+    const reply = await client.request('list', {
+      notebook_path: this.path,
+      notebook_id: this._identity?.get() ?? null,
+      scope
+    });
     this.model.setScope(scope);
     this.model.applyReply(reply);
   }
@@ -325,6 +330,7 @@ export class KernelCheckpointSession implements IDisposable {
   }
 
   private _specsManager: KernelSpec.IManager | null;
+  private _identity: KernelCheckpointSession.IIdentity | null;
   private _helloTimeout: number;
   private _client: CheckpointClient | null = null;
   private _clientKernel: Kernel.IKernelConnection | null = null;
@@ -339,6 +345,16 @@ export namespace KernelCheckpointSession {
     sessionContext: ISessionContext;
     specsManager?: KernelSpec.IManager;
     helloTimeout?: number;
+    /** The notebook's own id, which its checkpoints carry (see notebookIdentity). */
+    identity?: IIdentity;
+  }
+
+  /** A notebook's id, kept in its metadata. */
+  export interface IIdentity {
+    /** The id, or null while the notebook has none. */
+    get(): string | null;
+    /** The id, written into the notebook first if it has none. */
+    ensure(): string;
   }
 }
 

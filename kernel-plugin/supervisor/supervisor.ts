@@ -485,6 +485,7 @@ export class Supervisor {
     progress: (stage: any, message?: string) => void,
     fromKernel: boolean
   ): Promise<{ checkpoint?: Checkpoint; checkpoints?: Checkpoint[]; status?: SupervisorStatus }> {
+    this.learnNotebook(request);
     switch (request.action) {
       case 'status':
         return { status: this.status() };
@@ -543,13 +544,36 @@ export class Supervisor {
     }
   }
 
+  /**
+   * The notebook a client names with its id (the front end reads it from the notebook's
+   * metadata): requests that name none (the magics, the CLI) are recorded and listed as hers.
+   */
+  private learnNotebook(request: Request): void {
+    if (request.notebook_id) {
+      this.notebook = {
+        id: request.notebook_id,
+        path: request.notebook_path ?? this.notebook.path
+      };
+    }
+  }
+
+  private notebook: { id: string | null; path: string | null | undefined } = {
+    id: null,
+    path: null
+  };
+
   private async list(request: Request): Promise<Checkpoint[]> {
     const all = await this.options.store.list();
     if (request.scope === 'all') {
       return all;
     }
     // This notebook's images, and the tree the running kernel belongs to.
-    const notebook = request.notebook_path ?? this.options.notebookPath;
+    const notebook = request.notebook_path ?? this.notebook.path ?? this.options.notebookPath;
+    const notebookId = request.notebook_id ?? this.notebook.id;
+    // An image with a notebook id is that notebook's only (a new notebook that got the old
+    // one's name is offered nothing); one made before ids existed is found by its path.
+    const ours = (c: Checkpoint) =>
+      c.notebook_id ? c.notebook_id === notebookId : !!notebook && c.notebook_path === notebook;
     const byId = new Map(all.map(c => [c.id, c]));
     const rootOf = (c: Checkpoint): string => {
       const seen = new Set<string>();
@@ -561,9 +585,7 @@ export class Supervisor {
     };
     const current = this.currentId ? byId.get(this.currentId) : undefined;
     const ourRoot = current ? rootOf(current) : null;
-    return all.filter(
-      c => (notebook && c.notebook_path === notebook) || (ourRoot !== null && rootOf(c) === ourRoot)
-    );
+    return all.filter(c => ours(c) || (ourRoot !== null && rootOf(c) === ourRoot));
   }
 
   private async label(id: string, label: string | null): Promise<Checkpoint> {
@@ -699,7 +721,10 @@ export class Supervisor {
         snapshot_ms: snapshot.frozenMs,
         image_bytes: 0,
         kernel: this.options.kernel,
-        notebook_path: request.notebook_path ?? this.options.notebookPath,
+        notebook_path: request.notebook_path ?? this.notebook.path ?? this.options.notebookPath,
+        ...((request.notebook_id ?? this.notebook.id)
+          ? { notebook_id: request.notebook_id ?? this.notebook.id }
+          : {}),
         host: { hostname: os.hostname(), arch: process.arch, kernel_release: os.release() },
         state: summary
       };
