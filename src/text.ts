@@ -58,6 +58,17 @@ function pad(n: number): string {
   return String(n).padStart(2, '0');
 }
 
+/** A local date and 24-hour time, 'YYYY-MM-DD HH:MM:SS' (the label's {date} {time}). */
+export function formatDateTime(iso: string): string {
+  const d = new Date(iso);
+  if (isNaN(d.getTime())) {
+    return iso;
+  }
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(
+    d.getHours()
+  )}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+}
+
 /** Values of the label placeholders. */
 export interface ILabelContext {
   /** Notebook path, e.g. 'work/analysis.ipynb'. */

@@ -9,7 +9,7 @@ import { diffVariables, isEmptyDiff } from '../diff';
 import type { IVariableDiff } from '../diff';
 import { formatBytes, formatDuration, relativeTime } from '../format';
 import type { CheckpointModel } from '../model';
-import { checkpointName, newBytes, MID_CELL_RESTORE } from '../text';
+import { checkpointName, formatDateTime, newBytes, MID_CELL_RESTORE } from '../text';
 
 export function el<K extends keyof HTMLElementTagNameMap>(
   tag: K,
@@ -157,7 +157,7 @@ export class DetailsPane {
   }
 
   /** Draw the details of the model's selected checkpoint. */
-  show(model: CheckpointModel): void {
+  show(model: CheckpointModel, notebookPath: string): void {
     const node = this.node;
     // Keep which sections the person opened or closed.
     const opened = new Map(
@@ -184,7 +184,7 @@ export class DetailsPane {
       }
       facts.appendChild(dd);
     };
-    fact('Taken', `${relativeTime(c.created)} (${new Date(c.created).toLocaleString()})`);
+    fact('Taken', `${relativeTime(c.created)}, ${formatDateTime(c.created)}`);
     fact('Engine', `${c.engine.name} ${c.engine.version}`);
     const fresh = newBytes(c);
     fact('Image', formatBytes(c.image_bytes), 'Full size of the image');
@@ -208,7 +208,7 @@ export class DetailsPane {
     if (c.state) {
       fact('Count', `[${c.state.execution_count}]`, 'Execution count');
     }
-    if (c.notebook_path) {
+    if (c.notebook_path && c.notebook_path !== notebookPath) {
       fact('Notebook', c.notebook_path);
     }
     node.appendChild(facts);

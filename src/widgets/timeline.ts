@@ -18,7 +18,7 @@ import { relativeTime } from '../format';
 import { checkpointIcon, compareIcon, restoreIcon, timelineIcon } from '../icons';
 import type { CheckpointModel } from '../model';
 import type { KernelCheckpointSession } from '../session';
-import { busyText, checkpointName, sizeText } from '../text';
+import { busyText, checkpointName, formatDateTime, sizeText } from '../text';
 import { CommandIDs } from '../tokens';
 import type { IKernelCheckpoint } from '../tokens';
 import { DetailsPane, el } from './details';
@@ -253,7 +253,7 @@ export class TimelinePanel extends Widget {
     searchIcon.element({ container: icon });
     const input = el('input', 'jp-mod-styled jp-KernelCheckpoint-searchInput');
     input.type = 'search';
-    input.placeholder = 'Filter: label, variable, cell text';
+    input.placeholder = 'Filter…';
     input.setAttribute('aria-label', 'Filter the checkpoints by label, variable name or cell text');
     input.addEventListener('input', () => this._model()?.setQuery(input.value));
     input.addEventListener('keydown', event => {
@@ -275,7 +275,8 @@ export class TimelinePanel extends Widget {
         });
       }
     });
-    box.append(icon, input, this._scopeToggle);
+    this._refreshButton = el('button');
+    box.append(icon, input, this._refreshButton, this._scopeToggle);
     return box;
   }
 
@@ -319,7 +320,18 @@ export class TimelinePanel extends Widget {
     this._renderToolbar(model, path);
     this._renderMessages(model);
     const scopeAll = model.scope === 'all';
-    this._scopeToggle.textContent = scopeAll ? 'All images' : 'This notebook';
+    this._refreshButton.replaceWith(
+      (this._refreshButton = this._button(
+        'Refresh',
+        'Refresh the checkpoint list',
+        CommandIDs.refresh,
+        { path },
+        'jp-KernelCheckpoint-refresh',
+        refreshIcon,
+        true
+      ))
+    );
+    this._scopeToggle.textContent = scopeAll ? 'All images' : 'Notebook';
     this._scopeToggle.setAttribute('aria-pressed', scopeAll ? 'true' : 'false');
     this._scopeToggle.title = scopeAll
       ? 'Showing every image in the store: show only the images of this notebook'
@@ -352,7 +364,7 @@ export class TimelinePanel extends Widget {
     }
     this._revealSelected = false;
     this._renderRows();
-    this._details.show(model);
+    this._details.show(model, path);
     this._renderFooter(model);
   }
 
@@ -447,15 +459,6 @@ export class TimelinePanel extends Widget {
         idArgs,
         `jp-KernelCheckpoint-compare${comparing ? ' jp-mod-active' : ''}`,
         compareIcon,
-        true
-      ),
-      this._button(
-        'Refresh',
-        'Refresh the checkpoint list',
-        CommandIDs.refresh,
-        args,
-        'jp-KernelCheckpoint-refresh',
-        refreshIcon,
         true
       )
     );
@@ -608,7 +611,7 @@ export class TimelinePanel extends Widget {
     const body = el('div', 'jp-KernelCheckpoint-body');
     const title = el('div', 'jp-KernelCheckpoint-titleLine');
     const label = el('span', 'jp-KernelCheckpoint-label', name);
-    label.title = `${name}\n${c.id}\n${new Date(c.created).toLocaleString()}`;
+    label.title = `${name}\n${c.id}\n${formatDateTime(c.created)}`;
     title.appendChild(label);
     if (current) {
       title.appendChild(el('span', 'jp-KernelCheckpoint-badge', 'current'));
@@ -757,6 +760,7 @@ export class TimelinePanel extends Widget {
   private _search: HTMLElement;
   private _searchInput!: HTMLInputElement;
   private _scopeToggle!: HTMLButtonElement;
+  private _refreshButton!: HTMLButtonElement;
   private _list: HTMLElement;
   private _spacer: HTMLElement;
   private _details: DetailsPane;
