@@ -161,15 +161,18 @@ export function addCommands(
       try {
         const session = requireSession(args);
         const panel = manager.panelOf(session);
+        const reason = typeof args.reason === 'string' && args.reason ? ` (${args.reason})` : '';
         const label =
           typeof args.label === 'string'
             ? args.label
-            : formatLabel(manager.settings.labelFormat, {
-                notebookPath: session.path,
-                count: executionCount(panel),
-                n: session.model.checkpoints.length + 1,
-                date: new Date()
-              });
+            : (
+                formatLabel(manager.settings.labelFormat, {
+                  notebookPath: session.path,
+                  count: session.executionCount ?? executionCount(panel),
+                  n: session.model.checkpoints.length + 1,
+                  date: new Date()
+                }) + reason
+              ).trim();
         const checkpoint = await session.checkpoint(label || null);
         if (checkpoint) {
           Notification.success(

@@ -5,7 +5,7 @@
  * this object; it has no DOM.
  */
 import type { ISessionContext } from '@jupyterlab/apputils';
-import type { Kernel, KernelSpec } from '@jupyterlab/services';
+import type { Kernel, KernelMessage, KernelSpec } from '@jupyterlab/services';
 import { ISignal, Signal } from '@lumino/signaling';
 import type { IDisposable } from '@lumino/disposable';
 import type { Checkpoint, Reply } from '../protocol/checkpoint-protocol';
@@ -51,6 +51,7 @@ export class KernelCheckpointSession implements IDisposable {
     this._identity = options.identity ?? null;
     this.sessionContext.kernelChanged.connect(this._onKernelChanged, this);
     this.sessionContext.statusChanged.connect(this._onStatusChanged, this);
+    this.sessionContext.iopubMessage.connect(this._onIopub, this);
     void this.sessionContext.ready.then(() => this._attach());
   }
 
@@ -74,6 +75,15 @@ export class KernelCheckpointSession implements IDisposable {
   /** The connected client, if the kernel speaks the protocol. */
   get client(): CheckpointClient | null {
     return this._client;
+  }
+
+  /**
+   * The kernel's execution count: of the last cell it started (from its execute_input
+   * messages), or after a restore the count of the restored checkpoint; null before either.
+   * The notebook's cells cannot tell: after a restore they still show the old kernel's counts.
+   */
+  get executionCount(): number | null {
+    return this._executionCount;
   }
 
   /** Re-open the checkpoint channel on the current kernel. */
@@ -102,6 +112,7 @@ export class KernelCheckpointSession implements IDisposable {
         { onProgress: p => this.model.applyProgress(p, true) }
       )
     );
+    this._restoredFrom(id);
     // The kernel process is new: list again (and the comm may have been re-opened).
     void this.refresh().catch(() => undefined);
   }
@@ -192,7 +203,22 @@ export class KernelCheckpointSession implements IDisposable {
     }
   }
 
+  private _restoredFrom(id: string | null | undefined): void {
+    const count = id ? this.model.get(id)?.state?.execution_count : undefined;
+    this._executionCount = typeof count === 'number' ? count : null;
+  }
+
+  private _onIopub(_: ISessionContext, msg: KernelMessage.IMessage): void {
+    if (msg.header.msg_type === 'execute_input') {
+      const count = (msg.content as { execution_count?: unknown }).execution_count;
+      if (typeof count === 'number') {
+        this._executionCount = count;
+      }
+    }
+  }
+
   private _onKernelChanged(): void {
+    this._executionCount = null;
     this.model.clear();
     void this._attach();
   }
@@ -241,6 +267,7 @@ export class KernelCheckpointSession implements IDisposable {
       fresh.event.connect((_, event) => {
         this.model.applyEvent(event);
         if (event.event === 'restored') {
+          this._restoredFrom(event.checkpoint?.id ?? event.current_id);
           // A new kernel process: re-open the channel and list again.
           void this._attach(true);
         }
@@ -336,6 +363,7 @@ export class KernelCheckpointSession implements IDisposable {
   private _clientKernel: Kernel.IKernelConnection | null = null;
   private _generation = 0;
   private _reopenWhenIdle = false;
+  private _executionCount: number | null = null;
   private _isDisposed = false;
   private _failed = new Signal<this, CheckpointError>(this);
 }

@@ -15,8 +15,9 @@ export type { CheckpointError } from './comm';
 export type { AutoCheckpointMode, IAutoCheckpoint, ICheckpointSettings } from './settings';
 
 /** The extension's commands. Every one takes an optional `path` (of a notebook; default: the
- * current one); restore, rename, delete and compare an `id` (of a checkpoint; default: the one
- * selected in the timeline). */
+ * current one); restore, rename, delete and compare an `id` (of a checkpoint), or `selected:
+ * true` for the one selected in the timeline; checkpoint a `label`, or a `reason` to put after
+ * the label the label setting makes. */
 export namespace CommandIDs {
   export const checkpoint = 'kernel-checkpoint:checkpoint';
   export const restore = 'kernel-checkpoint:restore';

@@ -14,7 +14,7 @@ const SLOW = 30_000;
 /** Every test finishes within a minute. */
 const TEST_TIMEOUT = 60_000;
 
-test.use({ autoGoto: true });
+test.use({ autoGoto: true, viewport: { width: 1400, height: 900 } });
 test.describe.configure({ mode: 'serial' });
 
 const panel = (page: IJupyterLabPageFixture) => page.locator('#jp-kernel-checkpoint-timeline');
@@ -75,6 +75,14 @@ async function run(page: IJupyterLabPageFixture, source: string): Promise<string
     await expect(cell.nth(index).locator('.jp-OutputArea-output')).not.toHaveCount(0);
   }
   return text;
+}
+
+/** The fresh kernel's first list has arrived (made-up checkpoints put in later stay). */
+async function loaded(page: IJupyterLabPageFixture): Promise<void> {
+  await expect(panel(page).locator('.jp-KernelCheckpoint-empty')).toContainText(
+    'No checkpoints yet',
+    { timeout: SLOW }
+  );
 }
 
 async function idle(page: IJupyterLabPageFixture): Promise<void> {
@@ -278,9 +286,92 @@ test.describe('kernel checkpoint timeline', () => {
     expect(kernelName).toBe(KERNEL);
   });
 
+  test('history is kept across a rename and a new kernel', async ({ page }) => {
+    test.setTimeout(TEST_TIMEOUT);
+    await newNotebook(page, 'identity.ipynb');
+    await expect(panel(page).locator('.jp-KernelCheckpoint-notebook')).toHaveText('identity.ipynb');
+    await run(page, 'q = 5');
+    const saved = await checkpointWithButton(page);
+    const notebookId = await page.evaluate(
+      () =>
+        (window as any).jupyterapp.shell.currentWidget.model.getMetadata('kernel_checkpoint')
+          ?.notebook_id
+    );
+    expect(notebookId, 'the first checkpoint writes an id into the notebook').toMatch(
+      /^[0-9a-f-]{36}$/
+    );
+
+    // Rename the notebook, then give it a new kernel.
+    await page.evaluate(async (kernel: string) => {
+      const app = (window as any).jupyterapp;
+      const widget = app.shell.currentWidget;
+      await widget.context.rename('identity-renamed.ipynb');
+      await widget.sessionContext.shutdown();
+      await widget.sessionContext.changeKernel({ name: kernel });
+    }, KERNEL);
+    await expect(panel(page).locator('.jp-KernelCheckpoint-notebook')).toHaveText(
+      'identity-renamed.ipynb',
+      { timeout: SLOW }
+    );
+    await expect(panel(page).getByRole('button', { name: 'Checkpoint kernel' })).toBeVisible({
+      timeout: SLOW
+    });
+    await expect(panel(page).locator('.jp-KernelCheckpoint-offer')).toBeVisible({ timeout: SLOW });
+    await expect(node(page, saved)).toBeVisible();
+    await restoreFromPanel(page, saved);
+    expect(await run(page, 'print(q)')).toBe('5');
+  });
+
+  test('a new notebook with a reused name is offered nothing', async ({ page }) => {
+    test.setTimeout(TEST_TIMEOUT);
+    await newNotebook(page, 'reused.ipynb');
+    await expect(panel(page).locator('.jp-KernelCheckpoint-notebook')).toHaveText('reused.ipynb');
+    await run(page, 'r = 1');
+    await checkpointWithButton(page);
+    // Stop its kernel, close it and delete the file.
+    const dir = await page.evaluate(async () => {
+      const app = (window as any).jupyterapp;
+      const widget = app.shell.currentWidget;
+      const path: string = widget.context.path;
+      await widget.sessionContext.shutdown();
+      widget.context.model.dirty = false; // close without the "save changes?" dialog
+      widget.dispose();
+      await app.serviceManager.contents.delete(path);
+      return path.split('/').slice(0, -1).join('/');
+    });
+    // A new, unrelated notebook gets the same name.
+    await page.evaluate(async (folder: string) => {
+      const app = (window as any).jupyterapp;
+      const model = await app.serviceManager.contents.newUntitled({
+        path: folder,
+        type: 'notebook'
+      });
+      await app.serviceManager.contents.rename(model.path, `${folder}/reused.ipynb`);
+    }, dir);
+    await page.evaluate(
+      async ({ folder, kernel }: { folder: string; kernel: string }) => {
+        await (window as any).jupyterapp.commands.execute('docmanager:open', {
+          path: `${folder}/reused.ipynb`,
+          factory: 'Notebook',
+          kernel: { name: kernel }
+        });
+      },
+      { folder: dir, kernel: KERNEL }
+    );
+    await expect(panel(page).getByRole('button', { name: 'Checkpoint kernel' })).toBeVisible({
+      timeout: SLOW
+    });
+    await expect(panel(page).locator('.jp-KernelCheckpoint-empty')).toContainText(
+      'No checkpoints yet',
+      { timeout: SLOW }
+    );
+    await expect(nodes(page)).toHaveCount(0);
+  });
+
   test('500 checkpoints render in one column and scroll', async ({ page }) => {
     test.setTimeout(TEST_TIMEOUT);
     await newNotebook(page, 'many.ipynb');
+    await loaded(page);
     const { ms, rows, lanes } = await page.evaluate(fakeTimeline, { count: 500, branches: false });
     console.log(`timeline: 500 checkpoints rendered in ${ms.toFixed(1)} ms (Chromium)`);
     expect(lanes).toBe(1);
@@ -307,6 +398,7 @@ test.describe('kernel checkpoint timeline', () => {
   test('keyboard: one Tab stop, arrows move, the details show the diff', async ({ page }) => {
     test.setTimeout(TEST_TIMEOUT);
     await newNotebook(page, 'keys.ipynb');
+    await loaded(page);
     await page.evaluate(fakeTimeline, { count: 50, branches: true });
     const tree = panel(page).getByRole('tree', { name: 'Kernel checkpoints' });
     await expect(tree).toHaveAttribute('tabindex', '0');
@@ -349,9 +441,13 @@ test.describe('kernel checkpoint timeline', () => {
         await page.theme.setLightTheme();
       }
       await newNotebook(page, `theme-${theme}.ipynb`);
+      await loaded(page);
       await page.evaluate(fakeTimeline, { count: 50, branches: true });
       await expect(page.locator('.Toastify__toast')).toHaveCount(0, { timeout: SLOW });
       await page.mouse.move(0, 0);
+      if (process.env.UI_TESTS_PAGE_SHOT) {
+        await page.screenshot({ path: `${process.env.UI_TESTS_PAGE_SHOT}-${theme}.png` });
+      }
       expect(
         await panel(page).screenshot({
           mask: [panel(page).locator('.jp-KernelCheckpoint-footer')],
