@@ -230,7 +230,7 @@ export function addCommands(
             return;
           }
           id = result.value;
-        } else if (manager.settings.confirmRestore) {
+        } else if (manager.settings.confirmRestore || args.confirm === true) {
           const c = session.model.get(id);
           const body = `Replace the running kernel by checkpoint "${
             c ? checkpointName(c) : id

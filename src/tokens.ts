@@ -16,7 +16,8 @@ export type { AutoCheckpointMode, IAutoCheckpoint, ICheckpointSettings } from '.
 
 /** The extension's commands. Every one takes an optional `path` (of a notebook; default: the
  * current one); restore, rename, delete and compare an `id` (of a checkpoint), or `selected:
- * true` for the one selected in the timeline; checkpoint a `label`, or a `reason` to put after
+ * true` for the one selected in the timeline (restore: `confirm: true` asks even when the
+ * confirmRestore setting is off); checkpoint a `label`, or a `reason` to put after
  * the label the label setting makes. */
 export namespace CommandIDs {
   export const checkpoint = 'kernel-checkpoint:checkpoint';

@@ -122,7 +122,7 @@ export class TimelinePanel extends Widget {
     this._list.addEventListener('mousedown', event => this._onPointer(event));
     this._list.addEventListener('dblclick', event => {
       if (this._rowOf(event)) {
-        void this._commands.execute(CommandIDs.restore, this._selectedArgs());
+        void this._commands.execute(CommandIDs.restore, { ...this._selectedArgs(), confirm: true });
       }
     });
     this._details = new DetailsPane();
@@ -727,7 +727,8 @@ export class TimelinePanel extends Widget {
         break;
       }
       case 'Enter':
-        void this._commands.execute(CommandIDs.restore, args);
+        // A key is easy to hit: always ask, whatever the confirmRestore setting says.
+        void this._commands.execute(CommandIDs.restore, { ...args, confirm: true });
         break;
       case 'F2':
         void this._commands.execute(CommandIDs.rename, args);

@@ -427,6 +427,30 @@ test.describe('kernel checkpoint timeline', () => {
     await page.keyboard.press('F2');
     await expect(page.locator('.jp-Dialog')).toContainText('Rename Checkpoint');
     await page.keyboard.press('Escape');
+    // The context menu acts on the row under the pointer; Compare, then another row: their diff.
+    await node(page, 'ckpt-fake-0045').click({ button: 'right' });
+    const menu = page.locator('.lm-Menu');
+    for (const label of ['Restore Checkpoint', 'Rename Checkpoint…', 'Delete Checkpoint…']) {
+      await expect(menu.getByText(label, { exact: true })).toBeVisible();
+    }
+    await menu.getByText('Compare With…', { exact: true }).click();
+    await expect(panel(page).locator('.jp-KernelCheckpoint-comparing')).toContainText('step 45');
+    await node(page, 'ckpt-fake-0047').click();
+    const compare = details.locator('.jp-KernelCheckpoint-compareDiff');
+    await expect(compare).toContainText('"step 45" → "step 47"');
+    await expect(compare.locator('[data-change=added]')).toContainText('v47');
+    await expect(compare.locator('[data-change=removed]')).toContainText('v45');
+    await page.keyboard.press('Escape');
+    await expect(compare).toHaveCount(0);
+    // Deleting a node with children warns about them.
+    await page.evaluate(() => {
+      // Not awaited: the command waits for the dialog's answer.
+      void (window as any).jupyterapp.commands.execute('kernel-checkpoint:delete', {
+        id: 'ckpt-fake-0025'
+      });
+    });
+    await expect(page.locator('.jp-Dialog')).toContainText('It has 2 child checkpoints');
+    await page.getByRole('button', { name: 'Cancel' }).click();
     // The search filters by variable name.
     await panel(page).getByRole('searchbox').fill('v7');
     await expect(panel(page).locator('[role=treeitem]')).toHaveCount(1);
