@@ -442,6 +442,13 @@ test.describe('kernel checkpoint timeline', () => {
     await expect(compare.locator('[data-change=removed]')).toContainText('v45');
     await page.keyboard.press('Escape');
     await expect(compare).toHaveCount(0);
+    // Enter asks before a restore; for a node taken mid-cell it says what that means.
+    await node(page, 'ckpt-fake-0045').click();
+    await expect(details).toContainText('taken mid-cell');
+    await page.keyboard.press('Enter');
+    await expect(page.locator('.jp-Dialog')).toContainText('continues that cell from that point');
+    await page.getByRole('button', { name: 'Cancel' }).click();
+    await expect(page.locator('.jp-Dialog')).toHaveCount(0);
     // Deleting a node with children warns about them.
     await page.evaluate(() => {
       // Not awaited: the command waits for the dialog's answer.
