@@ -557,7 +557,7 @@ export class Supervisor {
     }
   }
 
-  private notebook: { id: string | null; path: string | null | undefined } = {
+  private notebook: { id: string | null; path: string | null } = {
     id: null,
     path: null
   };
@@ -710,6 +710,7 @@ export class Supervisor {
         throw snapshotError;
       }
       progress('saving');
+      const notebookId = request.notebook_id ?? this.notebook.id;
       const manifest: Checkpoint = {
         format: MANIFEST_FORMAT,
         id,
@@ -722,9 +723,7 @@ export class Supervisor {
         image_bytes: 0,
         kernel: this.options.kernel,
         notebook_path: request.notebook_path ?? this.notebook.path ?? this.options.notebookPath,
-        ...((request.notebook_id ?? this.notebook.id)
-          ? { notebook_id: request.notebook_id ?? this.notebook.id }
-          : {}),
+        ...(notebookId ? { notebook_id: notebookId } : {}),
         host: { hostname: os.hostname(), arch: process.arch, kernel_release: os.release() },
         state: summary
       };
