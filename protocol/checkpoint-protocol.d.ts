@@ -145,6 +145,27 @@ export interface StateSummary {
    * True when only the first variables are listed.
    */
   truncated?: boolean;
+  /**
+   * True when a cell was running when the snapshot was taken (a checkpoint from kernel_checkpoint.checkpoint() or %checkpoint in a cell, or one taken while a cell ran): a kernel restored from it continues that cell from that point.
+   */
+  cell_running?: boolean;
+  /**
+   * The cells run in this kernel since the checkpoint it descends from (the last one taken or restored), oldest first; at most the last 50, each source cut at 4000 characters.
+   */
+  cells?: CellRun[];
+}
+/**
+ * One cell the kernel ran.
+ *
+ * This interface was referenced by `KernelCheckpointProtocol`'s JSON-Schema
+ * via the `definition` "CellRun".
+ */
+export interface CellRun {
+  /**
+   * The cell's execution count, or null for a cell run without history.
+   */
+  execution_count: number | null;
+  source: string;
 }
 /**
  * This interface was referenced by `KernelCheckpointProtocol`'s JSON-Schema
@@ -191,6 +212,10 @@ export interface Checkpoint {
     language: string;
   };
   notebook_path: string | null;
+  /**
+   * The notebook's own id (written once into its metadata, kept across renames and moves), when the client knows it. A list for a notebook id finds the images of that id, and images without one by notebook_path.
+   */
+  notebook_id?: string | null;
   host?: {
     hostname?: string;
     arch?: string;
@@ -220,6 +245,10 @@ export interface Request {
    * checkpoint: the notebook the kernel serves (recorded in the manifest); list: only images made for this notebook.
    */
   notebook_path?: string | null;
+  /**
+   * checkpoint: the notebook's id (recorded in the manifest; the supervisor remembers the last one a client sent and records it for requests without one, e.g. from the magics); list: only images of this notebook id, and images without an id made for notebook_path.
+   */
+  notebook_id?: string | null;
   /**
    * list: 'session' (default: every image of this notebook, or of this kernel's lineage) or 'all' (every image in the store).
    */

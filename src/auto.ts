@@ -89,12 +89,8 @@ export class AutoCheckpointer {
       }
       return;
     }
-    const name = (panel.context.path.split('/').pop() ?? '').replace(/\.ipynb$/i, '');
-    const time = new Date().toLocaleTimeString();
-    void this._commands.execute(CommandIDs.checkpoint, {
-      path: panel.context.path,
-      label: `${name} ${time} (${why})`
-    });
+    // The label follows the label setting (24-hour {time}), with the reason after it.
+    void this._commands.execute(CommandIDs.checkpoint, { path: panel.context.path, reason: why });
   }
 
   private _checkpoints: IKernelCheckpoint;

@@ -4,11 +4,12 @@
 import type { JupyterFrontEnd } from '@jupyterlab/application';
 import { Dialog, InputDialog, Notification, showDialog } from '@jupyterlab/apputils';
 import type { NotebookPanel } from '@jupyterlab/notebook';
+import { Widget } from '@lumino/widgets';
 import { CheckpointError } from './comm';
 import { formatBytes, formatDuration } from './format';
-import { checkpointIcon, restoreIcon, timelineIcon } from './icons';
+import { checkpointIcon, compareIcon, restoreIcon, timelineIcon } from './icons';
 import type { KernelCheckpointSession } from './session';
-import { checkpointName, formatLabel } from './text';
+import { MID_CELL_RESTORE, checkpointName, formatLabel } from './text';
 import { CommandIDs, TIMELINE_ID } from './tokens';
 import type { IKernelCheckpoint } from './tokens';
 import { CheckpointPicker } from './widgets/picker';
@@ -108,6 +109,14 @@ export function addCommands(
     return manager.current;
   };
 
+  /** The checkpoint a command acts on: its `id`, or with `selected`, the timeline's selection. */
+  const idOf = (args: Record<string, unknown>): string | null => {
+    if (typeof args.id === 'string') {
+      return args.id;
+    }
+    return args.selected ? (sessionOf(args)?.model.selectedId ?? null) : null;
+  };
+
   const ready = (s: KernelCheckpointSession | null): boolean =>
     !!s && s.model.availability.state === 'ready' && !s.model.busy;
 
@@ -152,15 +161,18 @@ export function addCommands(
       try {
         const session = requireSession(args);
         const panel = manager.panelOf(session);
+        const reason = typeof args.reason === 'string' && args.reason ? ` (${args.reason})` : '';
         const label =
           typeof args.label === 'string'
             ? args.label
-            : formatLabel(manager.settings.labelFormat, {
-                notebookPath: session.path,
-                count: executionCount(panel),
-                n: session.model.checkpoints.length + 1,
-                date: new Date()
-              });
+            : (
+                formatLabel(manager.settings.labelFormat, {
+                  notebookPath: session.path,
+                  count: session.executionCount ?? executionCount(panel),
+                  n: session.model.checkpoints.length + 1,
+                  date: new Date()
+                }) + reason
+              ).trim();
         const checkpoint = await session.checkpoint(label || null);
         if (checkpoint) {
           Notification.success(
@@ -178,14 +190,14 @@ export function addCommands(
   });
 
   commands.addCommand(CommandIDs.restore, {
-    label: args => (args.id ? 'Restore Checkpoint' : 'Restore Kernel…'),
+    label: args => (args.id || args.selected ? 'Restore Checkpoint' : 'Restore Kernel…'),
     caption: 'Replace the running kernel by a saved checkpoint image',
     icon: restoreIcon,
     isEnabled: hasIdleSession,
     execute: async args => {
       try {
         const session = requireSession(args);
-        let id = typeof args.id === 'string' ? args.id : null;
+        let id = idOf(args);
         if (!id) {
           if (session.model.availability.state === 'ready' && !session.model.loaded) {
             await session.refresh();
@@ -218,12 +230,13 @@ export function addCommands(
             return;
           }
           id = result.value;
-        } else if (manager.settings.confirmRestore) {
+        } else if (manager.settings.confirmRestore || args.confirm === true) {
           const c = session.model.get(id);
           const body = `Replace the running kernel by checkpoint "${
             c ? checkpointName(c) : id
           }"? Everything done since that checkpoint is lost from the kernel's memory.`;
-          if (!(await confirmWarning('Restore Kernel', body, 'Restore'))) {
+          const paragraphs = c?.state?.cell_running ? [body, MID_CELL_RESTORE] : [body];
+          if (!(await confirmWarning('Restore Kernel', paragraphs, 'Restore'))) {
             return;
           }
         }
@@ -250,11 +263,14 @@ export function addCommands(
   commands.addCommand(CommandIDs.rename, {
     label: 'Rename Checkpoint…',
     caption: 'Give a checkpoint a new label',
-    isEnabled: args => ready(sessionOf(args)) && typeof args.id === 'string',
+    isEnabled: args => ready(sessionOf(args)) && idOf(args) !== null,
     execute: async args => {
       try {
         const session = requireSession(args);
-        const id = String(args.id);
+        const id = idOf(args);
+        if (!id) {
+          return;
+        }
         const c = session.model.get(id);
         const result = await InputDialog.getText({
           title: 'Rename Checkpoint',
@@ -277,16 +293,26 @@ export function addCommands(
   commands.addCommand(CommandIDs.remove, {
     label: 'Delete Checkpoint…',
     caption: 'Delete a checkpoint image from the store',
-    isEnabled: args => ready(sessionOf(args)) && typeof args.id === 'string',
+    isEnabled: args => ready(sessionOf(args)) && idOf(args) !== null,
     execute: async args => {
       try {
         const session = requireSession(args);
-        const id = String(args.id);
+        const id = idOf(args);
+        if (!id) {
+          return;
+        }
         const c = session.model.get(id);
+        const children = session.model.childrenOf(id).length;
         const body = `Delete checkpoint "${c ? checkpointName(c) : id}" and its image${
           c ? ` (${formatBytes(c.image_bytes)})` : ''
-        }? This cannot be undone.`;
-        if (!(await confirmWarning('Delete Checkpoint', body, 'Delete'))) {
+        }? This cannot be undone.${
+          children > 0
+            ? ` It has ${children} child checkpoint${
+                children === 1 ? '' : 's'
+              }: they are kept, and shown as roots.`
+            : ''
+        }`;
+        if (!(await confirmWarning('Delete Checkpoint', [body], 'Delete'))) {
           return;
         }
         await session.remove(id);
@@ -294,6 +320,41 @@ export function addCommands(
         notifyError(error, manager, app, 'delete');
       }
     }
+  });
+
+  commands.addCommand(CommandIDs.compare, {
+    label: args =>
+      sessionOf(args)?.model.compareId ? 'Stop Comparing Checkpoints' : 'Compare With…',
+    caption: 'Compare the variables of this checkpoint with those of the next one you select',
+    icon: compareIcon,
+    isEnabled: args => {
+      const s = sessionOf(args);
+      return !!s && (s.model.compareId !== null || idOf(args) !== null);
+    },
+    execute: args => {
+      const session = sessionOf(args);
+      if (!session) {
+        return;
+      }
+      const model = session.model;
+      if (model.compareId) {
+        model.setCompare(null);
+      } else {
+        model.setCompare(idOf(args));
+      }
+    }
+  });
+
+  // The timeline's context menu: the row under the pointer is selected before it opens.
+  const rowSelector = '.jp-KernelCheckpoint-node';
+  [
+    CommandIDs.restore,
+    CommandIDs.rename,
+    CommandIDs.remove,
+    CommandIDs.compare,
+    CommandIDs.checkpoint
+  ].forEach((command, rank) => {
+    app.contextMenu.addItem({ command, selector: rowSelector, rank, args: { selected: true } });
   });
 
   commands.addCommand(CommandIDs.refresh, {
@@ -360,7 +421,18 @@ export function addCommands(
 }
 
 /** Asks before something that cannot be undone; true when the person confirmed. */
-async function confirmWarning(title: string, body: string, action: string): Promise<boolean> {
+async function confirmWarning(
+  title: string,
+  paragraphs: string[],
+  action: string
+): Promise<boolean> {
+  const body = new Widget();
+  body.addClass('jp-KernelCheckpoint-confirm');
+  for (const text of paragraphs) {
+    const p = document.createElement('p');
+    p.textContent = text;
+    body.node.appendChild(p);
+  }
   const result = await showDialog({
     title,
     body,

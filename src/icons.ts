@@ -41,3 +41,18 @@ export const restoreIcon = new LabIcon({
   name: 'kernel-checkpoint:restore',
   svgstr: restoreSvg
 });
+
+/** Two nodes and the arrows between them: compare two checkpoints. */
+const compareSvg = `<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" viewBox="0 0 24 24">
+  <g class="jp-icon3" fill="#616161">
+    <circle cx="6" cy="6" r="3"/>
+    <circle cx="18" cy="18" r="3"/>
+    <path d="M11 5h4a3 3 0 0 1 3 3v5h-2V8a1 1 0 0 0-1-1h-4v2L8 6l3-3z"/>
+    <path d="M13 19H9a3 3 0 0 1-3-3v-5h2v5a1 1 0 0 0 1 1h4v-2l3 3-3 3z"/>
+  </g>
+</svg>`;
+
+export const compareIcon = new LabIcon({
+  name: 'kernel-checkpoint:compare',
+  svgstr: compareSvg
+});

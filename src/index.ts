@@ -13,6 +13,7 @@ import { IStatusBar } from '@jupyterlab/statusbar';
 import { AutoCheckpointer } from './auto';
 import { addCommands } from './commands';
 import { KernelCheckpointManager } from './manager';
+import { RestoreOffer } from './offer';
 import { followSettings } from './settings';
 import { CommandIDs, IKernelCheckpoint, TIMELINE_ID } from './tokens';
 import { CheckpointButton } from './widgets/button';
@@ -60,6 +61,7 @@ const plugin: JupyterFrontEndPlugin<IKernelCheckpoint> = {
       );
     }
     new AutoCheckpointer(manager, app.commands);
+    new RestoreOffer(manager, app.commands);
     if (settingRegistry) {
       followSettings(settingRegistry, PLUGIN_ID, settings => {
         manager.settings = settings;

@@ -4,11 +4,48 @@
  */
 import type { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import type { KernelSpec } from '@jupyterlab/services';
+import { UUID } from '@lumino/coreutils';
 import { ISignal, Signal } from '@lumino/signaling';
 import { KernelCheckpointSession } from './session';
 import { DEFAULT_SETTINGS } from './settings';
 import type { ICheckpointSettings } from './settings';
 import type { IKernelCheckpoint, ISessionAdded } from './tokens';
+
+/** The notebook metadata key of the extension: `{ "notebook_id": "<uuid>" }`. */
+export const NOTEBOOK_METADATA_KEY = 'kernel_checkpoint';
+
+/**
+ * A notebook's id, written once into its metadata by its first checkpoint: checkpoints carry
+ * it, so a notebook keeps its history when it is renamed or moved, and a new notebook that gets
+ * an old one's name is offered none of the old one's images. A notebook that was saved before is
+ * saved again at once, so that the id is on disk with the first checkpoint that carries it (a
+ * notebook with unsaved changes gets it with its next save).
+ */
+export function notebookIdentity(panel: NotebookPanel): KernelCheckpointSession.IIdentity {
+  const read = (): string | null => {
+    const meta = panel.model?.getMetadata(NOTEBOOK_METADATA_KEY) as
+      { notebook_id?: unknown } | undefined;
+    return typeof meta?.notebook_id === 'string' && meta.notebook_id ? meta.notebook_id : null;
+  };
+  return {
+    get: read,
+    ensure: () => {
+      const known = read();
+      const model = panel.model;
+      if (known || !model) {
+        return known ?? '';
+      }
+      const id = UUID.uuid4();
+      const wasClean = !model.dirty;
+      const meta = (model.getMetadata(NOTEBOOK_METADATA_KEY) as object | undefined) ?? {};
+      model.setMetadata(NOTEBOOK_METADATA_KEY, { ...meta, notebook_id: id });
+      if (wasClean) {
+        void panel.context.save().catch(() => undefined);
+      }
+      return id;
+    }
+  };
+}
 
 export class KernelCheckpointManager implements IKernelCheckpoint {
   constructor(options: KernelCheckpointManager.IOptions) {
@@ -50,7 +87,8 @@ export class KernelCheckpointManager implements IKernelCheckpoint {
     if (!session) {
       const created = new KernelCheckpointSession({
         sessionContext: panel.sessionContext,
-        specsManager: this._specsManager
+        specsManager: this._specsManager,
+        identity: notebookIdentity(panel)
       });
       session = created;
       this._sessions.set(panel, created);

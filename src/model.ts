@@ -15,6 +15,8 @@ import type {
   SupervisorStatus
 } from '../protocol/checkpoint-protocol';
 import type { UnavailableReason } from './comm';
+import { layoutGraph } from './graph';
+import type { IGraph } from './graph';
 
 /** One node of the checkpoint tree. */
 export interface ICheckpointNode {
@@ -126,12 +128,37 @@ export function flattenTree(nodes: ICheckpointNode[]): ICheckpointNode[] {
 }
 
 /**
+ * Whether a checkpoint matches a search: every word of `query` (case-insensitive) is in its
+ * label, id, one of its variables' names, or the source of a cell run since its parent.
+ */
+export function matchesQuery(c: Checkpoint, query: string): boolean {
+  const words = query.toLowerCase().split(/\s+/).filter(Boolean);
+  if (words.length === 0) {
+    return true;
+  }
+  const haystack = [
+    c.label ?? '',
+    c.id,
+    ...(c.state?.variables ?? []).map(v => v.name),
+    ...(c.state?.cells ?? []).map(cell => cell.source)
+  ]
+    .join('\n')
+    .toLowerCase();
+  return words.every(w => haystack.includes(w));
+}
+
+/**
  * The checkpoints of one kernel, with signals.
  */
 export class CheckpointModel {
   /** Emitted when checkpoints, current id, scope or availability change. */
   get changed(): ISignal<this, void> {
     return this._changed;
+  }
+
+  /** Emitted when the selection, the compared checkpoint or the search changes. */
+  get viewChanged(): ISignal<this, void> {
+    return this._viewChanged;
   }
 
   /** Emitted when a checkpoint or restore starts, progresses or ends. */
@@ -181,6 +208,85 @@ export class CheckpointModel {
     return this._loaded;
   }
 
+  /**
+   * The checkpoint the timeline shows in its details: the one chosen, else the current one,
+   * else the newest.
+   */
+  get selectedId(): CheckpointId | null {
+    if (this._selectedId && this._checkpoints.has(this._selectedId)) {
+      return this._selectedId;
+    }
+    if (this._currentId && this._checkpoints.has(this._currentId)) {
+      return this._currentId;
+    }
+    const rows = this.graph().rows;
+    return rows.length > 0 ? rows[0].checkpoint.id : null;
+  }
+
+  get selected(): Checkpoint | null {
+    const id = this.selectedId;
+    return id ? (this._checkpoints.get(id) ?? null) : null;
+  }
+
+  select(id: CheckpointId | null): void {
+    if (this._selectedId !== id) {
+      this._selectedId = id;
+      this._viewChanged.emit();
+    }
+  }
+
+  /** The checkpoint the selected one is compared with, or null. */
+  get compareId(): CheckpointId | null {
+    return this._compareId && this._checkpoints.has(this._compareId) ? this._compareId : null;
+  }
+
+  setCompare(id: CheckpointId | null): void {
+    if (this._compareId !== id) {
+      this._compareId = id;
+      this._viewChanged.emit();
+    }
+  }
+
+  /** The search the timeline filters by ('' for none). */
+  get query(): string {
+    return this._query;
+  }
+
+  setQuery(query: string): void {
+    if (this._query !== query) {
+      this._query = query;
+      this._graph = null;
+      this._viewChanged.emit();
+    }
+  }
+
+  /** Children of a checkpoint in the store's list. */
+  childrenOf(id: CheckpointId): Checkpoint[] {
+    return this.checkpoints.filter(c => c.parent_id === id && c.id !== id);
+  }
+
+  /**
+   * The graph of the checkpoints that match the search, each linked to its nearest shown
+   * ancestor (computed once per change).
+   */
+  graph(): IGraph {
+    if (!this._graph) {
+      const shown = this.checkpoints.filter(c => matchesQuery(c, this._query));
+      const ids = new Set(shown.map(c => c.id));
+      const parentOf = (c: Checkpoint): CheckpointId | null => {
+        const seen = new Set<string>();
+        let p = c.parent_id;
+        while (p && !ids.has(p) && !seen.has(p)) {
+          seen.add(p);
+          p = this._checkpoints.get(p)?.parent_id ?? null;
+        }
+        return p && ids.has(p) ? p : null;
+      };
+      this._graph = layoutGraph(shown, parentOf);
+    }
+    return this._graph;
+  }
+
   /** The checkpoint forest. */
   tree(): ICheckpointNode[] {
     return buildTree(this._checkpoints.values(), this._currentId);
@@ -191,13 +297,13 @@ export class CheckpointModel {
     if (availability.state !== 'ready') {
       this._status = null;
     }
-    this._changed.emit();
+    this._emitChanged();
   }
 
   setStatus(status: SupervisorStatus): void {
     this._status = status;
     this._currentId = status.current_id ?? null;
-    this._changed.emit();
+    this._emitChanged();
     if (status.busy && !this._busy) {
       this.setBusy({ action: status.busy, local: false });
     } else if (!status.busy && this._busy && !this._busy.local) {
@@ -208,7 +314,7 @@ export class CheckpointModel {
   setScope(scope: ListScope): void {
     if (this._scope !== scope) {
       this._scope = scope;
-      this._changed.emit();
+      this._emitChanged();
     }
   }
 
@@ -220,7 +326,7 @@ export class CheckpointModel {
     }
     this._currentId = currentId;
     this._loaded = true;
-    this._changed.emit();
+    this._emitChanged();
   }
 
   /** Forget every checkpoint (kernel changed). */
@@ -230,7 +336,7 @@ export class CheckpointModel {
     this._loaded = false;
     this._status = null;
     this._busy = null;
-    this._changed.emit();
+    this._emitChanged();
     this._busyChanged.emit(null);
   }
 
@@ -250,7 +356,7 @@ export class CheckpointModel {
       this._status = reply.status;
     }
     this._currentId = reply.current_id;
-    this._changed.emit();
+    this._emitChanged();
   }
 
   /** Take in an `event` broadcast. */
@@ -286,7 +392,7 @@ export class CheckpointModel {
         break;
     }
     this._currentId = event.current_id ?? null;
-    this._changed.emit();
+    this._emitChanged();
   }
 
   setBusy(busy: IBusyState | null): void {
@@ -304,6 +410,11 @@ export class CheckpointModel {
     });
   }
 
+  private _emitChanged(): void {
+    this._graph = null;
+    this._changed.emit();
+  }
+
   private _checkpoints = new Map<string, Checkpoint>();
   private _currentId: CheckpointId | null = null;
   private _status: SupervisorStatus | null = null;
@@ -311,6 +422,11 @@ export class CheckpointModel {
   private _busy: IBusyState | null = null;
   private _scope: ListScope = 'session';
   private _loaded = false;
+  private _selectedId: CheckpointId | null = null;
+  private _compareId: CheckpointId | null = null;
+  private _query = '';
+  private _graph: IGraph | null = null;
   private _changed = new Signal<this, void>(this);
+  private _viewChanged = new Signal<this, void>(this);
   private _busyChanged = new Signal<this, IBusyState | null>(this);
 }

@@ -5,7 +5,7 @@
  * this object; it has no DOM.
  */
 import type { ISessionContext } from '@jupyterlab/apputils';
-import type { Kernel, KernelSpec } from '@jupyterlab/services';
+import type { Kernel, KernelMessage, KernelSpec } from '@jupyterlab/services';
 import { ISignal, Signal } from '@lumino/signaling';
 import type { IDisposable } from '@lumino/disposable';
 import type { Checkpoint, Reply } from '../protocol/checkpoint-protocol';
@@ -48,8 +48,10 @@ export class KernelCheckpointSession implements IDisposable {
     this.sessionContext = options.sessionContext;
     this._specsManager = options.specsManager ?? null;
     this._helloTimeout = options.helloTimeout ?? 5000;
+    this._identity = options.identity ?? null;
     this.sessionContext.kernelChanged.connect(this._onKernelChanged, this);
     this.sessionContext.statusChanged.connect(this._onStatusChanged, this);
+    this.sessionContext.iopubMessage.connect(this._onIopub, this);
     void this.sessionContext.ready.then(() => this._attach());
   }
 
@@ -75,6 +77,15 @@ export class KernelCheckpointSession implements IDisposable {
     return this._client;
   }
 
+  /**
+   * The kernel's execution count: of the last cell it started (from its execute_input
+   * messages), or after a restore the count of the restored checkpoint; null before either.
+   * The notebook's cells cannot tell: after a restore they still show the old kernel's counts.
+   */
+  get executionCount(): number | null {
+    return this._executionCount;
+  }
+
   /** Re-open the checkpoint channel on the current kernel. */
   reconnect(): Promise<void> {
     return this._attach(true);
@@ -85,7 +96,7 @@ export class KernelCheckpointSession implements IDisposable {
     const reply = await this._run('checkpoint', () =>
       this._requireClient('checkpoint').request(
         'checkpoint',
-        { label, notebook_path: this.path },
+        { label, notebook_path: this.path, notebook_id: this._identity?.ensure() || null },
         { onProgress: p => this.model.applyProgress(p, true) }
       )
     );
@@ -101,6 +112,7 @@ export class KernelCheckpointSession implements IDisposable {
         { onProgress: p => this.model.applyProgress(p, true) }
       )
     );
+    this._restoredFrom(id);
     // The kernel process is new: list again (and the comm may have been re-opened).
     void this.refresh().catch(() => undefined);
   }
@@ -127,7 +139,11 @@ export class KernelCheckpointSession implements IDisposable {
   /** List the checkpoints: this notebook's ('session') or the whole store ('all'). */
   async refresh(scope: ListScope = this.model.scope): Promise<void> {
     const client = this._requireClient('list');
-    const reply = await client.request('list', { notebook_path: this.path, scope });
+    const reply = await client.request('list', {
+      notebook_path: this.path,
+      notebook_id: this._identity?.get() ?? null,
+      scope
+    });
     this.model.setScope(scope);
     this.model.applyReply(reply);
   }
@@ -187,7 +203,22 @@ export class KernelCheckpointSession implements IDisposable {
     }
   }
 
+  private _restoredFrom(id: string | null | undefined): void {
+    const count = id ? this.model.get(id)?.state?.execution_count : undefined;
+    this._executionCount = typeof count === 'number' ? count : null;
+  }
+
+  private _onIopub(_: ISessionContext, msg: KernelMessage.IMessage): void {
+    if (msg.header.msg_type === 'execute_input') {
+      const count = (msg.content as { execution_count?: unknown }).execution_count;
+      if (typeof count === 'number') {
+        this._executionCount = count;
+      }
+    }
+  }
+
   private _onKernelChanged(): void {
+    this._executionCount = null;
     this.model.clear();
     void this._attach();
   }
@@ -236,6 +267,7 @@ export class KernelCheckpointSession implements IDisposable {
       fresh.event.connect((_, event) => {
         this.model.applyEvent(event);
         if (event.event === 'restored') {
+          this._restoredFrom(event.checkpoint?.id ?? event.current_id);
           // A new kernel process: re-open the channel and list again.
           void this._attach(true);
         }
@@ -325,11 +357,13 @@ export class KernelCheckpointSession implements IDisposable {
   }
 
   private _specsManager: KernelSpec.IManager | null;
+  private _identity: KernelCheckpointSession.IIdentity | null;
   private _helloTimeout: number;
   private _client: CheckpointClient | null = null;
   private _clientKernel: Kernel.IKernelConnection | null = null;
   private _generation = 0;
   private _reopenWhenIdle = false;
+  private _executionCount: number | null = null;
   private _isDisposed = false;
   private _failed = new Signal<this, CheckpointError>(this);
 }
@@ -339,6 +373,16 @@ export namespace KernelCheckpointSession {
     sessionContext: ISessionContext;
     specsManager?: KernelSpec.IManager;
     helloTimeout?: number;
+    /** The notebook's own id, which its checkpoints carry (see notebookIdentity). */
+    identity?: IIdentity;
+  }
+
+  /** A notebook's id, kept in its metadata. */
+  export interface IIdentity {
+    /** The id, or null while the notebook has none. */
+    get(): string | null;
+    /** The id, written into the notebook first if it has none. */
+    ensure(): string;
   }
 }
 

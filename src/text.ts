@@ -4,11 +4,35 @@
  * Sizes and times: format.ts.
  */
 import type { Action, Checkpoint, ProgressStage } from '../protocol/checkpoint-protocol';
+import { formatBytes } from './format';
 
 /** The name a checkpoint is shown with. */
 export function checkpointName(c: Checkpoint): string {
   return c.label && c.label.trim() ? c.label : c.id;
 }
+
+/**
+ * The bytes an image added to the store, when the manifest says (a deduplicating store);
+ * null until then: the image's full size is all that is known.
+ */
+export function newBytes(c: Checkpoint): number | null {
+  const value = (c as { new_bytes?: unknown }).new_bytes;
+  return typeof value === 'number' ? value : null;
+}
+
+/** The size a row shows: the new bytes when known, else the full image. */
+export function sizeText(c: Checkpoint): string {
+  const fresh = newBytes(c);
+  return fresh === null
+    ? formatBytes(c.image_bytes)
+    : `+${formatBytes(fresh)} of ${formatBytes(c.image_bytes)}`;
+}
+
+/** What restoring a checkpoint taken while a cell ran does. */
+export const MID_CELL_RESTORE =
+  'Taken while a cell was running (kernel_checkpoint.checkpoint() or %checkpoint in a cell): ' +
+  'a kernel restored from it continues that cell from that point, and runs the rest of it ' +
+  '(a loop goes on with its next iteration).';
 
 const STAGES: Record<ProgressStage, string> = {
   preparing: 'Preparing',
@@ -32,6 +56,17 @@ export function busyText(action: Action, stage?: ProgressStage, message?: string
 
 function pad(n: number): string {
   return String(n).padStart(2, '0');
+}
+
+/** A local date and 24-hour time, 'YYYY-MM-DD HH:MM:SS' (the label's {date} {time}). */
+export function formatDateTime(iso: string): string {
+  const d = new Date(iso);
+  if (isNaN(d.getTime())) {
+    return iso;
+  }
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(
+    d.getHours()
+  )}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
 }
 
 /** Values of the label placeholders. */

@@ -15,13 +15,18 @@ export type { CheckpointError } from './comm';
 export type { AutoCheckpointMode, IAutoCheckpoint, ICheckpointSettings } from './settings';
 
 /** The extension's commands. Every one takes an optional `path` (of a notebook; default: the
- * current one); restore, rename and delete an `id` (of a checkpoint). */
+ * current one); restore, rename, delete and compare an `id` (of a checkpoint), or `selected:
+ * true` for the one selected in the timeline (restore: `confirm: true` asks even when the
+ * confirmRestore setting is off); checkpoint a `label`, or a `reason` to put after
+ * the label the label setting makes. */
 export namespace CommandIDs {
   export const checkpoint = 'kernel-checkpoint:checkpoint';
   export const restore = 'kernel-checkpoint:restore';
   export const showTimeline = 'kernel-checkpoint:show-timeline';
   export const rename = 'kernel-checkpoint:rename';
   export const remove = 'kernel-checkpoint:delete';
+  /** Compare the selected checkpoint (or `id`) with the next one selected; again: stop. */
+  export const compare = 'kernel-checkpoint:compare';
   export const refresh = 'kernel-checkpoint:refresh';
   export const switchKernel = 'kernel-checkpoint:switch-kernel';
 }

@@ -27,6 +27,7 @@ import type { CommServer } from './comm-server';
 import type { GateMarkers } from './gate-markers';
 import type { KernelHost } from './kernel-host';
 import { log } from './log';
+import type { NotebookIdentity } from './notebook';
 import type { Relay } from './relay';
 import { asRequestError, RequestError } from './request-errors';
 import type { Sealer } from './sealing';
@@ -40,7 +41,7 @@ export type Progress = (stage: ProgressStage, message?: string) => void;
 export interface CheckpointFlowOptions {
   store: ImageStore;
   kernel: KernelIdentity;
-  notebookPath: string | null;
+  notebook: NotebookIdentity;
   /** How long pre-checkpoint hooks may take. */
   prepareTimeoutMs?: number;
 }
@@ -190,7 +191,7 @@ export class CheckpointFlow {
       snapshot_ms: snapshot.frozenMs,
       image_bytes: 0,
       kernel: this.options.kernel,
-      notebook_path: request.notebook_path ?? this.options.notebookPath,
+      ...this.options.notebook.fields(request),
       host: { hostname: os.hostname(), arch: process.arch, kernel_release: os.release() },
       state: summary
     };

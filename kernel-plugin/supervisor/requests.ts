@@ -18,6 +18,7 @@ import type { KernelHost } from './kernel-host';
 import { log } from './log';
 import type { Relay } from './relay';
 import { asRequestError, errorMessage, RequestError } from './request-errors';
+import type { NotebookIdentity } from './notebook';
 import type { RestoreFlow } from './restore-flow';
 import type { Sealer } from './sealing';
 
@@ -27,7 +28,7 @@ export type Sink = (message: SupervisorMessage) => void;
 export interface RequestsOptions {
   store: ImageStore;
   kernelName: string;
-  notebookPath: string | null;
+  notebook: NotebookIdentity;
 }
 
 type Result = { checkpoint?: Checkpoint; checkpoints?: Checkpoint[]; status?: SupervisorStatus };
@@ -63,7 +64,7 @@ export class Requests {
           }),
       current_id: this.host.currentId,
       kernel_name: this.options.kernelName,
-      notebook_path: this.options.notebookPath,
+      notebook_path: this.options.notebook.currentPath,
       busy: this.busy,
       plugin: this.agent.present,
       store: this.options.store.root
@@ -119,6 +120,7 @@ export class Requests {
     progress: Progress,
     fromKernel: boolean
   ): Promise<Result> {
+    this.options.notebook.learn(request);
     switch (request.action) {
       case 'status':
         return { status: this.status() };
@@ -183,7 +185,6 @@ export class Requests {
       return all;
     }
     // This notebook's images, and the tree the running kernel belongs to.
-    const notebook = request.notebook_path ?? this.options.notebookPath;
     const byId = new Map(all.map(c => [c.id, c]));
     const rootOf = (c: Checkpoint): string => {
       const seen = new Set<string>();
@@ -196,7 +197,7 @@ export class Requests {
     const current = this.host.currentId ? byId.get(this.host.currentId) : undefined;
     const ourRoot = current ? rootOf(current) : null;
     return all.filter(
-      c => (notebook && c.notebook_path === notebook) || (ourRoot !== null && rootOf(c) === ourRoot)
+      c => this.options.notebook.owns(c, request) || (ourRoot !== null && rootOf(c) === ourRoot)
     );
   }
 

@@ -23,6 +23,7 @@ import { KernelHost } from './kernel-host';
 import { KernelStandIn } from './kernel-stand-in';
 import { KernelState } from './kernel-state';
 import { log } from './log';
+import { NotebookIdentity } from './notebook';
 import { Relay } from './relay';
 import { Requests } from './requests';
 import { RestoreFlow } from './restore-flow';
@@ -87,8 +88,9 @@ export class Supervisor {
       () => this.requests.status()
     );
     const sealer = new Sealer(options.store);
+    const notebook = new NotebookIdentity(options.notebookPath);
     const checkpointFlow = new CheckpointFlow(
-      options,
+      { ...options, notebook },
       this.host,
       this.relay,
       this.agent,
@@ -106,7 +108,7 @@ export class Supervisor {
       this.comms
     );
     this.requests = new Requests(
-      { store: options.store, kernelName: options.kernel.name, notebookPath: options.notebookPath },
+      { store: options.store, kernelName: options.kernel.name, notebook },
       this.host,
       this.relay,
       this.agent,

@@ -29,7 +29,8 @@ export class CheckpointButton extends Widget {
     spinner.className = 'jp-KernelCheckpoint-spinner jp-KernelCheckpoint-buttonSpinner';
     const label = document.createElement('span');
     label.className = 'jp-ToolbarButtonComponent-label';
-    label.textContent = 'Checkpoint';
+    // 'kernel': the notebook toolbar also has JupyterLab's save-and-checkpoint (of the file).
+    label.textContent = 'Checkpoint kernel';
     button.append(icon, spinner, label);
     button.addEventListener('click', () => {
       if (this._session.model.busy) {

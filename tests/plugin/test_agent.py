@@ -56,6 +56,47 @@ def test_prepare_reports_the_state_summary(kernel, supervisor):
     assert kernel.check("print(x)") == "42\n"
 
 
+def test_prepare_reports_the_cells_run_since_the_last_checkpoint(kernel, supervisor):
+    kernel.check("a = 1")
+    count = "print(get_ipython().execution_count)"
+    shown = int(kernel.check(count))  # the number the front end shows beside the cell
+    first = supervisor.checkpoint_cycle(CKPT_ID)["summary"]
+    assert [c["source"] for c in first["cells"]] == ["a = 1", count]
+    assert [c["execution_count"] for c in first["cells"]] == [shown - 1, shown]
+    assert first["cell_running"] is False  # taken between cells
+    kernel.check("c = 3")
+    second = supervisor.checkpoint_cycle(CKPT_ID2)["summary"]
+    assert [c["source"] for c in second["cells"]] == ["c = 3"]  # only those since the first
+
+
+def test_a_checkpoint_from_code_is_marked_as_taken_mid_cell(kernel, supervisor):
+    msg_id = kernel.execute(
+        "import kernel_checkpoint as kc\nr = kc.checkpoint('in a loop')\nprint(r.resumed)"
+    )
+    req = supervisor.expect("request")["request"]
+    assert req["action"] == "checkpoint"
+    # The supervisor prepares the snapshot while the cell waits for its reply.
+    supervisor.send({"type": "prepare", "checkpoint_id": CKPT_ID, "label": "in a loop"})
+    summary = supervisor.expect("prepared")["summary"]
+    assert summary["cell_running"] is True
+    assert summary["cells"][-1]["source"].startswith("import kernel_checkpoint as kc")
+    supervisor.disconnect()
+    supervisor.connect()
+    supervisor.send({"type": "resumed", "checkpoint_id": CKPT_ID})
+    supervisor.expect("hooks_done")
+    supervisor.send(
+        {
+            "type": "reply",
+            "request_id": req["request_id"],
+            "action": "checkpoint",
+            "current_id": CKPT_ID,
+        }
+    )
+    assert stdout(kernel.collect(msg_id)) == "True\n"
+    # Between cells again: the next checkpoint is not mid-cell.
+    assert supervisor.checkpoint_cycle(CKPT_ID2)["summary"]["cell_running"] is False
+
+
 def test_reports_follow_the_schema(kernel, supervisor):
     jsonschema = pytest.importorskip("jsonschema")
     from conftest import REPO

@@ -91,7 +91,9 @@ def load_ipython_extension(ipython: Any) -> None:
     if not endpoint:
         return  # by hand, without a supervisor: every action says the kernel is not checkpointable
     from ._agent import Agent
+    from ._cells import follow
 
+    follow(ipython)  # the state summary's cells and whether one is running
     kernel = getattr(ipython, "kernel", None)
     agent = Agent(endpoint, ipython, kernel)
     try:

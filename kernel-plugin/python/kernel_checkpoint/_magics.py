@@ -172,7 +172,8 @@ class CheckpointMagics(Magics):
 
     def _restore(self, args: list[str]) -> None:
         cid = self._one_id(args, "%checkpoint restore ID")
-        self._out(f"Restoring checkpoint {cid}: this kernel will be replaced...")
+        # Nothing is promised before the supervisor has checked the image: a bad id only fails.
+        self._out(f"Restoring checkpoint {cid}...")
         manifest = _api.restore(cid)
         self._out(f"Restored checkpoint {(manifest or {}).get('id', cid)}.")
 

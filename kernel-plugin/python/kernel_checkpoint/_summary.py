@@ -14,6 +14,8 @@ import sys
 import types
 from typing import Any
 
+from ._cells import log_of
+
 MAX_VARIABLES = 200
 
 _IPYTHON_NAMES = frozenset({"In", "Out", "exit", "quit", "get_ipython"})
@@ -178,7 +180,9 @@ def last_execution_count(shell: Any) -> int:
 
 def state_summary(shell: Any, max_variables: int = MAX_VARIABLES) -> dict[str, Any]:
     """StateSummary of an IPython shell. When there are more than ``max_variables`` user
-    variables, the largest are kept (in namespace order) and ``truncated`` is true."""
+    variables, the largest are kept (in namespace order) and ``truncated`` is true. When the
+    extension follows the shell's cells (``_cells.follow``), ``cell_running`` and the ``cells``
+    run since the last summary are added."""
     variables = [describe(name, value) for name, value in user_variables(shell)]
     truncated = len(variables) > max_variables
     if truncated:
@@ -188,8 +192,12 @@ def state_summary(shell: Any, max_variables: int = MAX_VARIABLES) -> dict[str, A
         )[:max_variables]
         keep = set(ranked)
         variables = [v for i, v in enumerate(variables) if i in keep]
-    return {
+    summary: dict[str, Any] = {
         "execution_count": last_execution_count(shell),
         "variables": variables,
         "truncated": truncated,
     }
+    log = log_of(shell)
+    if log is not None:  # the shell's cells are followed (the extension is loaded)
+        summary.update(log.take())
+    return summary

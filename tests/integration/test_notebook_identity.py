@@ -1,0 +1,62 @@
+"""A notebook's id (kept in its metadata by the front end) follows its checkpoints across renames
+and new kernels, reaches the magics' checkpoints through the supervisor, and keeps a new notebook
+that gets an old name from being offered the old notebook's images. Real kernels, real engine."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from kctesting import Kernel
+
+pytestmark = pytest.mark.timeout(600)
+
+ID = r"ckpt-\d{8}T\d{6}Z-[0-9a-f]{6}"
+
+
+def ids(checkpoints):
+    return [c["id"] for c in checkpoints]
+
+
+def listed(kernel: Kernel, notebook_id: str | None, path: str) -> list[str]:
+    reply = kernel.client.request("list", notebook_id=notebook_id, notebook_path=path)
+    return ids(reply["checkpoints"])
+
+
+def test_history_follows_the_notebook_id_not_its_name(make_kernel):
+    first = make_kernel()
+    # The front end's first list names the notebook: id and path.
+    assert listed(first, "nb-one", "Untitled.ipynb") == []
+    toolbar = first.client.request(
+        "checkpoint", label="toolbar", notebook_id="nb-one", notebook_path="Untitled.ipynb"
+    )["checkpoint"]
+    assert toolbar["notebook_id"] == "nb-one"
+    # A magic names no notebook: the supervisor records the one the front end named.
+    made = re.search(ID, first.client.run("%checkpoint -m magic"))
+    assert made
+    magic = next(c for c in first.client.list(scope="all") if c["id"] == made.group(0))
+    assert magic["notebook_id"] == "nb-one"
+    assert magic["notebook_path"] == "Untitled.ipynb"
+    first.shutdown()
+
+    # Renamed, and a new kernel: the same id finds both.
+    renamed = make_kernel()
+    assert sorted(listed(renamed, "nb-one", "work/analysis.ipynb")) == sorted(
+        [toolbar["id"], magic["id"]]
+    )
+    renamed.shutdown()
+
+    # A new notebook that got the old name (no id yet, or its own) is offered nothing.
+    newcomer = make_kernel()
+    assert listed(newcomer, None, "Untitled.ipynb") == []
+    assert listed(newcomer, "nb-two", "Untitled.ipynb") == []
+
+
+def test_images_without_an_id_are_still_found_by_path(make_kernel):
+    old = make_kernel()
+    legacy = old.client.request("checkpoint", label="old", notebook_path="old.ipynb")["checkpoint"]
+    assert "notebook_id" not in legacy
+    old.shutdown()
+    fresh = make_kernel()
+    assert listed(fresh, "nb-three", "old.ipynb") == [legacy["id"]]
+    assert listed(fresh, "nb-three", "other.ipynb") == []
