@@ -1,6 +1,6 @@
 // The DMTCP engine: unprivileged checkpoint–restart of a kernel process (Arya & Cooperman).
 //
-// Layout, measured with DMTCP 5.0 and ipykernel 7.4 (see FACTS.md, DMTCP):
+// Layout, measured with DMTCP 5.0 and ipykernel 7.4 (docs/engines.md, "DMTCP"):
 // - `dmtcp_launch` execs into the kernel: the PID Node spawned *is* the kernel, so Node reaps
 //   it and reports its exit. Its coordinator (one per kernel, `--new-coordinator --coord-port
 //   0`, port read from `--port-file`) daemonises and exits on its own once the kernel is gone
@@ -14,9 +14,12 @@
 // - The kernel sees virtual PIDs (os.getpid() is 40000 in the first kernel): signal the host PID
 //   this engine returns, never a PID the kernel reports.
 // - A restored kernel's cwd is dmtcp_restart's cwd (the image does not restore it by default).
+// - Nothing outlives the supervisor: the launcher and the restarter run under DIES_WITH_PARENT,
+//   which the kernel keeps through its execs and its restart; the coordinator exits with its
+//   last peer (`--exit-on-last`, which `--new-coordinator` gives it).
 
-import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { constants as fsc, promises as fs } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -30,11 +33,21 @@ import {
   type LaunchSpec,
   type Snapshot
 } from './engine';
+import {
+  diesWithParent,
+  errnoErrorCode,
+  findExecutable,
+  firstMissing,
+  killedBy,
+  OutputCollector,
+  runTool,
+  UTIL_LINUX_TOOLS
+} from './tools';
 
 export interface DmtcpOptions {
   /** Compress images with gzip (DMTCP's default). Off by default: ~5x slower on numeric data. */
   gzip?: boolean;
-  /** Folder holding bin/dmtcp_launch etc. Defaults to env DMTCP_ROOT, then PATH. */
+  /** Folder holding bin/dmtcp_launch etc. Defaults to the environment's DMTCP_ROOT, then PATH. */
   root?: string;
   /** How long to wait for a kernel (or a restored one) to come up under DMTCP. */
   startTimeoutMs?: number;
@@ -80,38 +93,6 @@ function cleanEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
     out[key] = value;
   }
   return out;
-}
-
-async function isExecutable(file: string): Promise<boolean> {
-  try {
-    await fs.access(file, fsc.X_OK);
-    return (await fs.stat(file)).isFile();
-  } catch {
-    return false;
-  }
-}
-
-function run(
-  file: string,
-  args: string[],
-  options: { env: NodeJS.ProcessEnv; timeoutMs: number }
-): Promise<{ code: number | null; stdout: string; stderr: string; error?: Error }> {
-  return new Promise(resolve => {
-    execFile(
-      file,
-      args,
-      { env: options.env, timeout: options.timeoutMs, killSignal: 'SIGKILL', maxBuffer: 1 << 20 },
-      (error, stdout, stderr) => {
-        const code = error ? (typeof error.code === 'number' ? error.code : null) : 0;
-        resolve({
-          code,
-          stdout: String(stdout),
-          stderr: String(stderr),
-          error: error ?? undefined
-        });
-      }
-    );
-  });
 }
 
 /** Last lines of DMTCP's chatter, without its "running as root" banner. */
@@ -193,7 +174,13 @@ export class DmtcpKernel implements KernelProcess {
       }
       // The coordinator exits by itself once its last client is gone (measured); ask it to
       // quit anyway, in the background: dmtcp_command takes ~1 s to give up when it is gone.
-      const quit = spawn(this.bins.command, ['-p', String(this.coordPort), '--quit'], {
+      const [wrapper, ...args] = diesWithParent([
+        this.bins.command,
+        '-p',
+        String(this.coordPort),
+        '--quit'
+      ]);
+      const quit = spawn(wrapper, args, {
         env: this.env,
         stdio: 'ignore',
         detached: false
@@ -207,7 +194,7 @@ export class DmtcpKernel implements KernelProcess {
   }
 }
 
-export class DmtcpEngine implements Engine {
+export class DmtcpEngine implements Engine<DmtcpKernel> {
   /**
    * ipykernel's fd capture keeps copies of the original stdout/stderr that DMTCP does not bring
    * back on restart; their numbers are then reused by ZeroMQ sockets, and the first C-level
@@ -219,25 +206,19 @@ export class DmtcpEngine implements Engine {
   private version: string | null = null;
   private readonly busy = new WeakMap<DmtcpKernel, Promise<unknown>>();
 
-  constructor(private readonly options: DmtcpOptions = {}) {}
+  constructor(
+    private readonly env: NodeJS.ProcessEnv = process.env,
+    private readonly options: DmtcpOptions = {}
+  ) {}
 
   /** Finds the three tools under root/bin (option or DMTCP_ROOT) or on PATH. */
   private async find(): Promise<{ bins: Partial<Binaries>; missing: string[]; where: string }> {
-    const root = this.options.root ?? process.env.DMTCP_ROOT;
-    const dirs = root
-      ? [path.join(root, 'bin')]
-      : (process.env.PATH ?? '').split(path.delimiter).filter(Boolean);
+    const root = this.options.root ?? this.env.DMTCP_ROOT;
+    const dirs = root ? [path.join(root, 'bin')] : undefined;
     const bins: Partial<Binaries> = {};
     const missing: string[] = [];
     for (const tool of TOOLS) {
-      let found: string | undefined;
-      for (const dir of dirs) {
-        const candidate = path.join(dir, tool);
-        if (await isExecutable(candidate)) {
-          found = candidate;
-          break;
-        }
-      }
+      const found = await findExecutable(tool, this.env, dirs);
       if (found) {
         bins[tool.slice('dmtcp_'.length) as keyof Binaries] = found;
       } else {
@@ -258,8 +239,18 @@ export class DmtcpEngine implements Engine {
         remedy: REMEDY
       };
     }
-    const result = await run(bins.launch!, ['--version'], {
-      env: cleanEnv(process.env),
+    const util = await firstMissing(UTIL_LINUX_TOOLS, this.env);
+    if (util) {
+      return {
+        name: this.name,
+        ok: false,
+        path: bins.launch,
+        problem: `\`${util}\` (util-linux) is not on PATH.`,
+        remedy: 'Install util-linux.'
+      };
+    }
+    const result = await runTool(bins.launch!, ['--version'], {
+      env: cleanEnv(this.env),
       timeoutMs: 10000
     });
     const match = /DMTCP\)\s*([\w.+-]+)/.exec(result.stdout + result.stderr);
@@ -325,15 +316,9 @@ export class DmtcpEngine implements Engine {
     cwd: string
   ): Promise<DmtcpKernel> {
     await fs.rm(portFile, { force: true });
-    const child = spawn(file, args, { env, cwd, stdio: ['ignore', 'pipe', 'pipe'] });
-    let output = '';
-    const collect = (chunk: Buffer) => {
-      if (output.length < 8192) {
-        output += chunk.toString();
-      }
-    };
-    child.stdout?.on('data', collect);
-    child.stderr?.on('data', collect);
+    const [wrapper, ...wrapped] = diesWithParent([file, ...args]);
+    const child = spawn(wrapper, wrapped, { env, cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+    const output = new OutputCollector().attach(child);
     let spawnError: Error | null = null;
     child.once('error', error => (spawnError = error));
     const gone = () => spawnError !== null || child.exitCode !== null || child.signalCode !== null;
@@ -342,7 +327,7 @@ export class DmtcpEngine implements Engine {
       throw new EngineError(
         'engine_failed',
         message,
-        tail(output) || (spawnError ? String(spawnError) : undefined)
+        tail(output.text) || (spawnError ? String(spawnError) : undefined)
       );
     };
 
@@ -379,9 +364,8 @@ export class DmtcpEngine implements Engine {
       }
       await sleep(delay);
     }
-    child.stdout?.off('data', collect);
-    child.stderr?.off('data', collect);
-    kernel.output = output;
+    output.detach();
+    kernel.output = output.text;
     return kernel;
   }
 
@@ -390,7 +374,7 @@ export class DmtcpEngine implements Engine {
     port: number,
     env: NodeJS.ProcessEnv
   ): Promise<{ running: boolean; peers: number } | null> {
-    const result = await run(bins.command, ['-p', String(port), '--json', '--status'], {
+    const result = await runTool(bins.command, ['-p', String(port), '--json', '--status'], {
       env,
       timeoutMs: 5000
     });
@@ -402,7 +386,7 @@ export class DmtcpEngine implements Engine {
     }
   }
 
-  async launch(spec: LaunchSpec): Promise<KernelProcess> {
+  async launch(spec: LaunchSpec): Promise<DmtcpKernel> {
     const bins = await this.ready();
     const dirs = await this.folders(spec.workDir);
     // The coordinator it starts writes its restart scripts to DMTCP_CHECKPOINT_DIR (default:
@@ -424,10 +408,7 @@ export class DmtcpEngine implements Engine {
     );
   }
 
-  async checkpoint(kernel: KernelProcess, imageDir: string): Promise<Snapshot> {
-    if (!(kernel instanceof DmtcpKernel)) {
-      throw new EngineError('engine_failed', 'This kernel was not started by the DMTCP engine.');
-    }
+  async checkpoint(kernel: DmtcpKernel, imageDir: string): Promise<Snapshot> {
     // One checkpoint at a time per kernel (they share the coordinator and its folder).
     const previous = this.busy.get(kernel) ?? Promise.resolve();
     const next = previous.catch(() => undefined).then(() => this.checkpointNow(kernel, imageDir));
@@ -447,7 +428,7 @@ export class DmtcpEngine implements Engine {
       }
     }
     const started = Date.now();
-    const result = await run(bins.command, ['-p', String(kernel.coordPort), '--bcheckpoint'], {
+    const result = await runTool(bins.command, ['-p', String(kernel.coordPort), '--bcheckpoint'], {
       env: kernel.env,
       timeoutMs: this.options.checkpointTimeoutMs ?? 600000
     });
@@ -456,11 +437,14 @@ export class DmtcpEngine implements Engine {
     if (result.code !== 0 || images.length !== 1) {
       const detail = tail(`${result.stdout}\n${result.stderr}\n${result.error ?? ''}`);
       const noSpace = /No space left|ENOSPC/i.test(detail);
+      const killed = killedBy(result.signal);
       throw new EngineError(
         noSpace ? 'no_space' : 'engine_failed',
-        result.code !== 0
-          ? `dmtcp_command --bcheckpoint failed (exit ${result.code})`
-          : `DMTCP wrote ${images.length} images instead of one`,
+        killed
+          ? `DMTCP's dmtcp_command was ${killed} while it checkpointed the kernel.`
+          : result.code !== 0
+            ? `dmtcp_command --bcheckpoint failed (exit ${result.code})${detail ? `: ${detail.split('\n').pop()}` : ''}`
+            : `DMTCP wrote ${images.length} images instead of one`,
         detail || undefined
       );
     }
@@ -471,17 +455,17 @@ export class DmtcpEngine implements Engine {
       await moveFile(source, target);
     } catch (error) {
       await fs.rm(source, { force: true });
-      const code = (error as NodeJS.ErrnoException).code;
-      if (code === 'ENOSPC' || code === 'EDQUOT') {
+      const code = errnoErrorCode((error as NodeJS.ErrnoException).code);
+      if (code === 'no_space') {
         throw new EngineError(
-          'no_space',
+          code,
           'The disk is full: the DMTCP image could not be saved.',
           String(error)
         );
       }
-      if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS') {
+      if (code === 'permission_denied') {
         throw new EngineError(
-          'permission_denied',
+          code,
           `No permission to save the DMTCP image in ${imageDir}.`,
           String(error)
         );
@@ -515,7 +499,7 @@ export class DmtcpEngine implements Engine {
     imageDir: string,
     data: Record<string, unknown>,
     spec: LaunchSpec
-  ): Promise<KernelProcess> {
+  ): Promise<DmtcpKernel> {
     const bins = await this.ready();
     const image = typeof data.image === 'string' ? data.image : null;
     if (!image || image.includes('/') || !image.endsWith('.dmtcp')) {
@@ -583,5 +567,3 @@ async function moveFile(source: string, target: string): Promise<void> {
     await fs.unlink(source);
   }
 }
-
-export const createDmtcpEngine = (): Engine => new DmtcpEngine();

@@ -1,0 +1,84 @@
+"""Nothing outlives the supervisor: however it dies (kill -9 included, idle, in the middle of a
+checkpoint or of a restore), the kernel and every engine helper (sh, unshare, cat, criu, the
+DMTCP launcher, coordinator and restarter) are gone within 2 s, and a new kernel can restore the
+lineage's image (an orphaned kernel kept its sockets bound: CRIU's "Address already in use")."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from enginewatch import DUMPING, RESTORING, processes_referring_to, runtime_dir, wait_for_helper
+from kctesting import Kernel
+
+__all__ = ["runtime_dir"]  # a fixture
+
+pytestmark = pytest.mark.timeout(600)
+
+#: How long the kernel and its helpers may outlive a killed supervisor.
+GRACE_S = 2.0
+
+#: Enough state that a dump or a restore takes a few hundred milliseconds (pages touched).
+BALLAST = "ballast = bytes(range(256)) * (1 << 20)"  # 256 MiB
+
+
+def kill_supervisor_and_expect_nothing_left(kernel: Kernel, runtime_dir: Path) -> float:
+    """kill -9 of the supervisor; returns how long its processes took to be gone."""
+    assert processes_referring_to(runtime_dir), "the probe finds no process of the kernel"
+    os.kill(kernel.supervisor_pid, signal.SIGKILL)
+    killed = time.monotonic()
+    left = processes_referring_to(runtime_dir)
+    while left and time.monotonic() - killed < GRACE_S:
+        time.sleep(0.01)
+        left = processes_referring_to(runtime_dir)
+    took = time.monotonic() - killed
+    assert not left, f"{len(left)} processes outlived the supervisor by {GRACE_S} s: {left}"
+    print(f"everything gone {took * 1000:.0f} ms after kill -9 of the supervisor")
+    return took
+
+
+def start(make_kernel, runtime_dir: Path) -> Kernel:
+    return make_kernel(KERNEL_CHECKPOINT_RUNTIME_DIR=str(runtime_dir))
+
+
+def assert_restorable(make_kernel, runtime_dir: Path, checkpoint_id: str) -> None:
+    fresh = start(make_kernel, runtime_dir)
+    fresh.client.restore(checkpoint_id)
+    assert fresh.client.value("x") == "before"
+    assert fresh.client.value("len(ballast)") == 256 << 20
+
+
+def test_kill_9_of_an_idle_supervisor_leaves_nothing(make_kernel, runtime_dir: Path):
+    kernel = start(make_kernel, runtime_dir)
+    kernel.client.run(f"{BALLAST}; x = 'before'")
+    taken = kernel.client.checkpoint()
+    kill_supervisor_and_expect_nothing_left(kernel, runtime_dir)
+    assert_restorable(make_kernel, runtime_dir, taken["id"])
+
+
+def test_kill_9_of_the_supervisor_mid_checkpoint_leaves_nothing(
+    make_kernel, runtime_dir: Path, engine: str
+):
+    kernel = start(make_kernel, runtime_dir)
+    kernel.client.run(f"{BALLAST}; x = 'before'")
+    taken = kernel.client.checkpoint()
+    kernel.client.send_request("checkpoint", label="interrupted")
+    wait_for_helper(kernel.supervisor_pid, DUMPING[engine])
+    kill_supervisor_and_expect_nothing_left(kernel, runtime_dir)
+    assert_restorable(make_kernel, runtime_dir, taken["id"])
+
+
+def test_kill_9_of_the_supervisor_mid_restore_leaves_nothing(
+    make_kernel, runtime_dir: Path, engine: str
+):
+    kernel = start(make_kernel, runtime_dir)
+    kernel.client.run(f"{BALLAST}; x = 'before'")
+    taken = kernel.client.checkpoint()
+    kernel.client.run("x = 'after'")
+    kernel.client.send_request("restore", checkpoint_id=taken["id"])
+    wait_for_helper(kernel.supervisor_pid, RESTORING[engine], with_child=True)
+    kill_supervisor_and_expect_nothing_left(kernel, runtime_dir)
+    assert_restorable(make_kernel, runtime_dir, taken["id"])
