@@ -541,6 +541,10 @@ function coordinatorArgs(portFile: string, dirs: { ckpt: string; tmp: string }):
     dirs.tmp,
     '--interval',
     '0',
+    // Twice: no NOTEs and no WARNINGs in the server's log. Every kernel gets a warning that it
+    // "tried to use DMTCP's checkpoint signal" (ZeroMQ's threads block every signal), harmless
+    // (docs/engines.md); DMTCP's errors still print.
+    '--quiet',
     '--quiet'
   ];
 }
