@@ -82,3 +82,18 @@ def test_kill_9_of_the_supervisor_mid_restore_leaves_nothing(
     wait_for_helper(kernel.supervisor_pid, RESTORING[engine], with_child=True)
     kill_supervisor_and_expect_nothing_left(kernel, runtime_dir)
     assert_restorable(make_kernel, runtime_dir, taken["id"])
+
+
+def test_kill_9_of_a_supervisor_whose_kernel_was_restored_leaves_nothing(
+    make_kernel, runtime_dir: Path
+):
+    # The restored kernel's parent is the engine's restorer now, not the launcher it started
+    # under: it must die with the supervisor all the same.
+    kernel = start(make_kernel, runtime_dir)
+    kernel.client.run(f"{BALLAST}; x = 'before'")
+    taken = kernel.client.checkpoint()
+    kernel.client.run("x = 'after'")
+    kernel.client.restore(taken["id"])
+    assert kernel.client.value("x") == "before"
+    kill_supervisor_and_expect_nothing_left(kernel, runtime_dir)
+    assert_restorable(make_kernel, runtime_dir, taken["id"])
