@@ -185,7 +185,10 @@ export class PipelineKernel implements KernelProcess {
    * watched every millisecond; the shell and `cat` wind down afterwards, unwatched.
    */
   async terminate(): Promise<void> {
-    for (const pid of [this.pid, this.launcherPid]) {
+    // The launcher first: an `unshare` that outlives its killed child, even briefly, prints
+    // "sigprocmask unblock failed" into the kernel's output (the server's log); killed first,
+    // it takes the kernel with it.
+    for (const pid of [this.launcherPid, this.pid]) {
       try {
         process.kill(pid, 'SIGKILL');
       } catch {

@@ -44,56 +44,41 @@ def start(make_kernel, runtime_dir: Path) -> Kernel:
     return make_kernel(KERNEL_CHECKPOINT_RUNTIME_DIR=str(runtime_dir))
 
 
-def assert_restorable(make_kernel, runtime_dir: Path, checkpoint_id: str) -> None:
-    fresh = start(make_kernel, runtime_dir)
-    fresh.client.restore(checkpoint_id)
-    assert fresh.client.value("x") == "before"
-    assert fresh.client.value("len(ballast)") == 256 << 20
+def idle(kernel: Kernel, engine: str, checkpoint_id: str) -> None:
+    """Nothing under way."""
 
 
-def test_kill_9_of_an_idle_supervisor_leaves_nothing(make_kernel, runtime_dir: Path):
-    kernel = start(make_kernel, runtime_dir)
-    kernel.client.run(f"{BALLAST}; x = 'before'")
-    taken = kernel.client.checkpoint()
-    kill_supervisor_and_expect_nothing_left(kernel, runtime_dir)
-    assert_restorable(make_kernel, runtime_dir, taken["id"])
-
-
-def test_kill_9_of_the_supervisor_mid_checkpoint_leaves_nothing(
-    make_kernel, runtime_dir: Path, engine: str
-):
-    kernel = start(make_kernel, runtime_dir)
-    kernel.client.run(f"{BALLAST}; x = 'before'")
-    taken = kernel.client.checkpoint()
+def mid_checkpoint(kernel: Kernel, engine: str, checkpoint_id: str) -> None:
     kernel.client.send_request("checkpoint", label="interrupted")
     wait_for_helper(kernel.supervisor_pid, DUMPING[engine])
-    kill_supervisor_and_expect_nothing_left(kernel, runtime_dir)
-    assert_restorable(make_kernel, runtime_dir, taken["id"])
 
 
-def test_kill_9_of_the_supervisor_mid_restore_leaves_nothing(
-    make_kernel, runtime_dir: Path, engine: str
-):
-    kernel = start(make_kernel, runtime_dir)
-    kernel.client.run(f"{BALLAST}; x = 'before'")
-    taken = kernel.client.checkpoint()
+def mid_restore(kernel: Kernel, engine: str, checkpoint_id: str) -> None:
     kernel.client.run("x = 'after'")
-    kernel.client.send_request("restore", checkpoint_id=taken["id"])
+    kernel.client.send_request("restore", checkpoint_id=checkpoint_id)
     wait_for_helper(kernel.supervisor_pid, RESTORING[engine], with_child=True)
-    kill_supervisor_and_expect_nothing_left(kernel, runtime_dir)
-    assert_restorable(make_kernel, runtime_dir, taken["id"])
 
 
-def test_kill_9_of_a_supervisor_whose_kernel_was_restored_leaves_nothing(
-    make_kernel, runtime_dir: Path
+def after_restore(kernel: Kernel, engine: str, checkpoint_id: str) -> None:
+    """The restored kernel's parent is the engine's restorer, not the launcher it started under:
+    it must die with the supervisor all the same."""
+    kernel.client.run("x = 'after'")
+    kernel.client.restore(checkpoint_id)
+    assert kernel.client.value("x") == "before"
+
+
+@pytest.mark.parametrize("moment", [idle, mid_checkpoint, mid_restore, after_restore])
+def test_kill_9_of_the_supervisor_leaves_nothing(
+    make_kernel, runtime_dir: Path, engine: str, moment
 ):
-    # The restored kernel's parent is the engine's restorer now, not the launcher it started
-    # under: it must die with the supervisor all the same.
     kernel = start(make_kernel, runtime_dir)
     kernel.client.run(f"{BALLAST}; x = 'before'")
     taken = kernel.client.checkpoint()
-    kernel.client.run("x = 'after'")
-    kernel.client.restore(taken["id"])
-    assert kernel.client.value("x") == "before"
+    moment(kernel, engine, taken["id"])
     kill_supervisor_and_expect_nothing_left(kernel, runtime_dir)
-    assert_restorable(make_kernel, runtime_dir, taken["id"])
+
+    # A new kernel restores the lineage's image: nothing of the old one holds its sockets.
+    fresh = start(make_kernel, runtime_dir)
+    fresh.client.restore(taken["id"])
+    assert fresh.client.value("x") == "before"
+    assert fresh.client.value("len(ballast)") == 256 << 20
