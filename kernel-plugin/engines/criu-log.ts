@@ -41,6 +41,8 @@ function lastLines(log: string, count = 6): string {
 export interface CriuEnd {
   /** The signal that killed CRIU, if one did. */
   signal?: NodeJS.Signals | null;
+  /** Whether the engine killed it for taking too long (with this many seconds). */
+  timedOutAfterS?: number;
   /** How it ended otherwise, when its log says nothing (a tool's or a shell's message). */
   message?: string;
 }
@@ -54,6 +56,14 @@ export function criuFailure(log: string, end: CriuEnd, what: string): EngineErro
   const errors = realErrors(log);
   const first = errors[0];
   const detail = (errors.length ? errors.slice(0, 12).join('\n') : lastLines(log)) || undefined;
+  if (end.timedOutAfterS !== undefined) {
+    const said = first ? `; the first error in its log: ${first}` : '';
+    return new EngineError(
+      'engine_failed',
+      `CRIU did not ${what} within ${end.timedOutAfterS} s and was stopped${said}.`,
+      detail
+    );
+  }
   const killed = killedBy(end.signal);
   if (killed) {
     const said = first ? `; the first error in its log: ${first}` : '';

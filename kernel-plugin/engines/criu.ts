@@ -21,6 +21,9 @@ import { findExecutable, firstMissing, isExecutable, runTool, UTIL_LINUX_TOOLS }
 /** CRIU before 4.2 cannot dump a process holding an AF_INET socket on Linux >= 6.16. */
 export const MINIMUM_CRIU_VERSION = [4, 2] as const;
 
+/** How long a dump may take before it is stopped (10 min: a few GB/s, many GiB). */
+const DUMP_TIMEOUT_MS = 600000;
+
 /** Flags both sides need: the kernel may hold TCP connections and flocks. */
 const COMMON_FLAGS = ['--tcp-close', '--file-locks'];
 
@@ -182,13 +185,14 @@ export class CriuEngine implements Engine<PipelineKernel> {
           '-o',
           logFile
         ],
-        { env: this.env, timeoutMs: 600000 }
+        { env: this.env, timeoutMs: DUMP_TIMEOUT_MS }
       );
       if (result.code !== 0) {
         throw criuFailure(
           await readLog(logFile),
           {
             signal: result.signal,
+            timedOutAfterS: result.timedOut ? DUMP_TIMEOUT_MS / 1000 : undefined,
             message: result.stderr || result.error?.message
           },
           'snapshot the kernel'

@@ -437,7 +437,9 @@ export class DmtcpEngine implements Engine<DmtcpKernel> {
     if (result.code !== 0 || images.length !== 1) {
       const detail = tail(`${result.stdout}\n${result.stderr}\n${result.error ?? ''}`);
       const noSpace = /No space left|ENOSPC/i.test(detail);
-      const killed = killedBy(result.signal);
+      const killed = result.timedOut
+        ? `stopped after ${(this.options.checkpointTimeoutMs ?? 600000) / 1000} s`
+        : killedBy(result.signal);
       throw new EngineError(
         noSpace ? 'no_space' : 'engine_failed',
         killed

@@ -66,6 +66,8 @@ export interface ToolResult {
   code: number | null;
   /** The signal that killed it, if one did. */
   signal: NodeJS.Signals | null;
+  /** Whether it was killed for running longer than `timeoutMs` (then `signal` is SIGKILL). */
+  timedOut: boolean;
   stdout: string;
   stderr: string;
   /** Why it could not start, or why it failed (non-zero exit, timeout). */
@@ -88,10 +90,12 @@ export function runTool(
       rest,
       { env: options.env, timeout: options.timeoutMs, killSignal: 'SIGKILL', maxBuffer: 1 << 20 },
       (error, stdout, stderr) => {
-        const failure = error as (Error & { code?: unknown; signal?: NodeJS.Signals }) | null;
+        const failure = error as
+          (Error & { code?: unknown; signal?: NodeJS.Signals; killed?: boolean }) | null;
         resolve({
           code: failure ? (typeof failure.code === 'number' ? failure.code : null) : 0,
           signal: failure?.signal ?? null,
+          timedOut: failure?.killed === true && failure.signal === 'SIGKILL',
           stdout: String(stdout),
           stderr: String(stderr),
           error: failure ?? undefined

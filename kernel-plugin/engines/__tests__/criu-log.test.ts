@@ -42,6 +42,15 @@ describe("CRIU's log", () => {
     );
   });
 
+  it('a dump stopped for taking too long says so, not that it was killed', () => {
+    const error = criuFailure(
+      sample('dump-killed.log'),
+      { signal: 'SIGKILL', timedOutAfterS: 600 },
+      'snapshot the kernel'
+    );
+    expect(error.message).toBe('CRIU did not snapshot the kernel within 600 s and was stopped.');
+  });
+
   it('a full disk is no_space, told by its first real error', () => {
     const error = criuFailure(sample('dump-enospc.log'), { signal: null }, 'snapshot the kernel');
     expect(error.code).toBe('no_space');

@@ -38,7 +38,9 @@ describe('engine tools', () => {
       stdout: 'out\n'
     });
     const killed = await runTool('/bin/sh', ['-c', 'kill -9 $$'], { env, timeoutMs: 10000 });
-    expect(killed).toMatchObject({ code: null, signal: 'SIGKILL' });
+    expect(killed).toMatchObject({ code: null, signal: 'SIGKILL', timedOut: false });
+    const slow = await runTool('/bin/sh', ['-c', 'exec sleep 10'], { env, timeoutMs: 100 });
+    expect(slow).toMatchObject({ signal: 'SIGKILL', timedOut: true });
     expect(killedBy(killed.signal)).toBe('killed by signal 9 (SIGKILL)');
     expect(killedBy(null)).toBeNull();
   });
