@@ -2,11 +2,11 @@
 //
 // Layout, measured with DMTCP 5.0 and ipykernel 7.4 (docs/engines.md, "DMTCP"):
 // - `dmtcp_launch` execs into the kernel: the PID Node spawned *is* the kernel, so Node reaps
-//   it and reports its exit. Its coordinator (one per kernel, `--new-coordinator --coord-port
-//   0`, port read from `--port-file`) daemonises and exits on its own once the kernel is gone
-//   (`--exit-on-last`).
+//   it and reports its exit. Its coordinator (one per kernel, `--coord-port 0`, port read from
+//   `--port-file`) is started by this engine, as a child of the supervisor, and joined
+//   (`--join-coordinator`); it exits on its own once the kernel is gone (`--exit-on-last`).
 // - `dmtcp_restart` likewise becomes the restored kernel (mtcp_restart in the same PID): the
-//   process Node spawned is the kernel again, reapable. Its coordinator is its child.
+//   process Node spawned is the kernel again, reapable. It joins a new coordinator, as above.
 // - `dmtcp_command -p PORT --bcheckpoint` returns once the image is written. The image is
 //   `<ckptdir>/ckpt_<prog>_<uniquepid>.dmtcp`, plus a `<same>_files/` folder that holds copies of
 //   files DMTCP chose to save (e.g. shared writable mappings). The image refers to that folder by
@@ -14,9 +14,10 @@
 // - The kernel sees virtual PIDs (os.getpid() is 40000 in the first kernel): signal the host PID
 //   this engine returns, never a PID the kernel reports.
 // - A restored kernel's cwd is dmtcp_restart's cwd (the image does not restore it by default).
-// - Nothing outlives the supervisor: the launcher and the restarter run under DIES_WITH_PARENT,
-//   which the kernel keeps through its execs and its restart; the coordinator exits with its
-//   last peer (`--exit-on-last`, which `--new-coordinator` gives it).
+// - Nothing outlives the supervisor: the coordinator, the launcher and the restarter run under
+//   DIES_WITH_PARENT, which the kernel keeps through its execs and its restart. (A coordinator
+//   that `--new-coordinator` starts daemonises, out of reach: killed before its first peer
+//   joined, it stayed.)
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { promises as fs } from 'node:fs';
@@ -59,6 +60,7 @@ interface Binaries {
   launch: string;
   command: string;
   restart: string;
+  coordinator: string;
 }
 
 /** What `checkpoint` returns in Snapshot.data, and `restore` expects back. */
@@ -75,7 +77,14 @@ export interface DmtcpImageData {
   filesCopy: string | null;
 }
 
-const TOOLS = ['dmtcp_launch', 'dmtcp_command', 'dmtcp_restart'] as const;
+/**
+ * Twice: no NOTEs and no WARNINGs in the server's log. Every kernel gets a warning that it "tried
+ * to use DMTCP's checkpoint signal" (ZeroMQ's threads block every signal), harmless
+ * (docs/engines.md); DMTCP's errors still print.
+ */
+const QUIET = ['--quiet', '--quiet'];
+
+const TOOLS = ['dmtcp_launch', 'dmtcp_command', 'dmtcp_restart', 'dmtcp_coordinator'] as const;
 
 const REMEDY =
   'Install DMTCP (https://github.com/dmtcp/dmtcp; it is not packaged for Debian, PyPI or npm) ' +
@@ -117,11 +126,12 @@ export class DmtcpKernel implements KernelProcess {
 
   constructor(
     private readonly child: ChildProcess,
+    /** This kernel's own coordinator, a child of the supervisor. */
+    private readonly coordinator: ChildProcess,
     /** The coordinator's port: the only handle on this kernel's DMTCP computation. */
     readonly coordPort: number,
     /** Where this kernel's coordinator writes images (private, inside the workDir). */
     readonly ckptDir: string,
-    private readonly bins: Binaries,
     /** The environment DMTCP's tools run with for this kernel. */
     readonly env: NodeJS.ProcessEnv
   ) {
@@ -172,22 +182,9 @@ export class DmtcpKernel implements KernelProcess {
         this.signal('SIGKILL');
         await Promise.race([this.exited, sleep(5000)]);
       }
-      // The coordinator exits by itself once its last client is gone (measured); ask it to
-      // quit anyway, in the background: dmtcp_command takes ~1 s to give up when it is gone.
-      const [wrapper, ...args] = diesWithParent([
-        this.bins.command,
-        '-p',
-        String(this.coordPort),
-        '--quit'
-      ]);
-      const quit = spawn(wrapper, args, {
-        env: this.env,
-        stdio: 'ignore',
-        detached: false
-      });
-      quit.on('error', () => undefined);
-      quit.unref();
-      setTimeout(() => quit.kill('SIGKILL'), 3000).unref();
+      // The coordinator exits by itself once its last peer is gone (`--exit-on-last`); when it
+      // never had one, it is stopped here.
+      this.coordinator.kill('SIGKILL');
     } catch {
       // Never throws.
     }
@@ -305,53 +302,73 @@ export class DmtcpEngine implements Engine<DmtcpKernel> {
     return { root, ckpt, tmp };
   }
 
-  /** Spawns launcher/restarter, waits for its coordinator's port, then for a running peer. */
+  /**
+   * Starts this kernel's coordinator, then the launcher or restarter that joins it, and waits for
+   * a running peer.
+   */
   private async start(
     bins: Binaries,
     file: string,
     args: string[],
-    portFile: string,
-    ckptDir: string,
+    dirs: { root: string; ckpt: string; tmp: string },
     env: NodeJS.ProcessEnv,
     cwd: string
   ): Promise<DmtcpKernel> {
+    const portFile = path.join(dirs.root, 'coordinator.port');
     await fs.rm(portFile, { force: true });
-    const [wrapper, ...wrapped] = diesWithParent([file, ...args]);
-    const child = spawn(wrapper, wrapped, { env, cwd, stdio: ['ignore', 'pipe', 'pipe'] });
-    const output = new OutputCollector().attach(child);
+    const output = new OutputCollector();
+    const children: ChildProcess[] = [];
     let spawnError: Error | null = null;
-    child.once('error', error => (spawnError = error));
-    const gone = () => spawnError !== null || child.exitCode !== null || child.signalCode !== null;
+    const startChild = (argv: string[]): ChildProcess => {
+      const [wrapper, ...wrapped] = diesWithParent(argv);
+      const child = spawn(wrapper, wrapped, { env, cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+      child.once('error', error => (spawnError = error));
+      children.push(child);
+      output.attach(child);
+      return child;
+    };
+    const gone = (child: ChildProcess) =>
+      spawnError !== null || child.exitCode !== null || child.signalCode !== null;
     const fail = (message: string): never => {
-      child.kill('SIGKILL');
+      children.forEach(child => child.kill('SIGKILL'));
       throw new EngineError(
         'engine_failed',
         message,
         tail(output.text) || (spawnError ? String(spawnError) : undefined)
       );
     };
+    const timeoutMs = this.options.startTimeoutMs ?? 30000;
+    const deadline = Date.now() + timeoutMs;
 
-    const deadline = Date.now() + (this.options.startTimeoutMs ?? 30000);
+    const coordinator = startChild([
+      bins.coordinator,
+      ...['--coord-port', '0', '--port-file', portFile, '--exit-on-last'],
+      ...['--ckptdir', dirs.ckpt, '--tmpdir', dirs.tmp, '--interval', '0', ...QUIET]
+    ]);
     let port = 0;
-    for (let delay = 5; !port; delay = Math.min(delay * 2, 100)) {
+    for (let delay = 1; !port; delay = Math.min(delay * 2, 100)) {
       const text = await fs.readFile(portFile, 'utf8').catch(() => '');
       port = Number.parseInt(text.trim(), 10) || 0;
       if (!port) {
-        if (gone()) {
-          fail(`${path.basename(file)} exited before its coordinator started`);
+        if (gone(coordinator)) {
+          fail('dmtcp_coordinator exited before it listened');
         }
         if (Date.now() > deadline) {
-          fail(
-            `${path.basename(file)}: no coordinator after ${this.options.startTimeoutMs ?? 30000} ms`
-          );
+          fail(`dmtcp_coordinator: no port after ${timeoutMs} ms`);
         }
         await sleep(delay);
       }
     }
-    const kernel = new DmtcpKernel(child, port, ckptDir, bins, env);
+    const child = startChild([
+      file,
+      ...['--join-coordinator', '--coord-port', String(port)],
+      ...['--ckptdir', dirs.ckpt, '--tmpdir', dirs.tmp, ...QUIET],
+      ...args
+    ]);
+    const kernel = new DmtcpKernel(child, coordinator, port, dirs.ckpt, env);
     // Running means: the coordinator has our one peer and it is not in a checkpoint/restart.
     for (let delay = 5; ; delay = Math.min(delay * 2, 100)) {
-      if (gone()) {
+      if (gone(child)) {
         fail(`${path.basename(file)} exited while starting`);
       }
       const status = await this.status(bins, port, env);
@@ -366,6 +383,9 @@ export class DmtcpEngine implements Engine<DmtcpKernel> {
     }
     output.detach();
     kernel.output = output.text;
+    // The coordinator's own chatter is no kernel output: read and dropped, so it never blocks.
+    coordinator.stdout?.resume();
+    coordinator.stderr?.resume();
     return kernel;
   }
 
@@ -392,20 +412,8 @@ export class DmtcpEngine implements Engine<DmtcpKernel> {
     // The coordinator it starts writes its restart scripts to DMTCP_CHECKPOINT_DIR (default:
     // its working directory, which is the notebook's): keep them in the kernel's own folder.
     const env = { ...cleanEnv(spec.env), DMTCP_CHECKPOINT_DIR: dirs.ckpt };
-    const args = [
-      ...coordinatorArgs(path.join(dirs.root, 'launch.port'), dirs),
-      this.options.gzip ? '--gzip' : '--no-gzip',
-      ...spec.argv
-    ];
-    return this.start(
-      bins,
-      bins.launch,
-      args,
-      path.join(dirs.root, 'launch.port'),
-      dirs.ckpt,
-      env,
-      spec.cwd
-    );
+    const args = [this.options.gzip ? '--gzip' : '--no-gzip', ...spec.argv];
+    return this.start(bins, bins.launch, args, dirs, env, spec.cwd);
   }
 
   async checkpoint(kernel: DmtcpKernel, imageDir: string): Promise<Snapshot> {
@@ -523,32 +531,8 @@ export class DmtcpEngine implements Engine<DmtcpKernel> {
     }
     const dirs = await this.folders(spec.workDir);
     const env = { ...cleanEnv(spec.env), DMTCP_CHECKPOINT_DIR: dirs.ckpt };
-    const portFile = path.join(dirs.root, 'restart.port');
-    const args = [...coordinatorArgs(portFile, dirs), imagePath];
-    return this.start(bins, bins.restart, args, portFile, dirs.ckpt, env, spec.cwd);
+    return this.start(bins, bins.restart, [imagePath], dirs, env, spec.cwd);
   }
-}
-
-/** Each launch and restart gets a coordinator of its own on a free port, and private folders. */
-function coordinatorArgs(portFile: string, dirs: { ckpt: string; tmp: string }): string[] {
-  return [
-    '--new-coordinator',
-    '--coord-port',
-    '0',
-    '--port-file',
-    portFile,
-    '--ckptdir',
-    dirs.ckpt,
-    '--tmpdir',
-    dirs.tmp,
-    '--interval',
-    '0',
-    // Twice: no NOTEs and no WARNINGs in the server's log. Every kernel gets a warning that it
-    // "tried to use DMTCP's checkpoint signal" (ZeroMQ's threads block every signal), harmless
-    // (docs/engines.md); DMTCP's errors still print.
-    '--quiet',
-    '--quiet'
-  ];
 }
 
 async function isGzip(file: string): Promise<boolean> {

@@ -5,24 +5,10 @@ environment)."""
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from kctesting import descendants
-
-
-@pytest.fixture
-def runtime_dir() -> Iterator[Path]:
-    """A private runtime folder for the kernels of one test: every process of theirs has its
-    path in its environment, so the ones left behind can be found by it. Short, as unix socket
-    paths must be."""
-    folder = Path(tempfile.mkdtemp(prefix="kc-death-"))
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def processes_referring_to(folder: Path) -> dict[int, str]:
@@ -73,3 +59,6 @@ def wait_for_helper(
 # Per engine: the words of the helper's command line that show a snapshot or a restore running.
 DUMPING = {"criu": ("criu", "dump"), "dmtcp": ("dmtcp_command", "--bcheckpoint")}
 RESTORING = {"criu": ("criu", "restore"), "dmtcp": ("dmtcp_restart",)}
+# Whether the restorer has a child while it restores (CRIU forks the tasks it restores; DMTCP's
+# restarter becomes the kernel itself).
+RESTORES_IN_A_CHILD = {"criu": True, "dmtcp": False}

@@ -6,15 +6,22 @@ lineage's image (an orphaned kernel kept its sockets bound: CRIU's "Address alre
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from enginewatch import DUMPING, RESTORING, processes_referring_to, runtime_dir, wait_for_helper
+from enginewatch import (
+    DUMPING,
+    RESTORES_IN_A_CHILD,
+    RESTORING,
+    processes_referring_to,
+    wait_for_helper,
+)
 from kctesting import Kernel
-
-__all__ = ["runtime_dir"]  # a fixture
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -23,6 +30,16 @@ GRACE_S = 2.0
 
 #: Enough state that a dump or a restore takes a few hundred milliseconds (pages touched).
 BALLAST = "ballast = bytes(range(256)) * (1 << 20)"  # 256 MiB
+
+
+@pytest.fixture
+def runtime_dir() -> Iterator[Path]:
+    """A private runtime folder for the kernels of one test: every process of theirs has its
+    path in its environment, so the ones left behind can be found by it. Short, as unix socket
+    paths must be."""
+    folder = Path(tempfile.mkdtemp(prefix="kc-death-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def kill_supervisor_and_expect_nothing_left(kernel: Kernel, runtime_dir: Path) -> float:
@@ -56,7 +73,9 @@ def mid_checkpoint(kernel: Kernel, engine: str, checkpoint_id: str) -> None:
 def mid_restore(kernel: Kernel, engine: str, checkpoint_id: str) -> None:
     kernel.client.run("x = 'after'")
     kernel.client.send_request("restore", checkpoint_id=checkpoint_id)
-    wait_for_helper(kernel.supervisor_pid, RESTORING[engine], with_child=True)
+    wait_for_helper(
+        kernel.supervisor_pid, RESTORING[engine], with_child=RESTORES_IN_A_CHILD[engine]
+    )
 
 
 def after_restore(kernel: Kernel, engine: str, checkpoint_id: str) -> None:
