@@ -4,7 +4,7 @@
 # fetched with a private apt configuration, unpacked with `dpkg -x`, and run through the
 # prefix's own dynamic loader by the wrapper $VENV/bin/criu.
 # (Debian 12's criu 3.17 does not run on recent kernels; 4.1 cannot dump AF_INET sockets on
-# Linux >= 6.16. See docs/engines.md.) Where it cannot be had it says why and carries on.
+# Linux >= 6.16: docs/engines.md, "CRIU".) Where it cannot be had it says why and carries on.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 VENV=$(cd "${1:-.venv}" && pwd)

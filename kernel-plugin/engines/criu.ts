@@ -1,29 +1,29 @@
 // The CRIU engine: the kernel runs as init of its own PID namespace, so that a restore never
 // collides with a PID that is taken; CRIU dumps it with --leave-running and restores it as a
 // child of `criu restore`, which stays its parent (Node would never reap a re-parented task).
-// Every pitfall measured on these machines is in shared/FACTS.md; the flags below answer them.
+// The measured facts the flags below answer are in docs/engines.md ("CRIU").
 
-import { execFile } from 'node:child_process';
-import { promises as fs, constants as fsConstants } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { promisify } from 'node:util';
 
+import { criuFailure, readLog } from './criu-log';
 import {
   EngineError,
   type Engine,
   type EngineProbe,
-  type KernelProcess,
   type LaunchSpec,
   type Snapshot
 } from './engine';
 import { fdTarget, startPipelineKernel, type PipelineKernel } from './process';
 import { underPrivateUmask } from '../store/private-umask';
-
-const run = underPrivateUmask(promisify(execFile)); // images and logs are born private
+import { findExecutable, firstMissing, isExecutable, runTool, UTIL_LINUX_TOOLS } from './tools';
 
 /** CRIU before 4.2 cannot dump a process holding an AF_INET socket on Linux >= 6.16. */
 export const MINIMUM_CRIU_VERSION = [4, 2] as const;
+
+/** How long a dump may take before it is stopped (10 min: a few GB/s, many GiB). */
+const DUMP_TIMEOUT_MS = 600000;
 
 /** Flags both sides need: the kernel may hold TCP connections and flocks. */
 const COMMON_FLAGS = ['--tcp-close', '--file-locks'];
@@ -42,19 +42,6 @@ async function mayCheckpoint(): Promise<boolean> {
   return ((caps >> 40n) & 1n) === 1n || ((caps >> 21n) & 1n) === 1n;
 }
 
-async function findExecutable(name: string, env: NodeJS.ProcessEnv): Promise<string | null> {
-  for (const dir of (env.PATH ?? '').split(path.delimiter).filter(Boolean)) {
-    const candidate = path.join(dir, name);
-    try {
-      await fs.access(candidate, fsConstants.X_OK);
-      return candidate;
-    } catch {
-      // Not here.
-    }
-  }
-  return null;
-}
-
 function parseVersion(text: string): number[] | null {
   const match = /Version:\s*(\d+)\.(\d+)(?:\.(\d+))?/.exec(text);
   return match ? match.slice(1).map(part => Number(part ?? 0)) : null;
@@ -69,30 +56,7 @@ function atLeast(version: number[], minimum: readonly number[]): boolean {
   return true;
 }
 
-/** The lines of a CRIU log that say what went wrong. */
-async function errorsFromLog(logFile: string): Promise<string> {
-  const log = await fs.readFile(logFile, 'utf8').catch(() => '');
-  const errors = log
-    .split('\n')
-    .filter(line => /Error|error|No space|Permission denied/.test(line));
-  return (errors.length ? errors : log.split('\n')).slice(-12).join('\n').trim();
-}
-
-function classify(detail: string, what: string): EngineError {
-  if (/No space left on device|ENOSPC|Disk quota/i.test(detail)) {
-    return new EngineError('no_space', `The disk is full: CRIU could not ${what}.`, detail);
-  }
-  if (
-    /Permission denied|Operation not permitted|EPERM|EACCES/.test(detail) &&
-    !/rlimit/.test(detail)
-  ) {
-    return new EngineError('permission_denied', `CRIU was not permitted to ${what}.`, detail);
-  }
-  const reason = detail.split('\n').filter(Boolean).pop() ?? 'no reason given';
-  return new EngineError('engine_failed', `CRIU could not ${what}: ${reason}`, detail);
-}
-
-export class CriuEngine implements Engine {
+export class CriuEngine implements Engine<PipelineKernel> {
   readonly name = 'criu';
   readonly acceptsConnectionsWhileRestoring = true;
   private probed: Promise<EngineProbe> | null = null;
@@ -121,13 +85,7 @@ export class CriuEngine implements Engine {
       'Install CRIU 4.2 or newer (`make lab` puts one in the project venv), run as root or with ' +
       'CAP_CHECKPOINT_RESTORE, or set KERNEL_CHECKPOINT_CRIU to its path.';
     const configured = this.env.KERNEL_CHECKPOINT_CRIU;
-    if (
-      configured &&
-      !(await fs.access(configured, fsConstants.X_OK).then(
-        () => true,
-        () => false
-      ))
-    ) {
+    if (configured && !(await isExecutable(configured))) {
       return {
         name: this.name,
         ok: false,
@@ -144,19 +102,27 @@ export class CriuEngine implements Engine {
         remedy
       };
     }
-    let version: number[] | null = null;
-    try {
-      const { stdout } = await run(found, ['--version'], { timeout: 10000 });
-      version = parseVersion(stdout);
-    } catch (error) {
+    const missing = await firstMissing(['unshare', 'setsid', ...UTIL_LINUX_TOOLS], this.env);
+    if (missing) {
       return {
         name: this.name,
         ok: false,
         path: found,
-        problem: `${found} does not run: ${(error as Error).message.split('\n')[0]}`,
+        problem: `\`${missing}\` (util-linux) is not on PATH.`,
+        remedy: 'Install util-linux.'
+      };
+    }
+    const result = await runTool(found, ['--version'], { env: this.env, timeoutMs: 10000 });
+    if (result.error) {
+      return {
+        name: this.name,
+        ok: false,
+        path: found,
+        problem: `${found} does not run: ${(result.stderr || result.error.message).split('\n')[0]}`,
         remedy
       };
     }
+    const version = parseVersion(result.stdout);
     const versionText = version ? version.join('.') : 'unknown';
     if (!version || !atLeast(version, MINIMUM_CRIU_VERSION)) {
       return {
@@ -178,39 +144,28 @@ export class CriuEngine implements Engine {
         remedy
       };
     }
-    for (const tool of ['unshare', 'setsid']) {
-      if (!(await findExecutable(tool, this.env))) {
-        return {
-          name: this.name,
-          ok: false,
-          path: found,
-          version: versionText,
-          problem: `\`${tool}\` (util-linux) is not on PATH.`,
-          remedy: 'Install util-linux.'
-        };
-      }
-    }
     return { name: this.name, ok: true, path: found, version: versionText };
   }
 
-  async launch(spec: LaunchSpec): Promise<KernelProcess> {
+  async launch(spec: LaunchSpec): Promise<PipelineKernel> {
     await this.criu();
     // init of a new PID namespace, session leader (CRIU dumps a session leader's tree);
-    // --kill-child: the kernel dies with its launcher, and so with the supervisor.
+    // --kill-child: the kernel dies with `unshare`, which dies with the pipeline's shell, which
+    // dies with the supervisor (process.ts). The kernel keeps that parent-death signal in its
+    // image, so a restored kernel dies with `criu restore` in turn.
     return startPipelineKernel(
       ['unshare', '--pid', '--fork', '--kill-child', 'setsid', ...spec.argv],
       { env: spec.env, cwd: spec.cwd }
     );
   }
 
-  async checkpoint(kernel: KernelProcess, imageDir: string): Promise<Snapshot> {
+  async checkpoint(kernel: PipelineKernel, imageDir: string): Promise<Snapshot> {
     const criu = await this.criu();
     const probe = await this.probe();
     // The pipe to the supervisor's log (the launcher's stdout) is the kernel's only pipe to a
     // process outside the image: a restore hands it the new pipeline's pipe in its place.
     // (Its fd 1 and 2 are not it: ipykernel swaps them for pipes of its own, inside the image.)
-    const launcher = (kernel as Partial<PipelineKernel>).launcherPid;
-    const outputPipe = launcher ? await fdTarget(launcher, 1) : null;
+    const outputPipe = await fdTarget(kernel.launcherPid, 1);
     // Not in the image folder: on a full disk the log must still be writable to say so.
     const logFile = path.join(
       os.tmpdir(),
@@ -218,7 +173,8 @@ export class CriuEngine implements Engine {
     );
     const started = Date.now();
     try {
-      await run(
+      // Under umask 077: the image's files and the log are born private.
+      const result = await underPrivateUmask(runTool)(
         criu,
         [
           'dump',
@@ -231,11 +187,19 @@ export class CriuEngine implements Engine {
           '-o',
           logFile
         ],
-        { timeout: 600000, maxBuffer: 1 << 20 }
+        { env: this.env, timeoutMs: DUMP_TIMEOUT_MS }
       );
-    } catch (error) {
-      const detail = (await errorsFromLog(logFile)) || (error as Error).message;
-      throw classify(detail, 'snapshot the kernel');
+      if (result.code !== 0) {
+        throw criuFailure(
+          await readLog(logFile),
+          {
+            signal: result.signal,
+            timedOutAfterS: result.timedOut ? DUMP_TIMEOUT_MS / 1000 : undefined,
+            message: result.stderr || result.error?.message
+          },
+          'snapshot the kernel'
+        );
+      }
     } finally {
       await fs.rm(logFile, { force: true });
     }
@@ -250,7 +214,7 @@ export class CriuEngine implements Engine {
     imageDir: string,
     data: Record<string, unknown>,
     spec: LaunchSpec
-  ): Promise<KernelProcess> {
+  ): Promise<PipelineKernel> {
     const criu = await this.criu();
     const logFile = path.join(spec.workDir, `criu-restore-${Date.now()}.log`);
     // The kernel's old stdout/stderr pipe becomes the pipeline's pipe, on criu's fd 3.
@@ -264,8 +228,13 @@ export class CriuEngine implements Engine {
         (_launcher, failed) => this.waitForRestored(logFile, failed, spec.answered)
       );
     } catch (error) {
-      const detail = (await errorsFromLog(logFile)) || (error as Error).message;
-      throw classify(detail, 'restore the image');
+      // The pipeline's shell says how CRIU ended when its log does not ("Killed").
+      const said = (error as { output?: string }).output;
+      throw criuFailure(
+        await readLog(logFile),
+        { message: said || (error as Error).message },
+        'restore the image'
+      );
     } finally {
       await fs.rm(logFile, { force: true });
     }

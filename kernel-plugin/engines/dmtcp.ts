@@ -1,12 +1,12 @@
 // The DMTCP engine: unprivileged checkpoint–restart of a kernel process (Arya & Cooperman).
 //
-// Layout, measured with DMTCP 5.0 and ipykernel 7.4 (see FACTS.md, DMTCP):
+// Layout, measured with DMTCP 5.0 and ipykernel 7.4 (docs/engines.md, "DMTCP"):
 // - `dmtcp_launch` execs into the kernel: the PID Node spawned *is* the kernel, so Node reaps
-//   it and reports its exit. Its coordinator (one per kernel, `--new-coordinator --coord-port
-//   0`, port read from `--port-file`) daemonises and exits on its own once the kernel is gone
-//   (`--exit-on-last`).
+//   it and reports its exit. Its coordinator (one per kernel, `--coord-port 0`, port read from
+//   `--port-file`) is started by this engine, as a child of the supervisor, and joined
+//   (`--join-coordinator`); it exits on its own once the kernel is gone (`--exit-on-last`).
 // - `dmtcp_restart` likewise becomes the restored kernel (mtcp_restart in the same PID): the
-//   process Node spawned is the kernel again, reapable. Its coordinator is its child.
+//   process Node spawned is the kernel again, reapable. It joins a new coordinator, as above.
 // - `dmtcp_command -p PORT --bcheckpoint` returns once the image is written. The image is
 //   `<ckptdir>/ckpt_<prog>_<uniquepid>.dmtcp`, plus a `<same>_files/` folder that holds copies of
 //   files DMTCP chose to save (e.g. shared writable mappings). The image refers to that folder by
@@ -14,9 +14,13 @@
 // - The kernel sees virtual PIDs (os.getpid() is 40000 in the first kernel): signal the host PID
 //   this engine returns, never a PID the kernel reports.
 // - A restored kernel's cwd is dmtcp_restart's cwd (the image does not restore it by default).
+// - Nothing outlives the supervisor: the coordinator, the launcher and the restarter run under
+//   DIES_WITH_PARENT, which the kernel keeps through its execs and its restart. (A coordinator
+//   that `--new-coordinator` starts daemonises, out of reach: killed before its first peer
+//   joined, it stayed.)
 
-import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { constants as fsc, promises as fs } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -30,11 +34,21 @@ import {
   type LaunchSpec,
   type Snapshot
 } from './engine';
+import {
+  diesWithParent,
+  errnoErrorCode,
+  findExecutable,
+  firstMissing,
+  killedBy,
+  OutputCollector,
+  runTool,
+  UTIL_LINUX_TOOLS
+} from './tools';
 
 export interface DmtcpOptions {
   /** Compress images with gzip (DMTCP's default). Off by default: ~5x slower on numeric data. */
   gzip?: boolean;
-  /** Folder holding bin/dmtcp_launch etc. Defaults to env DMTCP_ROOT, then PATH. */
+  /** Folder holding bin/dmtcp_launch etc. Defaults to the environment's DMTCP_ROOT, then PATH. */
   root?: string;
   /** How long to wait for a kernel (or a restored one) to come up under DMTCP. */
   startTimeoutMs?: number;
@@ -46,6 +60,7 @@ interface Binaries {
   launch: string;
   command: string;
   restart: string;
+  coordinator: string;
 }
 
 /** What `checkpoint` returns in Snapshot.data, and `restore` expects back. */
@@ -62,7 +77,14 @@ export interface DmtcpImageData {
   filesCopy: string | null;
 }
 
-const TOOLS = ['dmtcp_launch', 'dmtcp_command', 'dmtcp_restart'] as const;
+/**
+ * Twice: no NOTEs and no WARNINGs in the server's log. Every kernel gets a warning that it "tried
+ * to use DMTCP's checkpoint signal" (ZeroMQ's threads block every signal), harmless
+ * (docs/engines.md); DMTCP's errors still print.
+ */
+const QUIET = ['--quiet', '--quiet'];
+
+const TOOLS = ['dmtcp_launch', 'dmtcp_command', 'dmtcp_restart', 'dmtcp_coordinator'] as const;
 
 const REMEDY =
   'Install DMTCP (https://github.com/dmtcp/dmtcp; it is not packaged for Debian, PyPI or npm) ' +
@@ -80,38 +102,6 @@ function cleanEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
     out[key] = value;
   }
   return out;
-}
-
-async function isExecutable(file: string): Promise<boolean> {
-  try {
-    await fs.access(file, fsc.X_OK);
-    return (await fs.stat(file)).isFile();
-  } catch {
-    return false;
-  }
-}
-
-function run(
-  file: string,
-  args: string[],
-  options: { env: NodeJS.ProcessEnv; timeoutMs: number }
-): Promise<{ code: number | null; stdout: string; stderr: string; error?: Error }> {
-  return new Promise(resolve => {
-    execFile(
-      file,
-      args,
-      { env: options.env, timeout: options.timeoutMs, killSignal: 'SIGKILL', maxBuffer: 1 << 20 },
-      (error, stdout, stderr) => {
-        const code = error ? (typeof error.code === 'number' ? error.code : null) : 0;
-        resolve({
-          code,
-          stdout: String(stdout),
-          stderr: String(stderr),
-          error: error ?? undefined
-        });
-      }
-    );
-  });
 }
 
 /** Last lines of DMTCP's chatter, without its "running as root" banner. */
@@ -136,11 +126,12 @@ export class DmtcpKernel implements KernelProcess {
 
   constructor(
     private readonly child: ChildProcess,
+    /** This kernel's own coordinator, a child of the supervisor. */
+    private readonly coordinator: ChildProcess,
     /** The coordinator's port: the only handle on this kernel's DMTCP computation. */
     readonly coordPort: number,
     /** Where this kernel's coordinator writes images (private, inside the workDir). */
     readonly ckptDir: string,
-    private readonly bins: Binaries,
     /** The environment DMTCP's tools run with for this kernel. */
     readonly env: NodeJS.ProcessEnv
   ) {
@@ -191,23 +182,16 @@ export class DmtcpKernel implements KernelProcess {
         this.signal('SIGKILL');
         await Promise.race([this.exited, sleep(5000)]);
       }
-      // The coordinator exits by itself once its last client is gone (measured); ask it to
-      // quit anyway, in the background: dmtcp_command takes ~1 s to give up when it is gone.
-      const quit = spawn(this.bins.command, ['-p', String(this.coordPort), '--quit'], {
-        env: this.env,
-        stdio: 'ignore',
-        detached: false
-      });
-      quit.on('error', () => undefined);
-      quit.unref();
-      setTimeout(() => quit.kill('SIGKILL'), 3000).unref();
+      // The coordinator exits by itself once its last peer is gone (`--exit-on-last`); when it
+      // never had one, it is stopped here.
+      this.coordinator.kill('SIGKILL');
     } catch {
       // Never throws.
     }
   }
 }
 
-export class DmtcpEngine implements Engine {
+export class DmtcpEngine implements Engine<DmtcpKernel> {
   /**
    * ipykernel's fd capture keeps copies of the original stdout/stderr that DMTCP does not bring
    * back on restart; their numbers are then reused by ZeroMQ sockets, and the first C-level
@@ -219,25 +203,19 @@ export class DmtcpEngine implements Engine {
   private version: string | null = null;
   private readonly busy = new WeakMap<DmtcpKernel, Promise<unknown>>();
 
-  constructor(private readonly options: DmtcpOptions = {}) {}
+  constructor(
+    private readonly env: NodeJS.ProcessEnv = process.env,
+    private readonly options: DmtcpOptions = {}
+  ) {}
 
   /** Finds the three tools under root/bin (option or DMTCP_ROOT) or on PATH. */
   private async find(): Promise<{ bins: Partial<Binaries>; missing: string[]; where: string }> {
-    const root = this.options.root ?? process.env.DMTCP_ROOT;
-    const dirs = root
-      ? [path.join(root, 'bin')]
-      : (process.env.PATH ?? '').split(path.delimiter).filter(Boolean);
+    const root = this.options.root ?? this.env.DMTCP_ROOT;
+    const dirs = root ? [path.join(root, 'bin')] : undefined;
     const bins: Partial<Binaries> = {};
     const missing: string[] = [];
     for (const tool of TOOLS) {
-      let found: string | undefined;
-      for (const dir of dirs) {
-        const candidate = path.join(dir, tool);
-        if (await isExecutable(candidate)) {
-          found = candidate;
-          break;
-        }
-      }
+      const found = await findExecutable(tool, this.env, dirs);
       if (found) {
         bins[tool.slice('dmtcp_'.length) as keyof Binaries] = found;
       } else {
@@ -258,8 +236,18 @@ export class DmtcpEngine implements Engine {
         remedy: REMEDY
       };
     }
-    const result = await run(bins.launch!, ['--version'], {
-      env: cleanEnv(process.env),
+    const util = await firstMissing(UTIL_LINUX_TOOLS, this.env);
+    if (util) {
+      return {
+        name: this.name,
+        ok: false,
+        path: bins.launch,
+        problem: `\`${util}\` (util-linux) is not on PATH.`,
+        remedy: 'Install util-linux.'
+      };
+    }
+    const result = await runTool(bins.launch!, ['--version'], {
+      env: cleanEnv(this.env),
       timeoutMs: 10000
     });
     const match = /DMTCP\)\s*([\w.+-]+)/.exec(result.stdout + result.stderr);
@@ -314,59 +302,73 @@ export class DmtcpEngine implements Engine {
     return { root, ckpt, tmp };
   }
 
-  /** Spawns launcher/restarter, waits for its coordinator's port, then for a running peer. */
+  /**
+   * Starts this kernel's coordinator, then the launcher or restarter that joins it, and waits for
+   * a running peer.
+   */
   private async start(
     bins: Binaries,
     file: string,
     args: string[],
-    portFile: string,
-    ckptDir: string,
+    dirs: { root: string; ckpt: string; tmp: string },
     env: NodeJS.ProcessEnv,
     cwd: string
   ): Promise<DmtcpKernel> {
+    const portFile = path.join(dirs.root, 'coordinator.port');
     await fs.rm(portFile, { force: true });
-    const child = spawn(file, args, { env, cwd, stdio: ['ignore', 'pipe', 'pipe'] });
-    let output = '';
-    const collect = (chunk: Buffer) => {
-      if (output.length < 8192) {
-        output += chunk.toString();
-      }
-    };
-    child.stdout?.on('data', collect);
-    child.stderr?.on('data', collect);
+    const output = new OutputCollector();
+    const children: ChildProcess[] = [];
     let spawnError: Error | null = null;
-    child.once('error', error => (spawnError = error));
-    const gone = () => spawnError !== null || child.exitCode !== null || child.signalCode !== null;
+    const startChild = (argv: string[]): ChildProcess => {
+      const [wrapper, ...wrapped] = diesWithParent(argv);
+      const child = spawn(wrapper, wrapped, { env, cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+      child.once('error', error => (spawnError = error));
+      children.push(child);
+      output.attach(child);
+      return child;
+    };
+    const gone = (child: ChildProcess) =>
+      spawnError !== null || child.exitCode !== null || child.signalCode !== null;
     const fail = (message: string): never => {
-      child.kill('SIGKILL');
+      children.forEach(child => child.kill('SIGKILL'));
       throw new EngineError(
         'engine_failed',
         message,
-        tail(output) || (spawnError ? String(spawnError) : undefined)
+        tail(output.text) || (spawnError ? String(spawnError) : undefined)
       );
     };
+    const timeoutMs = this.options.startTimeoutMs ?? 30000;
+    const deadline = Date.now() + timeoutMs;
 
-    const deadline = Date.now() + (this.options.startTimeoutMs ?? 30000);
+    const coordinator = startChild([
+      bins.coordinator,
+      ...['--coord-port', '0', '--port-file', portFile, '--exit-on-last'],
+      ...['--ckptdir', dirs.ckpt, '--tmpdir', dirs.tmp, '--interval', '0', ...QUIET]
+    ]);
     let port = 0;
-    for (let delay = 5; !port; delay = Math.min(delay * 2, 100)) {
+    for (let delay = 1; !port; delay = Math.min(delay * 2, 100)) {
       const text = await fs.readFile(portFile, 'utf8').catch(() => '');
       port = Number.parseInt(text.trim(), 10) || 0;
       if (!port) {
-        if (gone()) {
-          fail(`${path.basename(file)} exited before its coordinator started`);
+        if (gone(coordinator)) {
+          fail('dmtcp_coordinator exited before it listened');
         }
         if (Date.now() > deadline) {
-          fail(
-            `${path.basename(file)}: no coordinator after ${this.options.startTimeoutMs ?? 30000} ms`
-          );
+          fail(`dmtcp_coordinator: no port after ${timeoutMs} ms`);
         }
         await sleep(delay);
       }
     }
-    const kernel = new DmtcpKernel(child, port, ckptDir, bins, env);
+    const child = startChild([
+      file,
+      ...['--join-coordinator', '--coord-port', String(port)],
+      ...['--ckptdir', dirs.ckpt, '--tmpdir', dirs.tmp, ...QUIET],
+      ...args
+    ]);
+    const kernel = new DmtcpKernel(child, coordinator, port, dirs.ckpt, env);
     // Running means: the coordinator has our one peer and it is not in a checkpoint/restart.
     for (let delay = 5; ; delay = Math.min(delay * 2, 100)) {
-      if (gone()) {
+      if (gone(child)) {
         fail(`${path.basename(file)} exited while starting`);
       }
       const status = await this.status(bins, port, env);
@@ -379,9 +381,11 @@ export class DmtcpEngine implements Engine {
       }
       await sleep(delay);
     }
-    child.stdout?.off('data', collect);
-    child.stderr?.off('data', collect);
-    kernel.output = output;
+    output.detach();
+    kernel.output = output.text;
+    // The coordinator's own chatter is no kernel output: read and dropped, so it never blocks.
+    coordinator.stdout?.resume();
+    coordinator.stderr?.resume();
     return kernel;
   }
 
@@ -390,7 +394,7 @@ export class DmtcpEngine implements Engine {
     port: number,
     env: NodeJS.ProcessEnv
   ): Promise<{ running: boolean; peers: number } | null> {
-    const result = await run(bins.command, ['-p', String(port), '--json', '--status'], {
+    const result = await runTool(bins.command, ['-p', String(port), '--json', '--status'], {
       env,
       timeoutMs: 5000
     });
@@ -402,32 +406,17 @@ export class DmtcpEngine implements Engine {
     }
   }
 
-  async launch(spec: LaunchSpec): Promise<KernelProcess> {
+  async launch(spec: LaunchSpec): Promise<DmtcpKernel> {
     const bins = await this.ready();
     const dirs = await this.folders(spec.workDir);
     // The coordinator it starts writes its restart scripts to DMTCP_CHECKPOINT_DIR (default:
     // its working directory, which is the notebook's): keep them in the kernel's own folder.
     const env = { ...cleanEnv(spec.env), DMTCP_CHECKPOINT_DIR: dirs.ckpt };
-    const args = [
-      ...coordinatorArgs(path.join(dirs.root, 'launch.port'), dirs),
-      this.options.gzip ? '--gzip' : '--no-gzip',
-      ...spec.argv
-    ];
-    return this.start(
-      bins,
-      bins.launch,
-      args,
-      path.join(dirs.root, 'launch.port'),
-      dirs.ckpt,
-      env,
-      spec.cwd
-    );
+    const args = [this.options.gzip ? '--gzip' : '--no-gzip', ...spec.argv];
+    return this.start(bins, bins.launch, args, dirs, env, spec.cwd);
   }
 
-  async checkpoint(kernel: KernelProcess, imageDir: string): Promise<Snapshot> {
-    if (!(kernel instanceof DmtcpKernel)) {
-      throw new EngineError('engine_failed', 'This kernel was not started by the DMTCP engine.');
-    }
+  async checkpoint(kernel: DmtcpKernel, imageDir: string): Promise<Snapshot> {
     // One checkpoint at a time per kernel (they share the coordinator and its folder).
     const previous = this.busy.get(kernel) ?? Promise.resolve();
     const next = previous.catch(() => undefined).then(() => this.checkpointNow(kernel, imageDir));
@@ -447,7 +436,7 @@ export class DmtcpEngine implements Engine {
       }
     }
     const started = Date.now();
-    const result = await run(bins.command, ['-p', String(kernel.coordPort), '--bcheckpoint'], {
+    const result = await runTool(bins.command, ['-p', String(kernel.coordPort), '--bcheckpoint'], {
       env: kernel.env,
       timeoutMs: this.options.checkpointTimeoutMs ?? 600000
     });
@@ -456,11 +445,16 @@ export class DmtcpEngine implements Engine {
     if (result.code !== 0 || images.length !== 1) {
       const detail = tail(`${result.stdout}\n${result.stderr}\n${result.error ?? ''}`);
       const noSpace = /No space left|ENOSPC/i.test(detail);
+      const killed = result.timedOut
+        ? `stopped after ${(this.options.checkpointTimeoutMs ?? 600000) / 1000} s`
+        : killedBy(result.signal);
       throw new EngineError(
         noSpace ? 'no_space' : 'engine_failed',
-        result.code !== 0
-          ? `dmtcp_command --bcheckpoint failed (exit ${result.code})`
-          : `DMTCP wrote ${images.length} images instead of one`,
+        killed
+          ? `DMTCP's dmtcp_command was ${killed} while it checkpointed the kernel.`
+          : result.code !== 0
+            ? `dmtcp_command --bcheckpoint failed (exit ${result.code})${detail ? `: ${detail.split('\n').pop()}` : ''}`
+            : `DMTCP wrote ${images.length} images instead of one`,
         detail || undefined
       );
     }
@@ -471,17 +465,17 @@ export class DmtcpEngine implements Engine {
       await moveFile(source, target);
     } catch (error) {
       await fs.rm(source, { force: true });
-      const code = (error as NodeJS.ErrnoException).code;
-      if (code === 'ENOSPC' || code === 'EDQUOT') {
+      const code = errnoErrorCode((error as NodeJS.ErrnoException).code);
+      if (code === 'no_space') {
         throw new EngineError(
-          'no_space',
+          code,
           'The disk is full: the DMTCP image could not be saved.',
           String(error)
         );
       }
-      if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS') {
+      if (code === 'permission_denied') {
         throw new EngineError(
-          'permission_denied',
+          code,
           `No permission to save the DMTCP image in ${imageDir}.`,
           String(error)
         );
@@ -515,7 +509,7 @@ export class DmtcpEngine implements Engine {
     imageDir: string,
     data: Record<string, unknown>,
     spec: LaunchSpec
-  ): Promise<KernelProcess> {
+  ): Promise<DmtcpKernel> {
     const bins = await this.ready();
     const image = typeof data.image === 'string' ? data.image : null;
     if (!image || image.includes('/') || !image.endsWith('.dmtcp')) {
@@ -537,28 +531,8 @@ export class DmtcpEngine implements Engine {
     }
     const dirs = await this.folders(spec.workDir);
     const env = { ...cleanEnv(spec.env), DMTCP_CHECKPOINT_DIR: dirs.ckpt };
-    const portFile = path.join(dirs.root, 'restart.port');
-    const args = [...coordinatorArgs(portFile, dirs), imagePath];
-    return this.start(bins, bins.restart, args, portFile, dirs.ckpt, env, spec.cwd);
+    return this.start(bins, bins.restart, [imagePath], dirs, env, spec.cwd);
   }
-}
-
-/** Each launch and restart gets a coordinator of its own on a free port, and private folders. */
-function coordinatorArgs(portFile: string, dirs: { ckpt: string; tmp: string }): string[] {
-  return [
-    '--new-coordinator',
-    '--coord-port',
-    '0',
-    '--port-file',
-    portFile,
-    '--ckptdir',
-    dirs.ckpt,
-    '--tmpdir',
-    dirs.tmp,
-    '--interval',
-    '0',
-    '--quiet'
-  ];
 }
 
 async function isGzip(file: string): Promise<boolean> {
@@ -583,5 +557,3 @@ async function moveFile(source: string, target: string): Promise<void> {
     await fs.unlink(source);
   }
 }
-
-export const createDmtcpEngine = (): Engine => new DmtcpEngine();

@@ -80,7 +80,12 @@ export class EngineError extends Error {
   }
 }
 
-export interface Engine {
+/**
+ * An engine, typed by the process handle it makes (`K`): `checkpoint` is only ever given a kernel
+ * this engine launched or restored, so it reads that handle's own fields with no cast. (Methods
+ * are bivariant in their parameters, so an `Engine<CriuKernel>` is also an `Engine`.)
+ */
+export interface Engine<K extends KernelProcess = KernelProcess> {
   readonly name: string;
 
   /** Extra command-line flags an IPython kernel needs to run well under this engine. */
@@ -97,24 +102,20 @@ export interface Engine {
   probe(): Promise<EngineProbe>;
 
   /** Starts the kernel under this engine, in a form `checkpoint` can snapshot. */
-  launch(spec: LaunchSpec): Promise<KernelProcess>;
+  launch(spec: LaunchSpec): Promise<K>;
 
   /**
    * Snapshots the kernel into `imageDir` (an empty private folder). The kernel keeps running
    * afterwards. The supervisor has already disconnected every socket it held to the kernel.
    * On failure the kernel must still be running and `imageDir` may hold partial files.
    */
-  checkpoint(kernel: KernelProcess, imageDir: string): Promise<Snapshot>;
+  checkpoint(kernel: K, imageDir: string): Promise<Snapshot>;
 
   /**
    * Starts a kernel process from an image in `imageDir`, written by `checkpoint` with `data`.
    * The previous kernel, if any, has already been terminated by the supervisor.
    */
-  restore(
-    imageDir: string,
-    data: Record<string, unknown>,
-    spec: LaunchSpec
-  ): Promise<KernelProcess>;
+  restore(imageDir: string, data: Record<string, unknown>, spec: LaunchSpec): Promise<K>;
 }
 
 /** How an engine is made: engines register a factory under their name (see engines/index.ts). */

@@ -3,8 +3,9 @@
 // Why a shell pipeline: Node (libuv) gives a child's stdio as socketpairs, and a kernel holding a
 // stream unix socket connected to a process outside its image cannot be snapshotted. So the
 // kernel's stdout and stderr are made a real pipe by `sh -c '"$@" 2>&1 | cat'`, and `cat` hands
-// the output on to the supervisor's log. The engine's own launcher (unshare, criu restore,
-// dmtcp_launch) is the shell's child; the kernel is the launcher's child.
+// the output on to the supervisor's log. The engine's own launcher (unshare, criu restore) is the
+// shell's child; the kernel is the launcher's child. The shell, the launcher and `cat` each die
+// with their parent (DIES_WITH_PARENT); the engine makes the kernel die with the launcher.
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { promises as fs, readdirSync, readFileSync } from 'node:fs';
@@ -12,10 +13,12 @@ import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 import type { KernelExit, KernelProcess } from './engine';
+import { DIES_WITH_PARENT, diesWithParent, OutputCollector } from './tools';
 
-const PIPELINE = '"$@" 2>&1 | cat';
+const DIES = DIES_WITH_PARENT.join(' ');
+const PIPELINE = `${DIES} "$@" 2>&1 | ${DIES} cat`;
 /** The same, with the pipe also on fd 3 (CRIU cannot hand its own fd 1 to a restored task). */
-const PIPELINE_WITH_FD3 = '"$@" 2>&1 3>&1 | cat';
+const PIPELINE_WITH_FD3 = `${DIES} "$@" 2>&1 3>&1 | ${DIES} cat`;
 
 /** PIDs of the direct children of `pid` (from /proc; empty when it is gone). */
 export function childrenOf(pid: number): number[] {
@@ -97,13 +100,29 @@ export interface PipelineOptions {
   pipeOnFd3?: boolean;
 }
 
-/** Runs `argv` with stdout+stderr on one real pipe; returns the shell and the merged output. */
+/**
+ * Runs `argv` with stdout+stderr on one real pipe, the shell's stdout. The shell's own stderr says
+ * only how its children ended ("Killed" when a kernel is stopped): it is no kernel output.
+ */
 export function spawnPipeline(argv: string[], options: PipelineOptions): ChildProcess {
-  return spawn('/bin/sh', ['-c', options.pipeOnFd3 ? PIPELINE_WITH_FD3 : PIPELINE, 'sh', ...argv], {
+  const script = options.pipeOnFd3 ? PIPELINE_WITH_FD3 : PIPELINE;
+  const [wrapper, ...args] = diesWithParent(['/bin/sh', '-c', script, 'sh', ...argv]);
+  return spawn(wrapper, args, {
     env: options.env,
     cwd: options.cwd,
     stdio: ['ignore', 'pipe', 'pipe']
   });
+}
+
+/**
+ * The launcher among the shell's two children, once both have started: the one that is not
+ * `cat` (before its exec, `cat`'s process is a copy of the shell, so one child alone says
+ * nothing).
+ */
+function findLauncher(shellPid: number): number | undefined {
+  const children = childrenOf(shellPid);
+  const cat = children.findIndex(pid => commandName(pid) === 'cat');
+  return children.length === 2 && cat >= 0 ? children[1 - cat] : undefined;
 }
 
 /**
@@ -121,6 +140,8 @@ export class PipelineKernel implements KernelProcess {
     readonly launcherPid: number,
     readonly pid: number
   ) {
+    // How the shell's children ended ("Killed"): not for the log (see spawnPipeline).
+    shell.stderr?.resume();
     this.exited = new Promise(resolve => {
       const done = (info: KernelExit) => {
         if (!this.exitInfo) {
@@ -145,8 +166,9 @@ export class PipelineKernel implements KernelProcess {
     return this.shell.stdout;
   }
 
+  /** The kernel's stderr is merged into its stdout (one pipe, see spawnPipeline). */
   get stderr(): Readable | null {
-    return this.shell.stderr;
+    return null;
   }
 
   signal(signal: NodeJS.Signals): void {
@@ -163,7 +185,10 @@ export class PipelineKernel implements KernelProcess {
    * watched every millisecond; the shell and `cat` wind down afterwards, unwatched.
    */
   async terminate(): Promise<void> {
-    for (const pid of [this.pid, this.launcherPid]) {
+    // The launcher first: an `unshare` that outlives its killed child, even briefly, prints
+    // "sigprocmask unblock failed" into the kernel's output (the server's log); killed first,
+    // it takes the kernel with it.
+    for (const pid of [this.launcherPid, this.pid]) {
       try {
         process.kill(pid, 'SIGKILL');
       } catch {
@@ -194,18 +219,12 @@ export async function startPipelineKernel(
 ): Promise<PipelineKernel> {
   const shell = spawnPipeline(argv, options);
   let failed = false;
-  let output = '';
-  const collect = (chunk: Buffer) => {
-    if (output.length < 8192) {
-      output += chunk.toString();
-    }
-  };
-  shell.stdout?.on('data', collect);
-  shell.stderr?.on('data', collect);
+  const output = new OutputCollector().attach(shell);
   shell.once('exit', () => (failed = true));
+  shell.once('error', () => (failed = true));
   try {
     const launcher = await waitForPid(
-      () => childrenOf(shell.pid!).find(pid => commandName(pid) !== 'cat'),
+      () => findLauncher(shell.pid ?? 0),
       timeoutMs,
       argv[0],
       () => !failed
@@ -217,11 +236,9 @@ export async function startPipelineKernel(
       'the kernel',
       () => !failed && isRunning(launcher)
     );
-    shell.stdout?.off('data', collect);
-    shell.stderr?.off('data', collect);
+    output.detach();
     return new PipelineKernel(shell, launcher, kernel);
   } catch (error) {
-    shell.kill('SIGKILL');
     for (const pid of childrenOf(shell.pid ?? 0)) {
       try {
         process.kill(pid, 'SIGKILL');
@@ -229,7 +246,8 @@ export async function startPipelineKernel(
         // Gone.
       }
     }
-    const detail = output.trim();
+    shell.kill('SIGKILL');
+    const detail = output.text.trim();
     throw Object.assign(new Error(`${(error as Error).message}${detail ? `: ${detail}` : ''}`), {
       output: detail
     });

@@ -69,7 +69,13 @@ export function kernelCommand(
   const withPlugin = isIPythonKernel(argv) && plugin !== null;
   if (isIPythonKernel(argv)) {
     // A shared history.sqlite breaks restores (its size changes) and was seen corrupted.
-    argv.push('--HistoryManager.hist_file=:memory:', ...engineFlags);
+    // parent_handle=1: no parent to poll (it is gone after a restore) and no Ctrl-C note for a
+    // terminal in the server's log (docs/engines.md).
+    argv.push(
+      '--HistoryManager.hist_file=:memory:',
+      '--IPKernelApp.parent_handle=1',
+      ...engineFlags
+    );
   }
   if (withPlugin) {
     argv.push('--InteractiveShellApp.extra_extensions=kernel_checkpoint');

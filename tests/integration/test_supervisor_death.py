@@ -1,0 +1,103 @@
+"""Nothing outlives the supervisor: however it dies (kill -9 included, idle, in the middle of a
+checkpoint or of a restore), the kernel and every engine helper (sh, unshare, cat, criu, the
+DMTCP launcher, coordinator and restarter) are gone within 2 s, and a new kernel can restore the
+lineage's image (an orphaned kernel kept its sockets bound: CRIU's "Address already in use")."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from enginewatch import (
+    DUMPING,
+    RESTORES_IN_A_CHILD,
+    RESTORING,
+    processes_referring_to,
+    wait_for_helper,
+)
+from kctesting import Kernel
+
+pytestmark = pytest.mark.timeout(600)
+
+#: How long the kernel and its helpers may outlive a killed supervisor.
+GRACE_S = 2.0
+
+#: Enough state that a dump or a restore takes a few hundred milliseconds (pages touched).
+BALLAST = "ballast = bytes(range(256)) * (1 << 20)"  # 256 MiB
+
+
+@pytest.fixture
+def runtime_dir() -> Iterator[Path]:
+    """A private runtime folder for the kernels of one test: every process of theirs has its
+    path in its environment, so the ones left behind can be found by it. Short, as unix socket
+    paths must be."""
+    folder = Path(tempfile.mkdtemp(prefix="kc-death-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def kill_supervisor_and_expect_nothing_left(kernel: Kernel, runtime_dir: Path) -> float:
+    """kill -9 of the supervisor; returns how long its processes took to be gone."""
+    assert processes_referring_to(runtime_dir), "the probe finds no process of the kernel"
+    os.kill(kernel.supervisor_pid, signal.SIGKILL)
+    killed = time.monotonic()
+    left = processes_referring_to(runtime_dir)
+    while left and time.monotonic() - killed < GRACE_S:
+        time.sleep(0.01)
+        left = processes_referring_to(runtime_dir)
+    took = time.monotonic() - killed
+    assert not left, f"{len(left)} processes outlived the supervisor by {GRACE_S} s: {left}"
+    print(f"everything gone {took * 1000:.0f} ms after kill -9 of the supervisor")
+    return took
+
+
+def start(make_kernel, runtime_dir: Path) -> Kernel:
+    return make_kernel(KERNEL_CHECKPOINT_RUNTIME_DIR=str(runtime_dir))
+
+
+def idle(kernel: Kernel, engine: str, checkpoint_id: str) -> None:
+    """Nothing under way."""
+
+
+def mid_checkpoint(kernel: Kernel, engine: str, checkpoint_id: str) -> None:
+    kernel.client.send_request("checkpoint", label="interrupted")
+    wait_for_helper(kernel.supervisor_pid, DUMPING[engine])
+
+
+def mid_restore(kernel: Kernel, engine: str, checkpoint_id: str) -> None:
+    kernel.client.run("x = 'after'")
+    kernel.client.send_request("restore", checkpoint_id=checkpoint_id)
+    wait_for_helper(
+        kernel.supervisor_pid, RESTORING[engine], with_child=RESTORES_IN_A_CHILD[engine]
+    )
+
+
+def after_restore(kernel: Kernel, engine: str, checkpoint_id: str) -> None:
+    """The restored kernel's parent is the engine's restorer, not the launcher it started under:
+    it must die with the supervisor all the same."""
+    kernel.client.run("x = 'after'")
+    kernel.client.restore(checkpoint_id)
+    assert kernel.client.value("x") == "before"
+
+
+@pytest.mark.parametrize("moment", [idle, mid_checkpoint, mid_restore, after_restore])
+def test_kill_9_of_the_supervisor_leaves_nothing(
+    make_kernel, runtime_dir: Path, engine: str, moment
+):
+    kernel = start(make_kernel, runtime_dir)
+    kernel.client.run(f"{BALLAST}; x = 'before'")
+    taken = kernel.client.checkpoint()
+    moment(kernel, engine, taken["id"])
+    kill_supervisor_and_expect_nothing_left(kernel, runtime_dir)
+
+    # A new kernel restores the lineage's image: nothing of the old one holds its sockets.
+    fresh = start(make_kernel, runtime_dir)
+    fresh.client.restore(taken["id"])
+    assert fresh.client.value("x") == "before"
+    assert fresh.client.value("len(ballast)") == 256 << 20

@@ -1,0 +1,35 @@
+"""The log a user reads (the Jupyter server's, where the supervisor's stderr goes): one clear line
+per action, and none of the noise of the processes below it (the old kernel's pipeline shell
+reporting its killed child, ipykernel's Ctrl-C note meant for a terminal)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def test_start_checkpoint_and_restore_log_one_line_each(make_kernel, tmp_path: Path):
+    log = tmp_path / "supervisor.log"
+    with open(log, "w") as stderr:
+        kernel = make_kernel(stderr=stderr)
+    client = kernel.client
+    client.run("x = 'before'")
+    taken = client.checkpoint()
+    client.run("x = 'after'")
+    client.restore(taken["id"])
+    assert client.value("x") == "before"
+    kernel.shutdown()
+
+    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    text = "\n".join(lines)
+    assert "Killed" not in text
+    assert "Ctrl-C will not work" not in text
+    assert "--existing" not in text
+    actions = ["supervising kernel", f"checkpoint {taken['id']}", f"restored {taken['id']}"]
+    for action in actions:
+        assert sum(action in line for line in lines) == 1, f"not one line of {action!r}:\n{text}"
+    # Besides those, only the shutdown's own line.
+    assert len(lines) == len(actions) + 1, text
