@@ -69,6 +69,20 @@ def test_prepare_reports_the_cells_run_since_the_last_checkpoint(kernel, supervi
     assert [c["source"] for c in second["cells"]] == ["c = 3"]  # only those since the first
 
 
+def test_the_cells_of_a_failed_checkpoint_go_to_the_next_one(kernel, supervisor):
+    kernel.check("a = 1")
+    supervisor.send({"type": "prepare", "checkpoint_id": CKPT_ID, "label": None})
+    assert [c["source"] for c in supervisor.expect("prepared", 30)["summary"]["cells"]] == ["a = 1"]
+    supervisor.disconnect()
+    supervisor.connect()
+    error = {"code": "engine_failed", "message": "CRIU was killed by signal 9"}
+    supervisor.send({"type": "aborted", "checkpoint_id": CKPT_ID, "error": error})
+    kernel.check("b = 2")
+    summary = supervisor.checkpoint_cycle(CKPT_ID2)["summary"]
+    # No image holds "a = 1": the checkpoint that took it failed, so the next one says it ran.
+    assert [c["source"] for c in summary["cells"]] == ["a = 1", "b = 2"]
+
+
 def test_a_checkpoint_from_code_is_marked_as_taken_mid_cell(kernel, supervisor):
     msg_id = kernel.execute(
         "import kernel_checkpoint as kc\nr = kc.checkpoint('in a loop')\nprint(r.resumed)"

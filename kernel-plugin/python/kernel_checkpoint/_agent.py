@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 import zmq
 
+from ._cells import log_of
 from ._errors import CheckpointError
 from ._gate import GateError, IopubGate
 from ._hooks import HookEvent, HookRegistry, HookResult, registry
@@ -143,6 +144,8 @@ class Agent:
         self._may_send = True
         self._ever_connected = False  # heard from or reached the supervisor at least once
         self._last_prepare: tuple[str | None, str | None] = (None, None)
+        # The cells the last prepare's summary took, given back if that checkpoint fails.
+        self._taken_cells: list[dict[str, Any]] = []
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._ctx: zmq.Context | None = None
@@ -414,6 +417,7 @@ class Agent:
         elif kind == "prepare":
             self._on_prepare(msg)
         elif kind in ("resumed", "restarted"):
+            self._taken_cells = []
             self._on_after(msg, restarted=kind == "restarted")
         elif kind == "aborted":
             self._on_aborted(msg)
@@ -527,6 +531,7 @@ class Agent:
         )
         # The supervisor now disconnects for the snapshot: nothing more until it speaks again.
         self._may_send = False
+        self._taken_cells = (summary or {}).get("cells") or []
 
     def _adopt_checkpoint_id(self, cid: str | None, label: str | None) -> None:
         """A prepare arriving while our own checkpoint request is under way is that request's
@@ -582,6 +587,10 @@ class Agent:
 
     def _on_aborted(self, msg: dict[str, Any]) -> None:
         self._open_gate()
+        log = log_of(self.shell) if self.shell is not None else None
+        if log is not None and self._taken_cells:
+            log.give_back(self._taken_cells)
+        self._taken_cells = []
         error = msg.get("error") or {}
         _log(f"checkpoint {msg.get('checkpoint_id')} aborted: {error.get('message', '?')}")
 

@@ -39,6 +39,12 @@ class CellLog:
         with self._lock:
             self._running = max(self._running - 1, 0)
 
+    def give_back(self, cells: list[dict[str, Any]]) -> None:
+        """Cells taken for a checkpoint that failed: they belong to the next one."""
+        with self._lock:
+            self._cells[:0] = cells
+            del self._cells[:-MAX_CELLS]
+
     def take(self) -> dict[str, Any]:
         """The StateSummary fields ``cell_running`` and ``cells``; the next checkpoint's cells
         start from here (so do those of a process restored from this snapshot)."""
