@@ -10,12 +10,15 @@ import {
   type LaunchSpec
 } from './engine';
 import { startPipelineKernel } from './process';
+import { diesWithParent } from './tools';
 
 /** Starts `spec.argv` in a session of its own, through the real pipe of `startPipelineKernel`. */
 export function launchPlainKernel(spec: LaunchSpec): Promise<KernelProcess> {
   // `setsid --fork --wait` is the launcher a pipeline kernel has between the shell and the
   // kernel (startPipelineKernel waits for the launcher, then for its child), as every engine's.
-  return startPipelineKernel(['setsid', '--fork', '--wait', ...spec.argv], spec);
+  // `setsid --fork`'s child does not inherit the launcher's death signal: the kernel gets its own
+  // (docs/engines.md, how nothing outlives the supervisor).
+  return startPipelineKernel(['setsid', '--fork', '--wait', ...diesWithParent(spec.argv)], spec);
 }
 
 export class PlainEngine implements Engine {

@@ -59,19 +59,25 @@ export class CommServer {
   /**
    * Wraps the supervisor's answer in busy/idle like a kernel would, so clients can tell when it
    * is done; but only while the kernel is idle, or a client would think a running cell ended.
+   * When the answer takes a while (a checkpoint, a restore), idle follows its end: the kernel is
+   * frozen or away meanwhile, and JupyterLab's kernel indicator says busy, not idle.
    */
-  withStatus(parent: Header, body: () => void): void {
+  withStatus(parent: Header, body: () => void | Promise<void>): void {
     const quiet = this.quiet();
-    if (quiet) {
+    const publish = (execution_state: 'busy' | 'idle') =>
       void this.relay.publish(
-        newMessage('status', { execution_state: 'busy' }, { session: this.relay.session, parent })
+        newMessage('status', { execution_state }, { session: this.relay.session, parent })
       );
+    if (quiet) {
+      publish('busy');
     }
-    body();
+    const answered = body();
     if (quiet) {
-      void this.relay.publish(
-        newMessage('status', { execution_state: 'idle' }, { session: this.relay.session, parent })
-      );
+      if (answered) {
+        void answered.finally(() => publish('idle'));
+      } else {
+        publish('idle');
+      }
     }
   }
 

@@ -71,8 +71,8 @@ export class Requests {
     };
   }
 
-  /** Handles one request; never throws: failures become an ErrorReply. */
-  handle(request: Request, send: Sink, fromKernel = false): void {
+  /** Handles one request; never throws: failures become an ErrorReply. Settles once answered. */
+  handle(request: Request, send: Sink, fromKernel = false): Promise<void> {
     const requestId = typeof request?.request_id === 'string' ? request.request_id : '';
     const action = request?.action;
     if (!requestId || !ACTIONS.includes(action)) {
@@ -86,7 +86,7 @@ export class Requests {
           )
         )
       );
-      return;
+      return Promise.resolve();
     }
     const progress: Progress = (stage, message) =>
       send({
@@ -96,7 +96,7 @@ export class Requests {
         stage,
         ...(message ? { message } : {})
       });
-    this.perform(request, progress, fromKernel)
+    return this.perform(request, progress, fromKernel)
       .then(result =>
         send({
           type: 'reply',

@@ -162,7 +162,7 @@ export class Supervisor {
 
   /** Handles a request as if it came on a comm, answering through `send` (for tests). */
   handleRequest(request: Request, send: Parameters<Requests['handle']>[1]): void {
-    this.requests.handle(request, send);
+    void this.requests.handle(request, send);
   }
 
   // ---- messages from clients -------------------------------------------------------------

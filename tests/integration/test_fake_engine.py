@@ -5,9 +5,15 @@ that record). Real kernels, real supervisor, real Jupyter client; no CRIU, DMTCP
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
+from enginewatch import processes_referring_to
 from kctesting import CommError, Kernel
 
 pytestmark = pytest.mark.timeout(300)
@@ -96,3 +102,21 @@ def test_a_hook_vetoes_and_nothing_changes(kernel: Kernel):
     assert "not now" in vetoed.value.message
     assert client.list(scope="all") == []
     assert client.value("x") == 42
+
+
+def test_a_kernel_without_snapshots_dies_with_its_supervisor(make_kernel):
+    """The plain launcher (the fake engine's, and the fallback where no engine can run) starts
+    the kernel through `setsid --fork`, whose child does not inherit the death signal: the kernel
+    gets its own."""
+    runtime = Path(tempfile.mkdtemp(prefix="kc-fake-"))
+    try:
+        kernel = make_kernel(KERNEL_CHECKPOINT_RUNTIME_DIR=str(runtime))
+        kernel.client.run("x = 1")
+        assert processes_referring_to(runtime), "the probe finds no process of the kernel"
+        os.kill(kernel.supervisor_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 2.0
+        while processes_referring_to(runtime) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not processes_referring_to(runtime)
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)

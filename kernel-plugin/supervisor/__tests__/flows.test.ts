@@ -258,12 +258,20 @@ describeWithPython('checkpoint and restore under the fake engine', () => {
 });
 
 describeWithPython('the comm, and the requests around images', () => {
+  let env: NodeJS.ProcessEnv;
   let supervisor: Supervisor;
   let client: TestClient;
   let stop: () => Promise<void>;
 
   beforeAll(async () => {
-    ({ supervisor, client, stop } = await startKernel(env => new FakeEngine(env), 'comm.ipynb'));
+    ({ env, supervisor, client, stop } = await startKernel(
+      processEnv => new FakeEngine(processEnv),
+      'comm.ipynb'
+    ));
+  });
+
+  afterEach(() => {
+    delete env[FAKE_DELAY_ENV];
   });
 
   afterAll(() => stop());
@@ -321,6 +329,26 @@ describeWithPython('the comm, and the requests around images', () => {
     expect(errorOf(missing.answer).code).toBe('unknown_checkpoint');
     const noId = await ask(supervisor, { action: 'delete' });
     expect(errorOf(noId.answer).code).toBe('invalid_request');
+  });
+
+  it('says busy, not idle, until a checkpoint asked on the comm has ended', async () => {
+    env[FAKE_DELAY_ENV] = '800';
+    const msgId = await client.send('shell', 'comm_msg', {
+      comm_id: 'good',
+      data: { request_id: 'slow', action: 'checkpoint' }
+    });
+    const ofRequest = (state: string) => (message: Message) =>
+      message.header.msg_type === 'status' &&
+      message.parent_header.msg_id === msgId &&
+      message.content.execution_state === state;
+    await client.iopubMessage(ofRequest('busy'));
+    const reply = await client.iopubMessage(
+      message => commData('good', 'reply')(message) && message.content.data.request_id === 'slow'
+    );
+    const idle = await client.iopubMessage(ofRequest('idle'));
+    // The kernel indicator shows idle only once the kernel is back: after the reply, not at once.
+    expect(Date.parse(idle.header.date)).toBeGreaterThanOrEqual(Date.parse(reply.header.date));
+    expect(client.iopubIndex(idle)).toBeGreaterThan(client.iopubIndex(reply));
   });
 });
 

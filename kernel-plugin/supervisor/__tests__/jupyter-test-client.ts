@@ -98,6 +98,11 @@ export class TestClient {
     return found!;
   }
 
+  /** Where `message` came in the iopub stream (its order of arrival). */
+  iopubIndex(message: Message): number {
+    return this.iopubMessages.indexOf(message);
+  }
+
   /** Waits for an iopub message that `match`es (one already received counts). */
   async iopubMessage(match: (message: Message) => boolean, timeoutMs = 30000): Promise<Message> {
     let found: Message | undefined;
