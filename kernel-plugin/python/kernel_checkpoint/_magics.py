@@ -35,7 +35,8 @@ Options:
 
 A checkpoint saves the entire kernel process as an image. After a restore -- minutes or days
 later, after a crash, on another machine -- the kernel continues from the moment of the
-checkpoint; a `%checkpoint` in a cell that was restored prints "Restored from checkpoint ...".
+checkpoint. The cell that asked for the restore says "Restored checkpoint ..."; the cell that
+made the checkpoint, long done in the notebook, stays as it was.
 From code, use ``kernel_checkpoint.checkpoint(label)``, which returns an object whose
 ``resumed`` / ``restarted`` say whether it returns in the original process or in a restored
 one; hooks that run before a checkpoint, on resume and on restart are registered with the
@@ -141,11 +142,11 @@ class CheckpointMagics(Magics):
                 )
         result = _api.checkpoint(label)
         if result.restarted:
-            self._out(
-                f"Restored from checkpoint {result.id}{_quote(result.label)}: "
-                "this kernel continues from it."
-            )
-        elif result.checkpoint:
+            # Continuing in a process restored from this checkpoint: its output would land in
+            # the cell that made the checkpoint, far up the notebook. The cell that asked for
+            # the restore (if any) says so itself.
+            return
+        if result.checkpoint:
             self._out(describe_checkpoint(result.checkpoint))
         else:
             self._out(f"Checkpoint {result.id}{_quote(result.label)}")
