@@ -24,9 +24,9 @@ export class KernelStandIn {
       return false;
     }
     const session = this.relay.session;
-    // Busy, then idle as a kernel would (clients wait for iopub to speak after the reply); but
-    // no idle while the kernel runs a cell, or a client would think it ended.
-    const runningCell = !this.state.idle;
+    // Busy, then idle as a kernel would: a client's request is done only once its idle has come
+    // (JupyterLab waits for it before it takes the kernel as ready). While a cell runs, the idle
+    // waits for the cell's end, as a kernel's own answer would, so no client thinks it ended.
     void this.relay.publish(
       newMessage('status', { execution_state: 'busy' }, { session, parent: header })
     );
@@ -35,11 +35,12 @@ export class KernelStandIn {
       frames.identities,
       newMessage('kernel_info_reply', info, { session, parent: header })
     );
-    if (!runningCell) {
-      void this.relay.publish(
-        newMessage('status', { execution_state: 'idle' }, { session, parent: header })
-      );
-    }
+    this.state.onceIdle(
+      () =>
+        void this.relay.publish(
+          newMessage('status', { execution_state: 'idle' }, { session, parent: header })
+        )
+    );
     return true;
   }
 

@@ -13,10 +13,46 @@ const UNTRACKED_PARENTS = new Set([
 ]);
 
 export class KernelState {
-  /** Whether the kernel is idle, as clients would take it from its status messages. */
-  idle = true;
+  /**
+   * Whether the kernel is idle, as clients would take it from its status messages ("starting",
+   * before its first idle, is not running anything either).
+   */
+  get idle(): boolean {
+    return this.isIdle;
+  }
+
   /** The cell the kernel process is running. */
   executing: { msgId: string; count: number | null } | null = null;
+
+  private isIdle = true;
+  private idleWaiters: Array<() => void> = [];
+
+  /**
+   * Runs `then` once the kernel is idle (at once if it is); when it waits, after the kernel's own
+   * idle has been passed on (the status is observed before it is relayed).
+   */
+  onceIdle(then: () => void): void {
+    if (this.isIdle) {
+      then();
+    } else {
+      this.idleWaiters.push(() => setImmediate(then));
+    }
+  }
+
+  /** The kernel process was replaced (a restore): it runs nothing, whatever it last said. */
+  replaced(): void {
+    this.executing = null;
+    this.setIdle(true);
+  }
+
+  private setIdle(idle: boolean): void {
+    this.isIdle = idle;
+    if (idle) {
+      for (const then of this.idleWaiters.splice(0)) {
+        then();
+      }
+    }
+  }
 
   /** Takes note of one message the kernel published (only status and execute_input matter). */
   observe(frames: Frames, msgType: string): void {
@@ -36,7 +72,7 @@ export class KernelState {
       const parentType = stringField(parentHeader, 'msg_type');
       const state = stringField(content, 'execution_state');
       if (!parentType || !UNTRACKED_PARENTS.has(parentType)) {
-        this.idle = state === 'idle';
+        this.setIdle(state !== 'busy');
       }
       if (parentType === 'execute_request' && parentId) {
         if (state === 'busy') {

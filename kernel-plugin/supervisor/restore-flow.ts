@@ -203,7 +203,7 @@ export class RestoreFlow {
       this.standIn.finishReplacedCell(stopped.running, id, askedForIt);
     }
     this.relay.requeue(stopped.queued);
-    this.state.executing = null;
+    this.state.replaced();
     this.relay.resume();
   }
 }

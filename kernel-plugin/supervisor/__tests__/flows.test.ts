@@ -257,6 +257,45 @@ describeWithPython('checkpoint and restore under the fake engine', () => {
   });
 });
 
+describeWithPython('kernel_info answered for a kernel that has just started', () => {
+  it('ends with idle, as JupyterLab waits for before it takes the kernel as ready', async () => {
+    const { client, stop } = await startKernel(env => new FakeEngine(env));
+    try {
+      // The server's own first request goes to the kernel; no cell has run yet, and the
+      // kernel's "starting" status is the last one that is not a kernel_info answer's.
+      await client.reply(await client.send('shell', 'kernel_info_request', {}));
+      const msgId = await client.send('shell', 'kernel_info_request', {});
+      await client.reply(msgId);
+      await client.iopubMessage(
+        m =>
+          m.header.msg_type === 'status' &&
+          m.parent_header.msg_id === msgId &&
+          m.content.execution_state === 'idle'
+      );
+      // While a cell runs, the idle waits for the cell's end (no client thinks it ended).
+      const cell = client.execute('import time; time.sleep(1.5)');
+      await new Promise(resolve => setTimeout(resolve, 300));
+      const during = await client.send('control', 'kernel_info_request', {});
+      await client.reply(during);
+      const idleOf = (id: string) => (m: Message) =>
+        m.header.msg_type === 'status' &&
+        m.parent_header.msg_id === id &&
+        m.content.execution_state === 'idle';
+      await cell;
+      const idle = await client.iopubMessage(idleOf(during));
+      const cellIdle = await client.iopubMessage(
+        m =>
+          m.header.msg_type === 'status' &&
+          m.parent_header.msg_type === 'execute_request' &&
+          m.content.execution_state === 'idle'
+      );
+      expect(client.iopubIndex(idle)).toBeGreaterThan(client.iopubIndex(cellIdle));
+    } finally {
+      await stop();
+    }
+  });
+});
+
 describeWithPython('the comm, and the requests around images', () => {
   let env: NodeJS.ProcessEnv;
   let supervisor: Supervisor;
