@@ -415,6 +415,8 @@ export class ImageStore {
    * identity at that moment. Until then an image can be restored, but only its sizes are checked.
    */
   async seal(id: string): Promise<void> {
+    const folder = this.folderOf(id);
+    const before = await fs.lstat(folder);
     const record = await this.privateRecord(id);
     const files: FileDigest[] = [];
     for (const file of record.files) {
@@ -422,7 +424,16 @@ export class ImageStore {
       const digest = await digestFile(full, this.background);
       files.push({ ...file, xxh64: digest.xxh64, stat: await identity(full) });
     }
-    await writePrivateJson(path.join(this.folderOf(id), 'private.json'), { ...record, files });
+    // Sealing takes a while: if the folder was replaced meanwhile (by a link to another image,
+    // say), the record written through its path would land in someone else's image.
+    const after = await fs.lstat(folder).catch(() => null);
+    if (!after || after.isSymbolicLink() || after.ino !== before.ino || after.dev !== before.dev) {
+      throw new StoreError(
+        'corrupt_image',
+        `Checkpoint ${id} was not sealed: its folder ${folder} was replaced while it was being sealed.`
+      );
+    }
+    await writePrivateJson(path.join(folder, 'private.json'), { ...record, files });
     // The records of a checkpoint are durable from here on (the reply did not wait for this).
     await fsyncPath(path.join(this.folderOf(id), 'manifest.json'));
     await fsyncPath(this.folderOf(id));

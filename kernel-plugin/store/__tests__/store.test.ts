@@ -114,6 +114,24 @@ describe('image store', () => {
     expect(store.background.paused).toBe(false);
   });
 
+  it('writes no seal through a folder replaced by a link while it was being sealed', async () => {
+    const first = await save(store, 'first');
+    await store.seal(first.id);
+    const firstRecord = await fs.readFile(path.join(store.folderOf(first.id), 'private.json'));
+    const second = await save(store, 'y'.repeat(9 << 20));
+    const release = store.background.hold();
+    const sealing = store.seal(second.id);
+    await new Promise(resolve => setTimeout(resolve, 100));
+    // The folder goes, and a link to the other image takes its place, mid-seal.
+    await fs.rename(store.folderOf(second.id), path.join(path.dirname(root), 'moved'));
+    await fs.symlink(store.folderOf(first.id), store.folderOf(second.id));
+    release();
+    await expect(sealing).rejects.toThrow(/replaced while it was being sealed/);
+    expect(await fs.readFile(path.join(store.folderOf(first.id), 'private.json'))).toEqual(
+      firstRecord
+    );
+  });
+
   it('never lists a partial image and discards it', async () => {
     const pending = await store.begin(newCheckpointId());
     expect(await store.list()).toEqual([]);
