@@ -228,13 +228,13 @@ def test_fork_from_inside_the_kernel(make_kernel, runtime_dir):
         "    got = f.execute('x')\n"
         "    f.execute('x = 5')\n"
         "    got5 = f.execute('x * 2')\n"
-        "    shown = f.execute('object()')\n"
+        "    shown = f.execute('lambda: 1')\n"
         "    path = f.connection_file\n"
     )
     kernel.client.run(code)
     assert kernel.client.value("got") == 42
     assert kernel.client.value("got5") == 10
-    assert kernel.client.value("shown").startswith("<object object at")
+    assert kernel.client.value("shown").startswith("<function <lambda>")
     assert kernel.client.value("x") == 1
     path = kernel.client.value("path")
     assert not Path(path).exists(), "the handle's fork outlived its with block"
