@@ -192,6 +192,7 @@ def test_fork_errors_as_for_restore(make_kernel, runtime_dir, store):
     kernel.client.run("x = 42")
     taken = kernel.client.checkpoint()
     runtime = Path(os.environ["JUPYTER_RUNTIME_DIR"])
+    runtime.mkdir(parents=True, exist_ok=True)
     before = set(runtime.iterdir())
 
     with pytest.raises(CommError) as unknown:
@@ -215,6 +216,17 @@ def test_fork_errors_as_for_restore(make_kernel, runtime_dir, store):
     assert set(runtime.iterdir()) == before, "a failed fork left a connection file"
     # Nothing changed for the original.
     assert kernel.client.value("x") == 42
+
+    # The engine missing: a kernel of the same store whose CRIU cannot run.
+    other = make_kernel(
+        KERNEL_CHECKPOINT_RUNTIME_DIR=str(runtime_dir), KERNEL_CHECKPOINT_CRIU="/nonexistent/criu"
+    )
+    kernel.client.run("x = 43")
+    intact = kernel.client.checkpoint()
+    with pytest.raises(CommError) as missing:
+        other.client.request("fork", checkpoint_id=intact["id"])
+    assert missing.value.code == "engine_unavailable"
+    assert "CRIU is not installed" in missing.value.message
 
 
 @only_criu
@@ -266,9 +278,8 @@ def test_kill_9_of_a_forks_supervisor_leaves_nothing(make_kernel, runtime_dir, f
     assert again.client.value("x") == 42
 
 
-def test_dmtcp_refuses_to_fork(make_kernel, engine):
-    if engine != "dmtcp":
-        pytest.skip("the DMTCP variant only")
+@pytest.mark.parametrize("engine", ["dmtcp"], indirect=True)
+def test_dmtcp_refuses_to_fork(make_kernel):
     kernel = make_kernel()
     taken = kernel.client.checkpoint()
     with pytest.raises(CommError) as refused:
