@@ -98,6 +98,13 @@ def fork_over_comm(kernel: Kernel, checkpoint_id: str, forks: list[Fork]) -> For
     return fork
 
 
+def original_with_x_42(make_kernel, runtime_dir: Path) -> tuple[Kernel, dict]:
+    """A kernel under CRIU with x = 42, and its checkpoint."""
+    kernel = make_kernel(KERNEL_CHECKPOINT_RUNTIME_DIR=str(runtime_dir))
+    kernel.client.run("x = 42")
+    return kernel, kernel.client.checkpoint("x is 42")
+
+
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [kernel_checkpoint_command(), *args],
@@ -112,9 +119,7 @@ def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 def test_two_forks_and_the_original_live_at_once_each_with_its_own_state(
     make_kernel, runtime_dir, forks
 ):
-    kernel = make_kernel(KERNEL_CHECKPOINT_RUNTIME_DIR=str(runtime_dir))
-    kernel.client.run("x = 42")
-    taken = kernel.client.checkpoint("x is 42")
+    kernel, taken = original_with_x_42(make_kernel, runtime_dir)
 
     first = fork_over_comm(kernel, taken["id"], forks)
     second = fork_over_comm(kernel, taken["id"], forks)
@@ -143,9 +148,7 @@ def test_two_forks_and_the_original_live_at_once_each_with_its_own_state(
 
 @only_criu
 def test_a_forks_checkpoint_is_a_child_of_its_image_and_restores(make_kernel, runtime_dir, forks):
-    kernel = make_kernel(KERNEL_CHECKPOINT_RUNTIME_DIR=str(runtime_dir))
-    kernel.client.run("x = 42")
-    taken = kernel.client.checkpoint()
+    kernel, taken = original_with_x_42(make_kernel, runtime_dir)
     fork = fork_over_comm(kernel, taken["id"], forks)
     fork.client.run("x = 7")
     own = fork.client.checkpoint("in the fork")
@@ -163,9 +166,7 @@ def test_a_forks_checkpoint_is_a_child_of_its_image_and_restores(make_kernel, ru
 
 @only_criu
 def test_the_cli_forks_and_a_jupyter_client_connects(make_kernel, runtime_dir, forks):
-    kernel = make_kernel(KERNEL_CHECKPOINT_RUNTIME_DIR=str(runtime_dir))
-    kernel.client.run("x = 42")
-    taken = kernel.client.checkpoint()
+    kernel, taken = original_with_x_42(make_kernel, runtime_dir)
     existing = kernel.km.connection_file
     done = cli("fork", taken["id"], "--existing", existing, "--json", "-q")
     assert done.returncode == 0, done.stderr
@@ -188,9 +189,7 @@ def test_the_cli_forks_and_a_jupyter_client_connects(make_kernel, runtime_dir, f
 
 @only_criu
 def test_fork_errors_as_for_restore(make_kernel, runtime_dir, store):
-    kernel = make_kernel(KERNEL_CHECKPOINT_RUNTIME_DIR=str(runtime_dir))
-    kernel.client.run("x = 42")
-    taken = kernel.client.checkpoint()
+    kernel, taken = original_with_x_42(make_kernel, runtime_dir)
     runtime = Path(os.environ["JUPYTER_RUNTIME_DIR"])
     runtime.mkdir(parents=True, exist_ok=True)
     before = set(runtime.iterdir())
@@ -231,9 +230,7 @@ def test_fork_errors_as_for_restore(make_kernel, runtime_dir, store):
 
 @only_criu
 def test_fork_from_inside_the_kernel(make_kernel, runtime_dir):
-    kernel = make_kernel(KERNEL_CHECKPOINT_RUNTIME_DIR=str(runtime_dir))
-    kernel.client.run("x = 42")
-    taken = kernel.client.checkpoint()
+    kernel, taken = original_with_x_42(make_kernel, runtime_dir)
     kernel.client.run("x = 1; import kernel_checkpoint as kc")
     code = (
         f"with kc.fork({taken['id']!r}) as f:\n"
@@ -260,9 +257,7 @@ def test_fork_from_inside_the_kernel(make_kernel, runtime_dir):
 
 @only_criu
 def test_kill_9_of_a_forks_supervisor_leaves_nothing(make_kernel, runtime_dir, forks):
-    kernel = make_kernel(KERNEL_CHECKPOINT_RUNTIME_DIR=str(runtime_dir))
-    kernel.client.run("x = 42")
-    taken = kernel.client.checkpoint()
+    kernel, taken = original_with_x_42(make_kernel, runtime_dir)
     fork = fork_over_comm(kernel, taken["id"], forks)
     assert fork.client.value("x") == 42
     original = set(processes_referring_to(runtime_dir))
