@@ -14,8 +14,7 @@ import type { Readable } from 'node:stream';
 import type { Checkpoint } from '../../protocol/checkpoint-protocol';
 import { jupyterRuntimeDir } from '../cli/find-kernel';
 import type { ImageStore } from '../store/store';
-import type { KernelIdentity } from './checkpoint-flow';
-import type { Progress } from './checkpoint-flow';
+import type { KernelIdentity, Progress } from './checkpoint-flow';
 import type { KernelHost } from './kernel-host';
 import { log } from './log';
 import { RequestError } from './request-errors';
@@ -169,27 +168,34 @@ export class ForkFlow {
       child.once('error', error => resolve(error.message))
     );
     const pipe = child.stdio[3] as Readable;
-    const timeout = new Promise<null>(resolve =>
-      setTimeout(() => resolve(null), FORK_START_TIMEOUT_MS).unref()
+    const timeout = new Promise<'timeout'>(resolve =>
+      setTimeout(() => resolve('timeout'), FORK_START_TIMEOUT_MS).unref()
     );
     const readiness = await Promise.race([readReadiness(pipe), timeout]);
     pipe.destroy();
     child.unref();
-    if (readiness && 'ready' in readiness) {
+    if (readiness && readiness !== 'timeout' && 'ready' in readiness) {
       return;
     }
-    if (readiness && 'error' in readiness) {
+    if (readiness && readiness !== 'timeout') {
       throw new RequestError(
         readiness.error.code as RequestError['code'],
         `The fork of ${id} did not start: ${readiness.error.message}`
       );
     }
-    try {
-      process.kill(child.pid ?? 0, 'SIGKILL');
-    } catch {
-      // Already gone.
+    if (readiness === 'timeout') {
+      try {
+        process.kill(child.pid ?? 0, 'SIGKILL');
+      } catch {
+        // Already gone.
+      }
+      throw new RequestError(
+        'engine_failed',
+        `The fork of ${id} did not start: its kernel did not answer within ${FORK_START_TIMEOUT_MS / 1000} s.`
+      );
     }
-    const how = await Promise.race([exited, spawnFailed, Promise.resolve('a timeout')]);
+    // It closed the pipe without a word: it ended (or never started).
+    const how = await Promise.race([exited, spawnFailed]);
     throw new RequestError(
       'engine_failed',
       `The fork of ${id} did not start: its supervisor ended (${how}).`
