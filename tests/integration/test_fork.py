@@ -254,6 +254,14 @@ def test_fork_from_inside_the_kernel(make_kernel, runtime_dir):
     assert fork.client.value("x") == 42
     fork.shutdown()
 
+    failed = kernel.client.execute("%checkpoint fork ckpt-20000101T000000Z-000000")
+    assert (
+        failed.stderr.strip().startswith("Fork failed:") and "unknown_checkpoint" in failed.stderr
+    )
+    assert len(failed.stderr.strip().splitlines()) == 1
+    raised = kernel.client.execute("kc.fork('ckpt-20000101T000000Z-000000')")
+    assert raised.error and raised.error["ename"] == "CheckpointError"
+
 
 @only_criu
 def test_kill_9_of_a_forks_supervisor_leaves_nothing(make_kernel, runtime_dir, forks):
