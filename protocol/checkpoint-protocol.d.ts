@@ -46,7 +46,7 @@ export type CheckpointId = string;
  * This interface was referenced by `KernelCheckpointProtocol`'s JSON-Schema
  * via the `definition` "Action".
  */
-export type Action = 'checkpoint' | 'restore' | 'list' | 'delete' | 'label' | 'status';
+export type Action = 'checkpoint' | 'restore' | 'list' | 'delete' | 'label' | 'status' | 'fork';
 /**
  * Why a request failed. unknown_checkpoint: no image with that id. corrupt_image: a file of the image does not match its checksum or is missing. foreign_image: the image was made by an engine, architecture or format this supervisor cannot restore. engine_unavailable: the engine is missing, too old or not permitted here (message says which and what to install). permission_denied: the store or image cannot be read or written. no_space: the disk filled up while writing the image. busy: another checkpoint or restore is under way. vetoed: a pre-checkpoint hook refused the checkpoint. engine_failed: the engine ran and failed (message carries its reason). kernel_not_running: there is no kernel process to checkpoint. invalid_request: the request does not follow this protocol. unsupported_protocol: the peer speaks another major version.
  *
@@ -238,7 +238,7 @@ export interface Request {
    */
   label?: string | null;
   /**
-   * restore, delete, label: which checkpoint.
+   * restore, delete, label, fork: which checkpoint.
    */
   checkpoint_id?: string;
   /**
@@ -284,6 +284,10 @@ export interface Reply {
    */
   current_id: CheckpointId | null;
   status?: SupervisorStatus;
+  /**
+   * fork: the connection file of the new kernel started from the image, in Jupyter's runtime folder (any Jupyter client connects with it; it ends on a shutdown_request).
+   */
+  connection_file?: string;
 }
 /**
  * This interface was referenced by `KernelCheckpointProtocol`'s JSON-Schema

@@ -95,7 +95,8 @@ export const DEFAULT_TIMEOUTS: Readonly<Record<Action, number>> = {
   list: 30_000,
   delete: 30_000,
   label: 30_000,
-  status: 15_000
+  status: 15_000,
+  fork: 180_000
 };
 
 /** The connection state of a client. */

@@ -142,7 +142,8 @@ const REQUEST_TIMEOUT_MS: Record<Action, number> = {
   delete: 300_000,
   list: 120_000,
   label: 120_000,
-  status: 60_000
+  status: 60_000,
+  fork: 3600_000
 };
 
 /**
@@ -308,6 +309,25 @@ export function registerClientCommands(program: Command): void {
             );
           }
         )
+      );
+    });
+
+  add(
+    'fork',
+    'Start a new standalone kernel from a checkpoint, beside the running one; prints its ' +
+      'connection file (`jupyter console --existing FILE`); it ends on a shutdown_request.'
+  )
+    .argument('<ID>', 'checkpoint id')
+    .option('--json', 'print {"connection_file": ..., "checkpoint": <the Checkpoint>} as JSON')
+    .action(async (id: string, options: CommonOptions) => {
+      finish(
+        await runRequest('fork', { checkpoint_id: id }, options, reply => {
+          process.stdout.write(
+            options.json
+              ? jsonText({ connection_file: reply.connection_file, checkpoint: reply.checkpoint })
+              : `${reply.connection_file}\n`
+          );
+        })
       );
     });
 

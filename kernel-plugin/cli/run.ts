@@ -1,10 +1,14 @@
 // `kernel-checkpoint run`: the process a checkpointable kernelspec launches.
 
+import { closeSync, rmSync, writeSync } from 'node:fs';
+
 import type { Command } from 'commander';
 
 import { chooseEngine } from '../engines';
 import { ImageStore, defaultStoreRoot } from '../store/store';
+import type { ForkReadiness } from '../supervisor/fork-flow';
 import { log, setLogSink } from '../supervisor/log';
+import { asRequestError } from '../supervisor/request-errors';
 import { readConnectionFile, Supervisor } from '../supervisor/supervisor';
 
 interface RunOptions {
@@ -14,6 +18,21 @@ interface RunOptions {
   kernelName: string;
   displayName?: string;
   language: string;
+  fromImage?: string;
+  readyFd?: string;
+}
+
+/** Tells whoever started a fork (fork-flow.ts) how its start went, once, and closes the pipe. */
+function tellReadiness(fd: string | undefined, readiness: ForkReadiness): void {
+  if (fd === undefined) {
+    return;
+  }
+  try {
+    writeSync(Number(fd), `${JSON.stringify(readiness)}\n`);
+    closeSync(Number(fd));
+  } catch {
+    // Whoever started it is gone: nobody to tell.
+  }
 }
 
 export function registerRunCommand(program: Command): void {
@@ -39,8 +58,17 @@ export function registerRunCommand(program: Command): void {
     )
     .option('--display-name <name>', 'display name of the kernel, recorded in each checkpoint')
     .option('--language <language>', 'language of the kernel', 'python')
-    .argument('<argv...>', "the wrapped kernel's command line, after --")
+    .option(
+      '--from-image <ID>',
+      'start the kernel from checkpoint ID, beside any other kernel of that image (a fork); it ' +
+        'runs until a shutdown_request, whoever started it'
+    )
+    .option('--ready-fd <fd>', 'write one JSON line on this fd once the kernel runs (forks)')
+    .argument('[argv...]', "the wrapped kernel's command line, after --")
     .action(async (argv: string[], options: RunOptions) => {
+      if (!options.fromImage && argv.length === 0) {
+        throw new Error("run needs the wrapped kernel's command line, after --");
+      }
       // The supervisor's log and the kernel's output go to stderr: Jupyter shows it.
       setLogSink(process.stderr, process.env.KERNEL_CHECKPOINT_LOG);
       // KERNEL_CHECKPOINT_ENGINE picks the engine for every kernel whose kernelspec says auto.
@@ -69,21 +97,46 @@ export function registerRunCommand(program: Command): void {
         env: process.env
       });
       // The supervisor never exits the process itself: it ends, and we exit with its code.
-      void supervisor.ended.then(code => process.exit(code));
+      void supervisor.ended.then(code => {
+        if (options.fromImage) {
+          // A fork's connection file was written for it alone (fork-flow.ts), as
+          // `jupyter kernel` removes its own.
+          rmSync(options.connectionFile, { force: true });
+        }
+        process.exit(code);
+      });
       process.on('SIGINT', () => supervisor.interruptKernel());
       for (const signal of ['SIGTERM', 'SIGHUP'] as const) {
         process.on(signal, () => void supervisor.stop(0));
       }
       // Like ipykernel's parent poller: when whoever launched us is gone, nobody can reach the
-      // kernel any more, so stop it rather than leave it running.
+      // kernel any more, so stop it rather than leave it running. A fork is standalone, like
+      // `jupyter kernel`: its clients find it by its connection file, and it ends on their
+      // shutdown_request.
       const parent = process.ppid;
-      setInterval(() => {
-        if (process.ppid !== parent) {
-          log.warn('the process that launched the kernel is gone; stopping');
-          void supervisor.stop(0);
+      if (!options.fromImage) {
+        setInterval(() => {
+          if (process.ppid !== parent) {
+            log.warn('the process that launched the kernel is gone; stopping');
+            void supervisor.stop(0);
+          }
+        }, 1000).unref();
+      }
+      try {
+        await supervisor.start(options.fromImage);
+      } catch (error) {
+        if (!options.fromImage) {
+          throw error;
         }
-      }, 1000).unref();
-      await supervisor.start();
+        const failure = asRequestError(error);
+        log.error(`the fork of ${options.fromImage} did not start: ${failure.message}`);
+        tellReadiness(options.readyFd, {
+          error: { code: failure.code, message: failure.message }
+        });
+        await supervisor.stop(1);
+        return;
+      }
+      tellReadiness(options.readyFd, { ready: true });
       log.info(`supervising kernel ${options.kernelName} with engine ${engine.name}`);
     });
 }

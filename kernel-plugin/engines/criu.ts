@@ -28,6 +28,46 @@ const DUMP_TIMEOUT_MS = 600000;
 /** Flags both sides need: the kernel may hold TCP connections and flocks. */
 const COMMON_FLAGS = ['--tcp-close', '--file-locks'];
 
+/**
+ * A fork's namespaces (docs/engines.md, "Forks"): `unshare` makes mount and network namespaces,
+ * and this script brings up loopback in them (ipykernel binds a 127.0.0.1 port), puts the fork's
+ * own folder ("$2") at the image's ipc folder ("$1") and becomes `criu restore`. No PID namespace
+ * of its own: the kernel is init of one anyway, and CRIU restoring from inside another one failed
+ * ("Unable to set a monotonic clock offset").
+ */
+const FORK_NAMESPACES = [
+  'unshare',
+  '--mount',
+  '--net',
+  '--propagation',
+  'private',
+  '/bin/sh',
+  '-c',
+  'ip link set lo up && mkdir -p -m 700 "$1" && mount --bind "$2" "$1" && shift 2 && exec "$@"',
+  'sh'
+];
+
+/** The tools a fork needs besides CRIU's own. */
+const FORK_TOOLS = ['ip', 'mount', 'nsenter'];
+
+/** The namespace `kind` of process `pid` ("mnt:[4026531841]"), null when unreadable. */
+async function namespaceOf(pid: number | 'self', kind: string): Promise<string | null> {
+  return fs.readlink(`/proc/${pid}/ns/${kind}`).catch(() => null);
+}
+
+/**
+ * How to run `criu dump` for a kernel: from the host for a kernel in the host's mount namespace;
+ * for a fork, from inside its mount and network namespaces (`nsenter`). CRIU dumping a fork
+ * from outside would see a foreign mount namespace and try to dump it into the image; from
+ * inside, the image is like the original's, its ipc folder at the same path.
+ */
+async function dumpCommand(criu: string, pid: number): Promise<{ file: string; prefix: string[] }> {
+  if ((await namespaceOf(pid, 'mnt')) === (await namespaceOf('self', 'mnt'))) {
+    return { file: criu, prefix: [] };
+  }
+  return { file: 'nsenter', prefix: ['-t', String(pid), '--mount', '--net', '--', criu] };
+}
+
 /** CAP_CHECKPOINT_RESTORE (40) and CAP_SYS_ADMIN (21) in /proc/self/status's CapEff. */
 async function mayCheckpoint(): Promise<boolean> {
   if (process.getuid?.() === 0) {
@@ -59,6 +99,7 @@ function atLeast(version: number[], minimum: readonly number[]): boolean {
 export class CriuEngine implements Engine<PipelineKernel> {
   readonly name = 'criu';
   readonly acceptsConnectionsWhileRestoring = true;
+  readonly forks = true;
   private probed: Promise<EngineProbe> | null = null;
 
   constructor(private readonly env: NodeJS.ProcessEnv = process.env) {}
@@ -173,10 +214,12 @@ export class CriuEngine implements Engine<PipelineKernel> {
     );
     const started = Date.now();
     try {
+      const dump = await dumpCommand(criu, kernel.pid);
       // Under umask 077: the image's files and the log are born private.
       const result = await underPrivateUmask(runTool)(
-        criu,
+        dump.file,
         [
+          ...dump.prefix,
           'dump',
           '-t',
           String(kernel.pid),
@@ -220,9 +263,26 @@ export class CriuEngine implements Engine<PipelineKernel> {
     // The kernel's old stdout/stderr pipe becomes the pipeline's pipe, on criu's fd 3.
     const inherit =
       typeof data.outputPipe === 'string' ? ['--inherit-fd', `fd[3]:${data.outputPipe}`] : [];
+    const restore = [criu, 'restore', '-D', imageDir, ...COMMON_FLAGS, ...inherit];
+    const isolate = spec.isolate;
+    if (isolate) {
+      const missing = await firstMissing(FORK_TOOLS, this.env);
+      if (missing) {
+        throw new EngineError(
+          'engine_unavailable',
+          `A fork needs \`${missing}\` (util-linux, iproute2), which is not on PATH.`
+        );
+      }
+    }
     try {
       return await underPrivateUmask(startPipelineKernel)(
-        [criu, 'restore', '-D', imageDir, ...COMMON_FLAGS, ...inherit, '-o', logFile, '-v3'],
+        [
+          ...(isolate ? [...FORK_NAMESPACES, isolate.imageIpcDir, isolate.ownIpcDir] : []),
+          ...restore,
+          '-o',
+          logFile,
+          '-v3'
+        ],
         { env: spec.env, cwd: spec.cwd, pipeOnFd3: true },
         120000,
         (_launcher, failed) => this.waitForRestored(logFile, failed, spec.answered)

@@ -35,6 +35,13 @@ export interface LaunchSpec {
    * its own sign of it.
    */
   answered?: Promise<void>;
+  /**
+   * Restore only, for a fork beside a live kernel: the kernel gets mount, network and PID
+   * namespaces of its own, in which `ownIpcDir` (a private folder the supervisor sees) stands at
+   * `imageIpcDir` (the ipc folder baked into the image), so its endpoints and ports never
+   * collide with those of another kernel restored from the same image.
+   */
+  isolate?: { imageIpcDir: string; ownIpcDir: string };
 }
 
 export interface KernelExit {
@@ -97,6 +104,11 @@ export interface Engine<K extends KernelProcess = KernelProcess> {
    * connects during the restore, and the connections are up the moment the kernel runs.
    */
   readonly acceptsConnectionsWhileRestoring?: boolean;
+
+  /**
+   * Whether `restore` can start a fork beside a live kernel of the same image (`isolate`).
+   */
+  readonly forks?: boolean;
 
   /** Whether this engine can run here; cheap enough to call at start-up. */
   probe(): Promise<EngineProbe>;

@@ -6,7 +6,13 @@ import type { EngineProbe, Engine, KernelExit, KernelProcess } from '../engines/
 import { PlainEngine } from '../engines/plain';
 import type { AgentChannel } from './agent';
 import { kernelCommand } from './kernel-setup';
-import { newLineage, prepareLineageDir, removeLineageDir, type Lineage } from './lineage';
+import {
+  forkLineage,
+  newLineage,
+  prepareLineageDir,
+  removeLineageDir,
+  type Lineage
+} from './lineage';
 import { log } from './log';
 import type { Relay } from './relay';
 import { RequestError } from './request-errors';
@@ -25,6 +31,11 @@ export interface KernelHostOptions {
 export class KernelHost {
   kernel: KernelProcess | null = null;
   lineage: Lineage;
+  /**
+   * Where the supervisor sees a fork's kernel, whose `lineage` is its image's (fork.ts): its
+   * own folder, removed when it stops. Null for a kernel in the supervisor's own namespaces.
+   */
+  outside: Lineage | null = null;
   probe: EngineProbe | null = null;
   /** Whether the kernel process runs the in-kernel plugin (it has an agent endpoint). */
   withPlugin = false;
@@ -92,8 +103,21 @@ export class KernelHost {
     this.connectAgent();
   }
 
+  /**
+   * Where the supervisor reaches a kernel of `lineage`: there, or, in a fork, through the fork's
+   * own folder (and then the engine restores it in namespaces of its own: `isolate`).
+   */
+  reach(lineage: Lineage): Lineage {
+    return this.outside ? forkLineage(lineage, this.options.env, this.outside) : lineage;
+  }
+
   /** Starts a fresh kernel of a new lineage (after a failed restore: the old one is gone). */
   async launchFresh(): Promise<void> {
+    if (this.outside) {
+      // A fork's fresh kernel is an ordinary one, of a lineage of its own.
+      await removeLineageDir(this.outside);
+      this.outside = null;
+    }
     this.lineage = newLineage(this.options.env, this.options.connection);
     this.currentId = null;
     await this.launch();
@@ -162,6 +186,7 @@ export class KernelHost {
         new Promise(resolve => setTimeout(resolve, 2000).unref())
       ]);
     }
-    await removeLineageDir(this.lineage);
+    // A fork's `lineage` folder is the original kernel's: only its own folder is removed.
+    await removeLineageDir(this.outside ?? this.lineage);
   }
 }

@@ -70,6 +70,27 @@ export function recordedLineage(
   return record.agentEndpoint ? { ...lineage, agentEndpoint: record.agentEndpoint } : lineage;
 }
 
+/**
+ * Where the supervisor of a fork sees the kernel an image holds: the image's lineage, moved into
+ * a new private folder of its own. The kernel, in namespaces of its own, sees that folder at the
+ * image's ipc folder (engines/criu.ts), so it keeps the paths and the key of its image. A fork
+ * keeps its folder (`folder`) when it restores another image.
+ */
+export function forkLineage(
+  image: Lineage,
+  env: NodeJS.ProcessEnv,
+  folder?: Pick<Lineage, 'id' | 'ipcDir'>
+): Lineage {
+  const id = folder?.id ?? randomBytes(6).toString('hex');
+  const ipcDir = folder?.ipcDir ?? path.join(runtimeBase(env), id);
+  const moved = (where: string) =>
+    where.startsWith(`${image.ipcDir}/`) ? ipcDir + where.slice(image.ipcDir.length) : where;
+  return {
+    ...layout(id, ipcDir, { ...image.connection, ip: moved(image.connection.ip) }),
+    agentEndpoint: `ipc://${moved(image.agentEndpoint.replace(/^ipc:\/\//, ''))}`
+  };
+}
+
 /** Creates the lineage's private folder and connection file. Existing socket files are stale. */
 export async function prepareLineageDir(lineage: Lineage): Promise<void> {
   // A restore waits for this: one step at a time, it took 5 ms of a 0.1 s restore.

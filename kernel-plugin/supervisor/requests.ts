@@ -14,6 +14,7 @@ import type { ImageStore } from '../store/store';
 import type { AgentChannel } from './agent';
 import type { CheckpointFlow, Progress } from './checkpoint-flow';
 import type { CommServer } from './comm-server';
+import type { ForkFlow } from './fork-flow';
 import type { KernelHost } from './kernel-host';
 import { log } from './log';
 import type { Relay } from './relay';
@@ -31,7 +32,12 @@ export interface RequestsOptions {
   notebook: NotebookIdentity;
 }
 
-type Result = { checkpoint?: Checkpoint; checkpoints?: Checkpoint[]; status?: SupervisorStatus };
+type Result = {
+  checkpoint?: Checkpoint;
+  checkpoints?: Checkpoint[];
+  status?: SupervisorStatus;
+  connection_file?: string;
+};
 
 export class Requests {
   /** The checkpoint, restore or delete under way. */
@@ -47,7 +53,8 @@ export class Requests {
     private readonly comms: CommServer,
     private readonly sealer: Sealer,
     private readonly checkpointFlow: CheckpointFlow,
-    private readonly restoreFlow: RestoreFlow
+    private readonly restoreFlow: RestoreFlow,
+    private readonly forkFlow?: ForkFlow
   ) {}
 
   status(): SupervisorStatus {
@@ -140,6 +147,12 @@ export class Requests {
         return this.exclusive('restore', async () => ({
           checkpoint: await this.restoreFlow.run(requireId(request), progress, fromKernel)
         }));
+      case 'fork':
+        // Not exclusive: a fork leaves the running kernel alone.
+        if (!this.forkFlow) {
+          break;
+        }
+        return this.forkFlow.run(requireId(request), progress);
     }
     throw new RequestError('invalid_request', `Unknown action ${JSON.stringify(request.action)}.`);
   }

@@ -49,15 +49,16 @@ export class RestoreFlow {
   async run(id: string, progress: Progress, fromKernel: boolean): Promise<Checkpoint> {
     const { manifest, record } = await this.verify(id, progress);
     const lineage = recordedLineage(record);
+    const reach = this.host.reach(lineage);
     // Under CRIU the relay and the agent connect while the image is restored (see the engine's
     // acceptsConnectionsWhileRestoring): their connections are up when the kernel runs.
     const connectsEarly = this.host.engine.acceptsConnectionsWhileRestoring === true;
     progress('stopping');
-    const stopped = await this.stop(lineage);
+    const stopped = await this.stop(reach);
     const oldLineage = this.host.lineage;
     progress('restoring');
     try {
-      await this.restore(id, record, lineage, stopped, connectsEarly);
+      await this.restore(id, record, lineage, reach, stopped, connectsEarly);
     } catch (error) {
       // The old kernel is gone; start a fresh one so that the notebook stays usable.
       const failure = asRequestError(error);
@@ -71,11 +72,12 @@ export class RestoreFlow {
         failure.detail
       );
     }
-    if (oldLineage.id !== lineage.id) {
+    // (A fork's `lineage` folder is another kernel's; its own folder stays.)
+    if (oldLineage.id !== lineage.id && reach === lineage) {
       await removeLineageDir(oldLineage);
     }
     if (!connectsEarly) {
-      this.host.useEndpointsOf(lineage, record.agentEndpoint);
+      this.host.useEndpointsOf(reach, record.agentEndpoint && reach.agentEndpoint);
     }
     progress('reconnecting');
     await this.reconnect(id, record);
@@ -92,8 +94,8 @@ export class RestoreFlow {
     return manifest;
   }
 
-  /** Checks everything that can fail before the running kernel is touched. */
-  private async verify(
+  /** Checks everything that can fail before the running kernel is touched (and for a fork). */
+  async verify(
     id: string,
     progress: Progress
   ): Promise<{ manifest: Checkpoint; record: PrivateRecord }> {
@@ -155,6 +157,7 @@ export class RestoreFlow {
     id: string,
     record: PrivateRecord,
     lineage: Lineage,
+    reach: Lineage,
     stopped: Stopped,
     connectsEarly: boolean
   ): Promise<void> {
@@ -164,7 +167,7 @@ export class RestoreFlow {
     }
     let answered: Promise<void> | undefined;
     if (connectsEarly) {
-      this.host.useEndpointsOf(lineage, record.agentEndpoint);
+      this.host.useEndpointsOf(reach, record.agentEndpoint && reach.agentEndpoint);
       answered = this.relay
         .connectKernel(120000)
         .then(live => (live ? undefined : new Promise<void>(() => undefined)));
@@ -177,8 +180,11 @@ export class RestoreFlow {
         argv: [],
         env: this.options.env,
         cwd: this.options.cwd,
-        workDir: lineage.ipcDir,
-        answered
+        workDir: reach.ipcDir,
+        answered,
+        ...(reach === lineage
+          ? {}
+          : { isolate: { imageIpcDir: lineage.ipcDir, ownIpcDir: reach.ipcDir } })
       }
     );
     this.host.lineage = lineage;

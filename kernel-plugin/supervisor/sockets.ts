@@ -49,7 +49,8 @@ export function acceptedConnections(dir: string, pid: number): number | null {
     let count = 0;
     // "Num RefCount Protocol Flags Type St Inode Path": Flags 00010000 is a listening socket,
     // St 03 a connected one; an accepted socket carries its listener's path.
-    for (const line of readFileSync('/proc/net/unix', 'utf8').split('\n')) {
+    // The kernel's own network namespace's table: a fork has one of its own (criu.ts).
+    for (const line of readFileSync(`/proc/${pid}/net/unix`, 'utf8').split('\n')) {
       const fields = line.trim().split(/\s+/);
       if (
         fields.length >= 8 &&

@@ -18,6 +18,8 @@ import type { ImageStore } from '../store/store';
 import { AgentChannel } from './agent';
 import { CheckpointFlow, type KernelIdentity } from './checkpoint-flow';
 import { CommServer } from './comm-server';
+import { ForkFlow } from './fork-flow';
+import { startFork } from './fork-start';
 import { GateMarkers } from './gate-markers';
 import { KernelHost } from './kernel-host';
 import { KernelStandIn } from './kernel-stand-in';
@@ -56,6 +58,8 @@ export class Supervisor {
   private readonly markers = new GateMarkers();
   private readonly standIn: KernelStandIn;
   private readonly comms: CommServer;
+  private readonly restoreFlow: RestoreFlow;
+  private readonly options: SupervisorOptions;
   private shuttingDown = false;
   private stopping: Promise<void> | null = null;
   private endWith: (code: number) => void = () => undefined;
@@ -63,6 +67,7 @@ export class Supervisor {
   readonly ended = new Promise<number>(resolve => (this.endWith = resolve));
 
   constructor(options: SupervisorOptions) {
+    this.options = options;
     this.relay = new Relay(options.connection, options.connection, {
       onClientRequest: (channel, frames, header) => this.onClientRequest(channel, frames, header),
       onKernelIopub: (frames, msgType) => this.onKernelIopub(frames, msgType)
@@ -98,7 +103,7 @@ export class Supervisor {
       this.comms,
       sealer
     );
-    const restoreFlow = new RestoreFlow(
+    const restoreFlow = (this.restoreFlow = new RestoreFlow(
       options,
       this.host,
       this.relay,
@@ -106,7 +111,7 @@ export class Supervisor {
       this.state,
       this.standIn,
       this.comms
-    );
+    ));
     this.requests = new Requests(
       { store: options.store, kernelName: options.kernel.name, notebook },
       this.host,
@@ -115,7 +120,8 @@ export class Supervisor {
       this.comms,
       sealer,
       checkpointFlow,
-      restoreFlow
+      restoreFlow,
+      new ForkFlow(options, this.host, restoreFlow)
     );
     this.requests.onIdle = () => {
       if (this.shuttingDown && !this.host.kernel) {
@@ -124,8 +130,11 @@ export class Supervisor {
     };
   }
 
-  /** Binds Jupyter's ports and starts the kernel under the engine (plainly if it cannot run). */
-  async start(): Promise<void> {
+  /**
+   * Binds Jupyter's ports and starts the kernel under the engine (plainly if it cannot run), or,
+   * for a fork, from image `fromImage` beside the kernels already restored from it.
+   */
+  async start(fromImage?: string): Promise<void> {
     const probe = await this.host.probeEngine();
     if (!probe.ok) {
       log.warn(
@@ -133,7 +142,11 @@ export class Supervisor {
       );
     }
     await this.relay.bindFront();
-    await this.host.launch();
+    if (fromImage) {
+      await startFork(fromImage, this.options, this.host, this.relay, this.agent, this.restoreFlow);
+    } else {
+      await this.host.launch();
+    }
   }
 
   /** Stops the kernel and closes every socket; `ended` then resolves with `code`. */

@@ -22,6 +22,7 @@ from typing import Any
 from ._api import (
     checkpoint,
     delete,
+    fork,
     is_checkpointable,
     label,
     list_checkpoints,
@@ -38,6 +39,7 @@ __all__ = [
     "before_checkpoint",
     "checkpoint",
     "delete",
+    "fork",
     "is_checkpointable",
     "label",
     "list_checkpoints",

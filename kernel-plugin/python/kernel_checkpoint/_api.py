@@ -1,4 +1,5 @@
-"""The program API: checkpoint(), restore(), list_checkpoints(), delete(), label(), status().
+"""The program API: checkpoint(), restore(), fork(), list_checkpoints(), delete(), label(),
+status().
 
 Stdlib only at import; the agent (and zmq) is loaded by the IPython extension.
 """
@@ -11,6 +12,7 @@ from ._errors import NOT_CHECKPOINTABLE, CheckpointError
 
 if TYPE_CHECKING:
     from ._agent import Agent, CheckpointResult
+    from ._fork import Fork
 
 _agent: Agent | None = None
 
@@ -83,6 +85,31 @@ def restore(checkpoint_id: str) -> dict[str, Any] | None:
     """
     pending = _require_agent().request("restore", checkpoint_id=_require_id(checkpoint_id))
     return (pending.reply or {}).get("checkpoint")
+
+
+def fork_connection_file(checkpoint_id: str) -> tuple[str, dict[str, Any] | None]:
+    """Has the supervisor start a new standalone kernel from checkpoint ``checkpoint_id``,
+    beside this one; returns its connection file and the checkpoint's manifest."""
+    reply = _require_agent().request("fork", checkpoint_id=_require_id(checkpoint_id)).reply or {}
+    return reply["connection_file"], reply.get("checkpoint")
+
+
+def fork(checkpoint_id: str) -> Fork:
+    """A new kernel started from checkpoint ``checkpoint_id`` beside this one (this kernel is
+    not touched): a handle whose ``.execute(code)`` runs code there and returns the value of
+    its last expression, and ``.shutdown()`` ends it; as a context manager, it ends with the
+    block::
+
+        with kernel_checkpoint.fork(ckpt) as f:
+            before = f.execute("model.score(x)")
+
+    Raises :class:`CheckpointError` (``unknown_checkpoint``, ``corrupt_image``,
+    ``engine_unavailable``, ...) when no fork was started.
+    """
+    from ._fork import Fork
+
+    connection_file, manifest = fork_connection_file(checkpoint_id)
+    return Fork(connection_file, manifest)
 
 
 def list_checkpoints(scope: str = "session") -> list[dict[str, Any]]:

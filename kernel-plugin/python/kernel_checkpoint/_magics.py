@@ -25,6 +25,9 @@ Usage::
                                    kernel descends from
   %checkpoint restore ID           replace this kernel by one restored from checkpoint ID
                                    (variables, imports, threads: the whole process)
+  %checkpoint fork ID              start a new kernel from checkpoint ID beside this one;
+                                   prints its connection file (`jupyter console --existing
+                                   FILE`); it runs until a shutdown_request
   %checkpoint delete ID            delete checkpoint ID's image
   %checkpoint label ID TEXT        set checkpoint ID's label (TEXT may be several words;
                                    '' removes it)
@@ -46,7 +49,7 @@ Errors print one line and change nothing. The kernel must have been started with
 '... (checkpointable)' kernel (`kernel-checkpoint install` adds them).
 """
 
-SUBCOMMANDS = ("list", "restore", "delete", "label", "status", "help")
+SUBCOMMANDS = ("list", "restore", "fork", "delete", "label", "status", "help")
 
 
 class _Usage(Exception):
@@ -100,6 +103,7 @@ class CheckpointMagics(Magics):
         action = {
             "list": "List",
             "restore": "Restore",
+            "fork": "Fork",
             "delete": "Delete",
             "label": "Label",
             "status": "Status",
@@ -177,6 +181,12 @@ class CheckpointMagics(Magics):
         self._out(f"Restoring checkpoint {cid}...")
         manifest = _api.restore(cid)
         self._out(f"Restored checkpoint {(manifest or {}).get('id', cid)}.")
+
+    def _fork(self, args: list[str]) -> None:
+        cid = self._one_id(args, "%checkpoint fork ID")
+        connection_file, _ = _api.fork_connection_file(cid)
+        self._out(f"Forked checkpoint {cid}: a new kernel runs beside this one.")
+        self._out(f"Connect with: jupyter console --existing {connection_file}")
 
     def _delete(self, args: list[str]) -> None:
         cid = self._one_id(args, "%checkpoint delete ID")

@@ -1,0 +1,204 @@
+// The fork request: a new standalone kernel started from an image, beside the running one (and
+// any other fork of it). It checks the image as a restore does, writes a connection file with
+// fresh ports and key into Jupyter's runtime folder, and starts a supervisor of its own for the
+// fork (`kernel-checkpoint run --from-image ID`), detached from this one: it lives until a
+// client sends it a shutdown_request. Nothing here locks the running kernel (never `busy`).
+
+import { spawn } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { promises as fs, openSync, closeSync } from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import type { Readable } from 'node:stream';
+
+import type { Checkpoint } from '../../protocol/checkpoint-protocol';
+import { jupyterRuntimeDir } from '../cli/find-kernel';
+import type { ImageStore } from '../store/store';
+import type { KernelIdentity, Progress } from './checkpoint-flow';
+import type { KernelHost } from './kernel-host';
+import { log } from './log';
+import { RequestError } from './request-errors';
+import type { RestoreFlow } from './restore-flow';
+
+export interface ForkFlowOptions {
+  store: ImageStore;
+  kernel: KernelIdentity;
+  cwd: string;
+  env: NodeJS.ProcessEnv;
+}
+
+/** What the fork's supervisor writes on its ready pipe (one JSON line), then closes it. */
+export type ForkReadiness = { ready: true } | { error: { code: string; message: string } };
+
+/** How long a fork may take to be restored and answer (a big image takes seconds). */
+const FORK_START_TIMEOUT_MS = 600000;
+
+/** Five free TCP ports on 127.0.0.1 (bound, read, released, as jupyter_client does). */
+async function freePorts(count: number): Promise<number[]> {
+  const servers = await Promise.all(
+    Array.from(
+      { length: count },
+      () =>
+        new Promise<net.Server>((resolve, reject) => {
+          const server = net.createServer();
+          server.once('error', reject);
+          server.listen(0, '127.0.0.1', () => resolve(server));
+        })
+    )
+  );
+  const ports = servers.map(server => (server.address() as net.AddressInfo).port);
+  await Promise.all(servers.map(server => new Promise(resolve => server.close(resolve))));
+  return ports;
+}
+
+/** Writes a new kernel's connection file (0600) into Jupyter's runtime folder. */
+export async function writeForkConnectionFile(
+  env: NodeJS.ProcessEnv,
+  kernelName: string
+): Promise<string> {
+  const dir = jupyterRuntimeDir(env);
+  await fs.mkdir(dir, { recursive: true, mode: 0o700 });
+  const [shell, iopub, stdin, control, hb] = await freePorts(5);
+  const file = path.join(dir, `kernel-${randomUUID()}.json`);
+  const connection = {
+    shell_port: shell,
+    iopub_port: iopub,
+    stdin_port: stdin,
+    control_port: control,
+    hb_port: hb,
+    ip: '127.0.0.1',
+    key: randomUUID(),
+    transport: 'tcp',
+    signature_scheme: 'hmac-sha256',
+    kernel_name: kernelName
+  };
+  await fs.writeFile(file, JSON.stringify(connection, null, 1), { mode: 0o600, flag: 'wx' });
+  return file;
+}
+
+/** Reads the one line of readiness the fork's supervisor writes; null when it closed silently. */
+function readReadiness(pipe: Readable): Promise<ForkReadiness | null> {
+  return new Promise(resolve => {
+    let text = '';
+    pipe.on('data', (chunk: Buffer) => (text += chunk.toString('utf8')));
+    pipe.once('close', () => {
+      try {
+        resolve(JSON.parse(text.split('\n')[0]) as ForkReadiness);
+      } catch {
+        resolve(null);
+      }
+    });
+  });
+}
+
+export class ForkFlow {
+  constructor(
+    private readonly options: ForkFlowOptions,
+    private readonly host: KernelHost,
+    private readonly restoreFlow: RestoreFlow
+  ) {}
+
+  async run(
+    id: string,
+    progress: Progress
+  ): Promise<{ checkpoint: Checkpoint; connection_file: string }> {
+    const { manifest } = await this.restoreFlow.verify(id, progress);
+    const engine = this.host.engine;
+    if (!engine.forks) {
+      throw new RequestError(
+        'engine_unavailable',
+        `The ${engine.name} engine cannot start a kernel beside another one restored from the ` +
+          'same image; forks need the criu engine.'
+      );
+    }
+    progress('restoring');
+    const file = await writeForkConnectionFile(this.options.env, this.options.kernel.name);
+    try {
+      await this.startSupervisor(id, file);
+    } catch (error) {
+      await fs.rm(file, { force: true });
+      throw error;
+    }
+    log.info(`forked ${id}: ${file}`);
+    return { checkpoint: manifest, connection_file: file };
+  }
+
+  /** Starts the fork's own supervisor, detached, and waits until its kernel answers. */
+  private async startSupervisor(id: string, file: string): Promise<void> {
+    const { kernel, store, env, cwd } = this.options;
+    // The same program as this supervisor (node and the bundle), as a kernelspec runs it.
+    const args = [
+      ...process.execArgv,
+      process.argv[1],
+      'run',
+      '--from-image',
+      id,
+      '--ready-fd',
+      '3',
+      '-f',
+      file,
+      '--engine',
+      this.host.engine.name,
+      '--store',
+      store.root,
+      '--kernel-name',
+      kernel.name,
+      '--display-name',
+      kernel.display_name,
+      '--language',
+      kernel.language
+    ];
+    // Its log goes where KERNEL_CHECKPOINT_FORK_LOG says, else nowhere: nobody reads its stderr.
+    const logFile = env.KERNEL_CHECKPOINT_FORK_LOG;
+    const logFd = logFile ? openSync(logFile, 'a', 0o600) : 'ignore';
+    // detached: a session of its own, so a signal to this kernel's process group spares it.
+    const child = spawn(process.execPath, args, {
+      cwd,
+      env: { ...env, JPY_SESSION_NAME: '' },
+      detached: true,
+      stdio: ['ignore', 'ignore', logFd, 'pipe']
+    });
+    if (typeof logFd === 'number') {
+      closeSync(logFd);
+    }
+    const exited = new Promise<string>(resolve =>
+      child.once('exit', (code, signal) => resolve(signal ? `signal ${signal}` : `code ${code}`))
+    );
+    const spawnFailed = new Promise<string>(resolve =>
+      child.once('error', error => resolve(error.message))
+    );
+    const pipe = child.stdio[3] as Readable;
+    const timeout = new Promise<'timeout'>(resolve =>
+      setTimeout(() => resolve('timeout'), FORK_START_TIMEOUT_MS).unref()
+    );
+    const readiness = await Promise.race([readReadiness(pipe), timeout]);
+    pipe.destroy();
+    child.unref();
+    if (readiness && readiness !== 'timeout' && 'ready' in readiness) {
+      return;
+    }
+    if (readiness && readiness !== 'timeout') {
+      throw new RequestError(
+        readiness.error.code as RequestError['code'],
+        `The fork of ${id} did not start: ${readiness.error.message}`
+      );
+    }
+    if (readiness === 'timeout') {
+      try {
+        process.kill(child.pid ?? 0, 'SIGKILL');
+      } catch {
+        // Already gone.
+      }
+      throw new RequestError(
+        'engine_failed',
+        `The fork of ${id} did not start: its kernel did not answer within ${FORK_START_TIMEOUT_MS / 1000} s.`
+      );
+    }
+    // It closed the pipe without a word: it ended (or never started).
+    const how = await Promise.race([exited, spawnFailed]);
+    throw new RequestError(
+      'engine_failed',
+      `The fork of ${id} did not start: its supervisor ended (${how}).`
+    );
+  }
+}
