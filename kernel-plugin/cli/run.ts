@@ -3,6 +3,7 @@
 import type { Command } from 'commander';
 
 import { chooseEngine } from '../engines';
+import { chunkingOptionsFromEnv } from '../store/chunked-images';
 import { ImageStore, defaultStoreRoot } from '../store/store';
 import { log, setLogSink } from '../supervisor/log';
 import { readConnectionFile, Supervisor } from '../supervisor/supervisor';
@@ -11,6 +12,7 @@ interface RunOptions {
   connectionFile: string;
   engine: string;
   store?: string;
+  compression?: string;
   kernelName: string;
   displayName?: string;
   language: string;
@@ -31,6 +33,10 @@ export function registerRunCommand(program: Command): void {
     .option(
       '--store <dir>',
       'folder of the image store (default: $KERNEL_CHECKPOINT_STORE or Jupyter data dir)'
+    )
+    .option(
+      '--compression <codec>',
+      'how new chunks of images are stored: zstd or none (default: $KERNEL_CHECKPOINT_COMPRESSION or zstd)'
     )
     .option(
       '--kernel-name <name>',
@@ -57,7 +63,13 @@ export function registerRunCommand(program: Command): void {
         connectionFile: options.connectionFile,
         argv,
         engine,
-        store: new ImageStore(options.store ?? defaultStoreRoot()),
+        store: new ImageStore(
+          options.store ?? defaultStoreRoot(),
+          chunkingOptionsFromEnv({
+            ...process.env,
+            ...(options.compression ? { KERNEL_CHECKPOINT_COMPRESSION: options.compression } : {})
+          })
+        ),
         kernel: {
           name: options.kernelName,
           display_name: options.displayName ?? options.kernelName,

@@ -192,7 +192,7 @@ function locationOf(pack: string, entry: IndexEntry): Location {
 }
 
 /** Whether the process with this pid is alive (a dead writer's files are garbage). */
-function processAlive(pid: number): boolean {
+export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
@@ -213,10 +213,11 @@ export class ChunkStore {
    */
   private readonly gonePacks = new Set<string>();
 
-  /** `codec` compresses new chunks (when given) and reads compressed ones. */
+  /** `codec` reads compressed chunks, and compresses new ones unless `compressNew` is false. */
   constructor(
     readonly root: string,
-    readonly codec: Codec | null = null
+    readonly codec: Codec | null = null,
+    readonly compressNew = true
   ) {}
 
   private get packsDir(): string {
@@ -687,7 +688,7 @@ export class IngestSession {
       await this.claim(this.packName);
       const raw = Buffer.concat(waiting.map(w => w.chunk));
       let frame: Buffer | null = null;
-      if (this.store.codec) {
+      if (this.store.codec && this.store.compressNew) {
         const compressed = await this.store.codec.compress(raw);
         frame = compressed.length <= raw.length * (1 - WORTH_COMPRESSING) ? compressed : null;
       }
@@ -810,12 +811,19 @@ export class IngestSession {
     this.out = null;
     await fs.rename(this.temp, this.store.packPath(this.packName));
     if (this.durable) {
-      await fsyncDir(path.dirname(this.temp));
+      await fsyncPath(path.dirname(this.temp));
     }
     this.store.addPack(
       this.packName,
       this.entries.filter(entry => entry.length === CHUNK_BYTES)
     );
+  }
+
+  /** Bytes of this session's pack once finished (0 when every chunk was in the store): its new bytes. */
+  get packBytes(): number {
+    return this.finished && this.entries.length > 0
+      ? this.written + this.entries.length * INDEX_ENTRY_BYTES + TRAILER_BYTES
+      : 0;
   }
 
   /** Ends the session's claim on packs (after its lists are recorded), or abandons it. */
@@ -866,6 +874,16 @@ export async function readPackIndex(file: string): Promise<IndexEntry[]> {
   }
 }
 
+/** Whether chunk `hash` (16 bytes) is one of the list's chunks. */
+export function listUsesChunk(list: ChunkList, hash: Buffer): boolean {
+  for (let at = 0; at < list.hashes.length; at += HASH_BYTES) {
+    if (list.hashes.compare(hash, 0, HASH_BYTES, at, at + HASH_BYTES) === 0) {
+      return true;
+    }
+  }
+  return false;
+}
+
 function* packsOf(lists: Iterable<ChunkList>): Generator<string> {
   for (const list of lists) {
     for (const run of list.runs) {
@@ -899,7 +917,8 @@ async function exists(file: string): Promise<boolean> {
   );
 }
 
-async function fsyncDir(dir: string): Promise<void> {
+/** Flushes a file or a folder (its entries) to disk. */
+export async function fsyncPath(dir: string): Promise<void> {
   const handle = await fs.open(dir, 'r');
   try {
     await handle.sync();

@@ -216,6 +216,11 @@ export class Requests {
     const checkpoint = await this.options.store.entry(id);
     await this.sealer.settled(id);
     await this.options.store.delete(id);
+    // Its chunks no other image uses are given back in the background.
+    void this.options.store
+      .collect()
+      .then(freed => log.debug(`collected ${freed.packsRemoved} packs, ${freed.bytesFreed} bytes`))
+      .catch(error => log.warn(`could not collect unused chunks: ${(error as Error).message}`));
     if (this.host.currentId === id) {
       this.host.currentId = checkpoint.parent_id;
     }

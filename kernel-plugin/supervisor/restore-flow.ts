@@ -1,14 +1,15 @@
 // The restore flow, one named step per progress stage of the protocol:
 //
 //   verifying    the image is known, of this engine and architecture, and whole (sizes, and
-//                checksums once sealed); nothing has changed yet if this fails;
+//                checksums once sealed); a chunk image's files are rebuilt, every chunk checked
+//                against its hash; nothing has changed yet if this fails;
 //   stopping     client messages are held and the running kernel process is stopped;
 //   restoring    the engine starts the kernel from the image (if it fails, a fresh kernel is
 //                started and the error says so: the old one is gone);
 //   reconnecting the supervisor connects, the plugin hears `restarted`, held messages go on.
 
 import type { Checkpoint } from '../../protocol/checkpoint-protocol';
-import type { ImageStore, PrivateRecord } from '../store/store';
+import type { ImageStore, OpenedImage, PrivateRecord } from '../store/store';
 import type { AgentChannel } from './agent';
 import type { Progress } from './checkpoint-flow';
 import type { CommServer } from './comm-server';
@@ -48,6 +49,24 @@ export class RestoreFlow {
 
   async run(id: string, progress: Progress, fromKernel: boolean): Promise<Checkpoint> {
     const { manifest, record } = await this.verify(id, progress);
+    // Rebuilt (a chunk image) before the running kernel is touched: a damaged chunk changes nothing.
+    const image = await this.options.store.openImage(id, record);
+    try {
+      return await this.restoreFrom(id, manifest, record, image, progress, fromKernel);
+    } finally {
+      // The restored kernel runs from its memory: the engine has read its files.
+      await image.release();
+    }
+  }
+
+  private async restoreFrom(
+    id: string,
+    manifest: Checkpoint,
+    record: PrivateRecord,
+    image: OpenedImage,
+    progress: Progress,
+    fromKernel: boolean
+  ): Promise<Checkpoint> {
     const lineage = recordedLineage(record);
     // Under CRIU the relay and the agent connect while the image is restored (see the engine's
     // acceptsConnectionsWhileRestoring): their connections are up when the kernel runs.
@@ -57,7 +76,7 @@ export class RestoreFlow {
     const oldLineage = this.host.lineage;
     progress('restoring');
     try {
-      await this.restore(id, record, lineage, stopped, connectsEarly);
+      await this.restore(image.dir, record, lineage, stopped, connectsEarly);
     } catch (error) {
       // The old kernel is gone; start a fresh one so that the notebook stays usable.
       const failure = asRequestError(error);
@@ -152,7 +171,7 @@ export class RestoreFlow {
 
   /** Has the engine start the kernel from the image, and adopts it. */
   private async restore(
-    id: string,
+    imageDir: string,
     record: PrivateRecord,
     lineage: Lineage,
     stopped: Stopped,
@@ -170,17 +189,13 @@ export class RestoreFlow {
         .then(live => (live ? undefined : new Promise<void>(() => undefined)));
       this.host.connectAgent();
     }
-    const kernel = await this.host.engine.restore(
-      this.options.store.imageDir(id),
-      record.engineData,
-      {
-        argv: [],
-        env: this.options.env,
-        cwd: this.options.cwd,
-        workDir: lineage.ipcDir,
-        answered
-      }
-    );
+    const kernel = await this.host.engine.restore(imageDir, record.engineData, {
+      argv: [],
+      env: this.options.env,
+      cwd: this.options.cwd,
+      workDir: lineage.ipcDir,
+      answered
+    });
     this.host.lineage = lineage;
     this.host.adopt(kernel);
   }
