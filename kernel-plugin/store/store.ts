@@ -558,7 +558,11 @@ export class ImageStore {
    * chunking that was killed before it committed.
    */
   private async removeChunkedFiles(id: string): Promise<void> {
-    const record = await this.privateRecord(id).catch(() => null);
+    // Read as it is (not through privateRecord, which waits for the store to open: this runs
+    // while it opens).
+    const record = await readNoFollow(path.join(this.folderOf(id), 'private.json'))
+      .then(data => JSON.parse(data.toString('utf8')) as PrivateRecord)
+      .catch(() => null);
     if (!record) {
       return;
     }

@@ -75,7 +75,7 @@ def edit(client, i: int, elements: int = 1000) -> None:
 
 def test_ten_checkpoints_take_about_the_space_of_one_and_each_restores(kernel: Kernel, store):
     client = kernel.client
-    fill(client, 256)
+    fill(client, int(os.environ.get('DEDUP_TEST_MIB', '256')))
     taken, sums = [], {}
     for i in range(10):
         if i:
@@ -102,7 +102,9 @@ def test_ten_checkpoints_take_about_the_space_of_one_and_each_restores(kernel: K
     assert not list(store.glob("kernel-checkpoint-rebuild-*"))
 
     # `kernel-checkpoint store` accounts for the store; deleting gives the space back.
-    report = json.loads(cli("store", "--store", str(store), "--json").stdout)
+    shown = cli("store", "--store", str(store), "--json")
+    assert shown.returncode == 0, shown.stderr
+    report = json.loads(shown.stdout)
     assert report["total_bytes"] == store_bytes(store)
     rows = {row["id"]: row for row in report["checkpoints"]}
     assert set(rows) == set(taken) and all(r["storage"] == "chunks" for r in rows.values())
