@@ -17,6 +17,8 @@ export class KernelState {
   idle = true;
   /** The cell the kernel process is running. */
   executing: { msgId: string; count: number | null } | null = null;
+  /** Cells the kernel process has started (a kernel that ran none since a checkpoint is it). */
+  executions = 0;
 
   /** Takes note of one message the kernel published (only status and execute_input matter). */
   observe(frames: Frames, msgType: string): void {
@@ -41,6 +43,7 @@ export class KernelState {
       if (parentType === 'execute_request' && parentId) {
         if (state === 'busy') {
           this.executing = { msgId: parentId, count: null };
+          this.executions++;
         } else if (state === 'idle' && this.executing?.msgId === parentId) {
           this.executing = null;
         }

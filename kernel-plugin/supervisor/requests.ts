@@ -131,13 +131,17 @@ export class Requests {
           checkpoint: await this.delete(requireId(request))
         }));
       case 'checkpoint':
-        return this.exclusive('checkpoint', async () => ({
-          checkpoint: await this.checkpointFlow.run(request, progress)
-        }));
+        return this.exclusive('checkpoint', async () => {
+          const checkpoint = await this.checkpointFlow.run(request, progress);
+          this.restoreFlow.markUnchanged();
+          return { checkpoint };
+        });
       case 'restore':
-        return this.exclusive('restore', async () => ({
-          checkpoint: await this.restoreFlow.run(requireId(request), progress, fromKernel)
-        }));
+        return this.exclusive('restore', async () => {
+          const id = requireId(request);
+          await this.keepBeforeRestore(id, request, progress);
+          return { checkpoint: await this.restoreFlow.run(id, progress, fromKernel) };
+        });
     }
     throw new RequestError('invalid_request', `Unknown action ${JSON.stringify(request.action)}.`);
   }
@@ -174,6 +178,47 @@ export class Requests {
         current_id: this.host.currentId
       });
       this.onIdle();
+    }
+  }
+
+  /**
+   * Before a restore replaces the running kernel, keeps its state as a checkpoint of its own
+   * (labelled "before restoring ..."), so that going back is never a loss and can be undone. Only
+   * when the kernel ran a cell since its current checkpoint (else that checkpoint is its state),
+   * when it can be checkpointed, and unless KERNEL_CHECKPOINT_KEEP_BEFORE_RESTORE=0. With the
+   * chunk store it costs its new bytes only. If it fails (a full disk), the restore goes on and
+   * its progress says so.
+   */
+  private async keepBeforeRestore(id: string, request: Request, progress: Progress): Promise<void> {
+    if (
+      process.env.KERNEL_CHECKPOINT_KEEP_BEFORE_RESTORE === '0' ||
+      !this.restoreFlow.kernelChanged ||
+      !this.host.kernel ||
+      !this.host.probe?.ok ||
+      this.host.engine.name === 'plain'
+    ) {
+      return;
+    }
+    // The restore's own checks first: an unknown id takes no checkpoint.
+    const target = await this.options.store.manifest(id);
+    try {
+      await this.checkpointFlow.run(
+        {
+          request_id: request.request_id,
+          action: 'checkpoint',
+          label: `before restoring ${target.label ?? id}`,
+          ...(request.notebook_path ? { notebook_path: request.notebook_path } : {})
+        },
+        progress
+      );
+      this.restoreFlow.markUnchanged();
+    } catch (error) {
+      // The user asked to go back: a full disk must not keep them from it. They hear of it.
+      const failure = asRequestError(error);
+      log.warn(
+        `could not keep the running kernel's state before restoring ${id}: ${failure.message}`
+      );
+      progress('verifying', `the running kernel's state was not kept: ${failure.message}`);
     }
   }
 

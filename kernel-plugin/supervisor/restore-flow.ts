@@ -37,6 +37,9 @@ interface Stopped {
 }
 
 export class RestoreFlow {
+  /** `state.executions` when the running kernel was last checkpointed or restored. */
+  private executionsAtCurrent = 0;
+
   constructor(
     private readonly options: RestoreFlowOptions,
     private readonly host: KernelHost,
@@ -46,6 +49,16 @@ export class RestoreFlow {
     private readonly standIn: KernelStandIn,
     private readonly comms: CommServer
   ) {}
+
+  /** Whether the running kernel has run a cell since it was last checkpointed or restored. */
+  get kernelChanged(): boolean {
+    return this.state.executions !== this.executionsAtCurrent;
+  }
+
+  /** The running kernel is now what its current checkpoint holds. */
+  markUnchanged(): void {
+    this.executionsAtCurrent = this.state.executions;
+  }
 
   async run(id: string, progress: Progress, fromKernel: boolean): Promise<Checkpoint> {
     const { manifest, record } = await this.verify(id, progress);
@@ -99,6 +112,7 @@ export class RestoreFlow {
     progress('reconnecting');
     await this.reconnect(id, record);
     this.host.currentId = id;
+    this.markUnchanged();
     this.settle(stopped, id, fromKernel);
     log.info(`restored ${id}`);
     this.comms.broadcast({

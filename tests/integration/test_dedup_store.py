@@ -63,9 +63,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 def fill(client, mib: int) -> None:
     client.run(
-        "import numpy as np\n"
-        "rng = np.random.default_rng(0)\n"
-        f"a = rng.random({mib * MIB // 8})"
+        f"import numpy as np\nrng = np.random.default_rng(0)\na = rng.random({mib * MIB // 8})"
     )
 
 
@@ -75,7 +73,7 @@ def edit(client, i: int, elements: int = 1000) -> None:
 
 def test_ten_checkpoints_take_about_the_space_of_one_and_each_restores(kernel: Kernel, store):
     client = kernel.client
-    fill(client, int(os.environ.get('DEDUP_TEST_MIB', '256')))
+    fill(client, int(os.environ.get("DEDUP_TEST_MIB", "256")))
     taken, sums = [], {}
     for i in range(10):
         if i:
@@ -112,9 +110,10 @@ def test_ten_checkpoints_take_about_the_space_of_one_and_each_restores(kernel: K
     before = store_bytes(store)
     client.request("delete", checkpoint_id=newest)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and store_bytes(store) > before - rows[newest][
-        "freed_if_deleted"
-    ] * 0.9:
+    while (
+        time.monotonic() < deadline
+        and store_bytes(store) > before - rows[newest]["freed_if_deleted"] * 0.9
+    ):
         time.sleep(0.2)
     assert store_bytes(store) <= before - rows[newest]["freed_if_deleted"] * 0.9
     assert rows[newest]["freed_if_deleted"] > 0
