@@ -25,8 +25,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
+from harness.states import MIXED_CODE  # noqa: E402
 from kctesting import Kernel, kernel_checkpoint_command  # noqa: E402
-from run import MIXED_CODE  # noqa: E402
 
 NUMPY_CODE = "import numpy as np\ndata = np.random.default_rng(0).random((1 << 30) // 8)\n"
 NUMPY_EDIT = (

@@ -63,7 +63,11 @@ export class RestoreFlow {
   async run(id: string, progress: Progress, fromKernel: boolean): Promise<Checkpoint> {
     const { manifest, record } = await this.verify(id, progress);
     // Rebuilt (a chunk image) before the running kernel is touched: a damaged chunk changes nothing.
+    const rebuilding = Date.now();
     const image = await this.options.store.openImage(id, record);
+    if (image.rebuilt) {
+      log.info(`rebuilt the files of ${id} from chunks in ${Date.now() - rebuilding} ms`);
+    }
     try {
       return await this.restoreFrom(id, manifest, record, image, progress, fromKernel);
     } finally {

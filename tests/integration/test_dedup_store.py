@@ -140,7 +140,7 @@ def test_a_flipped_byte_in_a_shared_chunk_names_every_checkpoint_using_it(kernel
 
     # The middle of the first image's largest file: the array's pages.
     lists = chunk_lists(store, shared[0])
-    name, biggest = max(lists.items(), key=lambda item: item[1]["bytes"])
+    biggest = max(lists.values(), key=lambda entry: entry["bytes"])
     run = biggest["runs"][len(biggest["runs"]) // 2]
     index = sum(r["count"] for r in biggest["runs"][: len(biggest["runs"]) // 2])
     damaged_hash = biggest["hashes"][index]
