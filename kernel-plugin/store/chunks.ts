@@ -1,6 +1,6 @@
 // The chunk store: image files kept as content-addressed 4 KiB chunks, each stored once for the
 // whole store (across checkpoints, branches and kernels). Why 4 KiB chunks, xxh3-128 and packs
-// rather than one file per chunk: docs/dedup-measurements.md.
+// rather than one file per chunk: docs/architecture.md, with the figures in bench/README.md.
 //
 // Layout under <root> (folders 0700, files 0600):
 //   packs/<name>.pack       immutable once renamed into place: the new chunks of one ingest
