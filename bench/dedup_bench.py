@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,8 +26,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
+from dedup_states import private_jupyter  # noqa: E402
 from harness.states import MIXED_CODE  # noqa: E402
-from kctesting import Kernel, kernel_checkpoint_command  # noqa: E402
+from kctesting import Kernel  # noqa: E402
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -77,21 +76,12 @@ def settled(store: Path, checkpoint_id: str, chunks: bool, timeout: float = 600)
 
 def series(args: argparse.Namespace, mode: str, base: Path) -> dict:
     store = base / f"store-{mode}"
-    env = dict(os.environ)
-    env.update(
-        JUPYTER_DATA_DIR=str(base / "data"),
-        JUPYTER_RUNTIME_DIR=str(base / "runtime"),
-        JUPYTER_CONFIG_DIR=str(base / "config"),
-        IPYTHONDIR=str(base / "ipython"),
-        JUPYTER_PLATFORM_DIRS="1",
-        KERNEL_CHECKPOINT_STORE=str(store),
-        KERNEL_CHECKPOINT_ENGINE=args.engine,
+    env = private_jupyter(
+        base,
+        store,
+        args.engine,
         KERNEL_CHECKPOINT_DEDUP="1" if mode == "chunks" else "0",
         KERNEL_CHECKPOINT_COMPRESSION=args.compression,
-    )
-    os.environ.update({k: env[k] for k in env if k.startswith(("JUPYTER", "IPYTHON"))})
-    subprocess.run(
-        [kernel_checkpoint_command(), "install", "--user"], check=True, env=env, capture_output=True
     )
     kernel = Kernel(env)
     client = kernel.client

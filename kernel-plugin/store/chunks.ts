@@ -43,7 +43,7 @@ export const FRAME_CHUNKS = 16;
  */
 const WORTH_COMPRESSING = 0.2;
 /** How many runs ahead materialize starts reading and decompressing frames. */
-const FRAMES_AHEAD = 8;
+const FRAMES_AHEAD = 16;
 /** Reads and writes move this much at a time (a whole number of chunks). */
 const BLOCK_BYTES = 4 << 20;
 
@@ -352,16 +352,17 @@ export class ChunkStore {
       }
       return handle;
     };
-    // Frames are read and decompressed (on libuv's pool) a few runs ahead of their use.
+    // Frames, and short raw runs, are read (and decompressed) on libuv's pool a few runs ahead of
+    // their use: an image after many checkpoints is tens of thousands of short runs.
     const frames = new Map<string, Promise<Buffer | null>>();
     // Reads still running when the packs are closed at the end (after an error).
     const reading = new Set<Promise<unknown>>();
     const frameOf = (run: ChunkRun) => {
-      const key = `${run.pack}:${run.at}`;
+      const key = `${run.pack}:${run.at}:${run.zstd === undefined ? run.count : 'z'}`;
       let frame = frames.get(key);
       if (!frame) {
         const started: Promise<Buffer | null> = pack(run.pack).then(
-          handle => this.readFrame(handle, run).catch(() => null),
+          handle => this.readAhead(handle, run).catch(() => null),
           () => null
         );
         reading.add(started);
@@ -397,18 +398,39 @@ export class ChunkStore {
         start += length;
       }
     };
+    // Output goes out a block at a time, not once per run.
+    const outBlock = Buffer.allocUnsafe(BLOCK_BYTES);
+    let outBytes = 0;
+    const flushOut = async () => {
+      if (outBytes > 0) {
+        await out.write(outBlock, 0, outBytes);
+        outBytes = 0;
+      }
+    };
+    const emit = async (bytes: Buffer) => {
+      if (outBytes + bytes.length > outBlock.length) {
+        await flushOut();
+      }
+      if (bytes.length >= outBlock.length) {
+        await out.write(bytes);
+      } else {
+        bytes.copy(outBlock, outBytes);
+        outBytes += bytes.length;
+      }
+    };
+    const readsAhead = (run: ChunkRun) => run.zstd !== undefined || run.count <= FRAME_CHUNKS;
     try {
       const block = Buffer.allocUnsafe(BLOCK_BYTES);
       for (const [position, run] of list.runs.entries()) {
         for (; ahead < Math.min(position + FRAMES_AHEAD, list.runs.length); ahead++) {
-          if (list.runs[ahead].zstd !== undefined) {
+          if (readsAhead(list.runs[ahead])) {
             void frameOf(list.runs[ahead]);
           }
         }
         const handle = await pack(run.pack).catch(() => {
           throw fail(run.pack, 'its pack is missing');
         });
-        if (run.zstd !== undefined) {
+        if (readsAhead(run)) {
           const frame = await frameOf(run);
           if (!frame) {
             throw fail(run.pack, 'its frame cannot be read or decompressed');
@@ -420,9 +442,10 @@ export class ChunkStore {
           const start = (run.slot ?? 0) * CHUNK_BYTES;
           const slice = frame.subarray(start, start + bytes);
           check(run.pack, slice, run.count);
-          await out.write(slice);
+          await emit(slice);
           continue;
         }
+        await flushOut();
         let done = 0;
         while (done < run.count) {
           // As many chunks of the run as fit in a block (only the file's last is short).
@@ -437,6 +460,7 @@ export class ChunkStore {
           done += count;
         }
       }
+      await flushOut();
       if (index !== chunkCount(list.bytes)) {
         throw new Error(`the chunk list covers ${index} chunks of ${chunkCount(list.bytes)}`);
       }
@@ -454,6 +478,16 @@ export class ChunkStore {
       }
     }
     await out.close();
+  }
+
+  /** Reads a short raw run, or reads and decompresses a zstd frame. */
+  private async readAhead(pack: fs.FileHandle, run: ChunkRun): Promise<Buffer> {
+    if (run.zstd === undefined) {
+      const bytes = Buffer.allocUnsafe(run.count * CHUNK_BYTES);
+      const { bytesRead } = await pack.read(bytes, 0, bytes.length, run.at);
+      return bytes.subarray(0, bytesRead);
+    }
+    return this.readFrame(pack, run);
   }
 
   /** Reads and decompresses a zstd frame. */

@@ -7,38 +7,13 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
-import type { Checkpoint } from '../../../protocol/checkpoint-protocol';
-import { MANIFEST_FORMAT } from '../../../protocol/checkpoint-protocol-constants';
 import { chunkingOptionsFromEnv, type ChunkingOptions } from '../chunked-images';
 import { decodeChunkLists } from '../chunks';
 import { ImageStore, newCheckpointId, type StoreError } from '../store';
+import { testManifest, testRecord } from './image-fixtures';
 
-const record = {
-  format: MANIFEST_FORMAT,
-  engine: 'test',
-  engineData: {},
-  kernelConnection: { key: 'secret' },
-  ipcDir: '/tmp/x',
-  agentEndpoint: null,
-  lineage: 'l',
-  arch: process.arch
-} as const;
-
-function manifest(id: string): Checkpoint {
-  return {
-    format: MANIFEST_FORMAT,
-    id,
-    parent_id: null,
-    label: null,
-    created: new Date().toISOString(),
-    engine: { name: 'test', version: '1' },
-    duration_ms: 1,
-    image_bytes: 0,
-    kernel: { name: 'k', display_name: 'K', language: 'python' },
-    notebook_path: 'nb.ipynb',
-    state: null
-  };
-}
+const record = testRecord;
+const manifest = (id: string) => testManifest(id, null, 'nb.ipynb');
 
 /** 4 MiB of random pages: what a kernel's memory looks like to the store. */
 const MEMORY = randomBytes(4 << 20);
