@@ -191,8 +191,7 @@ export class Requests {
    */
   private async keepBeforeRestore(id: string, request: Request, progress: Progress): Promise<void> {
     if (
-      process.env.KERNEL_CHECKPOINT_KEEP_BEFORE_RESTORE === '0' ||
-      !this.restoreFlow.kernelChanged ||
+      !this.restoreFlow.worthKeeping ||
       !this.host.kernel ||
       !this.host.probe?.ok ||
       this.host.engine.name === 'plain'

@@ -50,9 +50,15 @@ export class RestoreFlow {
     private readonly comms: CommServer
   ) {}
 
-  /** Whether the running kernel has run a cell since it was last checkpointed or restored. */
-  get kernelChanged(): boolean {
-    return this.state.executions !== this.executionsAtCurrent;
+  /**
+   * Whether a restore should first keep the running kernel's state: it has run a cell since it
+   * was last checkpointed or restored, and KERNEL_CHECKPOINT_KEEP_BEFORE_RESTORE is not 0.
+   */
+  get worthKeeping(): boolean {
+    return (
+      this.options.env.KERNEL_CHECKPOINT_KEEP_BEFORE_RESTORE !== '0' &&
+      this.state.executions !== this.executionsAtCurrent
+    );
   }
 
   /** The running kernel is now what its current checkpoint holds. */

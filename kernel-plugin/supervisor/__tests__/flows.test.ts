@@ -160,11 +160,27 @@ describeWithPython('checkpoint and restore under the fake engine', () => {
 
     await client.execute('x = 7');
     const restored = await ask(supervisor, { action: 'restore', checkpoint_id: taken.id });
-    expect(restored.progress).toEqual(PROGRESS_STAGES.slice(5));
+    // The kernel ran a cell since its checkpoint: its state is kept first, as a checkpoint.
+    expect(restored.progress).toEqual(PROGRESS_STAGES);
     expect(restored.answer).toMatchObject({ type: 'reply', current_id: taken.id });
     expect(await client.value('x')).toBe(42);
     expect(await kernelPid()).not.toBe(before);
     expect(isRunning(before)).toBe(false);
+    const kept = (await store.list()).find(c => c.label === 'before restoring answer');
+    expect(kept?.parent_id).toBe(taken.id);
+
+    // No cell ran since a checkpoint: the kernel is that checkpoint, and nothing more is kept.
+    checkpointOf((await ask(supervisor, { action: 'checkpoint' })).answer);
+    const again = await ask(supervisor, { action: 'restore', checkpoint_id: kept!.id });
+    expect(again.progress).toEqual(PROGRESS_STAGES.slice(5));
+    expect(await client.value('x')).toBe(7);
+    const count = (await store.list()).length;
+    await client.execute('x = 8');
+    env.KERNEL_CHECKPOINT_KEEP_BEFORE_RESTORE = '0';
+    const off = await ask(supervisor, { action: 'restore', checkpoint_id: taken.id });
+    delete env.KERNEL_CHECKPOINT_KEEP_BEFORE_RESTORE;
+    expect(off.progress).toEqual(PROGRESS_STAGES.slice(5));
+    expect((await store.list()).length).toBe(count);
   });
 
   it('refuses a second checkpoint while one runs, as busy', async () => {
