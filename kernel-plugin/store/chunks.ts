@@ -44,8 +44,6 @@ export const FRAME_CHUNKS = 16;
 const WORTH_COMPRESSING = 0.2;
 /** How many runs ahead materialize starts reading and decompressing frames. */
 const FRAMES_AHEAD = 16;
-/** Packs whose read window materialize keeps (raw chunks). */
-const WINDOWS = 8;
 /** Reads and writes move this much at a time (a whole number of chunks). */
 const BLOCK_BYTES = 4 << 20;
 
@@ -354,16 +352,17 @@ export class ChunkStore {
       }
       return handle;
     };
-    // Frames are read and decompressed (on libuv's pool) a few runs ahead of their use.
+    // Frames, and short raw runs, are read (and decompressed) on libuv's pool a few runs ahead of
+    // their use: an image after many checkpoints is tens of thousands of short runs.
     const frames = new Map<string, Promise<Buffer | null>>();
     // Reads still running when the packs are closed at the end (after an error).
     const reading = new Set<Promise<unknown>>();
     const frameOf = (run: ChunkRun) => {
-      const key = `${run.pack}:${run.at}`;
+      const key = `${run.pack}:${run.at}:${run.zstd === undefined ? run.count : 'z'}`;
       let frame = frames.get(key);
       if (!frame) {
         const started: Promise<Buffer | null> = pack(run.pack).then(
-          handle => this.readFrame(handle, run).catch(() => null),
+          handle => this.readAhead(handle, run).catch(() => null),
           () => null
         );
         reading.add(started);
@@ -419,25 +418,9 @@ export class ChunkStore {
         outBytes += bytes.length;
       }
     };
-    const readsAhead = (run: ChunkRun) => run.zstd !== undefined;
-    // Raw chunks are read through a window of a block per pack: after many checkpoints an
-    // image is tens of thousands of short runs, mostly a page apart in the same few packs.
-    const windows = new Map<string, { start: number; bytes: Buffer }>();
-    const rawBytes = async (handle: fs.FileHandle, name: string, at: number, length: number) => {
-      let window = windows.get(name);
-      if (!window || at < window.start || at + length > window.start + window.bytes.length) {
-        const bytes = Buffer.allocUnsafe(Math.max(length, BLOCK_BYTES));
-        const { bytesRead } = await handle.read(bytes, 0, bytes.length, at);
-        window = { start: at, bytes: bytes.subarray(0, bytesRead) };
-        windows.delete(name);
-        windows.set(name, window);
-        if (windows.size > WINDOWS) {
-          windows.delete(windows.keys().next().value as string);
-        }
-      }
-      return window.bytes.subarray(at - window.start, at - window.start + length);
-    };
+    const readsAhead = (run: ChunkRun) => run.zstd !== undefined || run.count <= FRAME_CHUNKS;
     try {
+      const block = Buffer.allocUnsafe(BLOCK_BYTES);
       for (const [position, run] of list.runs.entries()) {
         for (; ahead < Math.min(position + FRAMES_AHEAD, list.runs.length); ahead++) {
           if (readsAhead(list.runs[ahead])) {
@@ -462,6 +445,7 @@ export class ChunkStore {
           await emit(slice);
           continue;
         }
+        await flushOut();
         let done = 0;
         while (done < run.count) {
           // As many chunks of the run as fit in a block (only the file's last is short).
@@ -470,9 +454,9 @@ export class ChunkStore {
           for (let k = 0; k < count; k++) {
             bytes += chunkLength(list, index + k);
           }
-          const slice = await rawBytes(handle, run.pack, run.at + done * CHUNK_BYTES, bytes);
-          check(run.pack, slice, count);
-          await emit(slice);
+          const { bytesRead } = await handle.read(block, 0, bytes, run.at + done * CHUNK_BYTES);
+          check(run.pack, block.subarray(0, bytesRead), count);
+          await out.write(block, 0, bytes);
           done += count;
         }
       }
@@ -494,6 +478,16 @@ export class ChunkStore {
       }
     }
     await out.close();
+  }
+
+  /** Reads a short raw run, or reads and decompresses a zstd frame. */
+  private async readAhead(pack: fs.FileHandle, run: ChunkRun): Promise<Buffer> {
+    if (run.zstd === undefined) {
+      const bytes = Buffer.allocUnsafe(run.count * CHUNK_BYTES);
+      const { bytesRead } = await pack.read(bytes, 0, bytes.length, run.at);
+      return bytes.subarray(0, bytesRead);
+    }
+    return this.readFrame(pack, run);
   }
 
   /** Reads and decompresses a zstd frame. */
