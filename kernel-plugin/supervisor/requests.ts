@@ -139,8 +139,8 @@ export class Requests {
       case 'restore':
         return this.exclusive('restore', async () => {
           const id = requireId(request);
-          await this.keepBeforeRestore(id, request, progress);
-          return { checkpoint: await this.restoreFlow.run(id, progress, fromKernel) };
+          const keep = (target: Checkpoint) => this.keepBeforeRestore(target, request, progress);
+          return { checkpoint: await this.restoreFlow.run(id, progress, fromKernel, keep) };
         });
     }
     throw new RequestError('invalid_request', `Unknown action ${JSON.stringify(request.action)}.`);
@@ -183,13 +183,18 @@ export class Requests {
 
   /**
    * Before a restore replaces the running kernel, keeps its state as a checkpoint of its own
-   * (labelled "before restoring ..."), so that going back is never a loss and can be undone. Only
+   * (labelled "before restoring ..."), so that going back is never a loss and can be undone; it
+   * runs once the target image is checked, so a restore that cannot happen keeps nothing. Only
    * when the kernel ran a cell since its current checkpoint (else that checkpoint is its state),
    * when it can be checkpointed, and unless KERNEL_CHECKPOINT_KEEP_BEFORE_RESTORE=0. With the
    * chunk store it costs its new bytes only. If it fails (a full disk), the restore goes on and
    * its progress says so.
    */
-  private async keepBeforeRestore(id: string, request: Request, progress: Progress): Promise<void> {
+  private async keepBeforeRestore(
+    target: Checkpoint,
+    request: Request,
+    progress: Progress
+  ): Promise<void> {
     if (
       !this.restoreFlow.worthKeeping ||
       !this.host.kernel ||
@@ -198,8 +203,7 @@ export class Requests {
     ) {
       return;
     }
-    // The restore's own checks first: an unknown id takes no checkpoint.
-    const target = await this.options.store.manifest(id);
+    const id = target.id;
     try {
       await this.checkpointFlow.run(
         {

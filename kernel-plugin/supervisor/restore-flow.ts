@@ -66,7 +66,16 @@ export class RestoreFlow {
     this.executionsAtCurrent = this.state.executions;
   }
 
-  async run(id: string, progress: Progress, fromKernel: boolean): Promise<Checkpoint> {
+  /**
+   * Restores checkpoint `id`. `beforeStopping` runs once the image is checked (and rebuilt), just
+   * before the running kernel is stopped: a restore that cannot happen keeps nothing.
+   */
+  async run(
+    id: string,
+    progress: Progress,
+    fromKernel: boolean,
+    beforeStopping: (target: Checkpoint) => Promise<void> = async () => undefined
+  ): Promise<Checkpoint> {
     const { manifest, record } = await this.verify(id, progress);
     // Rebuilt (a chunk image) before the running kernel is touched: a damaged chunk changes nothing.
     const rebuilding = Date.now();
@@ -75,6 +84,7 @@ export class RestoreFlow {
       log.info(`rebuilt the files of ${id} from chunks in ${Date.now() - rebuilding} ms`);
     }
     try {
+      await beforeStopping(manifest);
       return await this.restoreFrom(id, manifest, record, image, progress, fromKernel);
     } finally {
       // The restored kernel runs from its memory: the engine has read its files.
