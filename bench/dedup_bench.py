@@ -26,21 +26,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
-from dedup_states import private_jupyter  # noqa: E402
+from dedup_states import MIXED_EDITS, private_jupyter  # noqa: E402
 from harness.states import MIXED_CODE  # noqa: E402
 from kctesting import Kernel  # noqa: E402
 
 GIB = 1 << 30
 MIB = 1 << 20
 MARKS = (1, 5, 6, 10, 20)
-# Small edits of the kind a notebook makes (as bench/dedup_states.py makes them).
-MIXED_EDITS = [
-    "df.loc[df.index[:1000], 'x'] += 1.0",
-    "arrays['a3'][:1000] = 0.5",
-    "summary = df.groupby('cat', observed=True)['x'].mean()",
-    "df['k'] = df['k'] + 1",
-    "note = {'edited': True, 'rows': len(df)}",
-]
 
 
 def numpy_code(mib: int) -> str:
