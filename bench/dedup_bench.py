@@ -138,8 +138,8 @@ def table(results: list[dict]) -> str:
     lines = [
         "| state | mode | image | checkpoint s (first / median / last) | stored after "
         + ", ".join(str(m) for m in MARKS)
-        + " | restore newest s | restore oldest s |",
-        "|---|---|---:|---|---|---:|---:|",
+        + " | restore newest s | restore oldest s | restore keeping the state: s, new MiB |",
+        "|---|---|---:|---|---|---:|---:|---:|",
     ]
     for r in results:
         cps = r["checkpoint_s"]
