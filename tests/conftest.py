@@ -72,6 +72,9 @@ def make_kernel(jupyter_env, store, engine) -> Iterator:
     def make(stderr=None, **extra_env: str) -> Kernel:
         env = dict(os.environ)
         env.update(KERNEL_CHECKPOINT_STORE=str(store), KERNEL_CHECKPOINT_ENGINE=engine)
+        # A restore keeps the running kernel's state as a checkpoint of its own by default; tests
+        # that count checkpoints run without it (tests/integration/test_dedup_store.py has it on).
+        env.setdefault("KERNEL_CHECKPOINT_KEEP_BEFORE_RESTORE", "0")
         env.update(extra_env)
         kernel = Kernel(env, stderr=stderr)
         started.append(kernel)

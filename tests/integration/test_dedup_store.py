@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kctesting import CommError, Kernel, kernel_checkpoint_command
+from kctesting import CommError, kernel_checkpoint_command
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -71,7 +71,8 @@ def edit(client, i: int, elements: int = 1000) -> None:
     client.run(f"a[rng.integers(0, a.size, {elements})] = {i}")
 
 
-def test_ten_checkpoints_take_about_the_space_of_one_and_each_restores(kernel: Kernel, store):
+def test_ten_checkpoints_take_about_the_space_of_one_and_each_restores(make_kernel, store):
+    kernel = make_kernel(KERNEL_CHECKPOINT_KEEP_BEFORE_RESTORE="1")  # the default outside tests
     client = kernel.client
     fill(client, int(os.environ.get("DEDUP_TEST_MIB", "256")))
     taken, sums = [], {}
@@ -131,7 +132,9 @@ def test_ten_checkpoints_take_about_the_space_of_one_and_each_restores(kernel: K
     assert store_bytes(store) <= 1 * MIB
 
 
-def test_a_flipped_byte_in_a_shared_chunk_names_every_checkpoint_using_it(kernel: Kernel, store):
+def test_a_flipped_byte_in_a_shared_chunk_names_every_checkpoint_using_it(make_kernel, store):
+    # A restore refused for a damaged chunk keeps nothing either.
+    kernel = make_kernel(KERNEL_CHECKPOINT_KEEP_BEFORE_RESTORE="1")
     client = kernel.client
     fill(client, 64)
     shared = []
@@ -178,8 +181,9 @@ def test_a_flipped_byte_in_a_shared_chunk_names_every_checkpoint_using_it(kernel
         assert caught.value.code == "corrupt_image"
         assert all(cid in caught.value.message for cid in shared), caught.value.message
         assert other not in caught.value.message
-    # Nothing changed: the running kernel is the same one.
+    # Nothing changed: the running kernel is the same one, and no checkpoint was added.
     assert client.value("marker") == "still here"
+    assert len(client.list("all")) == 4
     client.restore(other)
     assert client.value(CHECKSUM) == other_sum
 
