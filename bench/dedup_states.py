@@ -25,8 +25,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
+from harness.states import MIXED_CODE  # noqa: E402
 from kctesting import Kernel, kernel_checkpoint_command  # noqa: E402
-from run import MIXED_CODE  # noqa: E402
 
 NUMPY_CODE = "import numpy as np\ndata = np.random.default_rng(0).random((1 << 30) // 8)\n"
 NUMPY_EDIT = (
@@ -42,6 +42,27 @@ MIXED_EDITS = [
 ]
 
 
+def private_jupyter(base: Path, store: Path, engine: str, **extra: str) -> dict[str, str]:
+    """The environment of kernels with their own Jupyter folders below `base` and their own image
+    store, with the kernelspec installed there (this process's Jupyter uses the same folders)."""
+    env = dict(os.environ)
+    env.update(
+        JUPYTER_DATA_DIR=str(base / "data"),
+        JUPYTER_RUNTIME_DIR=str(base / "runtime"),
+        JUPYTER_CONFIG_DIR=str(base / "config"),
+        IPYTHONDIR=str(base / "ipython"),
+        JUPYTER_PLATFORM_DIRS="1",
+        KERNEL_CHECKPOINT_STORE=str(store),
+        KERNEL_CHECKPOINT_ENGINE=engine,
+        **extra,
+    )
+    os.environ.update({k: env[k] for k in env if k.startswith(("JUPYTER", "IPYTHON"))})
+    subprocess.run(
+        [kernel_checkpoint_command(), "install", "--user"], check=True, env=env, capture_output=True
+    )
+    return env
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -53,18 +74,7 @@ def main() -> int:
     store = Path(args.out) / f"{args.engine}-{args.state}"
     store.mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix="kc-dedup-"))
-    env = dict(os.environ)
-    env.update(
-        JUPYTER_DATA_DIR=str(base / "data"),
-        JUPYTER_RUNTIME_DIR=str(base / "runtime"),
-        JUPYTER_CONFIG_DIR=str(base / "config"),
-        IPYTHONDIR=str(base / "ipython"),
-        JUPYTER_PLATFORM_DIRS="1",
-        KERNEL_CHECKPOINT_STORE=str(store),
-        KERNEL_CHECKPOINT_ENGINE=args.engine,
-    )
-    os.environ.update({k: env[k] for k in env if k.startswith(("JUPYTER", "IPYTHON"))})
-    subprocess.run([kernel_checkpoint_command(), "install", "--user"], check=True, env=env)
+    env = private_jupyter(base, store, args.engine)
     kernel = Kernel(env)
     client = kernel.client
     order: list[str] = []

@@ -206,6 +206,10 @@ export interface Checkpoint {
    */
   snapshot_ms?: number;
   image_bytes: number;
+  /**
+   * Bytes this checkpoint added to the image store: its new chunks as stored (compressed where zstd saved space), the rest being chunks other checkpoints share. Absent while the image is kept whole (just written, or in a store that keeps whole images); set once it is chunked, which an event `stored` announces.
+   */
+  stored_bytes?: number;
   kernel: {
     name: string;
     display_name: string;
@@ -330,14 +334,14 @@ export interface ErrorReply {
   error: ErrorInfo;
 }
 /**
- * Broadcast to every open comm when the store or the running kernel changes, whoever asked (front end, magic, CLI).
+ * Broadcast to every open comm when the store or the running kernel changes, whoever asked (front end, magic, CLI). `stored`: a checkpoint was chunked in the background; `checkpoint` is its manifest with `stored_bytes` (update it in place, as for `labelled`).
  *
  * This interface was referenced by `KernelCheckpointProtocol`'s JSON-Schema
  * via the `definition` "Event".
  */
 export interface Event {
   type: 'event';
-  event: 'created' | 'deleted' | 'labelled' | 'restored' | 'busy' | 'idle';
+  event: 'created' | 'deleted' | 'labelled' | 'stored' | 'restored' | 'busy' | 'idle';
   checkpoint?: Checkpoint;
   checkpoint_id?: string;
   action?: Action;

@@ -4,6 +4,8 @@
 //   kernel-checkpoint.cjs            the bundle (zeromq kept external)
 //   node_modules/zeromq/             its JavaScript, manifest and the linux prebuilt addons
 //   node_modules/cmake-ts/           the addon loader zeromq requires
+//   node_modules/@mongodb-js/zstd*/  zstd for the chunk store: its loader and the native addon
+//                                    package of every platform installed here
 // It also copies the protocol's JSON Schema to kernel_checkpoint/protocol/ for the Python side.
 // Usage: node scripts/bundle-supervisor.mjs [--entry path/to/main.ts] [--out dir]
 import { build } from 'esbuild';
@@ -59,7 +61,7 @@ await build({
   platform: 'node',
   target: 'node18',
   format: 'cjs',
-  external: ['zeromq', 'zeromq/*'],
+  external: ['zeromq', 'zeromq/*', '@mongodb-js/zstd'],
   banner: { js: '#!/usr/bin/env node' },
   sourcemap: 'linked',
   legalComments: 'linked',
@@ -129,6 +131,24 @@ await writeFile(
     2
   ) + '\n'
 );
+
+// @mongodb-js/zstd at run time: its loader (index.js, bindings.js), which requires the addon
+// package of its platform (@mongodb-js/zstd-<platform>), installed here by npm as an optional
+// dependency; every one present is copied.
+const zstdDir = path.dirname(require.resolve('@mongodb-js/zstd/package.json'));
+const scopeDir = path.dirname(zstdDir);
+const zstdPackages = (await readdir(scopeDir)).filter(name => /^zstd(-|$)/.test(name));
+if (zstdPackages.length < 2) {
+  console.error('bundle-supervisor: no native package of @mongodb-js/zstd is installed (npm ci).');
+  process.exit(1);
+}
+for (const name of zstdPackages) {
+  const from = path.join(scopeDir, name);
+  await cp(from, path.join(modules, '@mongodb-js', name), {
+    recursive: true,
+    filter: src => !/(README\.md|\.d\.ts)$/.test(src)
+  });
+}
 
 // The protocol's JSON Schema, for the Python side's validation.
 const protocolOut = path.join(pkgDir, 'protocol');

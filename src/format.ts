@@ -183,7 +183,9 @@ export const CHECKPOINT_COLUMNS = [
 ] as const;
 
 /** Numbers are aligned right. */
-const RIGHT_ALIGNED = new Set(['EXEC', 'SIZE']);
+const RIGHT_ALIGNED = new Set(['EXEC', 'SIZE', 'NEW']);
+/** Bytes a checkpoint added to a deduplicated store, after SIZE, when any checkpoint has them. */
+const NEW_COLUMN = 'NEW';
 const LABEL_WIDTH = 32;
 const VARIABLES_WIDTH = 40;
 
@@ -244,10 +246,18 @@ export function checkpointTable(
   const sorted = [...checkpoints].sort((a, b) =>
     a.created < b.created ? -1 : a.created > b.created ? 1 : 0
   );
-  return renderTable(
-    [CHECKPOINT_COLUMNS, ...sorted.map(c => checkpointRow(c, currentId, now))],
-    i => RIGHT_ALIGNED.has(CHECKPOINT_COLUMNS[i])
-  );
+  const rows: string[][] = [
+    [...CHECKPOINT_COLUMNS],
+    ...sorted.map(c => checkpointRow(c, currentId, now))
+  ];
+  if (sorted.some(c => c.stored_bytes !== undefined)) {
+    const at = CHECKPOINT_COLUMNS.indexOf('SIZE') + 1;
+    rows[0].splice(at, 0, NEW_COLUMN);
+    sorted.forEach((c, i) =>
+      rows[i + 1].splice(at, 0, c.stored_bytes === undefined ? '-' : formatBytes(c.stored_bytes))
+    );
+  }
+  return renderTable(rows, i => RIGHT_ALIGNED.has(rows[0][i]));
 }
 
 /** The supervisor's status for people, one "key:     value" line each, without a final newline. */

@@ -8,6 +8,7 @@ import { registerClientCommands } from './client-commands';
 import { registerDoctorCommand } from './doctor';
 import { registerInstallCommand } from './install';
 import { registerRunCommand } from './run';
+import { registerStoreCommand } from './store-command';
 
 export function buildProgram(): Command {
   const program = new Command('kernel-checkpoint')
@@ -20,5 +21,6 @@ export function buildProgram(): Command {
   registerInstallCommand(program);
   registerDoctorCommand(program);
   registerClientCommands(program);
+  registerStoreCommand(program);
   return program;
 }

@@ -5,6 +5,7 @@ import { closeSync, rmSync, writeSync } from 'node:fs';
 import type { Command } from 'commander';
 
 import { chooseEngine } from '../engines';
+import { chunkingOptionsFromEnv } from '../store/chunked-images';
 import { ImageStore, defaultStoreRoot } from '../store/store';
 import type { ForkReadiness } from '../supervisor/fork-flow';
 import { log, setLogSink } from '../supervisor/log';
@@ -15,6 +16,7 @@ interface RunOptions {
   connectionFile: string;
   engine: string;
   store?: string;
+  compression?: string;
   kernelName: string;
   displayName?: string;
   language: string;
@@ -52,6 +54,10 @@ export function registerRunCommand(program: Command): void {
       'folder of the image store (default: $KERNEL_CHECKPOINT_STORE or Jupyter data dir)'
     )
     .option(
+      '--compression <codec>',
+      'how new chunks of images are stored: zstd or none (default: $KERNEL_CHECKPOINT_COMPRESSION or zstd)'
+    )
+    .option(
       '--kernel-name <name>',
       'name of this kernelspec, recorded in each checkpoint',
       'python3-checkpoint'
@@ -85,7 +91,13 @@ export function registerRunCommand(program: Command): void {
         connectionFile: options.connectionFile,
         argv,
         engine,
-        store: new ImageStore(options.store ?? defaultStoreRoot()),
+        store: new ImageStore(
+          options.store ?? defaultStoreRoot(),
+          chunkingOptionsFromEnv({
+            ...process.env,
+            ...(options.compression ? { KERNEL_CHECKPOINT_COMPRESSION: options.compression } : {})
+          })
+        ),
         kernel: {
           name: options.kernelName,
           display_name: options.displayName ?? options.kernelName,

@@ -1,6 +1,6 @@
 // The chunk store: image files kept as content-addressed 4 KiB chunks, each stored once for the
 // whole store (across checkpoints, branches and kernels). Why 4 KiB chunks, xxh3-128 and packs
-// rather than one file per chunk: docs/dedup-measurements.md.
+// rather than one file per chunk: docs/architecture.md, with the figures in bench/README.md.
 //
 // Layout under <root> (folders 0700, files 0600):
 //   packs/<name>.pack       immutable once renamed into place: the new chunks of one ingest
@@ -35,10 +35,15 @@ const TRAILER_BYTES = 8 + 8 + 4 + 4; // magic, index offset, count, reserved
 const INDEX_ENTRY_BYTES = HASH_BYTES + 8 + 4 + 4 + 4; // hash, at, stored, length, frame slot
 /** At most this many consecutive new chunks are compressed together (one zstd frame). */
 export const FRAME_CHUNKS = 16;
-/** A frame is kept compressed only when it saves at least this share of its bytes. */
-const WORTH_COMPRESSING = 0.03;
+/**
+ * A frame is kept compressed only when it saves at least this share of its bytes: reading a
+ * frame back costs a decompression on every restore (1 GiB of random floats, which zstd shrinks
+ * by 6-9 %, rebuilt in 4.1 s compressed against 1.0 s raw), which a mixed state's frames (that
+ * halve) are worth and random data's are not.
+ */
+const WORTH_COMPRESSING = 0.2;
 /** How many runs ahead materialize starts reading and decompressing frames. */
-const FRAMES_AHEAD = 8;
+const FRAMES_AHEAD = 16;
 /** Reads and writes move this much at a time (a whole number of chunks). */
 const BLOCK_BYTES = 4 << 20;
 
@@ -192,7 +197,7 @@ function locationOf(pack: string, entry: IndexEntry): Location {
 }
 
 /** Whether the process with this pid is alive (a dead writer's files are garbage). */
-function processAlive(pid: number): boolean {
+export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
@@ -213,10 +218,11 @@ export class ChunkStore {
    */
   private readonly gonePacks = new Set<string>();
 
-  /** `codec` compresses new chunks (when given) and reads compressed ones. */
+  /** `codec` reads compressed chunks, and compresses new ones unless `compressNew` is false. */
   constructor(
     readonly root: string,
-    readonly codec: Codec | null = null
+    readonly codec: Codec | null = null,
+    readonly compressNew = true
   ) {}
 
   private get packsDir(): string {
@@ -346,16 +352,17 @@ export class ChunkStore {
       }
       return handle;
     };
-    // Frames are read and decompressed (on libuv's pool) a few runs ahead of their use.
+    // Frames, and short raw runs, are read (and decompressed) on libuv's pool a few runs ahead of
+    // their use: an image after many checkpoints is tens of thousands of short runs.
     const frames = new Map<string, Promise<Buffer | null>>();
     // Reads still running when the packs are closed at the end (after an error).
     const reading = new Set<Promise<unknown>>();
     const frameOf = (run: ChunkRun) => {
-      const key = `${run.pack}:${run.at}`;
+      const key = `${run.pack}:${run.at}:${run.zstd === undefined ? run.count : 'z'}`;
       let frame = frames.get(key);
       if (!frame) {
         const started: Promise<Buffer | null> = pack(run.pack).then(
-          handle => this.readFrame(handle, run).catch(() => null),
+          handle => this.readAhead(handle, run).catch(() => null),
           () => null
         );
         reading.add(started);
@@ -391,18 +398,39 @@ export class ChunkStore {
         start += length;
       }
     };
+    // Output goes out a block at a time, not once per run.
+    const outBlock = Buffer.allocUnsafe(BLOCK_BYTES);
+    let outBytes = 0;
+    const flushOut = async () => {
+      if (outBytes > 0) {
+        await out.write(outBlock, 0, outBytes);
+        outBytes = 0;
+      }
+    };
+    const emit = async (bytes: Buffer) => {
+      if (outBytes + bytes.length > outBlock.length) {
+        await flushOut();
+      }
+      if (bytes.length >= outBlock.length) {
+        await out.write(bytes);
+      } else {
+        bytes.copy(outBlock, outBytes);
+        outBytes += bytes.length;
+      }
+    };
+    const readsAhead = (run: ChunkRun) => run.zstd !== undefined || run.count <= FRAME_CHUNKS;
     try {
       const block = Buffer.allocUnsafe(BLOCK_BYTES);
       for (const [position, run] of list.runs.entries()) {
         for (; ahead < Math.min(position + FRAMES_AHEAD, list.runs.length); ahead++) {
-          if (list.runs[ahead].zstd !== undefined) {
+          if (readsAhead(list.runs[ahead])) {
             void frameOf(list.runs[ahead]);
           }
         }
         const handle = await pack(run.pack).catch(() => {
           throw fail(run.pack, 'its pack is missing');
         });
-        if (run.zstd !== undefined) {
+        if (readsAhead(run)) {
           const frame = await frameOf(run);
           if (!frame) {
             throw fail(run.pack, 'its frame cannot be read or decompressed');
@@ -414,9 +442,10 @@ export class ChunkStore {
           const start = (run.slot ?? 0) * CHUNK_BYTES;
           const slice = frame.subarray(start, start + bytes);
           check(run.pack, slice, run.count);
-          await out.write(slice);
+          await emit(slice);
           continue;
         }
+        await flushOut();
         let done = 0;
         while (done < run.count) {
           // As many chunks of the run as fit in a block (only the file's last is short).
@@ -431,6 +460,7 @@ export class ChunkStore {
           done += count;
         }
       }
+      await flushOut();
       if (index !== chunkCount(list.bytes)) {
         throw new Error(`the chunk list covers ${index} chunks of ${chunkCount(list.bytes)}`);
       }
@@ -448,6 +478,16 @@ export class ChunkStore {
       }
     }
     await out.close();
+  }
+
+  /** Reads a short raw run, or reads and decompresses a zstd frame. */
+  private async readAhead(pack: fs.FileHandle, run: ChunkRun): Promise<Buffer> {
+    if (run.zstd === undefined) {
+      const bytes = Buffer.allocUnsafe(run.count * CHUNK_BYTES);
+      const { bytesRead } = await pack.read(bytes, 0, bytes.length, run.at);
+      return bytes.subarray(0, bytesRead);
+    }
+    return this.readFrame(pack, run);
   }
 
   /** Reads and decompresses a zstd frame. */
@@ -687,7 +727,7 @@ export class IngestSession {
       await this.claim(this.packName);
       const raw = Buffer.concat(waiting.map(w => w.chunk));
       let frame: Buffer | null = null;
-      if (this.store.codec) {
+      if (this.store.codec && this.store.compressNew) {
         const compressed = await this.store.codec.compress(raw);
         frame = compressed.length <= raw.length * (1 - WORTH_COMPRESSING) ? compressed : null;
       }
@@ -810,12 +850,19 @@ export class IngestSession {
     this.out = null;
     await fs.rename(this.temp, this.store.packPath(this.packName));
     if (this.durable) {
-      await fsyncDir(path.dirname(this.temp));
+      await fsyncPath(path.dirname(this.temp));
     }
     this.store.addPack(
       this.packName,
       this.entries.filter(entry => entry.length === CHUNK_BYTES)
     );
+  }
+
+  /** Bytes of this session's pack once finished (0 when every chunk was in the store): its new bytes. */
+  get packBytes(): number {
+    return this.finished && this.entries.length > 0
+      ? this.written + this.entries.length * INDEX_ENTRY_BYTES + TRAILER_BYTES
+      : 0;
   }
 
   /** Ends the session's claim on packs (after its lists are recorded), or abandons it. */
@@ -866,6 +913,16 @@ export async function readPackIndex(file: string): Promise<IndexEntry[]> {
   }
 }
 
+/** Whether chunk `hash` (16 bytes) is one of the list's chunks. */
+export function listUsesChunk(list: ChunkList, hash: Buffer): boolean {
+  for (let at = 0; at < list.hashes.length; at += HASH_BYTES) {
+    if (list.hashes.compare(hash, 0, HASH_BYTES, at, at + HASH_BYTES) === 0) {
+      return true;
+    }
+  }
+  return false;
+}
+
 function* packsOf(lists: Iterable<ChunkList>): Generator<string> {
   for (const list of lists) {
     for (const run of list.runs) {
@@ -899,7 +956,8 @@ async function exists(file: string): Promise<boolean> {
   );
 }
 
-async function fsyncDir(dir: string): Promise<void> {
+/** Flushes a file or a folder (its entries) to disk. */
+export async function fsyncPath(dir: string): Promise<void> {
   const handle = await fs.open(dir, 'r');
   try {
     await handle.sync();

@@ -6,11 +6,20 @@
 //       private.json              0600  what restoring needs and clients must not see: the
 //                                       kernel's private connection (its key), the engine's data,
 //                                       and a checksum of every image file
-//       image/                    0700  the engine's files
+//       image/                    0700  the engine's files, while the image is kept whole
+//       chunks.bin                0600  once the image is kept as chunks (then image/ is gone):
+//                                       every file's chunk list (chunks.ts), written before
+//                                       private.json says `storage: "chunks"`
+//     .chunks/                    the chunk store every chunk image uses (chunks.ts)
 //     .partial-<id>.<pid>.<start>/  a checkpoint being written by the supervisor of that pid and
 //                                 start time; never listed, removed on failure, and by the next
 //                                 supervisor that opens the store once its writer is gone
 //     .deleting-<id>-<random>/    an image being deleted (renamed first, so never listed)
+//
+// An image is written whole; in the background it is then cut into chunks shared by every image
+// of the store (`chunk`), and its files are removed. A restore of a chunk image rebuilds its files
+// first, each chunk checked against its hash (`openImage`). Deleting an image leaves its chunks
+// to `collect` (mark-and-sweep). A kill -9 at any step leaves a whole image or a chunk image.
 //
 // Nothing in the store is a symbolic link: a link is refused, never followed (it could lead a
 // restore to an image outside the store). An id-named folder whose records cannot be read is
@@ -25,12 +34,33 @@ import xxhash from 'xxhash-wasm';
 import type { Checkpoint, ErrorCode } from '../../protocol/checkpoint-protocol';
 import { MANIFEST_FORMAT } from '../../protocol/checkpoint-protocol-constants';
 import { log } from '../supervisor/log';
+import {
+  ChunkCorruptError,
+  ChunkStore,
+  decodeChunkLists,
+  encodeChunkLists,
+  fsyncPath,
+  listUsesChunk,
+  type ChunkList,
+  type GcReport
+} from './chunks';
+import {
+  chunkingOptionsFromEnv,
+  codecFor,
+  DEFAULT_REBUILD_BASES,
+  REBUILD_PREFIX,
+  rebuildBase,
+  removeStaleRebuilds,
+  type ChunkingOptions
+} from './chunked-images';
 import { checkPrivateFolder, ensurePrivateFolder, UnsafeFolderError } from './ownership';
 import { processStart, writerIsAlive } from './writer';
 
 const ID_PATTERN = /^ckpt-[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}$/;
 const PARTIAL_PREFIX = '.partial-';
 const DELETING_PREFIX = '.deleting-';
+const CHUNK_DIR = '.chunks';
+const CHUNK_LISTS = 'chunks.bin';
 
 /**
  * A file of an image: its size, and once the image is sealed its xxh64 checksum and the file's
@@ -57,6 +87,37 @@ export interface PrivateRecord {
   lineage: string;
   arch: string;
   files: FileDigest[];
+  /** "chunks": the files are kept as chunk lists in chunks.bin; absent: whole, in image/. */
+  storage?: 'chunks';
+}
+
+/** An image's files ready for the engine, and what to call once the engine has read them. */
+export interface OpenedImage {
+  dir: string;
+  /** Whether the files were rebuilt from chunks (then `release` removes them). */
+  rebuilt: boolean;
+  release: () => Promise<void>;
+}
+
+/** What the store holds, for `kernel-checkpoint store`. */
+export interface StoreReport {
+  root: string;
+  /** Bytes of every file in the store (images, records, chunks). */
+  total_bytes: number;
+  /** Bytes of chunks no image uses any more (given back by the next collection). */
+  garbage_bytes: number;
+  notebooks: Array<{ notebook_path: string | null; bytes: number; checkpoints: number }>;
+  checkpoints: Array<{
+    id: string;
+    label: string | null;
+    notebook_path: string | null;
+    storage: 'chunks' | 'whole' | 'damaged';
+    image_bytes: number;
+    /** Bytes it added to the store (its new chunks as stored, or its whole files). */
+    stored_bytes: number;
+    /** Bytes deleting it gives back at once. */
+    freed_if_deleted: number;
+  }>;
 }
 
 export class StoreError extends Error {
@@ -212,15 +273,24 @@ export class ImageStore {
   /** Holds sealing back while a checkpoint or restore runs. */
   readonly background = new BackgroundPause();
   readonly root: string;
+  readonly chunks: ChunkStore;
+  readonly options: ChunkingOptions;
   private opening: Promise<void>;
+  /** Restores reading an image's files (they are not removed meanwhile). */
+  private readonly readers = new Map<string, number>();
+  private collecting: Promise<GcReport> | null = null;
+  private collectAgain = false;
 
   /**
    * Throws a StoreError at once for a root that is not an absolute local path. Opening the store
    * (checking its folder, removing what dead supervisors left) starts here, in the background, so
    * that a supervisor frees a half-written image as soon as it starts; every request waits for it.
    */
-  constructor(root: string) {
+  constructor(root: string, options: ChunkingOptions = chunkingOptionsFromEnv()) {
     this.root = checkStoreLocation(root);
+    this.options = options;
+    const { write, codec } = codecFor(options);
+    this.chunks = new ChunkStore(path.join(this.root, CHUNK_DIR), codec, write);
     this.opening = this.open();
     this.opening.catch(() => undefined); // Reported by the first request, which tries again.
   }
@@ -245,6 +315,7 @@ export class ImageStore {
     if (!present) {
       return;
     }
+    await removeStaleRebuilds([...DEFAULT_REBUILD_BASES, this.root]);
     let names: string[];
     try {
       await checkPrivateFolder(this.root, 'image store');
@@ -263,6 +334,7 @@ export class ImageStore {
           log.info(`removed ${name} (${bytes} bytes): its writer was killed mid-checkpoint`);
         } else if (ID_PATTERN.test(name) && (await fs.lstat(full)).isDirectory()) {
           await privatize(full);
+          await this.removeChunkedFiles(name);
         }
       })
     ).catch(error => {
@@ -440,11 +512,312 @@ export class ImageStore {
   }
 
   /**
+   * Keeps a committed image as chunks: every file is cut into chunks (those the store lacks go
+   * into one new pack), the lists are written to chunks.bin, then private.json says
+   * `storage: "chunks"` (the moment the image becomes a chunk image), then the manifest gets its
+   * `stored_bytes`, and only then are the files removed. Ingest gives way to checkpoints and
+   * restores between 4 MiB blocks. Returns the updated manifest, or null when it already was.
+   */
+  async chunk(id: string): Promise<Checkpoint | null> {
+    const record = await this.privateRecord(id);
+    if (record.storage === 'chunks') {
+      return null;
+    }
+    await this.refuseLinks(id, this.imageDir(id), 'image');
+    const pause = async () => {
+      if (this.background.paused) {
+        await this.background.whenFree();
+      }
+    };
+    await pause();
+    const session = await this.chunks.begin({ durable: true });
+    try {
+      const lists: Record<string, ChunkList> = {};
+      for (const file of record.files) {
+        const list = await session.ingest(path.join(this.imageDir(id), file.path), pause);
+        if (list.bytes !== file.bytes) {
+          throw new StoreError(
+            'corrupt_image',
+            `Checkpoint ${id} is damaged: its file ${file.path} changed size since it was saved.`
+          );
+        }
+        lists[file.path] = list;
+      }
+      await session.finish();
+      const folder = this.folderOf(id);
+      await writePrivateFile(path.join(folder, CHUNK_LISTS), encodeChunkLists(lists));
+      await writePrivateJson(path.join(folder, 'private.json'), {
+        ...record,
+        storage: 'chunks'
+      });
+      // Read again just before it is written: a relabel may have happened meanwhile.
+      const manifest = await this.manifest(id);
+      manifest.stored_bytes = session.packBytes;
+      await writePrivateJson(path.join(folder, 'manifest.json'), manifest);
+      await fsyncPath(folder);
+      await session.close();
+      await this.removeChunkedFiles(id);
+      return manifest;
+    } finally {
+      await session.close();
+    }
+  }
+
+  /**
+   * Removes what a chunk image no longer needs: its whole files once no restore reads them (a
+   * kill during chunking may have left them), or, of a whole image, a chunks.bin written by a
+   * chunking that was killed before it committed.
+   */
+  private async removeChunkedFiles(id: string): Promise<void> {
+    // Read as it is (not through privateRecord, which waits for the store to open: this runs
+    // while it opens).
+    const record = await readNoFollow(path.join(this.folderOf(id), 'private.json'))
+      .then(data => JSON.parse(data.toString('utf8')) as PrivateRecord)
+      .catch(() => null);
+    if (!record) {
+      return;
+    }
+    if (record.storage !== 'chunks') {
+      await fs.rm(path.join(this.folderOf(id), CHUNK_LISTS), { force: true });
+      return;
+    }
+    while ((this.readers.get(id) ?? 0) > 0) {
+      await new Promise(resolve => setTimeout(resolve, 50));
+    }
+    await fs.rm(this.imageDir(id), { recursive: true, force: true });
+  }
+
+  /** The chunk list of every file of a chunk image; corrupt_image when they cannot be read. */
+  async chunkLists(id: string, record: PrivateRecord): Promise<Record<string, ChunkList>> {
+    const file = path.join(this.folderOf(id), CHUNK_LISTS);
+    let lists: Record<string, ChunkList>;
+    try {
+      lists = decodeChunkLists(await readNoFollow(file));
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      throw new StoreError(
+        'corrupt_image',
+        code === 'ENOENT'
+          ? `Checkpoint ${id} is damaged: its ${CHUNK_LISTS} is missing.`
+          : `Checkpoint ${id} is damaged: its ${CHUNK_LISTS} cannot be read (${(error as Error).message}).`
+      );
+    }
+    for (const expected of record.files) {
+      if (lists[expected.path]?.bytes !== expected.bytes) {
+        throw new StoreError(
+          'corrupt_image',
+          `Checkpoint ${id} is damaged: its ${CHUNK_LISTS} does not describe its file ${expected.path}.`
+        );
+      }
+    }
+    return lists;
+  }
+
+  /**
+   * The image's files for the engine. A whole image: its own folder (not removed while in use).
+   * A chunk image: rebuilt into a private folder (0700, files 0600) in /dev/shm when memory
+   * allows, else in the store, every chunk checked against its hash first; `release` removes it.
+   * A damaged chunk is a corrupt_image naming every checkpoint that uses it.
+   */
+  async openImage(id: string, record: PrivateRecord): Promise<OpenedImage> {
+    if (record.storage !== 'chunks') {
+      this.readers.set(id, (this.readers.get(id) ?? 0) + 1);
+      let released = false;
+      return {
+        dir: this.imageDir(id),
+        rebuilt: false,
+        release: async () => {
+          if (!released) {
+            released = true;
+            this.readers.set(id, (this.readers.get(id) ?? 1) - 1);
+          }
+        }
+      };
+    }
+    const lists = await this.chunkLists(id, record);
+    const bytes = record.files.reduce((sum, file) => sum + file.bytes, 0);
+    const base = await rebuildBase(this.root, bytes, this.options.rebuildDir);
+    let dir: string;
+    try {
+      // mkdtemp makes it 0700.
+      dir = await fs.mkdtemp(path.join(base, `${REBUILD_PREFIX}${process.pid}-`));
+    } catch (error) {
+      throw storeErrorFrom(error, `make a folder to rebuild checkpoint ${id} in ${base}`);
+    }
+    const release = () => fs.rm(dir, { recursive: true, force: true }).catch(() => undefined);
+    try {
+      await Promise.all(
+        record.files.map(async file => {
+          const dest = path.join(dir, file.path);
+          await fs.mkdir(path.dirname(dest), { recursive: true, mode: 0o700 });
+          await this.chunks.materialize(lists[file.path], dest);
+        })
+      );
+    } catch (error) {
+      await release();
+      throw error instanceof ChunkCorruptError
+        ? await this.damagedChunk(error)
+        : storeErrorFrom(error, `rebuild checkpoint ${id} in ${base}`);
+    }
+    return { dir, rebuilt: true, release };
+  }
+
+  /** A corrupt_image for a damaged chunk, naming every checkpoint whose files use it. */
+  private async damagedChunk(error: ChunkCorruptError): Promise<StoreError> {
+    const hash = Buffer.from(error.hash, 'hex');
+    const users: string[] = [];
+    for (const checkpoint of await this.list()) {
+      const record = await this.privateRecord(checkpoint.id).catch(() => null);
+      if (record?.storage !== 'chunks') {
+        continue;
+      }
+      const lists = await this.chunkLists(checkpoint.id, record).catch(() => null);
+      if (lists && Object.values(lists).some(list => listUsesChunk(list, hash))) {
+        users.push(checkpoint.id);
+      }
+    }
+    return new StoreError(
+      'corrupt_image',
+      `${error.message} It is shared by ${users.length} checkpoint${users.length === 1 ? '' : 's'}, ` +
+        `which cannot be restored: ${users.join(', ')}. The others are not affected.`
+    );
+  }
+
+  /**
+   * Every chunk list in use: the chunks.bin of every image folder (written before its image
+   * relies on it). One that cannot be read stops the collection rather than free its chunks.
+   */
+  private async liveLists(): Promise<ChunkList[]> {
+    const names = await fs.readdir(this.root);
+    const lists: ChunkList[] = [];
+    for (const name of names.filter(n => ID_PATTERN.test(n))) {
+      const data = await readNoFollow(path.join(this.root, name, CHUNK_LISTS)).catch(
+        (error: NodeJS.ErrnoException) => {
+          if (error.code === 'ENOENT') {
+            return null;
+          }
+          throw error;
+        }
+      );
+      if (data) {
+        lists.push(...Object.values(decodeChunkLists(data)));
+      }
+    }
+    return lists;
+  }
+
+  /**
+   * Gives back the space of chunks no image uses any more (mark-and-sweep in chunks.ts, safe
+   * against kill -9). Collections of one store object run one at a time; one asked for while
+   * another runs runs after it.
+   */
+  collect(): Promise<GcReport> {
+    if (this.collecting) {
+      this.collectAgain = true;
+      return this.collecting;
+    }
+    const run = async (): Promise<GcReport> => {
+      const total = { packsRemoved: 0, bytesFreed: 0 };
+      do {
+        this.collectAgain = false;
+        const report = await this.chunks.gc(() => this.liveLists());
+        total.packsRemoved += report.packsRemoved;
+        total.bytesFreed += report.bytesFreed;
+      } while (this.collectAgain);
+      return total;
+    };
+    this.collecting = run().finally(() => {
+      this.collecting = null;
+    });
+    return this.collecting;
+  }
+
+  /**
+   * Converts whole images (written before the store kept chunks, or with KERNEL_CHECKPOINT_DEDUP=0)
+   * into chunk images, each checked against its checksums first. Images not sealed yet are left
+   * to the supervisor writing them. Returns the ids converted.
+   */
+  async migrate(onEach?: (id: string) => void): Promise<string[]> {
+    const done: string[] = [];
+    for (const checkpoint of await this.list()) {
+      if (checkpoint.damage) {
+        continue;
+      }
+      const record = await this.privateRecord(checkpoint.id);
+      if (record.storage === 'chunks' || record.files.some(file => !file.xxh64)) {
+        continue;
+      }
+      await this.verify(checkpoint.id, record, true);
+      if (await this.chunk(checkpoint.id)) {
+        done.push(checkpoint.id);
+        onEach?.(checkpoint.id);
+      }
+    }
+    return done;
+  }
+
+  /** What the store holds: total bytes, bytes per notebook, and per checkpoint what it frees. */
+  async report(): Promise<StoreReport> {
+    const checkpoints = await this.list();
+    const chunked: Record<string, ChunkList[]> = {};
+    const records = new Map<string, PrivateRecord | null>();
+    for (const checkpoint of checkpoints) {
+      const record = checkpoint.damage
+        ? null
+        : await this.privateRecord(checkpoint.id).catch(() => null);
+      records.set(checkpoint.id, record);
+      if (record?.storage === 'chunks') {
+        const lists = await this.chunkLists(checkpoint.id, record).catch(() => null);
+        if (lists) {
+          chunked[checkpoint.id] = Object.values(lists);
+        }
+      }
+    }
+    const usage = await this.chunks.usage(chunked);
+    const rows: StoreReport['checkpoints'] = [];
+    for (const checkpoint of checkpoints) {
+      const folderBytes = await bytesBelow(this.folderOf(checkpoint.id));
+      const chunkUsage = usage.images[checkpoint.id];
+      const record = records.get(checkpoint.id);
+      rows.push({
+        id: checkpoint.id,
+        label: checkpoint.label,
+        notebook_path: checkpoint.notebook_path,
+        storage: chunkUsage ? 'chunks' : record ? 'whole' : 'damaged',
+        image_bytes: checkpoint.image_bytes,
+        stored_bytes: chunkUsage
+          ? (checkpoint.stored_bytes ?? chunkUsage.exclusiveBytes) + folderBytes
+          : folderBytes,
+        freed_if_deleted: (chunkUsage?.freedBytes ?? 0) + folderBytes
+      });
+    }
+    const notebooks = new Map<string | null, { bytes: number; checkpoints: number }>();
+    for (const row of rows) {
+      const entry = notebooks.get(row.notebook_path) ?? { bytes: 0, checkpoints: 0 };
+      entry.bytes += row.stored_bytes;
+      entry.checkpoints++;
+      notebooks.set(row.notebook_path, entry);
+    }
+    return {
+      root: this.root,
+      total_bytes: await bytesBelow(this.root),
+      garbage_bytes: usage.garbageBytes,
+      notebooks: [...notebooks].map(([notebook_path, entry]) => ({ notebook_path, ...entry })),
+      checkpoints: rows
+    };
+  }
+
+  /**
    * Checks every file of the image; throws corrupt_image when one is missing, has another size,
    * or does not match its checksum. A file unchanged since it was sealed (same inode, mtime and
    * ctime) is not read again unless `rehash` (KERNEL_CHECKPOINT_VERIFY=always) asks for it.
    */
   async verify(id: string, record: PrivateRecord, rehash = false): Promise<void> {
+    if (record.storage === 'chunks') {
+      // Every chunk is checked against its hash while the files are rebuilt (openImage).
+      await this.chunkLists(id, record);
+      return;
+    }
     await this.refuseLinks(id, this.imageDir(id), 'image');
     // Every file at once: an image has dozens, and this is on the restore's critical path.
     await Promise.all(record.files.map(file => this.verifyFile(id, file, rehash)));
@@ -576,10 +949,15 @@ export class ImageStore {
 
 /** Writes a 0600 JSON file by renaming a complete temporary file over it (flushed when `durable`). */
 async function writePrivateJson(file: string, value: unknown, durable = true): Promise<void> {
+  await writePrivateFile(file, Buffer.from(JSON.stringify(value, null, 1) + '\n'), durable);
+}
+
+/** Writes a 0600 file by renaming a complete temporary file over it (flushed when `durable`). */
+async function writePrivateFile(file: string, data: Buffer, durable = true): Promise<void> {
   const temp = `${file}.${randomBytes(3).toString('hex')}.tmp`;
   const handle = await fs.open(temp, 'w', 0o600);
   try {
-    await handle.writeFile(JSON.stringify(value, null, 1) + '\n');
+    await handle.writeFile(data);
     if (durable) {
       await handle.sync();
     }
@@ -589,11 +967,11 @@ async function writePrivateJson(file: string, value: unknown, durable = true): P
   await fs.rename(temp, file);
 }
 
-/** Flushes a file or folder (its entries) to disk. */
-async function fsyncPath(target: string): Promise<void> {
-  const handle = await fs.open(target, 'r');
+/** Reads a whole file, refusing a symbolic link in its place (ELOOP). */
+async function readNoFollow(file: string): Promise<Buffer> {
+  const handle = await fs.open(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
   try {
-    await handle.sync();
+    return await handle.readFile();
   } finally {
     await handle.close();
   }

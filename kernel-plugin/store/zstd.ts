@@ -6,7 +6,7 @@ import { compress, decompress } from '@mongodb-js/zstd';
 
 import type { Codec } from './chunks';
 
-/** Level 1: level 3 stored no fewer bytes on the bench's states (docs/dedup-measurements.md). */
+/** Level 1: level 3 stored no fewer bytes on the bench's states (bench/README.md, DEDUPLICATED STORE). */
 export const DEFAULT_ZSTD_LEVEL = 1;
 
 export function zstdCodec(level = DEFAULT_ZSTD_LEVEL): Codec {

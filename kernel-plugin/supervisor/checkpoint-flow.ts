@@ -207,7 +207,16 @@ export class CheckpointFlow {
       arch: process.arch
     });
     this.host.currentId = id;
-    this.sealer.seal(id);
+    // Once chunked, every client's list shows the checkpoint's new bytes.
+    this.sealer.seal(id, stored =>
+      this.comms.broadcast({
+        type: 'event',
+        event: 'stored',
+        checkpoint: stored,
+        checkpoint_id: id,
+        current_id: this.host.currentId
+      })
+    );
     log.info(`checkpoint ${id}: ${saved.image_bytes} bytes in ${Date.now() - started} ms`);
     this.comms.broadcast({
       type: 'event',

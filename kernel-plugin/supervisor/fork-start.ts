@@ -47,14 +47,21 @@ export async function startFork(
     .connectKernel(120000)
     .then(live => (live ? undefined : new Promise<void>(() => undefined)));
   host.connectAgent();
-  const kernel = await host.engine.restore(options.store.imageDir(id), record.engineData, {
-    argv: [],
-    env: options.env,
-    cwd: options.cwd,
-    workDir: own.ipcDir,
-    answered,
-    isolate: { imageIpcDir: image.ipcDir, ownIpcDir: own.ipcDir }
-  });
+  // A chunk image is rebuilt into files for the engine, and they go once it has read them.
+  const files = await options.store.openImage(id, record);
+  let kernel: Awaited<ReturnType<typeof host.engine.restore>>;
+  try {
+    kernel = await host.engine.restore(files.dir, record.engineData, {
+      argv: [],
+      env: options.env,
+      cwd: options.cwd,
+      workDir: own.ipcDir,
+      answered,
+      isolate: { imageIpcDir: image.ipcDir, ownIpcDir: own.ipcDir }
+    });
+  } finally {
+    await files.release();
+  }
   host.adopt(kernel);
   host.currentId = id;
   await host.reconnect();

@@ -23,6 +23,8 @@ export class KernelState {
 
   /** The cell the kernel process is running. */
   executing: { msgId: string; count: number | null } | null = null;
+  /** Cells the kernel process has started (a kernel that ran none since a checkpoint is it). */
+  executions = 0;
 
   private isIdle = true;
   private idleWaiters: Array<() => void> = [];
@@ -77,6 +79,7 @@ export class KernelState {
       if (parentType === 'execute_request' && parentId) {
         if (state === 'busy') {
           this.executing = { msgId: parentId, count: null };
+          this.executions++;
         } else if (state === 'idle' && this.executing?.msgId === parentId) {
           this.executing = null;
         }

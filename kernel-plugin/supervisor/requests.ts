@@ -140,13 +140,17 @@ export class Requests {
           checkpoint: await this.delete(requireId(request))
         }));
       case 'checkpoint':
-        return this.exclusive('checkpoint', async () => ({
-          checkpoint: await this.checkpointFlow.run(request, progress)
-        }));
+        return this.exclusive('checkpoint', async () => {
+          const checkpoint = await this.checkpointFlow.run(request, progress);
+          this.restoreFlow.markUnchanged();
+          return { checkpoint };
+        });
       case 'restore':
-        return this.exclusive('restore', async () => ({
-          checkpoint: await this.restoreFlow.run(requireId(request), progress, fromKernel)
-        }));
+        return this.exclusive('restore', async () => {
+          const id = requireId(request);
+          const keep = (target: Checkpoint) => this.keepBeforeRestore(target, request, progress);
+          return { checkpoint: await this.restoreFlow.run(id, progress, fromKernel, keep) };
+        });
       case 'fork':
         // Not exclusive: a fork leaves the running kernel alone.
         if (!this.forkFlow) {
@@ -192,6 +196,50 @@ export class Requests {
     }
   }
 
+  /**
+   * Before a restore replaces the running kernel, keeps its state as a checkpoint of its own
+   * (labelled "before restoring ..."), so that going back is never a loss and can be undone; it
+   * runs once the target image is checked, so a restore that cannot happen keeps nothing. Only
+   * when the kernel ran a cell since its current checkpoint (else that checkpoint is its state),
+   * when it can be checkpointed, and unless KERNEL_CHECKPOINT_KEEP_BEFORE_RESTORE=0. With the
+   * chunk store it costs its new bytes only. If it fails (a full disk), the restore goes on and
+   * its progress says so.
+   */
+  private async keepBeforeRestore(
+    target: Checkpoint,
+    request: Request,
+    progress: Progress
+  ): Promise<void> {
+    if (
+      !this.restoreFlow.worthKeeping ||
+      !this.host.kernel ||
+      !this.host.probe?.ok ||
+      this.host.engine.name === 'plain'
+    ) {
+      return;
+    }
+    const id = target.id;
+    try {
+      await this.checkpointFlow.run(
+        {
+          request_id: request.request_id,
+          action: 'checkpoint',
+          label: `before restoring ${target.label ?? id}`,
+          ...(request.notebook_path ? { notebook_path: request.notebook_path } : {})
+        },
+        progress
+      );
+      this.restoreFlow.markUnchanged();
+    } catch (error) {
+      // The user asked to go back: a full disk must not keep them from it. They hear of it.
+      const failure = asRequestError(error);
+      log.warn(
+        `could not keep the running kernel's state before restoring ${id}: ${failure.message}`
+      );
+      progress('verifying', `the running kernel's state was not kept: ${failure.message}`);
+    }
+  }
+
   private async list(request: Request): Promise<Checkpoint[]> {
     const all = await this.options.store.list();
     if (request.scope === 'all') {
@@ -230,6 +278,11 @@ export class Requests {
     const checkpoint = await this.options.store.entry(id);
     await this.sealer.settled(id);
     await this.options.store.delete(id);
+    // Its chunks no other image uses are given back in the background.
+    void this.options.store
+      .collect()
+      .then(freed => log.debug(`collected ${freed.packsRemoved} packs, ${freed.bytesFreed} bytes`))
+      .catch(error => log.warn(`could not collect unused chunks: ${(error as Error).message}`));
     if (this.host.currentId === id) {
       this.host.currentId = checkpoint.parent_id;
     }

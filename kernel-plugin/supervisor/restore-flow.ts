@@ -1,14 +1,16 @@
 // The restore flow, one named step per progress stage of the protocol:
 //
 //   verifying    the image is known, of this engine and architecture, and whole (sizes, and
-//                checksums once sealed); nothing has changed yet if this fails;
+//                checksums once sealed); a chunk image's files are rebuilt, every chunk checked
+//                against its hash; nothing has changed yet if this fails;
 //   stopping     client messages are held and the running kernel process is stopped;
 //   restoring    the engine starts the kernel from the image (if it fails, a fresh kernel is
 //                started and the error says so: the old one is gone);
 //   reconnecting the supervisor connects, the plugin hears `restarted`, held messages go on.
 
 import type { Checkpoint } from '../../protocol/checkpoint-protocol';
-import type { ImageStore, PrivateRecord } from '../store/store';
+import { keepsBeforeRestore } from '../store/chunked-images';
+import type { ImageStore, OpenedImage, PrivateRecord } from '../store/store';
 import type { AgentChannel } from './agent';
 import type { Progress } from './checkpoint-flow';
 import type { CommServer } from './comm-server';
@@ -36,6 +38,9 @@ interface Stopped {
 }
 
 export class RestoreFlow {
+  /** `state.executions` when the running kernel was last checkpointed or restored. */
+  private executionsAtCurrent = 0;
+
   constructor(
     private readonly options: RestoreFlowOptions,
     private readonly host: KernelHost,
@@ -46,8 +51,55 @@ export class RestoreFlow {
     private readonly comms: CommServer
   ) {}
 
-  async run(id: string, progress: Progress, fromKernel: boolean): Promise<Checkpoint> {
+  /**
+   * Whether a restore should first keep the running kernel's state: it has run a cell since it
+   * was last checkpointed or restored, and the store keeps it (`keepsBeforeRestore`).
+   */
+  get worthKeeping(): boolean {
+    return (
+      keepsBeforeRestore(this.options.env) && this.state.executions !== this.executionsAtCurrent
+    );
+  }
+
+  /** The running kernel is now what its current checkpoint holds. */
+  markUnchanged(): void {
+    this.executionsAtCurrent = this.state.executions;
+  }
+
+  /**
+   * Restores checkpoint `id`. `beforeStopping` runs once the image is checked (and rebuilt), just
+   * before the running kernel is stopped: a restore that cannot happen keeps nothing.
+   */
+  async run(
+    id: string,
+    progress: Progress,
+    fromKernel: boolean,
+    beforeStopping: (target: Checkpoint) => Promise<void> = async () => undefined
+  ): Promise<Checkpoint> {
     const { manifest, record } = await this.verify(id, progress);
+    // Rebuilt (a chunk image) before the running kernel is touched: a damaged chunk changes nothing.
+    const rebuilding = Date.now();
+    const image = await this.options.store.openImage(id, record);
+    if (image.rebuilt) {
+      log.info(`rebuilt the files of ${id} from chunks in ${Date.now() - rebuilding} ms`);
+    }
+    try {
+      await beforeStopping(manifest);
+      return await this.restoreFrom(id, manifest, record, image, progress, fromKernel);
+    } finally {
+      // The restored kernel runs from its memory: the engine has read its files.
+      await image.release();
+    }
+  }
+
+  private async restoreFrom(
+    id: string,
+    manifest: Checkpoint,
+    record: PrivateRecord,
+    image: OpenedImage,
+    progress: Progress,
+    fromKernel: boolean
+  ): Promise<Checkpoint> {
     const lineage = recordedLineage(record);
     const reach = this.host.reach(lineage);
     // Under CRIU the relay and the agent connect while the image is restored (see the engine's
@@ -58,7 +110,7 @@ export class RestoreFlow {
     const oldLineage = this.host.lineage;
     progress('restoring');
     try {
-      await this.restore(id, record, lineage, reach, stopped, connectsEarly);
+      await this.restore(image.dir, record, lineage, reach, stopped, connectsEarly);
     } catch (error) {
       // The old kernel is gone; start a fresh one so that the notebook stays usable.
       const failure = asRequestError(error);
@@ -82,6 +134,7 @@ export class RestoreFlow {
     progress('reconnecting');
     await this.reconnect(id, record);
     this.host.currentId = id;
+    this.markUnchanged();
     this.settle(stopped, id, fromKernel);
     log.info(`restored ${id}`);
     this.comms.broadcast({
@@ -154,7 +207,7 @@ export class RestoreFlow {
 
   /** Has the engine start the kernel from the image, and adopts it. */
   private async restore(
-    id: string,
+    imageDir: string,
     record: PrivateRecord,
     lineage: Lineage,
     reach: Lineage,
@@ -173,20 +226,16 @@ export class RestoreFlow {
         .then(live => (live ? undefined : new Promise<void>(() => undefined)));
       this.host.connectAgent();
     }
-    const kernel = await this.host.engine.restore(
-      this.options.store.imageDir(id),
-      record.engineData,
-      {
-        argv: [],
-        env: this.options.env,
-        cwd: this.options.cwd,
-        workDir: reach.ipcDir,
-        answered,
-        ...(reach === lineage
-          ? {}
-          : { isolate: { imageIpcDir: lineage.ipcDir, ownIpcDir: reach.ipcDir } })
-      }
-    );
+    const kernel = await this.host.engine.restore(imageDir, record.engineData, {
+      argv: [],
+      env: this.options.env,
+      cwd: this.options.cwd,
+      workDir: reach.ipcDir,
+      answered,
+      ...(reach === lineage
+        ? {}
+        : { isolate: { imageIpcDir: lineage.ipcDir, ownIpcDir: reach.ipcDir } })
+    });
     this.host.lineage = lineage;
     this.host.adopt(kernel);
   }

@@ -66,7 +66,10 @@ def good_and_doomed_images(client: Client, store: Path) -> tuple[dict, dict]:
     return good, doomed
 
 
-def test_an_image_with_one_flipped_byte_is_refused(kernel: Kernel, store: Path):
+def test_an_image_with_one_flipped_byte_is_refused(make_kernel, store: Path):
+    # A whole image (a store that keeps them, or one from before chunks); chunk images:
+    # tests/integration/test_dedup_store.py.
+    kernel = make_kernel(KERNEL_CHECKPOINT_DEDUP="0")
     client = kernel.client
     good, damaged = good_and_doomed_images(client, store)
     pid = kernel.kernel_pid()
@@ -83,8 +86,9 @@ def test_an_image_with_one_flipped_byte_is_refused(kernel: Kernel, store: Path):
 
 
 def test_an_image_the_engine_cannot_restore_leaves_a_fresh_kernel_that_works(
-    kernel: Kernel, store: Path
+    make_kernel, store: Path
 ):
+    kernel = make_kernel(KERNEL_CHECKPOINT_DEDUP="0")  # its files are damaged in place
     # Damage our checks cannot see (the image looks unsealed: only sizes are checked), so the
     # running kernel is stopped and the engine itself fails on the image.
     client = kernel.client
@@ -172,7 +176,8 @@ def test_full_disk_during_checkpoint(make_kernel, mount_tmpfs):
     expect_error("no_space", client.checkpoint)
 
     # No partial image is left, the earlier image is intact, and the kernel runs on.
-    assert sorted(p.name for p in store.iterdir()) == [first["id"]]
+    # (.chunks: the chunks of the first image, once the store has cut it into chunks.)
+    assert sorted(p.name for p in store.iterdir() if p.name != ".chunks") == [first["id"]]
     assert client.value("x") == "big"
     client.restore(first["id"])
     assert client.value("x") == "first"

@@ -25,7 +25,9 @@ def engine() -> str:
     return "fake"
 
 
-def test_restore_brings_back_the_variable(kernel: Kernel, store: Path):
+def test_restore_brings_back_the_variable(make_kernel, store: Path):
+    # A whole image, so that the engine's record can be read from the store's folder.
+    kernel = make_kernel(KERNEL_CHECKPOINT_DEDUP="0")
     client = kernel.client
     client.run("x = 42")
     before = kernel.kernel_pid()

@@ -155,7 +155,9 @@ def _clip(text: str, width: int) -> str:
 
 #: Columns of the checkpoint table; the first, unnamed, marks the kernel's current checkpoint.
 CHECKPOINT_COLUMNS = ("", "ID", "PARENT", "LABEL", "WHEN", "EXEC", "SIZE", "ENGINE", "VARIABLES")
-_RIGHT_ALIGNED = frozenset({"EXEC", "SIZE"})  # numbers
+_RIGHT_ALIGNED = frozenset({"EXEC", "SIZE", "NEW"})  # numbers
+#: Bytes a checkpoint added to a deduplicated store, after SIZE, when any checkpoint has them.
+_NEW_COLUMN = "NEW"
 _LABEL_WIDTH = 32
 _VARIABLES_WIDTH = 40
 
@@ -204,10 +206,14 @@ def checkpoint_table(
 ) -> str:
     """The checkpoint table, oldest first, the current checkpoint marked *."""
     ordered = sorted(checkpoints, key=lambda c: str(c.get("created", "")))
-    return render_table(
-        [list(CHECKPOINT_COLUMNS), *(checkpoint_row(c, current_id, now_ms) for c in ordered)],
-        lambda i: CHECKPOINT_COLUMNS[i] in _RIGHT_ALIGNED,
-    )
+    rows = [list(CHECKPOINT_COLUMNS), *(checkpoint_row(c, current_id, now_ms) for c in ordered)]
+    if any(c.get("stored_bytes") is not None for c in ordered):
+        at = CHECKPOINT_COLUMNS.index("SIZE") + 1
+        rows[0].insert(at, _NEW_COLUMN)
+        for row, c in zip(rows[1:], ordered, strict=True):
+            stored = c.get("stored_bytes")
+            row.insert(at, "-" if stored is None else format_bytes(stored))
+    return render_table(rows, lambda i: rows[0][i] in _RIGHT_ALIGNED)
 
 
 def status_text(status: dict[str, Any]) -> str:

@@ -4,35 +4,11 @@ import os from 'node:os';
 import path from 'node:path';
 
 import type { Checkpoint } from '../../../protocol/checkpoint-protocol';
-import { MANIFEST_FORMAT } from '../../../protocol/checkpoint-protocol-constants';
 import { ImageStore, newCheckpointId, StoreError } from '../store';
+import { testManifest, testRecord } from './image-fixtures';
 
-function manifest(id: string, parent: string | null = null): Checkpoint {
-  return {
-    format: MANIFEST_FORMAT,
-    id,
-    parent_id: parent,
-    label: null,
-    created: new Date().toISOString(),
-    engine: { name: 'test', version: '1' },
-    duration_ms: 1,
-    image_bytes: 0,
-    kernel: { name: 'k', display_name: 'K', language: 'python' },
-    notebook_path: null,
-    state: null
-  };
-}
-
-const record = {
-  format: MANIFEST_FORMAT,
-  engine: 'test',
-  engineData: {},
-  kernelConnection: { key: 'secret' },
-  ipcDir: '/tmp/x',
-  agentEndpoint: null,
-  lineage: 'l',
-  arch: process.arch
-} as const;
+const manifest = testManifest;
+const record = testRecord;
 
 async function save(store: ImageStore, content = 'memory'): Promise<Checkpoint> {
   const id = newCheckpointId();

@@ -129,6 +129,7 @@ describeWithPython('checkpoint and restore under the fake engine', () => {
   afterEach(() => {
     delete env[FAKE_FAIL_ENV];
     delete env[FAKE_DELAY_ENV];
+    delete env.KERNEL_CHECKPOINT_KEEP_BEFORE_RESTORE;
   });
 
   afterAll(async () => {
@@ -159,12 +160,41 @@ describeWithPython('checkpoint and restore under the fake engine', () => {
     expect(record.state).toBe(true);
 
     await client.execute('x = 7');
+    // On by default only in a store of chunks (KERNEL_CHECKPOINT_DEDUP=1), where it costs new
+    // bytes alone; asked for here.
+    env.KERNEL_CHECKPOINT_KEEP_BEFORE_RESTORE = '1';
     const restored = await ask(supervisor, { action: 'restore', checkpoint_id: taken.id });
-    expect(restored.progress).toEqual(PROGRESS_STAGES.slice(5));
+    // The kernel ran a cell since its checkpoint: once the image is checked, its state is kept
+    // as a checkpoint before it is stopped.
+    expect(restored.progress).toEqual([
+      'verifying',
+      ...PROGRESS_STAGES.slice(0, 5),
+      ...PROGRESS_STAGES.slice(6)
+    ]);
     expect(restored.answer).toMatchObject({ type: 'reply', current_id: taken.id });
     expect(await client.value('x')).toBe(42);
     expect(await kernelPid()).not.toBe(before);
     expect(isRunning(before)).toBe(false);
+    const kept = (await store.list()).find(c => c.label === 'before restoring answer');
+    expect(kept?.parent_id).toBe(taken.id);
+
+    // No cell ran since a checkpoint: the kernel is that checkpoint, and nothing more is kept.
+    checkpointOf((await ask(supervisor, { action: 'checkpoint' })).answer);
+    const again = await ask(supervisor, { action: 'restore', checkpoint_id: kept!.id });
+    expect(again.progress).toEqual(PROGRESS_STAGES.slice(5));
+    expect(await client.value('x')).toBe(7);
+    const count = (await store.list()).length;
+    await client.execute('x = 8');
+    env.KERNEL_CHECKPOINT_KEEP_BEFORE_RESTORE = '0';
+    const off = await ask(supervisor, { action: 'restore', checkpoint_id: taken.id });
+    delete env.KERNEL_CHECKPOINT_KEEP_BEFORE_RESTORE;
+    expect(off.progress).toEqual(PROGRESS_STAGES.slice(5));
+    // And off by default in a store of whole images.
+    await client.execute('x = 9');
+    const byDefault = await ask(supervisor, { action: 'restore', checkpoint_id: taken.id });
+    expect(byDefault.progress).toEqual(PROGRESS_STAGES.slice(5));
+    expect(off.progress).toEqual(PROGRESS_STAGES.slice(5));
+    expect((await store.list()).length).toBe(count);
   });
 
   it('refuses a second checkpoint while one runs, as busy', async () => {

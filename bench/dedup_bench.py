@@ -1,0 +1,191 @@
+"""Checkpoint and restore times and bytes stored: the deduplicated store (chunks) beside whole
+images, in the same run, real kernels under the real supervisor (as the tests start them).
+
+For each mode, a kernel builds the state, then takes a checkpoint after the fill and after each
+small edit; the store's bytes on disk are read once the background work of that checkpoint has
+ended (chunking, in the chunk mode; checksums, whole). Then the newest and the oldest checkpoint
+are restored. One JSON object per mode goes to --out; the table is printed at the end (and by
+--table FILE for results saved before).
+
+    .venv/bin/python bench/dedup_bench.py --state numpy --mib 1024 --checkpoints 20 --out r.json
+    .venv/bin/python bench/dedup_bench.py --state mixed --checkpoints 6 --out m.json
+    .venv/bin/python bench/dedup_bench.py --table r.json m.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE))
+
+from dedup_states import MIXED_EDITS, private_jupyter  # noqa: E402
+from harness.states import MIXED_CODE  # noqa: E402
+from kctesting import Kernel  # noqa: E402
+
+GIB = 1 << 30
+MIB = 1 << 20
+MARKS = (1, 5, 6, 10, 20)
+
+
+def numpy_code(mib: int) -> str:
+    return f"import numpy as np\ndata = np.random.default_rng(0).random({mib * MIB // 8})\n"
+
+
+def numpy_edit(i: int) -> str:
+    return (
+        f"_r = np.random.default_rng({i}); data[_r.integers(0, data.size, 1000)] = _r.random(1000)"
+    )
+
+
+def bytes_on_disk(store: Path) -> int:
+    return sum(p.lstat().st_size for p in store.rglob("*") if p.is_file())
+
+
+def settled(store: Path, checkpoint_id: str, chunks: bool, timeout: float = 600) -> float:
+    """Waits for the background work on one image; returns how long it took from now."""
+    started = time.monotonic()
+    folder = store / checkpoint_id
+    while time.monotonic() - started < timeout:
+        if chunks:
+            if (
+                "stored_bytes" in json.loads((folder / "manifest.json").read_text())
+                and not (folder / "image").exists()
+            ):
+                break
+        elif all("xxh64" in f for f in json.loads((folder / "private.json").read_text())["files"]):
+            break
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def series(args: argparse.Namespace, mode: str, base: Path) -> dict:
+    store = base / f"store-{mode}"
+    env = private_jupyter(
+        base,
+        store,
+        args.engine,
+        KERNEL_CHECKPOINT_DEDUP="1" if mode == "chunks" else "0",
+        KERNEL_CHECKPOINT_COMPRESSION=args.compression,
+    )
+    kernel = Kernel(env)
+    client = kernel.client
+    result: dict = {"mode": mode, "state": args.state, "mib": args.mib, "engine": args.engine}
+    result.update(checkpoint_s=[], background_s=[], stored_bytes={}, image_bytes=0)
+    ids = []
+    try:
+        if args.state == "numpy":
+            client.run(numpy_code(args.mib), timeout=900)
+            edits = [numpy_edit(i) for i in range(args.checkpoints - 1)]
+        else:
+            client.run(MIXED_CODE, timeout=900)
+            edits = (MIXED_EDITS * 10)[: args.checkpoints - 1]
+        for step, edit in enumerate([None, *edits]):
+            if edit:
+                client.run(edit)
+            started = time.monotonic()
+            checkpoint = client.checkpoint(label=f"step {step}")
+            result["checkpoint_s"].append(round(time.monotonic() - started, 3))
+            ids.append(checkpoint["id"])
+            result["image_bytes"] = checkpoint["image_bytes"]
+            result["background_s"].append(round(settled(store, ids[-1], mode == "chunks"), 3))
+            if step + 1 in MARKS:
+                result["stored_bytes"][step + 1] = bytes_on_disk(store)
+            print(
+                f"{mode} {step + 1}: checkpoint {result['checkpoint_s'][-1]:.2f} s, "
+                f"background {result['background_s'][-1]:.2f} s, "
+                f"store {bytes_on_disk(store) / GIB:.3f} GiB",
+                flush=True,
+            )
+        result["restore_s"] = {}
+        for which, checkpoint_id in (("newest", ids[-1]), ("oldest", ids[0])):
+            times = []
+            for _ in range(args.restores):
+                started = time.monotonic()
+                client.restore(checkpoint_id)
+                times.append(round(time.monotonic() - started, 3))
+            result["restore_s"][which] = times
+            print(f"{mode} restore {which}: {times}", flush=True)
+        # A restore after an edit first keeps the running kernel's state as a checkpoint.
+        client.run(edits[0] if edits else "x = 1")
+        before = bytes_on_disk(store)
+        started = time.monotonic()
+        client.restore(ids[-1])
+        result["keep_restore_s"] = round(time.monotonic() - started, 3)
+        kept = [c for c in client.list("all") if (c.get("label") or "").startswith("before")]
+        if kept:
+            settled(store, kept[-1]["id"], mode == "chunks")
+        result["keep_bytes"] = bytes_on_disk(store) - before
+        print(
+            f"{mode} restore keeping the state: {result['keep_restore_s']} s, "
+            f"{result['keep_bytes'] / MIB:.1f} MiB",
+            flush=True,
+        )
+    finally:
+        kernel.shutdown()
+        shutil.rmtree(store, ignore_errors=True)
+    return result
+
+
+def table(results: list[dict]) -> str:
+    lines = [
+        "| state | mode | image | checkpoint s (first / median / last) | stored after "
+        + ", ".join(str(m) for m in MARKS)
+        + " | restore newest s | restore oldest s | restore keeping the state: s, new MiB |",
+        "|---|---|---:|---|---|---:|---:|---:|",
+    ]
+    for r in results:
+        cps = r["checkpoint_s"]
+        median = sorted(cps)[len(cps) // 2]
+        stored = ", ".join(
+            f"{r['stored_bytes'][str(m)] / 1e9:.3f} GB" if str(m) in r["stored_bytes"] else "-"
+            for m in MARKS
+        )
+        restores = {k: min(v) for k, v in r.get("restore_s", {}).items()}
+        state = r["state"] + (f" {r['mib']} MiB" if r["state"] == "numpy" else "")
+        lines.append(
+            f"| {state} | {r['mode']} | {r['image_bytes'] / GIB:.2f} GiB | "
+            f"{cps[0]:.2f} / {median:.2f} / {cps[-1]:.2f} | {stored} | "
+            f"{restores.get('newest', 0):.2f} | {restores.get('oldest', 0):.2f} | "
+            f"{r.get('keep_restore_s', 0):.2f}, {r.get('keep_bytes', 0) / MIB:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--state", choices=("numpy", "mixed"), default="numpy")
+    parser.add_argument("--mib", type=int, default=1024, help="numpy array size")
+    parser.add_argument("--checkpoints", type=int, default=10)
+    parser.add_argument("--restores", type=int, default=2, help="restores of each, best kept")
+    parser.add_argument("--engine", choices=("criu", "dmtcp"), default="criu")
+    parser.add_argument("--compression", choices=("zstd", "none"), default="zstd")
+    parser.add_argument("--modes", default="chunks,whole")
+    parser.add_argument("--out", help="write the results (JSON) here")
+    parser.add_argument("--table", nargs="+", help="print the table of saved results")
+    args = parser.parse_args()
+    if args.table:
+        results = [r for f in args.table for r in json.loads(Path(f).read_text())]
+        print(table(results))
+        return 0
+    base = Path(tempfile.mkdtemp(prefix="kc-dedup-bench-"))
+    try:
+        results = [series(args, mode, base) for mode in args.modes.split(",")]
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    results = json.loads(json.dumps(results))  # keys as the saved file has them
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,270 @@
+// The image store with its chunk store: chunking committed images, rebuilding them for a restore,
+// damage naming every image that shares a chunk, collecting after deletes, the states a kill -9
+// can leave, the store report and migrating whole images.
+
+import { randomBytes } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+import {
+  chunkingOptionsFromEnv,
+  keepsBeforeRestore,
+  type ChunkingOptions
+} from '../chunked-images';
+import { decodeChunkLists } from '../chunks';
+import { ImageStore, newCheckpointId, type StoreError } from '../store';
+import { testManifest, testRecord } from './image-fixtures';
+
+const record = testRecord;
+const manifest = (id: string) => testManifest(id, null, 'nb.ipynb');
+
+/** 4 MiB of random pages: what a kernel's memory looks like to the store. */
+const MEMORY = randomBytes(4 << 20);
+/** What an edit writes into a page (the same each time, so that images can be compared). */
+const EDITED = randomBytes(4 << 20);
+
+/** A memory image: MEMORY with `edits` pages changed, and a small core file. */
+function pagesWith(edits: number[]): Buffer {
+  const pages = Buffer.from(MEMORY);
+  for (const page of edits) {
+    EDITED.copy(pages, page * 4096, page * 4096, (page + 1) * 4096);
+  }
+  return pages;
+}
+
+async function save(store: ImageStore, pages: Buffer): Promise<string> {
+  const id = newCheckpointId();
+  const pending = await store.begin(id);
+  await fs.writeFile(path.join(pending.imageDir, 'pages-1.img'), pages);
+  await fs.writeFile(path.join(pending.imageDir, 'core-1.img'), randomBytes(300));
+  await pending.commit(manifest(id), { ...record });
+  return id;
+}
+
+async function bytesOnDisk(dir: string): Promise<number> {
+  let total = 0;
+  for (const entry of await fs.readdir(dir, { withFileTypes: true })) {
+    const full = path.join(dir, entry.name);
+    total += entry.isDirectory() ? await bytesOnDisk(full) : (await fs.lstat(full)).size;
+  }
+  return total;
+}
+
+async function rebuilt(store: ImageStore, id: string): Promise<Buffer> {
+  const image = await store.openImage(id, await store.privateRecord(id));
+  try {
+    return await fs.readFile(path.join(image.dir, 'pages-1.img'));
+  } finally {
+    await image.release();
+  }
+}
+
+describe('a store of chunk images', () => {
+  let root: string;
+  let rebuildDir: string;
+  let options: ChunkingOptions;
+  let store: ImageStore;
+
+  beforeEach(async () => {
+    const base = await fs.mkdtemp(path.join(os.tmpdir(), 'kc-chunked-'));
+    root = path.join(base, 'images');
+    rebuildDir = path.join(base, 'rebuild');
+    await fs.mkdir(rebuildDir, { mode: 0o700 });
+    options = { ...chunkingOptionsFromEnv({}), rebuildDir };
+    store = new ImageStore(root, options);
+  });
+
+  it('chunks an image after it is committed: files gone, lists private, new bytes recorded', async () => {
+    const first = await save(store, pagesWith([]));
+    const chunked = await store.chunk(first);
+    expect(chunked?.stored_bytes).toBeGreaterThan(3.5 * (1 << 20)); // random pages barely compress
+    const folder = store.folderOf(first);
+    expect(await fs.readdir(folder)).toEqual(['chunks.bin', 'manifest.json', 'private.json']);
+    expect((await fs.stat(path.join(folder, 'chunks.bin'))).mode & 0o777).toBe(0o600);
+    expect((await store.privateRecord(first)).storage).toBe('chunks');
+    expect((await store.manifest(first)).stored_bytes).toBe(chunked?.stored_bytes);
+
+    const second = await save(store, pagesWith([3, 500]));
+    const next = await store.chunk(second);
+    // Two changed pages and the small file: a few KiB, not 4 MiB again.
+    expect(next?.stored_bytes).toBeLessThan(20000);
+    expect(await store.chunk(second)).toBeNull(); // already chunks
+  });
+
+  it('rebuilds a chunk image byte for byte into a private folder, removed on release', async () => {
+    const id = await save(store, pagesWith([7]));
+    await store.chunk(id);
+    const image = await store.openImage(id, await store.privateRecord(id));
+    expect(image.rebuilt).toBe(true);
+    expect(path.dirname(image.dir)).toBe(rebuildDir);
+    expect((await fs.stat(image.dir)).mode & 0o777).toBe(0o700);
+    expect((await fs.stat(path.join(image.dir, 'pages-1.img'))).mode & 0o777).toBe(0o600);
+    expect((await fs.readFile(path.join(image.dir, 'pages-1.img'))).equals(pagesWith([7]))).toBe(
+      true
+    );
+    await image.release();
+    await expect(fs.stat(image.dir)).rejects.toThrow();
+  });
+
+  it('gives back exactly the bytes that were saved', async () => {
+    const pages = pagesWith([1, 2, 3]);
+    const id = await save(store, pages);
+    await store.chunk(id);
+    expect((await rebuilt(store, id)).equals(pages)).toBe(true);
+  });
+
+  it('a flipped byte in a shared chunk names every checkpoint using it; the others rebuild', async () => {
+    const a = await save(store, pagesWith([]));
+    await store.chunk(a);
+    const b = await save(store, pagesWith([9]));
+    await store.chunk(b);
+    const other = await save(store, randomBytes(1 << 20)); // shares nothing with a and b
+    await store.chunk(other);
+    const lists = decodeChunkLists(await fs.readFile(path.join(store.folderOf(a), 'chunks.bin')));
+    const run = lists['pages-1.img'].runs[0];
+    const pack = store.chunks.packPath(run.pack);
+    const bytes = await fs.readFile(pack);
+    bytes[run.at + 5000] ^= 0xff;
+    await fs.writeFile(pack, bytes);
+
+    for (const id of [a, b]) {
+      const error = (await store
+        .openImage(id, await store.privateRecord(id))
+        .catch((e: unknown) => e)) as StoreError;
+      expect(error.code).toBe('corrupt_image');
+      expect(error.message).toContain(a);
+      expect(error.message).toContain(b);
+      expect(error.message).not.toContain(other);
+    }
+    expect((await fs.readdir(rebuildDir)).length).toBe(0); // nothing half-rebuilt left
+    expect((await rebuilt(store, other)).length).toBe(1 << 20);
+  });
+
+  it('deleting gives the space back once collected; shared chunks stay for the others', async () => {
+    const a = await save(store, pagesWith([]));
+    await store.chunk(a);
+    const afterOne = await bytesOnDisk(root);
+    const b = await save(store, randomBytes(2 << 20)); // its own chunks
+    await store.chunk(b);
+    const c = await save(store, pagesWith([4]));
+    await store.chunk(c);
+    await store.delete(b);
+    await store.collect();
+    expect(await bytesOnDisk(root)).toBeLessThan(afterOne + 200000);
+    // a's pack is used by c too: deleting a frees nothing until c goes.
+    await store.delete(a);
+    await store.collect();
+    expect((await rebuilt(store, c)).equals(pagesWith([4]))).toBe(true);
+    await store.delete(c);
+    await store.collect();
+    expect(await bytesOnDisk(root)).toBeLessThan(100);
+  });
+
+  it('a kill before the record says "chunks" leaves a whole image; its pack is collected', async () => {
+    const id = await save(store, pagesWith([]));
+    await store.seal(id);
+    // What a kill between writing chunks.bin and private.json leaves: a pack and a chunks.bin
+    // beside a whole image.
+    const chunked = await store.chunk(id);
+    expect(chunked).not.toBeNull();
+    const wholeRecord = { ...(await store.privateRecord(id)), storage: undefined };
+    await fs.writeFile(path.join(store.folderOf(id), 'private.json'), JSON.stringify(wholeRecord), {
+      mode: 0o600
+    });
+    await fs.mkdir(store.imageDir(id), { mode: 0o700 });
+    await fs.writeFile(path.join(store.imageDir(id), 'pages-1.img'), pagesWith([]));
+    await fs.writeFile(path.join(store.imageDir(id), 'core-1.img'), 'x'.repeat(300));
+    const reopened = new ImageStore(root, options);
+    await reopened.list(); // opens the store: the stale chunks.bin goes
+    expect(await fs.readdir(store.folderOf(id))).not.toContain('chunks.bin');
+    await reopened.collect();
+    expect(await reopened.chunks.packs()).toEqual([]);
+    const image = await reopened.openImage(id, await reopened.privateRecord(id));
+    expect(image.rebuilt).toBe(false);
+    await image.release();
+  });
+
+  it('a kill after the record says "chunks" leaves a chunk image; leftover files are removed', async () => {
+    const pages = pagesWith([2]);
+    const id = await save(store, pages);
+    await store.chunk(id);
+    // What a kill before the files were removed leaves.
+    await fs.mkdir(store.imageDir(id), { mode: 0o700 });
+    await fs.writeFile(path.join(store.imageDir(id), 'pages-1.img'), 'half');
+    const reopened = new ImageStore(root, options);
+    await reopened.list();
+    await expect(fs.stat(reopened.imageDir(id))).rejects.toThrow();
+    expect((await rebuilt(reopened, id)).equals(pages)).toBe(true);
+  });
+
+  it('reports total bytes, bytes per notebook and what deleting each frees', async () => {
+    const a = await save(store, pagesWith([]));
+    await store.chunk(a);
+    const b = await save(store, pagesWith([1]));
+    await store.chunk(b);
+    const whole = await save(store, randomBytes(1000));
+    const report = await store.report();
+    expect(report.total_bytes).toBe(await bytesOnDisk(root));
+    const rows = Object.fromEntries(report.checkpoints.map(row => [row.id, row]));
+    expect(rows[a].storage).toBe('chunks');
+    expect(rows[whole].storage).toBe('whole');
+    expect(rows[a].freed_if_deleted).toBeLessThan(rows[a].stored_bytes); // b shares its pack
+    expect(rows[b].freed_if_deleted).toBeGreaterThan(4096); // its own pack
+    expect(report.notebooks).toEqual([
+      {
+        notebook_path: 'nb.ipynb',
+        checkpoints: 3,
+        bytes: rows[a].stored_bytes + rows[b].stored_bytes + rows[whole].stored_bytes
+      }
+    ]);
+  });
+
+  it('migrates sealed whole images into chunks, and leaves unsealed ones to their writer', async () => {
+    const whole = new ImageStore(root, { ...options, chunking: false });
+    const sealed = await save(whole, pagesWith([]));
+    await whole.seal(sealed);
+    const unsealed = await save(whole, pagesWith([5]));
+    expect(await store.migrate()).toEqual([sealed]);
+    expect((await store.privateRecord(sealed)).storage).toBe('chunks');
+    expect((await store.privateRecord(unsealed)).storage).toBeUndefined();
+    expect((await rebuilt(store, sealed)).equals(pagesWith([]))).toBe(true);
+  });
+
+  it('refuses to migrate a whole image whose bytes no longer match its checksums', async () => {
+    const id = await save(store, pagesWith([]));
+    await store.seal(id);
+    const file = path.join(store.imageDir(id), 'pages-1.img');
+    const bytes = await fs.readFile(file);
+    bytes[10] ^= 1;
+    await fs.writeFile(file, bytes);
+    await expect(store.migrate()).rejects.toMatchObject({ code: 'corrupt_image' });
+    expect((await store.privateRecord(id)).storage).toBeUndefined();
+  });
+});
+
+describe('settings', () => {
+  it('keep images whole unless KERNEL_CHECKPOINT_DEDUP=1; chunks with zstd', () => {
+    expect(chunkingOptionsFromEnv({})).toMatchObject({ chunking: false, compression: 'zstd' });
+    expect(chunkingOptionsFromEnv({ KERNEL_CHECKPOINT_DEDUP: '1' }).chunking).toBe(true);
+    expect(chunkingOptionsFromEnv({ KERNEL_CHECKPOINT_DEDUP: '0' }).chunking).toBe(false);
+    expect(keepsBeforeRestore({})).toBe(false);
+    expect(keepsBeforeRestore({ KERNEL_CHECKPOINT_DEDUP: '1' })).toBe(true);
+    expect(
+      keepsBeforeRestore({
+        KERNEL_CHECKPOINT_DEDUP: '1',
+        KERNEL_CHECKPOINT_KEEP_BEFORE_RESTORE: '0'
+      })
+    ).toBe(false);
+    expect(chunkingOptionsFromEnv({ KERNEL_CHECKPOINT_COMPRESSION: 'none' }).compression).toBe(
+      'none'
+    );
+  });
+
+  it('refuse an unknown compression or level, saying which values work', () => {
+    expect(() => chunkingOptionsFromEnv({ KERNEL_CHECKPOINT_COMPRESSION: 'lz4' })).toThrow(
+      /one of zstd, none/
+    );
+    expect(() => chunkingOptionsFromEnv({ KERNEL_CHECKPOINT_ZSTD_LEVEL: '99' })).toThrow(/1 to 19/);
+  });
+});
