@@ -46,6 +46,7 @@ from kctesting import (  # noqa: E402
     alive,
     doctor,
     kernel_checkpoint_command,
+    private_jupyter_folders,
     wait_sealed,
 )
 
@@ -393,10 +394,21 @@ class Run:
             self.outcome.note += " (no kernel to kill)"
         elif alive(pid):
             os.kill(pid, signal.SIGKILL)
-        try:
-            kernel.client.wait_reply(request, timeout=30)
-        except (CommError, TimeoutError) as error:
-            self.outcome.note += f" -> {getattr(error, 'code', type(error).__name__)}"
+        # A supervisor whose kernel died exits without a reply: wait for whichever comes first.
+        process = kernel.km.provisioner.process  # type: ignore[union-attr]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                kernel.client.wait_reply(request, timeout=0.5)
+                break
+            except CommError as error:
+                self.outcome.note += f" -> {error.code}"
+                break
+            except TimeoutError:
+                if process.poll() is not None:
+                    break
+        else:
+            self.outcome.note += " -> no reply in 30 s"
         self.aftermath(kernel, must_live=False)
 
     def kill_kernel_checkpoint(self, kernel: Kernel, took: float) -> None:
@@ -570,13 +582,7 @@ def run_suite(
 def private_jupyter_env() -> tuple[dict[str, str], Path]:
     """Private Jupyter folders with the checkpointable kernelspec installed, as the tests use."""
     base = Path(tempfile.mkdtemp(prefix="kcf-jupyter-"))
-    env = {
-        "JUPYTER_DATA_DIR": str(base / "data"),
-        "JUPYTER_RUNTIME_DIR": str(base / "runtime"),
-        "JUPYTER_CONFIG_DIR": str(base / "config"),
-        "IPYTHONDIR": str(base / "ipython"),
-        "JUPYTER_PLATFORM_DIRS": "1",
-    }
+    env = private_jupyter_folders(base)
     os.environ.update(env)
     subprocess.run(
         [kernel_checkpoint_command(), "install", "--user"],
