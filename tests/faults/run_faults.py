@@ -559,10 +559,12 @@ def run_suite(
     faults: tuple[str, ...] = FAULTS,
     say: Callable[[str], None] = print,
     log: Any = None,
+    only: int | None = None,
 ) -> Summary:
-    """Runs `runs` seeded runs; each run's fault, delays and sizes come from (seed, run)."""
+    """Runs `runs` seeded runs (or only run number `only` of them, to reproduce it); each run's
+    fault, delays and sizes come from (seed, run)."""
     summary = Summary()
-    for number in range(runs):
+    for number in range(runs) if only is None else [only]:
         rng = random.Random(f"{seed}-{number}")
         fault = faults[number % len(faults)] if runs >= len(faults) else rng.choice(faults)
         began = time.monotonic()
@@ -610,6 +612,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--fault", action="append", choices=FAULTS, help="only these faults")
+    parser.add_argument("--run", type=int, help="only this run of the seed (to reproduce it)")
     args = parser.parse_args()
     env, base = private_jupyter_env()
     try:
@@ -622,7 +625,12 @@ def main() -> int:
         print(f"the supervisors' logs: {log_path}")
         with open(log_path, "w") as log:
             summary = run_suite(
-                args.seed, args.runs, env, faults=tuple(args.fault or FAULTS), log=log
+                args.seed,
+                args.runs,
+                env,
+                faults=tuple(args.fault or FAULTS),
+                log=log,
+                only=args.run,
             )
         print(f"\nseed {args.seed}, {time.monotonic() - began:.0f} s")
         print(summary.table())

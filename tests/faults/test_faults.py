@@ -13,9 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from enginewatch import RESTORING, processes_referring_to, wait_for_helper
 from kctesting import CommError, descendants
-from run_faults import FAULTS, run_suite
+from run_faults import (  # run_faults puts tests/integration, where enginewatch is, on the path
+    FAULTS,
+    RESTORING,
+    processes_referring_to,
+    run_suite,
+    wait_for_helper,
+)
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -81,3 +86,18 @@ def test_a_restore_whose_criu_is_killed_fails_at_once_and_leaves_no_task_behind(
     assert left == {}
     client.restore(taken["id"])
     assert client.value("x") == "before"
+
+
+@pytest.mark.parametrize("engine", ["criu"], indirect=True)
+def test_the_folder_a_killed_dump_leaves_does_not_stop_the_next_checkpoint(kernel, tmp_path):
+    """Found by the suite (kill_dump): a `criu dump` killed while its parasite had /proc mounted
+    left `proc.crtools` in the kernel's working folder, and every later checkpoint of a kernel
+    working there failed with "Can't create a directory (-17)"."""
+    client = kernel.client
+    client.run(f"import os; os.chdir({str(tmp_path)!r}); x = 'saved'")
+    (tmp_path / "proc.crtools").mkdir(mode=0o700)  # what a dump killed in the middle leaves
+    saved = client.checkpoint()
+    assert not (tmp_path / "proc.crtools").exists()
+    client.run("x = 'changed'")
+    client.restore(saved["id"])
+    assert client.value("x") == "saved"
