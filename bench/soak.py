@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -88,8 +89,9 @@ def main() -> None:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="for the supervisor (and its kernel), e.g. MALLOC_MMAP_THRESHOLD_=131072",
+        help="for the supervisor (and its kernel), e.g. NODE_OPTIONS=--trace-gc (with --keep-log)",
     )
+    parser.add_argument("--keep-log", type=Path, help="copy the supervisor's log (stderr) here")
     args = parser.parse_args()
 
     workspace = Workspace()
@@ -118,6 +120,9 @@ def main() -> None:
         assert client.value("float(state.sum())") == args.mib * MIB // 8
     finally:
         kernel.shutdown()
+        if args.keep_log:
+            for log in workspace.logs.iterdir():
+                shutil.copyfile(log, args.keep_log)
         workspace.remove()
     report(rows, args.warmup)
 

@@ -353,9 +353,12 @@ class Run:
         request = kernel.client.send_request("checkpoint", label=label)
         self.kill_helper(kernel, DUMPING[self.engine], took * 0.8)
         try:
-            kernel.client.wait_reply(request)
+            kernel.client.wait_reply(request, timeout=60)
         except CommError as error:
             self.outcome.note += f" -> {error.code}"
+        except TimeoutError:
+            self.outcome.lost.append("no reply to the checkpoint 60 s after its criu dump died")
+            return
         self.aftermath(kernel, must_live=True, state=before)
 
     def kill_restore(self, kernel: Kernel, took: float) -> None:
@@ -560,11 +563,16 @@ def run_suite(
     say: Callable[[str], None] = print,
     log: Any = None,
     only: int | None = None,
+    minutes: float | None = None,
 ) -> Summary:
     """Runs `runs` seeded runs (or only run number `only` of them, to reproduce it); each run's
     fault, delays and sizes come from (seed, run)."""
     summary = Summary()
+    stop_at = time.monotonic() + minutes * 60 if minutes else None
     for number in range(runs) if only is None else [only]:
+        if stop_at and time.monotonic() > stop_at:
+            say(f"stopped after {number} runs: --minutes {minutes} are up")
+            break
         rng = random.Random(f"{seed}-{number}")
         fault = faults[number % len(faults)] if runs >= len(faults) else rng.choice(faults)
         began = time.monotonic()
@@ -613,6 +621,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--fault", action="append", choices=FAULTS, help="only these faults")
     parser.add_argument("--run", type=int, help="only this run of the seed (to reproduce it)")
+    parser.add_argument("--minutes", type=float, help="start no run after this many minutes")
     args = parser.parse_args()
     env, base = private_jupyter_env()
     try:
@@ -631,6 +640,7 @@ def main() -> int:
                 faults=tuple(args.fault or FAULTS),
                 log=log,
                 only=args.run,
+                minutes=args.minutes,
             )
         print(f"\nseed {args.seed}, {time.monotonic() - began:.0f} s")
         print(summary.table())
