@@ -240,8 +240,8 @@ export async function startPipelineKernel(
     );
     // A launcher that forks what it restores (criu restore) and dies half way (kill -9) leaves
     // those tasks stopped, orphaned, holding the output pipe: the shell never exits, so its
-    // death is watched, and what it forked is remembered (at every poll of `ready`) to be
-    // killed below.
+    // death is watched, and what it forked is remembered (at every poll of `ready` and of the
+    // wait for the kernel) to be killed below.
     await ready?.(launcher, () => {
       addDescendants(launcher, forked);
       return failed || !isRunning(launcher);
@@ -250,7 +250,10 @@ export async function startPipelineKernel(
       () => childrenOf(launcher).find(isRunning),
       timeoutMs,
       'the kernel',
-      () => !failed && isRunning(launcher)
+      () => {
+        addDescendants(launcher, forked);
+        return !failed && isRunning(launcher);
+      }
     );
     output.detach();
     return new PipelineKernel(shell, launcher, kernel);
