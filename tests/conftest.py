@@ -9,7 +9,14 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from kctesting import Kernel, alive, descendants, doctor, kernel_checkpoint_command
+from kctesting import (
+    Kernel,
+    alive,
+    descendants,
+    doctor,
+    kernel_checkpoint_command,
+    private_jupyter_folders,
+)
 
 ENGINES = ("criu", "dmtcp")
 
@@ -18,13 +25,7 @@ ENGINES = ("criu", "dmtcp")
 def jupyter_env(tmp_path_factory) -> Iterator[dict[str, str]]:
     """Private Jupyter and IPython folders for the whole run, with our kernelspec in them."""
     base = tmp_path_factory.mktemp("jupyter")
-    env = {
-        "JUPYTER_DATA_DIR": str(base / "data"),
-        "JUPYTER_RUNTIME_DIR": str(base / "runtime"),
-        "JUPYTER_CONFIG_DIR": str(base / "config"),
-        "IPYTHONDIR": str(base / "ipython"),
-        "JUPYTER_PLATFORM_DIRS": "1",
-    }
+    env = private_jupyter_folders(base)
     patch = pytest.MonkeyPatch()
     for key, value in env.items():
         patch.setenv(key, value)

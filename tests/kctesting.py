@@ -34,6 +34,17 @@ def kernel_checkpoint_command() -> str:
     return found
 
 
+def private_jupyter_folders(base: Path) -> dict[str, str]:
+    """The environment that gives Jupyter and IPython folders of their own below `base`."""
+    return {
+        "JUPYTER_DATA_DIR": str(base / "data"),
+        "JUPYTER_RUNTIME_DIR": str(base / "runtime"),
+        "JUPYTER_CONFIG_DIR": str(base / "config"),
+        "IPYTHONDIR": str(base / "ipython"),
+        "JUPYTER_PLATFORM_DIRS": "1",
+    }
+
+
 def doctor() -> dict[str, dict[str, Any]]:
     out = subprocess.run(
         [kernel_checkpoint_command(), "doctor", "--json"],

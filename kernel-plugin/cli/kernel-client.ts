@@ -1,8 +1,8 @@
 // A client of one running kernel over ZeroMQ, speaking the kernel_checkpoint comm protocol.
 //
 // It owns its sockets: a Dealer on shell, a Subscriber on iopub and a Dealer on the heartbeat,
-// each with one `for await` reader, and sends on shell one at a time (zeromq.js v6 allows one
-// pending send per socket).
+// each with one `for await` reader, and sends on shell through the supervisor's SendQueue
+// (zeromq.js v6 allows one pending send per socket).
 //
 // Nothing it sends reaches the kernel process: the supervisor answers the heartbeat and every
 // message of our comm (comm_open, comm_msg, comm_close) itself. So a running cell delays nothing
@@ -35,6 +35,7 @@ import type {
   SupervisorStatus
 } from '../../protocol/checkpoint-protocol';
 import { COMM_TARGET, PROTOCOL_VERSION } from '../../protocol/checkpoint-protocol-constants';
+import { SendQueue } from '../supervisor/send-queue';
 import {
   decode,
   encode,
@@ -109,7 +110,9 @@ export class KernelClient {
   private readonly shell: zmq.Dealer;
   private readonly iopub: zmq.Subscriber;
   private readonly hb: zmq.Dealer;
-  private shellTail: Promise<unknown> = Promise.resolve();
+  /** A send that fails is given up: a kernel gone is told by the heartbeat and the shell's
+   * disconnect, and every wait ends on those, not on a send. */
+  private readonly shellOut: SendQueue;
   private readonly iopubListeners = new Set<Listener>();
   private readers: Promise<void>[] = [];
   private closed = false;
@@ -138,6 +141,7 @@ export class KernelClient {
     // linger: let a final comm_close leave after the socket is closed (set to 0 in `close`
     // when the kernel is gone and nothing could be delivered).
     this.shell = new zmq.Dealer({ linger: 1000, routingId: this.session });
+    this.shellOut = new SendQueue(this.shell, () => undefined);
     this.iopub = new zmq.Subscriber({ linger: 0 });
     // sendTimeout 0: a ping that cannot be queued is dropped, never waited for.
     this.hb = new zmq.Dealer({ linger: 0, sendTimeout: 0 });
@@ -271,12 +275,9 @@ export class KernelClient {
     }
   }
 
-  /** Sends on shell after every earlier send has gone. */
+  /** Sends on shell after every earlier send has gone; never rejects. */
   private sendShell(message: Message): Promise<void> {
-    const frames = encode(message, this.signer);
-    const sent = this.shellTail.then(() => this.shell.send(frames));
-    this.shellTail = sent.catch(() => undefined);
-    return sent;
+    return this.shellOut.send(encode(message, this.signer));
   }
 
   /**
@@ -393,11 +394,11 @@ export class KernelClient {
     // Sent again (same comm id: the supervisor just says hello again) until one is sent while
     // iopub is proven live, whose answer cannot be lost to a subscription not yet in place.
     let sentWhileLive = this.iopubMessages > 0;
-    void open().catch(() => undefined);
+    void open();
     const resend = setInterval(() => {
       if (!sentWhileLive) {
         sentWhileLive = this.iopubMessages > 0;
-        void open().catch(() => undefined);
+        void open();
       }
     }, COMM_OPEN_RESEND_MS);
     let data: SupervisorMessage | 'closed' | null;
@@ -506,7 +507,7 @@ export class KernelClient {
     const request: Request = { request_id: requestId, action, ...fields };
     void this.sendShell(
       newMessage('comm_msg', { comm_id: commId, data: request }, { session: this.session })
-    ).catch(() => undefined);
+    );
     const data = await answer;
     if (data === null) {
       throw new ConnectError(
@@ -535,7 +536,7 @@ export class KernelClient {
       await within(
         this.sendShell(
           newMessage('comm_close', { comm_id: commId, data: {} }, { session: this.session })
-        ).catch(() => undefined),
+        ),
         CLOSE_SEND_MS
       );
     }

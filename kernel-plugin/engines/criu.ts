@@ -27,6 +27,8 @@ const DUMP_TIMEOUT_MS = 600000;
 
 /** Flags both sides need: the kernel may hold TCP connections and flocks. */
 const COMMON_FLAGS = ['--tcp-close', '--file-locks'];
+/** Where the parasite mounts /proc during a dump, relative to the dumped task's working folder. */
+const PARASITE_PROC_MOUNTPOINT = 'proc.crtools';
 
 /**
  * A fork's namespaces (docs/engines.md, "Forks"): `unshare` makes mount and network namespaces,
@@ -207,6 +209,7 @@ export class CriuEngine implements Engine<PipelineKernel> {
     // process outside the image: a restore hands it the new pipeline's pipe in its place.
     // (Its fd 1 and 2 are not it: ipykernel swaps them for pipes of its own, inside the image.)
     const outputPipe = await fdTarget(kernel.launcherPid, 1);
+    await removeStaleProcMountpoint(kernel.pid);
     // Not in the image folder: on a full disk the log must still be writable to say so.
     const logFile = path.join(
       os.tmpdir(),
@@ -354,5 +357,19 @@ export class CriuEngine implements Engine<PipelineKernel> {
     } finally {
       await handle?.close();
     }
+  }
+}
+
+/**
+ * CRIU's parasite mounts the kernel's /proc on `proc.crtools` in the kernel's working folder
+ * (the notebook's) for the length of a dump, and removes it after. A dump killed in between
+ * leaves that folder, and every later dump of a kernel working there then fails with "Can't
+ * create a directory (-17)" (docs/engines.md). An empty folder of that name is such a leftover:
+ * removed (rmdir: never a folder with anything in it, never a link).
+ */
+async function removeStaleProcMountpoint(kernelPid: number): Promise<void> {
+  const cwd = await fs.readlink(`/proc/${kernelPid}/cwd`).catch(() => null);
+  if (cwd) {
+    await fs.rmdir(path.join(cwd, PARASITE_PROC_MOUNTPOINT)).catch(() => undefined);
   }
 }

@@ -64,6 +64,14 @@ function holdsNoFiles(pid: number): boolean {
   }
 }
 
+/** Adds every process below `pid` (children, theirs, ...) to `found`. */
+function addDescendants(pid: number, found: Set<number>): void {
+  for (const child of childrenOf(pid)) {
+    found.add(child);
+    addDescendants(child, found);
+  }
+}
+
 /** Waits until `find` returns a PID, polling; throws after `timeoutMs`. */
 export async function waitForPid(
   find: () => number | undefined,
@@ -218,6 +226,7 @@ export async function startPipelineKernel(
   ready?: (launcherPid: number, failed: () => boolean) => Promise<void>
 ): Promise<PipelineKernel> {
   const shell = spawnPipeline(argv, options);
+  const forked = new Set<number>();
   let failed = false;
   const output = new OutputCollector().attach(shell);
   shell.once('exit', () => (failed = true));
@@ -229,17 +238,27 @@ export async function startPipelineKernel(
       argv[0],
       () => !failed
     );
-    await ready?.(launcher, () => failed);
+    // A launcher that forks what it restores (criu restore) and dies half way (kill -9) leaves
+    // those tasks stopped, orphaned, holding the output pipe: the shell never exits, so its
+    // death is watched, and what it forked is remembered (at every poll of `ready` and of the
+    // wait for the kernel) to be killed below.
+    await ready?.(launcher, () => {
+      addDescendants(launcher, forked);
+      return failed || !isRunning(launcher);
+    });
     const kernel = await waitForPid(
       () => childrenOf(launcher).find(isRunning),
       timeoutMs,
       'the kernel',
-      () => !failed && isRunning(launcher)
+      () => {
+        addDescendants(launcher, forked);
+        return !failed && isRunning(launcher);
+      }
     );
     output.detach();
     return new PipelineKernel(shell, launcher, kernel);
   } catch (error) {
-    for (const pid of childrenOf(shell.pid ?? 0)) {
+    for (const pid of [...childrenOf(shell.pid ?? 0), ...[...forked].filter(isRunning)]) {
       try {
         process.kill(pid, 'SIGKILL');
       } catch {

@@ -1,5 +1,5 @@
 // One send at a time per socket: a zeromq.js socket allows a single pending send. Used by the
-// relay's sockets and the agent channel (and meant for every other ZeroMQ sender here).
+// relay's sockets, the agent channel and the CLI's shell socket.
 
 /** What a queue sends on: a zeromq.js socket, or anything that sends like one. */
 export interface QueueSocket<M> {
