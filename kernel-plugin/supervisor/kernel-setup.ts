@@ -6,15 +6,6 @@ import path from 'node:path';
 
 import type { Lineage } from './lineage';
 
-// The lineage's layout lives in lineage.ts; these are re-exported for the callers of old.
-export {
-  newLineage,
-  prepareLineageDir,
-  removeLineageDir,
-  runtimeBase,
-  type Lineage
-} from './lineage';
-
 /** Whether argv starts an IPython kernel (the in-kernel plugin and history flags apply). */
 export function isIPythonKernel(argv: string[]): boolean {
   return argv.some(

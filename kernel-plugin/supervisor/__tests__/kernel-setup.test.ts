@@ -1,9 +1,5 @@
-import {
-  CONNECTION_PLACEHOLDER,
-  isIPythonKernel,
-  kernelCommand,
-  newLineage
-} from '../kernel-setup';
+import { CONNECTION_PLACEHOLDER, isIPythonKernel, kernelCommand } from '../kernel-setup';
+import { newLineage } from '../lineage';
 
 describe('kernel command', () => {
   const env = { PATH: '/usr/bin', JPY_PARENT_PID: '123', KERNEL_CHECKPOINT_RUNTIME_DIR: '/tmp/kc' };
