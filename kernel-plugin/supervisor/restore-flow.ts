@@ -13,7 +13,7 @@ import type { KernelExit, KernelProcess } from '../engines/engine';
 import { keepsBeforeRestore } from '../store/chunked-images';
 import type { ImageStore, OpenedImage, PrivateRecord } from '../store/store';
 import type { AgentChannel } from './agent';
-import type { Progress } from './checkpoint-flow';
+import { tellAndAwaitHooks, type Progress } from './checkpoint-flow';
 import type { CommServer } from './comm-server';
 import type { KernelHost } from './kernel-host';
 import type { KernelStandIn } from './kernel-stand-in';
@@ -274,7 +274,7 @@ export class RestoreFlow {
   private async reconnect(id: string, record: PrivateRecord): Promise<void> {
     await this.host.reconnect();
     if (record.agentEndpoint !== null) {
-      this.agent.send({ type: 'restarted', checkpoint_id: id });
+      await tellAndAwaitHooks(this.agent, { type: 'restarted', checkpoint_id: id });
     }
   }
 
