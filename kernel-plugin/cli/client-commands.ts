@@ -44,6 +44,8 @@ Exit codes (checkpoint, restore, list, delete, label, status):
   8  wrong key: the kernel's messages do not verify with the connection file's key, or it
      ignores our signed messages while its heartbeat answers
   9  vetoed by a pre-checkpoint hook in the kernel
+  141  its output's reader went away (\`... | head -1\`): it ends quietly, as a Unix tool
+       ended by SIGPIPE does
 `;
 
 /** The exit code for an ErrorReply's code. */

@@ -5,6 +5,7 @@
 import { Command } from 'commander';
 
 import { registerClientCommands } from './client-commands';
+import { onClosedPipe } from './closed-pipe';
 import { registerDoctorCommand } from './doctor';
 import { registerInstallCommand } from './install';
 import { registerRunCommand } from './run';
@@ -16,7 +17,8 @@ export function buildProgram(): Command {
       'Checkpoint-restart for Jupyter kernels: run a kernel under a checkpoint engine (CRIU, DMTCP), ' +
         'checkpoint it and restore it later.'
     )
-    .showHelpAfterError();
+    .showHelpAfterError()
+    .hook('preAction', (_program, verb) => onClosedPipe(verb.name() === 'run' ? 'ignore' : 'exit'));
   registerRunCommand(program);
   registerInstallCommand(program);
   registerDoctorCommand(program);

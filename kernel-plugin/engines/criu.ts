@@ -49,6 +49,27 @@ const FORK_NAMESPACES = [
   'sh'
 ];
 
+/**
+ * Every `criu restore` runs in a PID namespace whose init is a shell of ours (docs/engines.md,
+ * "Nothing outlives the supervisor"): CRIU gives the tasks it restores their parent-death signal
+ * only at the end of a restore, but when the namespace's init dies (with `unshare`, with the
+ * pipeline, with the supervisor: kill -9 included), the kernel kills every process in it. CRIU
+ * is not that init (as init its start-up checks fail: the time namespace's clock offsets), and
+ * needs a /proc of its own namespace (`--mount-proc`, else "Can't find rt vDSO"); that /proc's
+ * mount namespace is CRIU's alone: `-J mnt:` puts the restored kernel back into the mount
+ * namespace the script started in (fd 9), where a later `criu dump` finds it.
+ */
+const RESTORE_PID_NAMESPACE = [
+  '/bin/sh',
+  '-c',
+  'exec 9</proc/self/ns/mnt && exec unshare --pid --fork --kill-child --mount-proc /bin/sh -c \'"$@"; exit $?\' sh "$@"',
+  'sh'
+];
+/** CRIU's flag that joins the mount namespace RESTORE_PID_NAMESPACE kept open on fd 9. */
+const JOIN_OUTER_MOUNT_NAMESPACE = ['-J', 'mnt:/proc/self/fd/9'];
+/** The processes between the pipeline's launcher (`unshare`) and the kernel: init, `criu`. */
+const RESTORED_KERNEL_DEPTH = 2;
+
 /** The tools a fork needs besides CRIU's own. */
 const FORK_TOOLS = ['ip', 'mount', 'nsenter'];
 
@@ -266,7 +287,16 @@ export class CriuEngine implements Engine<PipelineKernel> {
     // The kernel's old stdout/stderr pipe becomes the pipeline's pipe, on criu's fd 3.
     const inherit =
       typeof data.outputPipe === 'string' ? ['--inherit-fd', `fd[3]:${data.outputPipe}`] : [];
-    const restore = [criu, 'restore', '-D', imageDir, ...COMMON_FLAGS, ...inherit];
+    const restore = [
+      ...RESTORE_PID_NAMESPACE,
+      criu,
+      'restore',
+      '-D',
+      imageDir,
+      ...COMMON_FLAGS,
+      ...JOIN_OUTER_MOUNT_NAMESPACE,
+      ...inherit
+    ];
     const isolate = spec.isolate;
     if (isolate) {
       const missing = await firstMissing(FORK_TOOLS, this.env);
@@ -286,7 +316,7 @@ export class CriuEngine implements Engine<PipelineKernel> {
           logFile,
           '-v3'
         ],
-        { env: spec.env, cwd: spec.cwd, pipeOnFd3: true },
+        { env: spec.env, cwd: spec.cwd, pipeOnFd3: true, kernelDepth: RESTORED_KERNEL_DEPTH },
         120000,
         (_launcher, failed) => this.waitForRestored(logFile, failed, spec.answered)
       );

@@ -72,6 +72,15 @@ function addDescendants(pid: number, found: Set<number>): void {
   }
 }
 
+/** The first running process `depth` levels below `pid` (1: a child), following the first. */
+function runningDescendant(pid: number, depth: number): number | undefined {
+  let found: number | undefined = pid;
+  for (let level = 0; level < depth && found; level++) {
+    found = childrenOf(found).find(isRunning);
+  }
+  return found;
+}
+
 /** Waits until `find` returns a PID, polling; throws after `timeoutMs`. */
 export async function waitForPid(
   find: () => number | undefined,
@@ -106,6 +115,11 @@ export interface PipelineOptions {
   cwd: string;
   /** Also put the output pipe on fd 3. */
   pipeOnFd3?: boolean;
+  /**
+   * How many processes stand between the launcher and the kernel (0, the default: the kernel is
+   * the launcher's child; a CRIU restore has a namespace's init and `criu` in between).
+   */
+  kernelDepth?: number;
 }
 
 /**
@@ -247,7 +261,7 @@ export async function startPipelineKernel(
       return failed || !isRunning(launcher);
     });
     const kernel = await waitForPid(
-      () => childrenOf(launcher).find(isRunning),
+      () => runningDescendant(launcher, (options.kernelDepth ?? 0) + 1),
       timeoutMs,
       'the kernel',
       () => {

@@ -1,7 +1,7 @@
 // What every engine does with command-line tools: find them, run them so that they die with the
 // supervisor, collect what they print, and turn how they failed into the protocol's error codes.
 
-import { execFile, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { constants as fsConstants, promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -74,9 +74,18 @@ export interface ToolResult {
   error?: Error;
 }
 
+/** How long a tool's output pipes may stay open after it exited, before its group is killed. */
+const PIPES_GRACE_MS = 200;
+
 /**
  * Runs a tool to its end (DIES_WITH_PARENT: it never outlives the supervisor). Never rejects:
  * the result says how it ended.
+ *
+ * The tool leads a process group of its own, and its end is its exit, not the end of its
+ * output: a `criu dump` killed mid-dump can leave a forked copy of itself stopped under PID 1,
+ * holding the tool's pipes (docs/engines.md, "Nothing outlives the supervisor"). Output that
+ * stays open PIPES_GRACE_MS after the exit is such a copy's: the group is killed, and the
+ * result comes.
  */
 export function runTool(
   file: string,
@@ -85,24 +94,70 @@ export function runTool(
 ): Promise<ToolResult> {
   const [wrapper, ...rest] = diesWithParent([file, ...args]);
   return new Promise(resolve => {
-    execFile(
-      wrapper,
-      rest,
-      { env: options.env, timeout: options.timeoutMs, killSignal: 'SIGKILL', maxBuffer: 1 << 20 },
-      (error, stdout, stderr) => {
-        const failure = error as
-          (Error & { code?: unknown; signal?: NodeJS.Signals; killed?: boolean }) | null;
+    const child = spawn(wrapper, rest, {
+      env: options.env,
+      detached: true,
+      stdio: ['ignore', 'pipe', 'pipe']
+    });
+    const output = { stdout: '', stderr: '' };
+    for (const name of ['stdout', 'stderr'] as const) {
+      child[name].setEncoding('utf8');
+      child[name].on('data', (chunk: string) => {
+        if (output[name].length < TOOL_OUTPUT_LIMIT) {
+          output[name] += chunk;
+        }
+      });
+    }
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      killGroup(child.pid);
+    }, options.timeoutMs);
+    const closed = new Promise<void>(done => child.once('close', () => done()));
+    child.once('exit', (code, signal) => {
+      clearTimeout(timer);
+      const grace = new Promise(done => setTimeout(done, PIPES_GRACE_MS).unref());
+      void Promise.race([closed, grace]).then(() => {
+        // Whatever of its group is left holds its pipes: the tool is over.
+        killGroup(child.pid);
+        child.stdout.destroy();
+        child.stderr.destroy();
+        const failed = code !== 0 || signal !== null;
         resolve({
-          code: failure ? (typeof failure.code === 'number' ? failure.code : null) : 0,
-          signal: failure?.signal ?? null,
-          timedOut: failure?.killed === true && failure.signal === 'SIGKILL',
-          stdout: String(stdout),
-          stderr: String(stderr),
-          error: failure ?? undefined
+          code: signal ? null : code,
+          signal,
+          timedOut,
+          ...output,
+          error: failed
+            ? new Error(
+                `${file} ${signal ? killedBy(signal) : `exited with code ${code}`}${timedOut ? ` after ${options.timeoutMs} ms` : ''}`
+              )
+            : undefined
         });
+      });
+    });
+    // A tool that could not start never exits.
+    child.once('error', error => {
+      if (child.pid === undefined) {
+        clearTimeout(timer);
+        resolve({ code: null, signal: null, timedOut: false, stdout: '', stderr: '', error });
       }
-    );
+    });
   });
+}
+
+/** The first bytes of a tool's stdout and stderr that are kept (each). */
+const TOOL_OUTPUT_LIMIT = 1 << 20;
+
+/** SIGKILL to process group `pgid` (a tool's: it leads its own); nothing if it is gone. */
+function killGroup(pgid: number | undefined): void {
+  if (pgid) {
+    try {
+      process.kill(-pgid, 'SIGKILL');
+    } catch {
+      // Gone.
+    }
+  }
 }
 
 /** "killed by signal 9 (SIGKILL)", or null when the tool was not killed by a signal. */

@@ -14,6 +14,7 @@
 import os from 'node:os';
 
 import type {
+  AgentCommand,
   Checkpoint,
   ProgressStage,
   Request,
@@ -37,6 +38,33 @@ import { acceptedConnections, waitForKernelToLetGo } from './sockets';
 export type KernelIdentity = Checkpoint['kernel'];
 
 export type Progress = (stage: ProgressStage, message?: string) => void;
+
+/** How long client messages wait for the plugin's resume or restart hooks. */
+const HOOKS_TIMEOUT_MS = 30000;
+
+/**
+ * Tells the plugin `command` (resumed, restarted) and waits until its hooks have run
+ * (`hooks_done`) before client messages go on: a cell sent after the reply must find what a
+ * hook reopened (a file, a database), and the plugin runs the hooks from its own thread, which
+ * may hear the command after the kernel's shell heard the cell. A kernel running a cell runs
+ * them within ~1 s (_agent.py: after the cell, or from the agent's thread).
+ */
+export async function tellAndAwaitHooks(
+  agent: AgentChannel,
+  command: AgentCommand & { type: 'resumed' | 'restarted' }
+): Promise<void> {
+  try {
+    const done = await agent.ask(command, 'hooks_done', HOOKS_TIMEOUT_MS);
+    for (const hookError of done.hook_errors ?? []) {
+      log.warn(`${command.type} hook failed: ${hookError}`);
+    }
+  } catch (error) {
+    if (!(error instanceof AgentTimeout)) {
+      throw error;
+    }
+    log.warn(`${error.message}; client messages go on without waiting for the hooks`);
+  }
+}
 
 export interface CheckpointFlowOptions {
   store: ImageStore;
@@ -156,15 +184,15 @@ export class CheckpointFlow {
     }
     if (gated) {
       const error = failure === null ? null : asRequestError(failure);
-      this.agent.send(
-        error
-          ? {
-              type: 'aborted',
-              checkpoint_id: id,
-              error: { code: error.code, message: error.message }
-            }
-          : { type: 'resumed', checkpoint_id: id }
-      );
+      if (error) {
+        this.agent.send({
+          type: 'aborted',
+          checkpoint_id: id,
+          error: { code: error.code, message: error.message }
+        });
+      } else {
+        await tellAndAwaitHooks(this.agent, { type: 'resumed', checkpoint_id: id });
+      }
     }
     this.relay.resume();
   }

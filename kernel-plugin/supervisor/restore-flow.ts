@@ -9,10 +9,11 @@
 //   reconnecting the supervisor connects, the plugin hears `restarted`, held messages go on.
 
 import type { Checkpoint } from '../../protocol/checkpoint-protocol';
+import type { KernelExit, KernelProcess } from '../engines/engine';
 import { keepsBeforeRestore } from '../store/chunked-images';
 import type { ImageStore, OpenedImage, PrivateRecord } from '../store/store';
 import type { AgentChannel } from './agent';
-import type { Progress } from './checkpoint-flow';
+import { tellAndAwaitHooks, type Progress } from './checkpoint-flow';
 import type { CommServer } from './comm-server';
 import type { KernelHost } from './kernel-host';
 import type { KernelStandIn } from './kernel-stand-in';
@@ -128,9 +129,6 @@ export class RestoreFlow {
     if (oldLineage.id !== lineage.id && reach === lineage) {
       await removeLineageDir(oldLineage);
     }
-    if (!connectsEarly) {
-      this.host.useEndpointsOf(reach, record.agentEndpoint && reach.agentEndpoint);
-    }
     progress('reconnecting');
     await this.reconnect(id, record);
     this.host.currentId = id;
@@ -236,15 +234,47 @@ export class RestoreFlow {
         ? {}
         : { isolate: { imageIpcDir: lineage.ipcDir, ownIpcDir: reach.ipcDir } })
     });
+    if (!connectsEarly) {
+      this.host.useEndpointsOf(reach, record.agentEndpoint && reach.agentEndpoint);
+    }
+    await this.untilAnswering(kernel);
     this.host.lineage = lineage;
     this.host.adopt(kernel);
+  }
+
+  /**
+   * Waits for the restored kernel's iopub to be live, and fails at once when the kernel dies
+   * first: the relay alone would wait out its timeout (120 s) for a kernel that is gone. Not yet
+   * adopted, its death is this restore's failure (a fresh kernel follows), not the supervisor's
+   * end.
+   */
+  private async untilAnswering(kernel: KernelProcess): Promise<void> {
+    let answering = false;
+    const died = kernel.exited.then(exit => {
+      if (!answering) {
+        throw new RequestError(
+          'engine_failed',
+          `The restored kernel exited before it answered (${exitText(exit)}).`
+        );
+      }
+    });
+    try {
+      answering = await Promise.race([this.relay.connectKernel(30000), died.then(() => false)]);
+    } catch (error) {
+      await kernel.terminate();
+      throw error;
+    }
+    if (!answering) {
+      log.warn("the restored kernel's iopub did not answer within 30 s");
+    }
+    answering = true;
   }
 
   /** Connects to the restored kernel and tells the plugin it was restarted from `id`. */
   private async reconnect(id: string, record: PrivateRecord): Promise<void> {
     await this.host.reconnect();
     if (record.agentEndpoint !== null) {
-      this.agent.send({ type: 'restarted', checkpoint_id: id });
+      await tellAndAwaitHooks(this.agent, { type: 'restarted', checkpoint_id: id });
     }
   }
 
@@ -261,4 +291,12 @@ export class RestoreFlow {
     this.state.replaced();
     this.relay.resume();
   }
+}
+
+/** "signal SIGKILL", "code 1": how a kernel process ended. */
+function exitText(exit: KernelExit): string {
+  if (exit.signal) {
+    return `signal ${exit.signal}`;
+  }
+  return exit.code === null ? 'it is gone' : `code ${exit.code}`;
 }

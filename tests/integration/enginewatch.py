@@ -36,7 +36,7 @@ def wait_for_helper(
     supervisor: int, words: tuple[str, ...], with_child: bool = False, timeout: float = 120
 ) -> int:
     """Waits until a process below the supervisor has every one of `words` in its command line
-    and is that program (not a shell or setpriv about to run it), and when `with_child`, has a
+    and is that program (not a shell, setpriv, unshare or nsenter about to run it), and when `with_child`, has a
     child (a restore under way); returns its PID."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -46,7 +46,7 @@ def wait_for_helper(
                 program = os.path.basename(os.readlink(f"/proc/{pid}/exe"))
             except OSError:
                 continue
-            if program in ("sh", "dash", "bash", "setpriv"):
+            if program in ("sh", "dash", "bash", "setpriv", "unshare", "nsenter"):
                 continue
             if all(word in cmdline for word in words) and (
                 not with_child or Path(f"/proc/{pid}/task/{pid}/children").read_text().strip()

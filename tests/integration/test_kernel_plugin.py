@@ -183,3 +183,26 @@ def test_state_summary_in_the_manifest(kernel: Kernel):
     assert variables["matrix"]["dtype"] == "float32"
     assert variables["matrix"]["size_bytes"] == 800
     assert "_hidden" not in variables and "np" not in variables
+
+
+def test_a_cell_sent_after_the_reply_finds_the_resume_hook_done(kernel: Kernel, tmp_path: Path):
+    """The supervisor lets client messages go on only once the plugin's resume (restart) hooks
+    have run: the plugin hears `resumed` on its own thread, which could come after the kernel's
+    shell heard the next cell (test_hooks_run_exactly_when_they_should failed so under load; the
+    race needs a loaded machine to show, this test pins the order with a hook that takes a
+    while)."""
+    client = kernel.client
+    marker = tmp_path / "reopened"
+    client.run(
+        "import time, kernel_checkpoint as kc\n"
+        f"MARKER = {str(marker)!r}\n"
+        "def reopen():\n"
+        "    time.sleep(0.3)\n"
+        "    open(MARKER, 'a').write('.')\n"
+        "kc.on_resume(reopen)\n"
+        "kc.on_restart(reopen)\n"
+    )
+    taken = client.checkpoint()
+    assert client.value(f"len(open({str(marker)!r}).read())") == 1
+    client.restore(taken["id"])
+    assert client.value(f"len(open({str(marker)!r}).read())") == 2

@@ -21,7 +21,7 @@ from enginewatch import (
     processes_referring_to,
     wait_for_helper,
 )
-from kctesting import Kernel
+from kctesting import Kernel, descendants
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -101,3 +101,54 @@ def test_kill_9_of_the_supervisor_leaves_nothing(
     fresh.client.restore(taken["id"])
     assert fresh.client.value("x") == "before"
     assert fresh.client.value("len(ballast)") == 256 << 20
+
+
+def started_at(pid: int) -> str | None:
+    """A process's start time (field 22 of its stat), to tell it from a later one of its PID."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except OSError:
+        return None
+
+
+def still_running(processes: dict[int, str | None]) -> list[int]:
+    """The processes of `processes` (pid -> start time) that are still there, not zombies."""
+    left = []
+    for pid, start in processes.items():
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state not in ("Z", "X") and started_at(pid) == start:
+            left.append(pid)
+    return left
+
+
+@pytest.mark.parametrize("engine", ["criu"], indirect=True)
+@pytest.mark.parametrize("delay_ms", [0, 10, 30, 60, 100])
+def test_kill_9_of_the_supervisor_at_any_point_of_a_criu_restore_leaves_nothing(
+    make_kernel, runtime_dir: Path, delay_ms: int
+):
+    """CRIU gives the tasks it restores their parent-death signal only at the end of the
+    restore: a supervisor killed before that left the task stopped or running under PID 1 (it
+    has no environment to find it by yet, so every process below the supervisor at the kill is
+    watched). The restore runs in a PID namespace whose init dies with the supervisor."""
+    kernel = start(make_kernel, runtime_dir)
+    kernel.client.run("ballast = bytes(range(256)) * (1 << 18); x = 'before'")  # 64 MiB
+    taken = kernel.client.checkpoint()
+    kernel.client.run("x = 'after'")
+    kernel.client.send_request("restore", checkpoint_id=taken["id"])
+    wait_for_helper(kernel.supervisor_pid, RESTORING["criu"], with_child=True)
+    time.sleep(delay_ms / 1000)
+    below = {pid: started_at(pid) for pid in descendants(kernel.supervisor_pid)}
+    os.kill(kernel.supervisor_pid, signal.SIGKILL)
+    killed = time.monotonic()
+    left = still_running(below)
+    while left and time.monotonic() - killed < GRACE_S:
+        time.sleep(0.01)
+        left = still_running(below)
+    described = {pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:200] for pid in left}
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"outlived the supervisor by {GRACE_S} s: {described}"
+    assert not processes_referring_to(runtime_dir)

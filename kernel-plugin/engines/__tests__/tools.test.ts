@@ -45,6 +45,27 @@ describe('engine tools', () => {
     expect(killedBy(null)).toBeNull();
   });
 
+  it('ends with its tool, even when a stopped copy of it holds its output', async () => {
+    // What a `criu dump` killed mid-dump can leave: a forked copy of itself, stopped, with the
+    // tool's stdout and stderr (docs/engines.md). Waiting for the pipes to close waited until
+    // the dump's timeout (10 min), and the copy stayed.
+    const began = Date.now();
+    const result = await runTool(
+      '/bin/sh',
+      ['-c', 'sh -c \'echo $$; kill -STOP $$\' & sleep 0.2; kill -9 $$'],
+      { env: process.env, timeoutMs: 20000 }
+    );
+    expect(result).toMatchObject({ code: null, signal: 'SIGKILL', timedOut: false });
+    expect(Date.now() - began).toBeLessThan(5000);
+    const copy = Number(result.stdout.trim());
+    expect(copy).toBeGreaterThan(0);
+    const deadline = Date.now() + 2000;
+    while (alive(copy) && Date.now() < deadline) {
+      await new Promise(resolve => setTimeout(resolve, 10));
+    }
+    expect(alive(copy)).toBe(false);
+  });
+
   it('a tool dies with its parent, even by kill -9', async () => {
     // A parent shell starts the tool the way the engines do, then is killed.
     const [wrapper, ...args] = diesWithParent(['sleep', '60']);
