@@ -368,6 +368,13 @@ export class CheckpointModel {
           this._checkpoints.set(event.checkpoint.id, event.checkpoint);
         }
         break;
+      case 'stored':
+        // Its new bytes, once chunked in the background: in place, never bringing back a
+        // checkpoint deleted meanwhile.
+        if (event.checkpoint && this._checkpoints.has(event.checkpoint.id)) {
+          this._checkpoints.set(event.checkpoint.id, event.checkpoint);
+        }
+        break;
       case 'deleted': {
         const id = event.checkpoint_id ?? event.checkpoint?.id;
         if (id) {
