@@ -12,6 +12,7 @@ import type {
   Event as CheckpointEvent,
   Progress,
   Reply,
+  StateSummary,
   SupervisorStatus
 } from '../protocol/checkpoint-protocol';
 import type { UnavailableReason } from './comm';
@@ -52,6 +53,16 @@ export interface IBusyState {
   message?: string;
   /** True when this front end asked for it (rather than a magic or the CLI). */
   local: boolean;
+}
+
+/**
+ * What the front end knows of the running kernel's state now (the `summary` action), for the
+ * diff "changed since this checkpoint": its summary (null when the kernel has no plugin), or
+ * why it could not be read.
+ */
+export interface ILiveState {
+  readonly summary: StateSummary | null;
+  readonly error?: string;
 }
 
 /** Which images a list shows. */
@@ -247,6 +258,16 @@ export class CheckpointModel {
     }
   }
 
+  /** The running kernel's state as last read, or null before it was. */
+  get live(): ILiveState | null {
+    return this._live;
+  }
+
+  setLive(live: ILiveState | null): void {
+    this._live = live;
+    this._viewChanged.emit();
+  }
+
   /** The search the timeline filters by ('' for none). */
   get query(): string {
     return this._query;
@@ -336,6 +357,7 @@ export class CheckpointModel {
     this._loaded = false;
     this._status = null;
     this._busy = null;
+    this._live = null;
     this._emitChanged();
     this._busyChanged.emit(null);
   }
@@ -432,6 +454,7 @@ export class CheckpointModel {
   private _selectedId: CheckpointId | null = null;
   private _compareId: CheckpointId | null = null;
   private _query = '';
+  private _live: ILiveState | null = null;
   private _graph: IGraph | null = null;
   private _changed = new Signal<this, void>(this);
   private _viewChanged = new Signal<this, void>(this);
