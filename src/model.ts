@@ -258,6 +258,21 @@ export class CheckpointModel {
     }
   }
 
+  /**
+   * The checkpoint a notebook made by "Open in a new notebook" came from (its root in the
+   * timeline), or null.
+   */
+  get originId(): CheckpointId | null {
+    return this._originId;
+  }
+
+  setOrigin(id: CheckpointId | null): void {
+    if (this._originId !== id) {
+      this._originId = id;
+      this._emitChanged();
+    }
+  }
+
   /** The running kernel's state as last read, or null before it was. */
   get live(): ILiveState | null {
     return this._live;
@@ -455,6 +470,7 @@ export class CheckpointModel {
   private _compareId: CheckpointId | null = null;
   private _query = '';
   private _live: ILiveState | null = null;
+  private _originId: CheckpointId | null = null;
   private _graph: IGraph | null = null;
   private _changed = new Signal<this, void>(this);
   private _viewChanged = new Signal<this, void>(this);

@@ -13,6 +13,8 @@ import { CheckpointClient, CheckpointError, NotCheckpointableError } from './com
 import type { IKernelLike } from './comm';
 import { CheckpointModel } from './model';
 import type { ListScope } from './model';
+import { visibleFromOrigin } from './new-notebook';
+import type { INotebookOrigin } from './new-notebook';
 
 /** The kernelspec metadata key our installer writes. */
 export const SPEC_METADATA_KEY = 'kernel_checkpoint';
@@ -181,7 +183,18 @@ export class KernelCheckpointSession implements IDisposable {
       scope
     });
     this.model.setScope(scope);
-    this.model.applyReply(reply);
+    // A notebook opened from a checkpoint of another shows that checkpoint as its root, not the
+    // other notebook's later ones (its kernel descends from them, so the list has them).
+    const origin = this._identity?.origin?.() ?? null;
+    this.model.setOrigin(origin?.checkpoint_id ?? null);
+    this.model.applyReply(
+      origin && scope === 'session' && reply.checkpoints
+        ? {
+            ...reply,
+            checkpoints: visibleFromOrigin(reply.checkpoints, this._identity?.get() ?? null, origin)
+          }
+        : reply
+    );
   }
 
   dispose(): void {
@@ -433,6 +446,8 @@ export namespace KernelCheckpointSession {
     get(): string | null;
     /** The id, written into the notebook first if it has none. */
     ensure(): string;
+    /** Where the notebook came from, when "Open in a new notebook" made it. */
+    origin?(): INotebookOrigin | null;
   }
 }
 
