@@ -6,7 +6,7 @@ kernel busy running a cell answers at once, saying so. Real kernel, real supervi
 from __future__ import annotations
 
 import pytest
-from kctesting import Kernel
+from kctesting import CommError, Kernel
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -64,3 +64,17 @@ def test_summary_answers_while_a_cell_runs(kernel: Kernel, tmp_path):
     assert result.status == "ok"
     assert client.value("after") == 1
     assert client.request("summary")["summary"]["cell_running"] is False
+
+
+@only_criu
+def test_summary_during_a_checkpoint_says_busy_and_the_checkpoint_goes_on(kernel: Kernel):
+    client = kernel.client
+    client.run("x = 1")
+    checkpointing = client.send_request("checkpoint", label="held")
+    asked = client.send_request("summary")
+    with pytest.raises(CommError) as refused:
+        client.wait_reply(asked)
+    assert refused.value.code == "busy"
+    taken = client.wait_reply(checkpointing)["checkpoint"]
+    assert variables(taken["state"])["x"]["type"] == "int"
+    assert variables(client.request("summary")["summary"])["x"]["type"] == "int"
