@@ -46,7 +46,8 @@ export type CheckpointId = string;
  * This interface was referenced by `KernelCheckpointProtocol`'s JSON-Schema
  * via the `definition` "Action".
  */
-export type Action = 'checkpoint' | 'restore' | 'list' | 'delete' | 'label' | 'status' | 'fork';
+export type Action =
+  'checkpoint' | 'restore' | 'list' | 'delete' | 'label' | 'status' | 'fork' | 'summary';
 /**
  * Why a request failed. unknown_checkpoint: no image with that id. corrupt_image: a file of the image does not match its checksum or is missing. foreign_image: the image was made by an engine, architecture or format this supervisor cannot restore. engine_unavailable: the engine is missing, too old or not permitted here (message says which and what to install). permission_denied: the store or image cannot be read or written. no_space: the disk filled up while writing the image. busy: another checkpoint or restore is under way. vetoed: a pre-checkpoint hook refused the checkpoint. engine_failed: the engine ran and failed (message carries its reason). kernel_not_running: there is no kernel process to checkpoint. invalid_request: the request does not follow this protocol. unsupported_protocol: the peer speaks another major version.
  *
@@ -292,6 +293,10 @@ export interface Reply {
    * fork: the connection file of the new kernel started from the image, in Jupyter's runtime folder (any Jupyter client connects with it; it ends on a shutdown_request).
    */
   connection_file?: string;
+  /**
+   * summary: the running kernel's state now, as a checkpoint records it (variables, execution count, whether a cell is running, the cells run since its current checkpoint), read by the in-kernel plugin without running code in the kernel or changing its state; it answers while a cell runs (cell_running true), and is refused as busy while a checkpoint or restore holds the kernel. null when the kernel runs without the plugin.
+   */
+  summary?: StateSummary | null;
 }
 /**
  * This interface was referenced by `KernelCheckpointProtocol`'s JSON-Schema
@@ -371,25 +376,25 @@ export interface CommOpenData {
   client?: string;
 }
 /**
- * Supervisor -> in-kernel plugin over the agent channel (one JSON frame). prepare: run pre-checkpoint hooks, gate iopub, send the iopub marker, then answer Prepared. resumed / restarted: open the iopub gate, run resume / restart hooks, answer HooksDone. aborted: the checkpoint failed; open the gate. ping: answer Pong.
+ * Supervisor -> in-kernel plugin over the agent channel (one JSON frame). prepare: run pre-checkpoint hooks, gate iopub, send the iopub marker, then answer Prepared. resumed / restarted: open the iopub gate, run resume / restart hooks, answer HooksDone. aborted: the checkpoint failed; open the gate. ping: answer Pong. summary: answer Summary with the state summary, leaving the kernel as it is (the cells run since the checkpoint stay for the next one).
  *
  * This interface was referenced by `KernelCheckpointProtocol`'s JSON-Schema
  * via the `definition` "AgentCommand".
  */
 export interface AgentCommand {
-  type: 'prepare' | 'resumed' | 'restarted' | 'aborted' | 'ping';
+  type: 'prepare' | 'resumed' | 'restarted' | 'aborted' | 'ping' | 'summary';
   checkpoint_id?: string;
   label?: string | null;
   error?: ErrorInfo;
 }
 /**
- * In-kernel plugin -> supervisor over the agent channel (one JSON frame). prepared: answer to prepare (veto set when a hook refused; hook_errors lists hooks that raised). hooks_done: answer to resumed / restarted. pong: answer to ping. request: a Request from %checkpoint or kernel_checkpoint.checkpoint(), answered with Progress / Reply / ErrorReply on the same channel.
+ * In-kernel plugin -> supervisor over the agent channel (one JSON frame). prepared: answer to prepare (veto set when a hook refused; hook_errors lists hooks that raised). hooks_done: answer to resumed / restarted. pong: answer to ping. summary: answer to summary (summary set). request: a Request from %checkpoint or kernel_checkpoint.checkpoint(), answered with Progress / Reply / ErrorReply on the same channel.
  *
  * This interface was referenced by `KernelCheckpointProtocol`'s JSON-Schema
  * via the `definition` "AgentReport".
  */
 export interface AgentReport {
-  type: 'prepared' | 'hooks_done' | 'pong' | 'request';
+  type: 'prepared' | 'hooks_done' | 'pong' | 'request' | 'summary';
   checkpoint_id?: string;
   summary?: StateSummary | null;
   veto?: string | null;

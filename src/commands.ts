@@ -7,6 +7,8 @@ import type { NotebookPanel } from '@jupyterlab/notebook';
 import { Widget } from '@lumino/widgets';
 import { CheckpointError } from './comm';
 import { formatBytes, formatDuration } from './format';
+import { notebookIdentity } from './manager';
+import { openInNewNotebook } from './new-notebook';
 import { checkpointIcon, compareIcon, restoreIcon, timelineIcon } from './icons';
 import type { KernelCheckpointSession } from './session';
 import { MID_CELL_RESTORE, checkpointName, formatLabel } from './text';
@@ -322,6 +324,39 @@ export function addCommands(
     }
   });
 
+  commands.addCommand(CommandIDs.openInNewNotebook, {
+    label: 'Open in a New Notebook',
+    caption:
+      'Copy this notebook and start its kernel from the checkpoint, beside the running one ' +
+      '(both stay usable)',
+    isEnabled: args => ready(sessionOf(args)) && !!idOf(args),
+    execute: async args => {
+      try {
+        const session = requireSession(args);
+        const id = idOf(args);
+        const c = id ? session.model.get(id) : undefined;
+        const panel = manager.panelOf(session);
+        if (!c || !panel) {
+          throw new CheckpointError(
+            'unknown_checkpoint',
+            id ? `Checkpoint ${id} is not in this notebook's timeline.` : 'Choose a checkpoint.',
+            'restore'
+          );
+        }
+        const path = await openInNewNotebook(
+          { commands, contents: app.serviceManager.contents, checkpoints: manager },
+          panel,
+          session,
+          c,
+          notebookIdentity(panel).ensure()
+        );
+        Notification.success(`Opened "${checkpointName(c)}" in ${path}.`, { autoClose: 4000 });
+      } catch (error) {
+        notifyError(error, manager, app, 'restore');
+      }
+    }
+  });
+
   commands.addCommand(CommandIDs.compare, {
     label: args =>
       sessionOf(args)?.model.compareId ? 'Stop Comparing Checkpoints' : 'Compare With…',
@@ -349,6 +384,7 @@ export function addCommands(
   const rowSelector = '.jp-KernelCheckpoint-node';
   [
     CommandIDs.restore,
+    CommandIDs.openInNewNotebook,
     CommandIDs.rename,
     CommandIDs.remove,
     CommandIDs.compare,

@@ -6,13 +6,17 @@ import type { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import type { KernelSpec } from '@jupyterlab/services';
 import { UUID } from '@lumino/coreutils';
 import { ISignal, Signal } from '@lumino/signaling';
+import { NOTEBOOK_METADATA_KEY, originOf } from './new-notebook';
 import { KernelCheckpointSession } from './session';
 import { DEFAULT_SETTINGS } from './settings';
 import type { ICheckpointSettings } from './settings';
 import type { IKernelCheckpoint, ISessionAdded } from './tokens';
 
-/** The notebook metadata key of the extension: `{ "notebook_id": "<uuid>" }`. */
-export const NOTEBOOK_METADATA_KEY = 'kernel_checkpoint';
+/**
+ * The notebook metadata key of the extension: `{ "notebook_id": "<uuid>" }`, and in a notebook
+ * made by "Open in a new notebook" its `origin` (new-notebook.ts).
+ */
+export { NOTEBOOK_METADATA_KEY };
 
 /**
  * A notebook's id, written once into its metadata by its first checkpoint: checkpoints carry
@@ -29,6 +33,7 @@ export function notebookIdentity(panel: NotebookPanel): KernelCheckpointSession.
   };
   return {
     get: read,
+    origin: () => originOf(panel.model?.getMetadata(NOTEBOOK_METADATA_KEY)),
     ensure: () => {
       const known = read();
       const model = panel.model;

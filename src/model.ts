@@ -12,6 +12,7 @@ import type {
   Event as CheckpointEvent,
   Progress,
   Reply,
+  StateSummary,
   SupervisorStatus
 } from '../protocol/checkpoint-protocol';
 import type { UnavailableReason } from './comm';
@@ -52,6 +53,16 @@ export interface IBusyState {
   message?: string;
   /** True when this front end asked for it (rather than a magic or the CLI). */
   local: boolean;
+}
+
+/**
+ * What the front end knows of the running kernel's state now (the `summary` action), for the
+ * diff "changed since this checkpoint": its summary (null when the kernel has no plugin), or
+ * why it could not be read.
+ */
+export interface ILiveState {
+  readonly summary: StateSummary | null;
+  readonly error?: string;
 }
 
 /** Which images a list shows. */
@@ -247,6 +258,31 @@ export class CheckpointModel {
     }
   }
 
+  /**
+   * The checkpoint a notebook made by "Open in a new notebook" came from (its root in the
+   * timeline), or null.
+   */
+  get originId(): CheckpointId | null {
+    return this._originId;
+  }
+
+  setOrigin(id: CheckpointId | null): void {
+    if (this._originId !== id) {
+      this._originId = id;
+      this._emitChanged();
+    }
+  }
+
+  /** The running kernel's state as last read, or null before it was. */
+  get live(): ILiveState | null {
+    return this._live;
+  }
+
+  setLive(live: ILiveState | null): void {
+    this._live = live;
+    this._viewChanged.emit();
+  }
+
   /** The search the timeline filters by ('' for none). */
   get query(): string {
     return this._query;
@@ -336,6 +372,7 @@ export class CheckpointModel {
     this._loaded = false;
     this._status = null;
     this._busy = null;
+    this._live = null;
     this._emitChanged();
     this._busyChanged.emit(null);
   }
@@ -365,6 +402,13 @@ export class CheckpointModel {
       case 'created':
       case 'labelled':
         if (event.checkpoint) {
+          this._checkpoints.set(event.checkpoint.id, event.checkpoint);
+        }
+        break;
+      case 'stored':
+        // Its new bytes, once chunked in the background: in place, never bringing back a
+        // checkpoint deleted meanwhile.
+        if (event.checkpoint && this._checkpoints.has(event.checkpoint.id)) {
           this._checkpoints.set(event.checkpoint.id, event.checkpoint);
         }
         break;
@@ -425,6 +469,8 @@ export class CheckpointModel {
   private _selectedId: CheckpointId | null = null;
   private _compareId: CheckpointId | null = null;
   private _query = '';
+  private _live: ILiveState | null = null;
+  private _originId: CheckpointId | null = null;
   private _graph: IGraph | null = null;
   private _changed = new Signal<this, void>(this);
   private _viewChanged = new Signal<this, void>(this);

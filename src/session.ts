@@ -13,6 +13,8 @@ import { CheckpointClient, CheckpointError, NotCheckpointableError } from './com
 import type { IKernelLike } from './comm';
 import { CheckpointModel } from './model';
 import type { ListScope } from './model';
+import { visibleFromOrigin } from './new-notebook';
+import type { INotebookOrigin } from './new-notebook';
 
 /** The kernelspec metadata key our installer writes. */
 export const SPEC_METADATA_KEY = 'kernel_checkpoint';
@@ -136,6 +138,42 @@ export class KernelCheckpointSession implements IDisposable {
     );
   }
 
+  /**
+   * Reads the running kernel's state now (the `summary` action: nothing runs in the kernel)
+   * into the model, for the diff against the running kernel. One read at a time; asked again
+   * meanwhile, it reads once more after.
+   */
+  async refreshLive(): Promise<void> {
+    if (this._liveReading) {
+      this._liveAgain = true;
+      return this._liveReading;
+    }
+    const read = async () => {
+      do {
+        this._liveAgain = false;
+        const client = this._client;
+        if (!client || client.state !== 'ready') {
+          return;
+        }
+        try {
+          const reply = await client.request('summary');
+          if (this._client === client) {
+            this.model.setLive({ summary: reply.summary ?? null });
+          }
+        } catch (reason) {
+          if (this._client === client) {
+            const message = reason instanceof CheckpointError ? reason.message : String(reason);
+            this.model.setLive({ summary: null, error: message });
+          }
+        }
+      } while (this._liveAgain && !this._isDisposed);
+    };
+    this._liveReading = read().finally(() => {
+      this._liveReading = null;
+    });
+    return this._liveReading;
+  }
+
   /** List the checkpoints: this notebook's ('session') or the whole store ('all'). */
   async refresh(scope: ListScope = this.model.scope): Promise<void> {
     const client = this._requireClient('list');
@@ -145,7 +183,18 @@ export class KernelCheckpointSession implements IDisposable {
       scope
     });
     this.model.setScope(scope);
-    this.model.applyReply(reply);
+    // A notebook opened from a checkpoint of another shows that checkpoint as its root, not the
+    // other notebook's later ones (its kernel descends from them, so the list has them).
+    const origin = this._identity?.origin?.() ?? null;
+    this.model.setOrigin(origin?.checkpoint_id ?? null);
+    this.model.applyReply(
+      origin && scope === 'session' && reply.checkpoints
+        ? {
+            ...reply,
+            checkpoints: visibleFromOrigin(reply.checkpoints, this._identity?.get() ?? null, origin)
+          }
+        : reply
+    );
   }
 
   dispose(): void {
@@ -214,6 +263,17 @@ export class KernelCheckpointSession implements IDisposable {
       if (typeof count === 'number') {
         this._executionCount = count;
       }
+    }
+    // A cell ended: the kernel's variables may have changed. (Only a cell's idle: the
+    // supervisor's answers come wrapped in busy/idle too, and must not start another read.)
+    const parent = msg.parent_header as { msg_type?: string } | undefined;
+    if (
+      msg.header.msg_type === 'status' &&
+      (msg.content as { execution_state?: string }).execution_state === 'idle' &&
+      parent?.msg_type === 'execute_request' &&
+      this.model.loaded
+    ) {
+      void this.refreshLive();
     }
   }
 
@@ -328,6 +388,7 @@ export class KernelCheckpointSession implements IDisposable {
       this.model.setAvailability({ state: 'ready' });
       this.model.setStatus(status);
       await this.refresh();
+      void this.refreshLive();
     } catch (reason) {
       if (generation !== this._generation || this._isDisposed) {
         return;
@@ -364,6 +425,8 @@ export class KernelCheckpointSession implements IDisposable {
   private _generation = 0;
   private _reopenWhenIdle = false;
   private _executionCount: number | null = null;
+  private _liveReading: Promise<void> | null = null;
+  private _liveAgain = false;
   private _isDisposed = false;
   private _failed = new Signal<this, CheckpointError>(this);
 }
@@ -383,6 +446,8 @@ export namespace KernelCheckpointSession {
     get(): string | null;
     /** The id, written into the notebook first if it has none. */
     ensure(): string;
+    /** Where the notebook came from, when "Open in a new notebook" made it. */
+    origin?(): INotebookOrigin | null;
   }
 }
 

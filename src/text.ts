@@ -12,12 +12,12 @@ export function checkpointName(c: Checkpoint): string {
 }
 
 /**
- * The bytes an image added to the store, when the manifest says (a deduplicating store);
- * null until then: the image's full size is all that is known.
+ * The bytes an image added to the store, once the store has cut it into chunks (its manifest's
+ * `stored_bytes`, announced by a `stored` event); null until then: the image's full size is all
+ * that is known.
  */
 export function newBytes(c: Checkpoint): number | null {
-  const value = (c as { new_bytes?: unknown }).new_bytes;
-  return typeof value === 'number' ? value : null;
+  return typeof c.stored_bytes === 'number' ? c.stored_bytes : null;
 }
 
 /** The size a row shows: the new bytes when known, else the full image. */

@@ -27,6 +27,8 @@ export namespace CommandIDs {
   export const remove = 'kernel-checkpoint:delete';
   /** Compare the selected checkpoint (or `id`) with the next one selected; again: stop. */
   export const compare = 'kernel-checkpoint:compare';
+  /** Copy the notebook (`<name>-from-<label>.ipynb`), open it beside, restore `id` into it. */
+  export const openInNewNotebook = 'kernel-checkpoint:open-in-new-notebook';
   export const refresh = 'kernel-checkpoint:refresh';
   export const switchKernel = 'kernel-checkpoint:switch-kernel';
 }

@@ -31,7 +31,7 @@ const COMMON_FLAGS = ['--tcp-close', '--file-locks'];
 const PARASITE_PROC_MOUNTPOINT = 'proc.crtools';
 
 /**
- * A fork's namespaces (docs/engines.md, "Forks"): `unshare` makes mount and network namespaces,
+ * A fork's namespaces (docs/engines.md, "Forks and isolated restores"): `unshare` makes mount and network namespaces,
  * and this script brings up loopback in them (ipykernel binds a 127.0.0.1 port), puts the fork's
  * own folder ("$2") at the image's ipc folder ("$1") and becomes `criu restore`. No PID namespace
  * of its own: the kernel is init of one anyway, and CRIU restoring from inside another one failed

@@ -2,6 +2,8 @@
 // started (plainly when the engine cannot run here), adopted after a restore, connected to by
 // the relay and the agent channel, and stopped. The flows replace it; this module holds it.
 
+import { promises as fs } from 'node:fs';
+
 import type { EngineProbe, Engine, KernelExit, KernelProcess } from '../engines/engine';
 import { PlainEngine } from '../engines/plain';
 import type { AgentChannel } from './agent';
@@ -32,10 +34,16 @@ export class KernelHost {
   kernel: KernelProcess | null = null;
   lineage: Lineage;
   /**
-   * Where the supervisor sees a fork's kernel, whose `lineage` is its image's (fork.ts): its
-   * own folder, removed when it stops. Null for a kernel in the supervisor's own namespaces.
+   * Where the supervisor sees a kernel in namespaces of its own (a fork, or any kernel restored
+   * under CRIU), whose `lineage` is its image's: its own folder, removed when it stops. Null for
+   * a kernel in the supervisor's own namespaces.
    */
   outside: Lineage | null = null;
+  /**
+   * Folders this supervisor made (or whose kernel it replaced) at an image's ipc path, where its
+   * isolated kernel's own folder is mounted; removed once that kernel is gone.
+   */
+  readonly mountpoints = new Set<string>();
   probe: EngineProbe | null = null;
   /** Whether the kernel process runs the in-kernel plugin (it has an agent endpoint). */
   withPlugin = false;
@@ -104,20 +112,49 @@ export class KernelHost {
   }
 
   /**
-   * Where the supervisor reaches a kernel of `lineage`: there, or, in a fork, through the fork's
-   * own folder (and then the engine restores it in namespaces of its own: `isolate`).
+   * Whether a restore runs in namespaces of its own (mount and network, its own folder at the
+   * image's ipc folder, as a fork's): always where the engine can, so that a kernel restored
+   * from an image never collides with a live kernel of the same lineage (docs/architecture.md).
+   * KERNEL_CHECKPOINT_ISOLATE_RESTORE=0 restores in the supervisor's namespaces (to measure).
+   */
+  get isolatesRestores(): boolean {
+    return (
+      this.outside !== null ||
+      (this.options.engine.forks === true &&
+        this.options.env.KERNEL_CHECKPOINT_ISOLATE_RESTORE !== '0')
+    );
+  }
+
+  /**
+   * Where the supervisor reaches a kernel of `lineage`: there, or, restored isolated, through a
+   * folder of its own (the one it has, else a new one; the engine then restores it in namespaces
+   * of its own: `isolate`).
    */
   reach(lineage: Lineage): Lineage {
-    return this.outside ? forkLineage(lineage, this.options.env, this.outside) : lineage;
+    if (this.outside) {
+      return forkLineage(lineage, this.options.env, this.outside);
+    }
+    return this.isolatesRestores ? forkLineage(lineage, this.options.env) : lineage;
+  }
+
+  /** Removes the mountpoints this supervisor made, but `keep`: their kernels are gone. */
+  async removeMountpoints(keep?: string): Promise<void> {
+    for (const dir of Array.from(this.mountpoints)) {
+      if (dir !== keep) {
+        this.mountpoints.delete(dir);
+        await fs.rm(dir, { recursive: true, force: true }).catch(() => undefined);
+      }
+    }
   }
 
   /** Starts a fresh kernel of a new lineage (after a failed restore: the old one is gone). */
   async launchFresh(): Promise<void> {
     if (this.outside) {
-      // A fork's fresh kernel is an ordinary one, of a lineage of its own.
+      // A fresh kernel after an isolated one is an ordinary one, of a lineage of its own.
       await removeLineageDir(this.outside);
       this.outside = null;
     }
+    await this.removeMountpoints();
     this.lineage = newLineage(this.options.env, this.options.connection);
     this.currentId = null;
     await this.launch();
@@ -186,7 +223,9 @@ export class KernelHost {
         new Promise(resolve => setTimeout(resolve, 2000).unref())
       ]);
     }
-    // A fork's `lineage` folder is the original kernel's: only its own folder is removed.
+    // An isolated kernel's `lineage` folder may be another kernel's: only its own folder, and
+    // the mountpoints this supervisor made, are removed.
     await removeLineageDir(this.outside ?? this.lineage);
+    await this.removeMountpoints();
   }
 }

@@ -4,6 +4,7 @@
 
 import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 
 import { ensureRuntimeFolder, runtimeFolder } from '../store/runtime-folder';
@@ -107,4 +108,35 @@ export async function prepareLineageDir(lineage: Lineage): Promise<void> {
 
 export async function removeLineageDir(lineage: Lineage): Promise<void> {
   await fs.rm(lineage.ipcDir, { recursive: true, force: true }).catch(() => undefined);
+}
+
+/**
+ * Makes the folder an isolated kernel's own folder is mounted at (its image's ipc folder), on the
+ * host, when it is missing. True when this call made it: the supervisor then removes it once its
+ * kernel is gone; a folder that was there belongs to another kernel of the lineage.
+ */
+export async function makeMountpoint(imageIpcDir: string): Promise<boolean> {
+  const made = await fs.mkdir(imageIpcDir, { recursive: true, mode: 0o700 });
+  return made !== undefined;
+}
+
+/**
+ * Whether a live kernel of `lineage` listens in its ipc folder: its heartbeat socket accepts a
+ * connection. A kernel restored into that folder would take its paths from under it.
+ */
+export function lineageIsLive(lineage: Lineage): Promise<boolean> {
+  const { ip, hb_port, transport } = lineage.connection;
+  if (transport !== 'ipc') {
+    return Promise.resolve(false);
+  }
+  return new Promise(resolve => {
+    const socket = net.connect(`${ip}-${hb_port}`);
+    const done = (live: boolean) => {
+      socket.destroy();
+      resolve(live);
+    };
+    socket.once('connect', () => done(true));
+    socket.once('error', () => done(false));
+    socket.setTimeout(1000, () => done(false));
+  });
 }

@@ -6,6 +6,7 @@ import type {
   Action,
   Checkpoint,
   Request,
+  StateSummary,
   SupervisorMessage,
   SupervisorStatus
 } from '../../protocol/checkpoint-protocol';
@@ -37,7 +38,11 @@ type Result = {
   checkpoints?: Checkpoint[];
   status?: SupervisorStatus;
   connection_file?: string;
+  summary?: StateSummary | null;
 };
+
+/** How long the plugin may take to describe the kernel's variables (it reads no data). */
+const SUMMARY_TIMEOUT_MS = 10000;
 
 export class Requests {
   /** The checkpoint, restore or delete under way. */
@@ -151,6 +156,8 @@ export class Requests {
           const keep = (target: Checkpoint) => this.keepBeforeRestore(target, request, progress);
           return { checkpoint: await this.restoreFlow.run(id, progress, fromKernel, keep) };
         });
+      case 'summary':
+        return { summary: await this.liveSummary() };
       case 'fork':
         // Not exclusive: a fork leaves the running kernel alone.
         if (!this.forkFlow) {
@@ -159,6 +166,44 @@ export class Requests {
         return this.forkFlow.run(requireId(request), progress);
     }
     throw new RequestError('invalid_request', `Unknown action ${JSON.stringify(request.action)}.`);
+  }
+
+  /**
+   * The running kernel's state summary, from the plugin's agent thread: it runs no code in the
+   * kernel and takes nothing from it (not an execution count, not the cells the next checkpoint
+   * records), so it answers while a cell runs too. A checkpoint or restore holds the kernel
+   * (frozen, or being replaced): then it is busy. Null without the plugin.
+   */
+  private async liveSummary(): Promise<StateSummary | null> {
+    const holding = this.holdingKernel();
+    if (holding) {
+      throw new RequestError(
+        'busy',
+        `A ${holding} is under way; the kernel's state can be read when it has finished.`
+      );
+    }
+    this.host.requireKernel();
+    if (!this.host.withPlugin) {
+      return null;
+    }
+    try {
+      const report = await this.agent.ask({ type: 'summary' }, 'summary', SUMMARY_TIMEOUT_MS);
+      return report.summary ?? null;
+    } catch (error) {
+      const began = this.holdingKernel();
+      if (began) {
+        throw new RequestError('busy', `A ${began} began before the kernel's state was read.`);
+      }
+      throw new RequestError(
+        'engine_failed',
+        `The kernel plugin did not describe the kernel's state: ${(error as Error).message}.`
+      );
+    }
+  }
+
+  /** The checkpoint or restore that holds the kernel (frozen, or being replaced), if any. */
+  private holdingKernel(): Action | null {
+    return this.busy === 'checkpoint' || this.busy === 'restore' ? this.busy : null;
   }
 
   /**

@@ -18,7 +18,14 @@ import type { CommServer } from './comm-server';
 import type { KernelHost } from './kernel-host';
 import type { KernelStandIn } from './kernel-stand-in';
 import type { KernelState } from './kernel-state';
-import { prepareLineageDir, recordedLineage, removeLineageDir, type Lineage } from './lineage';
+import {
+  lineageIsLive,
+  makeMountpoint,
+  prepareLineageDir,
+  recordedLineage,
+  removeLineageDir,
+  type Lineage
+} from './lineage';
 import { log } from './log';
 import type { OutstandingRequest, Relay } from './relay';
 import { asRequestError, RequestError } from './request-errors';
@@ -103,20 +110,39 @@ export class RestoreFlow {
   ): Promise<Checkpoint> {
     const lineage = recordedLineage(record);
     const reach = this.host.reach(lineage);
+    const isolated = reach !== lineage;
+    // Where the supervisor reached the kernel being replaced: the folder it owns.
+    const oldFolder = this.host.outside ?? this.host.lineage;
+    if (!isolated && oldFolder.ipcDir !== lineage.ipcDir && (await lineageIsLive(lineage))) {
+      const instead = this.host.engine.forks
+        ? 'or let the restore run in namespaces of its own (KERNEL_CHECKPOINT_ISOLATE_RESTORE=0 turns that off).'
+        : 'or use the criu engine (it restores in namespaces of its own).';
+      throw new RequestError(
+        'engine_unavailable',
+        `Checkpoint ${id} belongs to a kernel that is still running (its ipc folder ` +
+          `${lineage.ipcDir} is in use), and the ${this.host.engine.name} engine restores an image ` +
+          `here only at the paths it was taken with; stop that kernel first, ${instead}`
+      );
+    }
     // Under CRIU the relay and the agent connect while the image is restored (see the engine's
     // acceptsConnectionsWhileRestoring): their connections are up when the kernel runs.
     const connectsEarly = this.host.engine.acceptsConnectionsWhileRestoring === true;
     progress('stopping');
     const stopped = await this.stop(reach);
-    const oldLineage = this.host.lineage;
     progress('restoring');
     try {
+      if (isolated && (await makeMountpoint(lineage.ipcDir))) {
+        this.host.mountpoints.add(lineage.ipcDir);
+      }
       await this.restore(image.dir, record, lineage, reach, stopped, connectsEarly);
     } catch (error) {
       // The old kernel is gone; start a fresh one so that the notebook stays usable.
       const failure = asRequestError(error);
       log.error(`restore of ${id} failed, starting a fresh kernel: ${failure.message}`);
       this.host.disconnect(true);
+      if (isolated && reach.ipcDir !== this.host.outside?.ipcDir) {
+        await removeLineageDir(reach);
+      }
       await this.host.launchFresh();
       this.settle(stopped, id, false);
       throw new RequestError(
@@ -125,10 +151,13 @@ export class RestoreFlow {
         failure.detail
       );
     }
-    // (A fork's `lineage` folder is another kernel's; its own folder stays.)
-    if (oldLineage.id !== lineage.id && reach === lineage) {
-      await removeLineageDir(oldLineage);
+    if (oldFolder.ipcDir === lineage.ipcDir && isolated) {
+      // The replaced kernel's own folder is now where the restored one's is mounted.
+      this.host.mountpoints.add(lineage.ipcDir);
+    } else if (oldFolder.ipcDir !== reach.ipcDir && oldFolder.ipcDir !== lineage.ipcDir) {
+      await removeLineageDir(oldFolder);
     }
+    await this.host.removeMountpoints(lineage.ipcDir);
     progress('reconnecting');
     await this.reconnect(id, record);
     this.host.currentId = id;
@@ -239,6 +268,7 @@ export class RestoreFlow {
     }
     await this.untilAnswering(kernel);
     this.host.lineage = lineage;
+    this.host.outside = reach === lineage ? null : reach;
     this.host.adopt(kernel);
   }
 

@@ -49,8 +49,7 @@ export function acceptedConnections(dir: string, pid: number): number | null {
     let count = 0;
     // "Num RefCount Protocol Flags Type St Inode Path": Flags 00010000 is a listening socket,
     // St 03 a connected one; an accepted socket carries its listener's path.
-    // The kernel's own network namespace's table: a fork has one of its own (criu.ts).
-    for (const line of readFileSync(`/proc/${pid}/net/unix`, 'utf8').split('\n')) {
+    for (const line of unixTables(pid)) {
       const fields = line.trim().split(/\s+/);
       if (
         fields.length >= 8 &&
@@ -66,6 +65,23 @@ export function acceptedConnections(dir: string, pid: number): number | null {
   } catch {
     return null;
   }
+}
+
+/**
+ * The lines of the unix socket tables where process `pid`'s accepted connections are listed: its
+ * network namespace's, and, for a kernel in a namespace of its own (a fork, a restore under
+ * CRIU), the supervisor's too. Linux makes the socket a listener accepts in the namespace of the
+ * socket that connected, so the kernel's ends of the supervisor's connections are in the
+ * supervisor's table (measured: none in the kernel's own), and its connections to its own
+ * sockets in its own.
+ */
+function unixTables(pid: number): string[] {
+  const own = readFileSync(`/proc/${pid}/net/unix`, 'utf8').split('\n');
+  const theirs = readlinkSync(`/proc/${pid}/ns/net`);
+  if (theirs === readlinkSync('/proc/self/ns/net')) {
+    return own;
+  }
+  return [...own, ...readFileSync('/proc/self/net/unix', 'utf8').split('\n')];
 }
 
 /** Connections to the sockets under `dir` whose other end is outside process `pid`. */

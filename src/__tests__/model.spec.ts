@@ -1,5 +1,6 @@
 import { CheckpointModel, buildTree, flattenTree } from '../model';
 import type { ICheckpointNode } from '../model';
+import { newBytes, sizeText } from '../text';
 import { ckpt } from './fakes';
 
 const A = 'ckpt-20261126T100000Z-00000a';
@@ -155,6 +156,34 @@ describe('CheckpointModel', () => {
     model.applyEvent({ type: 'event', event: 'deleted', checkpoint_id: B, current_id: C });
     expect(model.get(B)).toBeUndefined();
     expect(model.checkpoints.map(c => c.id)).toEqual([A, C]);
+  });
+
+  it('shows the new bytes of a `stored` event at once, in place', () => {
+    const model = new CheckpointModel();
+    model.setCheckpoints([ckpt(A, null, '2026-11-26T10:00:00Z')], A);
+    let changes = 0;
+    model.changed.connect(() => changes++);
+    model.applyEvent({
+      type: 'event',
+      event: 'stored',
+      checkpoint: ckpt(A, null, '2026-11-26T10:00:00Z', { stored_bytes: 4096 }),
+      checkpoint_id: A,
+      current_id: A
+    });
+    expect(model.get(A)!.stored_bytes).toBe(4096);
+    expect(changes).toBe(1);
+    // The row and the details show them.
+    expect(newBytes(model.get(A)!)).toBe(4096);
+    expect(sizeText(model.get(A)!)).toMatch(/^\+4\.0 KiB of /);
+    // A checkpoint deleted before its chunks were cut does not come back.
+    model.applyEvent({
+      type: 'event',
+      event: 'stored',
+      checkpoint: ckpt(B, A, '2026-11-26T11:00:00Z', { stored_bytes: 1 }),
+      checkpoint_id: B,
+      current_id: A
+    });
+    expect(model.get(B)).toBeUndefined();
   });
 
   it('follows busy and idle events from other clients without clearing its own busy state', () => {

@@ -1,6 +1,6 @@
 import { Signal } from '@lumino/signaling';
 import { KernelCheckpointSession } from '../session';
-import { ckpt } from './fakes';
+import { ckpt, FakeKernel, status } from './fakes';
 
 function fakeContext() {
   const owner = {};
@@ -38,6 +38,83 @@ describe('KernelCheckpointSession.executionCount', () => {
     expect(session.executionCount).toBe(5);
     context.kernelChanged.emit(null);
     expect(session.executionCount).toBeNull();
+    session.dispose();
+  });
+});
+
+describe('KernelCheckpointSession.refreshLive', () => {
+  const tick = () => new Promise(resolve => setTimeout(resolve, 0));
+
+  async function attached() {
+    const kernel = Object.assign(new FakeKernel(), {
+      name: 'python3-checkpoint',
+      spec: Promise.resolve({ display_name: 'Python 3', metadata: { kernel_checkpoint: {} } })
+    });
+    const context = { ...fakeContext(), session: { kernel }, ready: Promise.resolve() };
+    const session = new KernelCheckpointSession({ sessionContext: context as never });
+    for (let i = 0; i < 5 && kernel.comms.length === 0; i++) {
+      await tick();
+    }
+    const comm = kernel.last;
+    comm.receive({ type: 'hello', status: status() });
+    await tick();
+    const list = comm.lastRequest();
+    expect(list.action).toBe('list');
+    comm.receive({
+      type: 'reply',
+      request_id: list.request_id,
+      action: 'list',
+      checkpoints: [],
+      current_id: null
+    });
+    await tick();
+    return { session, context, comm };
+  }
+
+  const summaryOf = (count: number) => ({
+    execution_count: count,
+    variables: [{ name: 'x', type: 'int', size_bytes: 28 }],
+    cell_running: false
+  });
+
+  it('reads the running kernel after connecting and after each cell, not after a comm answer', async () => {
+    const { session, context, comm } = await attached();
+    const first = comm.lastRequest();
+    expect(first.action).toBe('summary');
+    comm.receive({
+      type: 'reply',
+      request_id: first.request_id,
+      action: 'summary',
+      summary: summaryOf(1),
+      current_id: null
+    });
+    await tick();
+    expect(session.model.live?.summary?.execution_count).toBe(1);
+    const sent = comm.sent.length;
+
+    // The supervisor's own answers come wrapped in busy/idle: no new read (it would loop).
+    const idle = (parent: string) => ({
+      header: { msg_type: 'status' },
+      parent_header: { msg_type: parent },
+      content: { execution_state: 'idle' }
+    });
+    context.iopubMessage.emit(idle('comm_msg'));
+    await tick();
+    expect(comm.sent.length).toBe(sent);
+
+    // A cell ended: read again.
+    context.iopubMessage.emit(idle('execute_request'));
+    await tick();
+    const again = comm.lastRequest();
+    expect(again.action).toBe('summary');
+    comm.receive({
+      type: 'error',
+      request_id: again.request_id,
+      action: 'summary',
+      error: { code: 'busy', message: 'A checkpoint is under way.' }
+    });
+    await tick();
+    expect(session.model.live).toEqual({ summary: null, error: 'A checkpoint is under way.' });
     session.dispose();
   });
 });

@@ -80,4 +80,42 @@ describe('TimelinePanel', () => {
     expect(shown.every(id => model.get(id!)!.state!.variables[0].name.includes('v42'))).toBe(true);
     panel.dispose();
   });
+
+  it('shows what changed since the selected checkpoint in the running kernel, when read', () => {
+    const { panel, model } = panelWith(3);
+    Widget.attach(panel, document.body);
+    model.select('ckpt-0001');
+    const render = () => (panel as unknown as { _render(): void })._render();
+    const kernelDiff = () => panel.node.querySelector('.jp-KernelCheckpoint-kernelDiff')!;
+    render();
+    // Not read yet: the kernel's current checkpoint stands in, saying so.
+    expect(kernelDiff().textContent).toContain('as of its checkpoint');
+    expect(kernelDiff().querySelector('[data-change=added]')!.textContent).toContain('v2');
+
+    model.setLive({
+      summary: {
+        execution_count: 9,
+        variables: [
+          { name: 'v1', type: 'str', size_bytes: 60 },
+          { name: 'fresh', type: 'int', size_bytes: 28 }
+        ],
+        cell_running: false
+      }
+    });
+    render();
+    expect(kernelDiff().textContent).toContain('Changed since this checkpoint');
+    expect(kernelDiff().textContent).toContain('running kernel now ([9])');
+    expect(kernelDiff().querySelector('[data-change=added]')!.textContent).toContain('fresh');
+    expect(kernelDiff().querySelector('[data-change=changed]')!.textContent).toContain('v1');
+    expect(kernelDiff().querySelector('[data-change=removed]')).toBeNull();
+    // The current checkpoint too is compared with the kernel now.
+    model.select('ckpt-0002');
+    render();
+    expect(kernelDiff().querySelector('[data-change=removed]')!.textContent).toContain('v2');
+
+    model.setLive({ summary: null, error: 'A checkpoint is under way.' });
+    render();
+    expect(kernelDiff().textContent).toContain('A checkpoint is under way.');
+    panel.dispose();
+  });
 });

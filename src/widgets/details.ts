@@ -4,7 +4,11 @@
  * parent and from it to the running kernel (or to the compared checkpoint), and the cells run
  * since its parent.
  */
-import type { Checkpoint, VariableSummary } from '../../protocol/checkpoint-protocol';
+import type {
+  Checkpoint,
+  StateSummary,
+  VariableSummary
+} from '../../protocol/checkpoint-protocol';
 import { diffVariables, isEmptyDiff } from '../diff';
 import type { IVariableDiff } from '../diff';
 import { formatBytes, formatDuration, relativeTime } from '../format';
@@ -127,22 +131,54 @@ export function diffList(diff: IVariableDiff): HTMLElement {
 function diffSection(
   title: string,
   className: string,
-  before: Checkpoint | null | undefined,
-  after: Checkpoint | null | undefined,
+  before: StateSummary | null | undefined,
+  after: StateSummary | null | undefined,
   note?: string
-): HTMLElement | null {
-  if (!before || !after) {
-    return null;
-  }
+): HTMLElement {
   const box = section(title, className);
   if (note) {
     box.appendChild(el('p', 'jp-KernelCheckpoint-note', note));
   }
-  const diff = diffVariables(before.state, after.state);
+  const diff = diffVariables(before, after);
   box.appendChild(
     diff ? diffList(diff) : el('p', 'jp-KernelCheckpoint-note', 'No state summary to compare.')
   );
   return box;
+}
+
+/**
+ * "Changed since this checkpoint": from the checkpoint to the running kernel as it is now (the
+ * `summary` action), else, when that could not be read, to the kernel's current checkpoint.
+ */
+function liveSection(c: Checkpoint, model: CheckpointModel): HTMLElement | null {
+  const title = 'Changed since this checkpoint';
+  const className = 'jp-KernelCheckpoint-kernelDiff';
+  const live = model.live;
+  if (live?.summary) {
+    const count = live.summary.execution_count;
+    const running = live.summary.cell_running ? ', a cell running' : '';
+    return diffSection(
+      title,
+      className,
+      c.state,
+      live.summary,
+      `To the running kernel now ([${count}]${running}).`
+    );
+  }
+  const current = model.current;
+  if (!current || current.id === c.id) {
+    return live?.error
+      ? diffSection(title, className, null, null, `The running kernel: ${live.error}`)
+      : null;
+  }
+  const why = live?.error ?? 'its state has not been read yet';
+  return diffSection(
+    title,
+    className,
+    c.state,
+    current.state,
+    `To the running kernel as of its checkpoint "${checkpointName(current)}" (${why}).`
+  );
 }
 
 export class DetailsPane {
@@ -225,33 +261,22 @@ export class DetailsPane {
         diffSection(
           `Compare: "${checkpointName(older)}" → "${checkpointName(newer)}"`,
           'jp-KernelCheckpoint-compareDiff',
-          older,
-          newer
+          older.state,
+          newer.state
         )
       );
     }
     const parent = c.parent_id ? model.get(c.parent_id) : undefined;
     sections.push(
       parent
-        ? diffSection('Since its parent', 'jp-KernelCheckpoint-parentDiff', parent, c)
+        ? diffSection('Since its parent', 'jp-KernelCheckpoint-parentDiff', parent.state, c.state)
         : el(
             'p',
             'jp-KernelCheckpoint-note',
             c.parent_id ? 'Its parent is not listed.' : 'A root: no parent.'
           )
     );
-    const current = model.current;
-    if (current && current.id !== c.id) {
-      sections.push(
-        diffSection(
-          'To the running kernel',
-          'jp-KernelCheckpoint-kernelDiff',
-          c,
-          current,
-          `The running kernel as of its checkpoint "${checkpointName(current)}" (what changed after it is not known).`
-        )
-      );
-    }
+    sections.push(liveSection(c, model));
     const variables = c.state?.variables ?? [];
     const vars = section(
       `Variables (${variables.length}${c.state?.truncated ? '+' : ''})`,

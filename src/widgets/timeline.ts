@@ -11,7 +11,13 @@ import type { CommandRegistry } from '@lumino/commands';
 import type { ReadonlyPartialJSONObject } from '@lumino/coreutils';
 import type { Message } from '@lumino/messaging';
 import { Widget } from '@lumino/widgets';
-import { deleteIcon, editIcon, refreshIcon, searchIcon } from '@jupyterlab/ui-components';
+import {
+  deleteIcon,
+  editIcon,
+  notebookIcon,
+  refreshIcon,
+  searchIcon
+} from '@jupyterlab/ui-components';
 import type { LabIcon } from '@jupyterlab/ui-components';
 import type { IGraphRow } from '../graph';
 import { relativeTime } from '../format';
@@ -435,6 +441,15 @@ export class TimelinePanel extends Widget {
         true
       ),
       this._button(
+        'New notebook',
+        `Open checkpoint ${name} in a new notebook`,
+        CommandIDs.openInNewNotebook,
+        idArgs,
+        'jp-KernelCheckpoint-openInNewNotebook',
+        notebookIcon,
+        true
+      ),
+      this._button(
         'Rename',
         `Rename checkpoint ${name}`,
         CommandIDs.rename,
@@ -569,6 +584,7 @@ export class TimelinePanel extends Widget {
     const c = row.checkpoint;
     const name = checkpointName(c);
     const current = c.id === model.currentId;
+    const origin = c.id === model.originId;
     const compared = c.id === model.compareId;
     const node = el('div', 'jp-KernelCheckpoint-node');
     node.id = rowDomId(c.id);
@@ -585,6 +601,7 @@ export class TimelinePanel extends Widget {
       [
         name,
         current ? 'current' : '',
+        origin ? 'origin of this notebook' : '',
         compared ? 'compared' : '',
         midCell ? 'taken mid-cell' : '',
         time,
@@ -615,6 +632,11 @@ export class TimelinePanel extends Widget {
     title.appendChild(label);
     if (current) {
       title.appendChild(el('span', 'jp-KernelCheckpoint-badge', 'current'));
+    }
+    if (origin) {
+      const badge = el('span', 'jp-KernelCheckpoint-badge jp-mod-origin', 'origin');
+      badge.title = 'This notebook was opened from this checkpoint of another notebook';
+      title.appendChild(badge);
     }
     if (midCell) {
       const badge = el('span', 'jp-KernelCheckpoint-badge jp-mod-midCell', 'mid-cell');

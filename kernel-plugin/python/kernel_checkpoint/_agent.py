@@ -416,6 +416,8 @@ class Agent:
             self._reply({"type": "pong"})
         elif kind == "prepare":
             self._on_prepare(msg)
+        elif kind == "summary":
+            self._on_summary()
         elif kind in ("resumed", "restarted"):
             self._taken_cells = []
             self._on_after(msg, restarted=kind == "restarted")
@@ -532,6 +534,18 @@ class Agent:
         # The supervisor now disconnects for the snapshot: nothing more until it speaks again.
         self._may_send = False
         self._taken_cells = (summary or {}).get("cells") or []
+
+    def _on_summary(self) -> None:
+        """The kernel's state now, for a diff against the running kernel: read here, in the
+        agent thread, so no code runs in the kernel (no execution count, no output) and a
+        running cell does not delay it; the cells run since the checkpoint stay in the log for
+        the next one."""
+        try:
+            summary: dict[str, Any] | None = state_summary(self.shell, take_cells=False)
+        except Exception:
+            summary = None
+            _log("state summary failed:\n" + traceback.format_exc())
+        self._reply({"type": "summary", "summary": summary})
 
     def _adopt_checkpoint_id(self, cid: str | None, label: str | None) -> None:
         """A prepare arriving while our own checkpoint request is under way is that request's

@@ -52,6 +52,11 @@ class CellLog:
             cells, self._cells = self._cells, []
             return {"cell_running": self._running > 0, "cells": cells}
 
+    def peek(self) -> dict[str, Any]:
+        """The same fields as ``take``, leaving the cells for the next checkpoint."""
+        with self._lock:
+            return {"cell_running": self._running > 0, "cells": list(self._cells)}
+
 
 _logs: weakref.WeakKeyDictionary[Any, CellLog] = weakref.WeakKeyDictionary()
 

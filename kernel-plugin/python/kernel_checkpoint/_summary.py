@@ -178,11 +178,14 @@ def last_execution_count(shell: Any) -> int:
     return max(int(count) - 1, 0) if isinstance(count, int) else 0
 
 
-def state_summary(shell: Any, max_variables: int = MAX_VARIABLES) -> dict[str, Any]:
+def state_summary(
+    shell: Any, max_variables: int = MAX_VARIABLES, take_cells: bool = True
+) -> dict[str, Any]:
     """StateSummary of an IPython shell. When there are more than ``max_variables`` user
     variables, the largest are kept (in namespace order) and ``truncated`` is true. When the
     extension follows the shell's cells (``_cells.follow``), ``cell_running`` and the ``cells``
-    run since the last summary are added."""
+    run since the last summary are added; ``take_cells=False`` leaves them for the next
+    checkpoint's summary (a look at the running kernel)."""
     variables = [describe(name, value) for name, value in user_variables(shell)]
     truncated = len(variables) > max_variables
     if truncated:
@@ -199,5 +202,5 @@ def state_summary(shell: Any, max_variables: int = MAX_VARIABLES) -> dict[str, A
     }
     log = log_of(shell)
     if log is not None:  # the shell's cells are followed (the extension is loaded)
-        summary.update(log.take())
+        summary.update(log.take() if take_cells else log.peek())
     return summary
