@@ -97,8 +97,10 @@ export class LazyPagesDaemon {
   }
 
   /**
-   * Starts the daemon for `imageDir`, in a new private folder under `parentDir`, and resolves once
-   * it listens (its --status-fd). Rejects, having stopped it, when it cannot start.
+   * Starts the daemon for `imageDir`, in a new private folder under `parentDir`, without waiting
+   * for it: `criu restore` starts meanwhile behind `waitForDaemon` (both load CRIU, ~0.1 s on a
+   * busy machine), and the gate lets it on once the daemon listens (its --status-fd), lazily, or
+   * without --lazy-pages when the daemon could not start.
    */
   static async start(
     criu: string,
@@ -107,8 +109,13 @@ export class LazyPagesDaemon {
     env: NodeJS.ProcessEnv
   ): Promise<LazyPagesDaemon> {
     const started = Date.now();
-    // Short: the socket's path is relative to it, but CRIU logs and errors name it whole.
     const workDir = await fs.mkdtemp(path.join(parentDir, 'lazy-'));
+    const gate = path.join(workDir, 'gate');
+    const made = await runTool('mkfifo', ['-m', '600', gate], { env, timeoutMs: 10000 });
+    if (made.code !== 0) {
+      await fs.rm(workDir, { recursive: true, force: true });
+      throw new Error(`mkfifo failed: ${made.stderr.trim() || made.error?.message}`);
+    }
     const logFile = path.join(workDir, 'lazy-pages.log');
     const [file, ...args] = diesWithParent([
       criu,
@@ -125,28 +132,57 @@ export class LazyPagesDaemon {
     const child = spawn(file, args, { env, stdio: ['ignore', 'ignore', 'pipe', 'pipe'] });
     child.stderr?.resume();
     const daemon = new LazyPagesDaemon(child, workDir, logFile, started);
+    daemon.gate = gate;
     const status = child.stdio[3] as NodeJS.ReadableStream | null;
-    const ready = await new Promise<LazyEnd | null>(resolve => {
-      const timer = setTimeout(
-        () => resolve({ complete: false, ms: 0, problem: 'timed out' }),
-        READY_TIMEOUT_MS
-      );
+    daemon.listening = new Promise<string | null>(resolve => {
+      const timer = setTimeout(() => resolve('it did not listen in time'), READY_TIMEOUT_MS);
       status?.once('data', () => {
         clearTimeout(timer);
         resolve(null);
       });
       void daemon.ended.then(end => {
         clearTimeout(timer);
-        resolve(end);
+        resolve(end.problem ?? 'it exited');
       });
+    }).then(async problem => {
+      // O_RDWR: never blocks, and the line stays in the FIFO until the restore's shell reads it.
+      daemon.gateHandle = await fs.open(gate, 'r+');
+      await daemon.gateHandle.write(problem ? 'full\n' : 'lazy\n');
+      if (problem) {
+        daemon.stop();
+      }
+      return problem;
     });
-    if (ready) {
-      daemon.stop();
-      await daemon.ended;
-      await fs.rm(workDir, { recursive: true, force: true });
-      throw new Error(`criu lazy-pages did not start: ${ready.problem ?? 'it exited'}`);
-    }
     return daemon;
+  }
+
+  /** The FIFO the restore waits on (see `waitForDaemon`). */
+  private gate = '';
+  private gateHandle: fs.FileHandle | null = null;
+  /** Null once the daemon listens; why not, when it could not start (it is stopped). */
+  listening: Promise<string | null> = Promise.resolve(null);
+
+  /**
+   * `restore` (criu restore's argv), started once the daemon listens: with --lazy-pages and the
+   * daemon's work folder (its socket's), or as it is, a full restore, when the daemon failed.
+   */
+  waitForDaemon(restore: string[]): string[] {
+    return [
+      '/bin/sh',
+      '-c',
+      'g=$1; w=$2; shift 2; read -r how <"$g" || how=full; ' +
+        '[ "$how" = lazy ] && exec "$@" --lazy-pages -W "$w"; exec "$@"',
+      'sh',
+      this.gate,
+      this.workDir,
+      ...restore
+    ];
+  }
+
+  /** Lets go of the gate, once the restore has read it. */
+  async closeGate(): Promise<void> {
+    await this.gateHandle?.close().catch(() => undefined);
+    this.gateHandle = null;
   }
 
   /** The daemon's pid (for tests that kill it: a page server dying mid-way). */

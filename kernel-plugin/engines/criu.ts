@@ -286,7 +286,9 @@ export class CriuEngine implements Engine<PipelineKernel> {
       imageDir,
       ...COMMON_FLAGS,
       ...inherit,
-      ...(lazy ? ['--lazy-pages', '-W', lazy.workDir] : [])
+      '-o',
+      logFile,
+      '-v3'
     ];
     const isolate = spec.isolate;
     if (isolate) {
@@ -303,21 +305,20 @@ export class CriuEngine implements Engine<PipelineKernel> {
       const kernel = await underPrivateUmask(startPipelineKernel)(
         [
           ...(isolate ? [...FORK_NAMESPACES, isolate.imageIpcDir, isolate.ownIpcDir] : []),
-          ...restore,
-          '-o',
-          logFile,
-          '-v3'
+          ...(lazy ? lazy.waitForDaemon(restore) : restore)
         ],
         { env: spec.env, cwd: spec.cwd, pipeOnFd3: true },
         120000,
         (_launcher, failed) => this.waitForRestored(logFile, failed, spec.answered)
       );
-      if (lazy?.failed) {
+      const notListening = lazy && (await lazy.listening);
+      if (notListening) {
+        log.warn(`restored in full, not lazily: criu lazy-pages did not start (${notListening})`);
+      } else if (lazy?.failed) {
         // Died while CRIU was restoring: the kernel would never get its missing pages.
         await kernel.terminate();
         throw new Error((await lazy.ended).problem ?? 'criu lazy-pages ended early');
-      }
-      if (lazy) {
+      } else if (lazy) {
         watchLazyKernel(kernel, lazy, await pagesBytes(imageDir));
       }
       return kernel;
@@ -331,6 +332,7 @@ export class CriuEngine implements Engine<PipelineKernel> {
         'restore the image'
       );
     } finally {
+      await lazy?.closeGate();
       await fs.rm(logFile, { force: true });
     }
   }
