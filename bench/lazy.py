@@ -25,7 +25,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from harness.measure import Runs, log  # noqa: E402
+from harness.measure import Runs  # noqa: E402
 from harness.states import is_large, state_label  # noqa: E402
 from harness.supervised import runs_ours  # noqa: E402
 from harness.turns import side_by_side  # noqa: E402
@@ -67,7 +67,9 @@ def runs_mode(workspace: Workspace, mode: str, state: str) -> Runs:
         runs.close()
 
 
-def resident_after(supervisor_log: Path, seen: int, started: float, run: dict[str, Any]) -> float | None:
+def resident_after(
+    supervisor_log: Path, seen: int, started: float, run: dict[str, Any]
+) -> float | None:
     """Seconds from the restore request to the (seen+1)th "every page" line, by its timestamp.
     The checkpoint before the restore took `checkpoint_s` of that wall time, and a cell ran."""
     deadline = time.time() + 120
@@ -100,14 +102,21 @@ def measure(states: list[str], repeats: int) -> dict[str, Any]:
                     results[label].update(
                         side_by_side(
                             label,
-                            {mode: lambda mode=mode: runs_mode(workspace, mode, state)},
+                            {
+                                mode: lambda mode=mode, state=state: runs_mode(
+                                    workspace, mode, state
+                                )
+                            },
                             1,
                         )
                     )
             else:
                 results[label] = side_by_side(
                     label,
-                    {mode: lambda mode=mode: runs_mode(workspace, mode, state) for mode in MODES},
+                    {
+                        mode: lambda mode=mode, state=state: runs_mode(workspace, mode, state)
+                        for mode in MODES
+                    },
                     repeats,
                 )
     finally:
@@ -123,8 +132,8 @@ def table(results: dict[str, Any]) -> str:
     """One row per kernel size: restore -> first cell reply, lazy beside full, and until every
     page is resident; the lazy figure minus the empty kernel's against the target."""
     rows = [
-        "| kernel | restore→cell lazy (s) | restore→cell full (s) | lazy/full | lazy − empty lazy (s) "
-        "| every page resident, lazy (s) | state ok | runs |",
+        "| kernel | restore→cell lazy (s) | restore→cell full (s) | lazy/full "
+        "| lazy - empty lazy (s) | every page resident, lazy (s) | state ok | runs |",
         "|---|---|---|---|---|---|---|---|",
     ]
     empty = None
@@ -141,12 +150,9 @@ def table(results: dict[str, Any]) -> str:
         lazy, full = cells["lazy"], cells["full"]
         if empty is None:
             empty = lazy["cell"]
-        ratio = (
-            f"{lazy['cell'] / full['cell']:.2f}" if lazy["cell"] and full["cell"] else "-"
-        )
+        ratio = f"{lazy['cell'] / full['cell']:.2f}" if lazy["cell"] and full["cell"] else "-"
         over = (
-            f"{lazy['cell'] - empty:+.2f}"
-            + (" ✓" if lazy["cell"] - empty <= TARGET_S else " ✗")
+            f"{lazy['cell'] - empty:+.2f}" + (" ✓" if lazy["cell"] - empty <= TARGET_S else " ✗")
             if lazy["cell"] is not None and empty is not None
             else "-"
         )
@@ -163,8 +169,12 @@ def table(results: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--states", default="0,1024,4096", help="MiB of numpy floats, comma-separated")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument(
+        "--states", default="0,1024,4096", help="MiB of numpy floats, comma-separated"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--table", type=Path, help="print the table of a saved run")
