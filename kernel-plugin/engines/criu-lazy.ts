@@ -100,13 +100,14 @@ export class LazyPagesDaemon {
    * Starts the daemon for `imageDir`, in a new private folder under `parentDir`, without waiting
    * for it: `criu restore` starts meanwhile behind `waitForDaemon` (both load CRIU, ~0.1 s on a
    * busy machine), and the gate lets it on once the daemon listens (its --status-fd), lazily, or
-   * without --lazy-pages when the daemon could not start.
+   * without --lazy-pages when the daemon could not start or `vetoed` gives a reason.
    */
   static async start(
     criu: string,
     imageDir: string,
     parentDir: string,
-    env: NodeJS.ProcessEnv
+    env: NodeJS.ProcessEnv,
+    vetoed: Promise<string | null> = Promise.resolve(null)
   ): Promise<LazyPagesDaemon> {
     const started = Date.now();
     const workDir = await fs.mkdtemp(path.join(parentDir, 'lazy-'));
@@ -134,7 +135,7 @@ export class LazyPagesDaemon {
     const daemon = new LazyPagesDaemon(child, workDir, logFile, started);
     daemon.gate = gate;
     const status = child.stdio[3] as NodeJS.ReadableStream | null;
-    daemon.listening = new Promise<string | null>(resolve => {
+    const ready = new Promise<string | null>(resolve => {
       const timer = setTimeout(() => resolve('it did not listen in time'), READY_TIMEOUT_MS);
       status?.once('data', () => {
         clearTimeout(timer);
@@ -144,7 +145,10 @@ export class LazyPagesDaemon {
         clearTimeout(timer);
         resolve(end.problem ?? 'it exited');
       });
-    }).then(async problem => {
+    });
+    // Why not lazily: lazy restore cannot work here (`vetoed`), or the daemon did not start.
+    daemon.listening = Promise.all([vetoed, ready]).then(async ([veto, notReady]) => {
+      const problem = veto ?? notReady;
       // O_RDWR: never blocks, and the line stays in the FIFO until the restore's shell reads it.
       daemon.gateHandle = await fs.open(gate, 'r+');
       await daemon.gateHandle.write(problem ? 'full\n' : 'lazy\n');

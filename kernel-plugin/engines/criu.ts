@@ -8,6 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 
 import {
+  LAZY_SETTING,
   LazyPagesDaemon,
   lazyRestoreMode,
   untilResident,
@@ -112,6 +113,7 @@ export class CriuEngine implements Engine<PipelineKernel> {
   readonly forks = true;
   private probed: Promise<EngineProbe> | null = null;
   private restoreModeFound: Promise<RestoreMode> | null = null;
+  private modeFound: RestoreMode | null = null;
 
   constructor(private readonly env: NodeJS.ProcessEnv = process.env) {}
 
@@ -313,7 +315,9 @@ export class CriuEngine implements Engine<PipelineKernel> {
       );
       const notListening = lazy && (await lazy.listening);
       if (notListening) {
-        log.warn(`restored in full, not lazily: criu lazy-pages did not start (${notListening})`);
+        if (this.modeFound?.lazy) {
+          log.warn(`restored in full, not lazily: criu lazy-pages did not start (${notListening})`);
+        }
       } else if (lazy?.failed) {
         // Died while CRIU was restoring: the kernel would never get its missing pages.
         await kernel.terminate();
@@ -344,6 +348,7 @@ export class CriuEngine implements Engine<PipelineKernel> {
   restoreMode(): Promise<RestoreMode> {
     this.restoreModeFound ??= this.criu().then(async criu => {
       const mode = await lazyRestoreMode(criu, this.env);
+      this.modeFound = mode;
       if (!mode.lazy) {
         log.info(`restores read the whole image first (not lazy): ${mode.reason}`);
       }
@@ -362,11 +367,23 @@ export class CriuEngine implements Engine<PipelineKernel> {
     imageDir: string,
     spec: LaunchSpec
   ): Promise<LazyPagesDaemon | null> {
-    if (!(await this.restoreMode()).lazy) {
+    const mode = this.restoreMode();
+    // A restore with no kernel launched before (a fork's supervisor) has not asked `criu check`
+    // yet: the daemon starts meanwhile, and the restore goes on lazily only if the answer is yes.
+    if (this.env[LAZY_SETTING] === '0' || this.modeFound?.lazy === false) {
       return null;
     }
     try {
-      return await LazyPagesDaemon.start(criu, imageDir, spec.workDir, this.env);
+      return await LazyPagesDaemon.start(
+        criu,
+        imageDir,
+        spec.workDir,
+        this.env,
+        mode.then(
+          found => (found.lazy ? null : found.reason),
+          (error: unknown) => String(error)
+        )
+      );
     } catch (error) {
       log.warn(`restoring in full instead of lazily: ${(error as Error).message}`);
       return null;

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from kctesting import alive, descendants
+from jupyter_client import BlockingKernelClient
+from kctesting import Client, alive, descendants
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -137,3 +138,25 @@ def test_a_page_server_killed_midway_stops_the_kernel(criu_lazy, make_kernel, tm
         result = None
     if result is not None:
         assert result.stdout.strip() in ("", before), "the kernel read zeros"
+
+
+def test_a_fork_is_restored_lazily_and_whole(criu_lazy, make_kernel, tmp_path: Path):
+    fork_log = tmp_path / "fork.log"
+    kernel = make_kernel(KERNEL_CHECKPOINT_FORK_LOG=str(fork_log))
+    client = kernel.client
+    before = client.run(MAKE_DATA, timeout=300).strip()
+    taken = client.checkpoint()
+    reply = client.request("fork", checkpoint_id=taken["id"])
+    kc = BlockingKernelClient(connection_file=reply["connection_file"])
+    kc.load_connection_file()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=90)
+        fork = Client(kc)
+        # Its own mount namespace reaches the daemon's socket; its data is whole.
+        assert fork.run("print(checksum())", timeout=300).strip() == before
+        wait_for_line(fork_log, EVERY_PAGE)
+    finally:
+        kc.shutdown()
+        kc.stop_channels()
+    assert "not lazily" not in fork_log.read_text()
