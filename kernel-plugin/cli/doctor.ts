@@ -4,6 +4,7 @@
 import type { Command } from 'commander';
 
 import { createEngine, engineNames } from '../engines';
+import type { RestoreMode } from '../engines/criu-lazy';
 import type { EngineProbe } from '../engines/engine';
 import { criuInstallHintFor } from './criu-install-hint';
 
@@ -17,8 +18,16 @@ function nodeInUse(): { version: string; path: string; origin: string } {
   };
 }
 
-export async function probeAll(): Promise<EngineProbe[]> {
-  return Promise.all(engineNames().map(name => createEngine(name).probe()));
+/** Each engine's probe, and for one that runs here, whether its restores are lazy and why. */
+export async function probeAll(): Promise<(EngineProbe & { lazy_restore?: RestoreMode })[]> {
+  return Promise.all(
+    engineNames().map(async name => {
+      const engine = createEngine(name);
+      const probe = await engine.probe();
+      const mode = probe.ok ? await engine.restoreMode?.().catch(() => undefined) : undefined;
+      return mode ? { ...probe, lazy_restore: mode } : probe;
+    })
+  );
 }
 
 export function registerDoctorCommand(program: Command): void {
@@ -45,6 +54,12 @@ export function registerDoctorCommand(program: Command): void {
           if (!probe.ok) {
             process.stdout.write(
               `       why: ${probe.problem}\n       fix: ${probe.remedy ?? '-'}\n`
+            );
+          }
+          if (probe.lazy_restore) {
+            const mode = probe.lazy_restore;
+            process.stdout.write(
+              `       restore: ${mode.lazy ? 'lazy' : 'full (not lazy)'}, ${mode.reason}\n`
             );
           }
           if (probe.name === 'criu' && criuInstall) {

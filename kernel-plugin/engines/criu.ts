@@ -7,6 +7,14 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
+import {
+  LAZY_SETTING,
+  LazyPagesDaemon,
+  lazyRestoreMode,
+  untilResident,
+  watchLazyKernel,
+  type RestoreMode
+} from './criu-lazy';
 import { criuFailure, readLog } from './criu-log';
 import {
   EngineError,
@@ -17,6 +25,7 @@ import {
 } from './engine';
 import { fdTarget, startPipelineKernel, type PipelineKernel } from './process';
 import { underPrivateUmask } from '../store/private-umask';
+import { log } from '../supervisor/log';
 import { findExecutable, firstMissing, isExecutable, runTool, UTIL_LINUX_TOOLS } from './tools';
 
 /** CRIU before 4.2 cannot dump a process holding an AF_INET socket on Linux >= 6.16. */
@@ -124,6 +133,8 @@ export class CriuEngine implements Engine<PipelineKernel> {
   readonly acceptsConnectionsWhileRestoring = true;
   readonly forks = true;
   private probed: Promise<EngineProbe> | null = null;
+  private restoreModeFound: Promise<RestoreMode> | null = null;
+  private modeFound: RestoreMode | null = null;
 
   constructor(private readonly env: NodeJS.ProcessEnv = process.env) {}
 
@@ -217,6 +228,8 @@ export class CriuEngine implements Engine<PipelineKernel> {
     // --kill-child: the kernel dies with `unshare`, which dies with the pipeline's shell, which
     // dies with the supervisor (process.ts). The kernel keeps that parent-death signal in its
     // image, so a restored kernel dies with `criu restore` in turn.
+    // Found now (it runs `criu check`), so that the first restore does not wait for it.
+    void this.restoreMode().catch(() => undefined);
     return startPipelineKernel(
       ['unshare', '--pid', '--fork', '--kill-child', 'setsid', ...spec.argv],
       { env: spec.env, cwd: spec.cwd }
@@ -226,6 +239,7 @@ export class CriuEngine implements Engine<PipelineKernel> {
   async checkpoint(kernel: PipelineKernel, imageDir: string): Promise<Snapshot> {
     const criu = await this.criu();
     const probe = await this.probe();
+    await this.untilWhole(kernel);
     // The pipe to the supervisor's log (the launcher's stdout) is the kernel's only pipe to a
     // process outside the image: a restore hands it the new pipeline's pipe in its place.
     // (Its fd 1 and 2 are not it: ipykernel swaps them for pipes of its own, inside the image.)
@@ -287,6 +301,7 @@ export class CriuEngine implements Engine<PipelineKernel> {
     // The kernel's old stdout/stderr pipe becomes the pipeline's pipe, on criu's fd 3.
     const inherit =
       typeof data.outputPipe === 'string' ? ['--inherit-fd', `fd[3]:${data.outputPipe}`] : [];
+    const lazy = await this.startLazyPages(criu, imageDir, spec);
     const restore = [
       ...RESTORE_PID_NAMESPACE,
       criu,
@@ -295,12 +310,16 @@ export class CriuEngine implements Engine<PipelineKernel> {
       imageDir,
       ...COMMON_FLAGS,
       ...JOIN_OUTER_MOUNT_NAMESPACE,
-      ...inherit
+      ...inherit,
+      '-o',
+      logFile,
+      '-v3'
     ];
     const isolate = spec.isolate;
     if (isolate) {
       const missing = await firstMissing(FORK_TOOLS, this.env);
       if (missing) {
+        lazy?.stop();
         throw new EngineError(
           'engine_unavailable',
           `A fork needs \`${missing}\` (util-linux, iproute2), which is not on PATH.`
@@ -308,19 +327,30 @@ export class CriuEngine implements Engine<PipelineKernel> {
       }
     }
     try {
-      return await underPrivateUmask(startPipelineKernel)(
+      const kernel = await underPrivateUmask(startPipelineKernel)(
         [
           ...(isolate ? [...FORK_NAMESPACES, isolate.imageIpcDir, isolate.ownIpcDir] : []),
-          ...restore,
-          '-o',
-          logFile,
-          '-v3'
+          ...(lazy ? lazy.waitForDaemon(restore) : restore)
         ],
         { env: spec.env, cwd: spec.cwd, pipeOnFd3: true, kernelDepth: RESTORED_KERNEL_DEPTH },
         120000,
         (_launcher, failed) => this.waitForRestored(logFile, failed, spec.answered)
       );
+      const notListening = lazy && (await lazy.listening);
+      if (notListening) {
+        if (this.modeFound?.lazy) {
+          log.warn(`restored in full, not lazily: criu lazy-pages did not start (${notListening})`);
+        }
+      } else if (lazy?.failed) {
+        // Died while CRIU was restoring: the kernel would never get its missing pages.
+        await kernel.terminate();
+        throw new Error((await lazy.ended).problem ?? 'criu lazy-pages ended early');
+      } else if (lazy) {
+        watchLazyKernel(kernel, lazy, await pagesBytes(imageDir));
+      }
+      return kernel;
     } catch (error) {
+      lazy?.stop();
       // The pipeline's shell says how CRIU ended when its log does not ("Killed").
       const said = (error as { output?: string }).output;
       throw criuFailure(
@@ -329,7 +359,75 @@ export class CriuEngine implements Engine<PipelineKernel> {
         'restore the image'
       );
     } finally {
+      await lazy?.closeGate();
       await fs.rm(logFile, { force: true });
+    }
+  }
+
+  /**
+   * Whether restores are lazy here, and why not when they are not (found once: it runs
+   * `criu check`). For the log and `kernel-checkpoint doctor`.
+   */
+  restoreMode(): Promise<RestoreMode> {
+    this.restoreModeFound ??= this.criu().then(async criu => {
+      const mode = await lazyRestoreMode(criu, this.env);
+      this.modeFound = mode;
+      if (!mode.lazy) {
+        log.info(`restores read the whole image first (not lazy): ${mode.reason}`);
+      }
+      return mode;
+    });
+    return this.restoreModeFound;
+  }
+
+  /**
+   * The page server of a lazy restore, listening, or null for a full restore (lazy restore off or
+   * not possible here, or the daemon would not start: then said in the log, and the restore is
+   * full rather than failed).
+   */
+  private async startLazyPages(
+    criu: string,
+    imageDir: string,
+    spec: LaunchSpec
+  ): Promise<LazyPagesDaemon | null> {
+    const mode = this.restoreMode();
+    // A restore with no kernel launched before (a fork's supervisor) has not asked `criu check`
+    // yet: the daemon starts meanwhile, and the restore goes on lazily only if the answer is yes.
+    if (this.env[LAZY_SETTING] === '0' || this.modeFound?.lazy === false) {
+      return null;
+    }
+    try {
+      return await LazyPagesDaemon.start(
+        criu,
+        imageDir,
+        spec.workDir,
+        this.env,
+        mode.then(
+          found => (found.lazy ? null : found.reason),
+          (error: unknown) => String(error)
+        )
+      );
+    } catch (error) {
+      log.warn(`restoring in full instead of lazily: ${(error as Error).message}`);
+      return null;
+    }
+  }
+
+  /**
+   * A kernel restored lazily is dumped only once every page is back: CRIU would leave the missing
+   * ones out of the image (docs/engines.md, "Lazy restore").
+   */
+  private async untilWhole(kernel: PipelineKernel): Promise<void> {
+    try {
+      const waited = await untilResident(kernel);
+      if (waited > 0) {
+        log.info(`checkpoint waited ${waited} ms for the lazy restore's last pages`);
+      }
+    } catch (error) {
+      throw new EngineError(
+        'engine_failed',
+        `Cannot snapshot the kernel: ${(error as Error).message}.`
+      );
     }
   }
 
@@ -388,6 +486,16 @@ export class CriuEngine implements Engine<PipelineKernel> {
       await handle?.close();
     }
   }
+}
+
+/** The bytes of the memory pages in an image (its pages-*.img files), for the log. */
+async function pagesBytes(imageDir: string): Promise<number> {
+  const names = await fs.readdir(imageDir).catch(() => [] as string[]);
+  let bytes = 0;
+  for (const name of names.filter(name => /^pages-\d+\.img$/.test(name))) {
+    bytes += (await fs.stat(path.join(imageDir, name)).catch(() => null))?.size ?? 0;
+  }
+  return bytes;
 }
 
 /**

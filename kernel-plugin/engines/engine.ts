@@ -110,6 +110,12 @@ export interface Engine<K extends KernelProcess = KernelProcess> {
    */
   readonly forks?: boolean;
 
+  /**
+   * Whether `restore` resumes the kernel before its memory is back (lazy: CRIU with userfaultfd),
+   * and why not when it does not; `kernel-checkpoint doctor` shows it. Absent: always full.
+   */
+  restoreMode?(): Promise<{ lazy: boolean; reason: string }>;
+
   /** Whether this engine can run here; cheap enough to call at start-up. */
   probe(): Promise<EngineProbe>;
 

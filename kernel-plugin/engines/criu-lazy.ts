@@ -1,0 +1,285 @@
+// Lazy restore under CRIU (userfaultfd): `criu restore --lazy-pages` resumes the kernel before its
+// memory is back, and CRIU's `criu lazy-pages` daemon serves every page on fault and the rest in
+// the background. This module decides whether a restore is lazy, and runs and watches the daemon.
+// The measured facts it relies on are in docs/engines.md ("Lazy restore").
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+
+import { log } from '../supervisor/log';
+import { criuFailure, readLog } from './criu-log';
+import { diesWithParent, killedBy, runTool } from './tools';
+
+/** KERNEL_CHECKPOINT_LAZY=0 turns lazy restore off (a full restore reads the whole image first). */
+export const LAZY_SETTING = 'KERNEL_CHECKPOINT_LAZY';
+
+/** How long the daemon may outlive its kernel before it is stopped. */
+const DAEMON_GRACE_MS = 2000;
+/** How long the daemon may take to listen (it reads the image's process tree first). */
+const READY_TIMEOUT_MS = 30000;
+
+/** Whether restores are lazy, and if not, why (for the log and `kernel-checkpoint doctor`). */
+export interface RestoreMode {
+  lazy: boolean;
+  reason: string;
+}
+
+/**
+ * Whether a restore can be lazy here: the setting allows it and the kernel supports
+ * non-cooperative userfaultfd for this user (`criu check --feature uffd-noncoop`; an older kernel,
+ * or a non-root user with vm.unprivileged_userfaultfd=0, fails it).
+ */
+export async function lazyRestoreMode(criu: string, env: NodeJS.ProcessEnv): Promise<RestoreMode> {
+  if (env[LAZY_SETTING] === '0') {
+    return { lazy: false, reason: `${LAZY_SETTING}=0 turns it off` };
+  }
+  const check = await runTool(criu, ['check', '--feature', 'uffd-noncoop'], {
+    env,
+    timeoutMs: 10000
+  });
+  if (check.code !== 0) {
+    const said = `${check.stdout}\n${check.stderr}`
+      .split('\n')
+      .map(line => line.trim())
+      .filter(line => line && !/RLIMIT_NOFILE/.test(line));
+    return {
+      lazy: false,
+      reason:
+        `userfaultfd does not work here (\`criu check --feature uffd-noncoop\`: ` +
+        `${said[said.length - 1] ?? killedBy(check.signal) ?? `exit ${check.code}`})`
+    };
+  }
+  return { lazy: true, reason: 'userfaultfd (criu check --feature uffd-noncoop: supported)' };
+}
+
+/** How the daemon ended. */
+export interface LazyEnd {
+  /** Every page was transferred (the daemon exits 0 once none is left). */
+  complete: boolean;
+  /** From the restore's start to the daemon's end. */
+  ms: number;
+  /** Why it ended early, when it did. */
+  problem?: string;
+}
+
+/**
+ * A running `criu lazy-pages` daemon for one restore. It listens on `lazy-pages.socket` in its
+ * work folder, which `criu restore --lazy-pages -W` of the same folder connects to; it dies with
+ * the supervisor (DIES_WITH_PARENT), and exits once every page is in the kernel's memory.
+ */
+export class LazyPagesDaemon {
+  readonly ended: Promise<LazyEnd>;
+  /** It exited before every page was served (set at its exit, before `ended` settles). */
+  failed = false;
+  /** Called at once (synchronously) when it fails, with how it ended. */
+  onFailure: (how: string) => void = () => undefined;
+  private stopping = false;
+
+  private constructor(
+    private readonly child: ChildProcess,
+    readonly workDir: string,
+    private readonly logFile: string,
+    private readonly started: number
+  ) {
+    this.ended = new Promise(resolve => {
+      child.once('exit', (code, signal) => {
+        // Killed, or failed: not its own end (it exits 0 when every page is in, or when the
+        // kernel is gone, within ~25 ms: measured).
+        this.failed = !this.stopping && (code !== 0 || signal !== null);
+        if (this.failed) {
+          // At once, not after reading its log: the kernel may already be reading zeros.
+          this.onFailure(killedBy(signal) ?? `exit ${code}`);
+        }
+        void this.end(code, signal).then(resolve);
+      });
+    });
+  }
+
+  /**
+   * Starts the daemon for `imageDir`, in a new private folder under `parentDir`, without waiting
+   * for it: `criu restore` starts meanwhile behind `waitForDaemon` (both load CRIU, ~0.1 s on a
+   * busy machine), and the gate lets it on once the daemon listens (its --status-fd), lazily, or
+   * without --lazy-pages when the daemon could not start or `vetoed` gives a reason.
+   */
+  static async start(
+    criu: string,
+    imageDir: string,
+    parentDir: string,
+    env: NodeJS.ProcessEnv,
+    vetoed: Promise<string | null> = Promise.resolve(null)
+  ): Promise<LazyPagesDaemon> {
+    const started = Date.now();
+    const workDir = await fs.mkdtemp(path.join(parentDir, 'lazy-'));
+    const gate = path.join(workDir, 'gate');
+    const made = await runTool('mkfifo', ['-m', '600', gate], { env, timeoutMs: 10000 });
+    if (made.code !== 0) {
+      await fs.rm(workDir, { recursive: true, force: true });
+      throw new Error(`mkfifo failed: ${made.stderr.trim() || made.error?.message}`);
+    }
+    const logFile = path.join(workDir, 'lazy-pages.log');
+    const [file, ...args] = diesWithParent([
+      criu,
+      'lazy-pages',
+      '-D',
+      imageDir,
+      '-W',
+      workDir,
+      '-o',
+      logFile,
+      '--status-fd',
+      '3'
+    ]);
+    const child = spawn(file, args, { env, stdio: ['ignore', 'ignore', 'pipe', 'pipe'] });
+    child.stderr?.resume();
+    const daemon = new LazyPagesDaemon(child, workDir, logFile, started);
+    daemon.gate = gate;
+    const status = child.stdio[3] as NodeJS.ReadableStream | null;
+    const ready = new Promise<string | null>(resolve => {
+      const timer = setTimeout(() => resolve('it did not listen in time'), READY_TIMEOUT_MS);
+      status?.once('data', () => {
+        clearTimeout(timer);
+        resolve(null);
+      });
+      void daemon.ended.then(end => {
+        clearTimeout(timer);
+        resolve(end.problem ?? 'it exited');
+      });
+    });
+    // Why not lazily: lazy restore cannot work here (`vetoed`), or the daemon did not start.
+    daemon.listening = Promise.all([vetoed, ready]).then(async ([veto, notReady]) => {
+      const problem = veto ?? notReady;
+      // O_RDWR: never blocks, and the line stays in the FIFO until the restore's shell reads it.
+      daemon.gateHandle = await fs.open(gate, 'r+');
+      await daemon.gateHandle.write(problem ? 'full\n' : 'lazy\n');
+      if (problem) {
+        daemon.stop();
+      }
+      return problem;
+    });
+    return daemon;
+  }
+
+  /** The FIFO the restore waits on (see `waitForDaemon`). */
+  private gate = '';
+  private gateHandle: fs.FileHandle | null = null;
+  /** Null once the daemon listens; why not, when it could not start (it is stopped). */
+  listening: Promise<string | null> = Promise.resolve(null);
+
+  /**
+   * `restore` (criu restore's argv), started once the daemon listens: with --lazy-pages and the
+   * daemon's work folder (its socket's), or as it is, a full restore, when the daemon failed.
+   */
+  waitForDaemon(restore: string[]): string[] {
+    return [
+      '/bin/sh',
+      '-c',
+      'g=$1; w=$2; shift 2; read -r how <"$g" || how=full; ' +
+        '[ "$how" = lazy ] && exec "$@" --lazy-pages -W "$w"; exec "$@"',
+      'sh',
+      this.gate,
+      this.workDir,
+      ...restore
+    ];
+  }
+
+  /** Lets go of the gate, once the restore has read it. */
+  async closeGate(): Promise<void> {
+    await this.gateHandle?.close().catch(() => undefined);
+    this.gateHandle = null;
+  }
+
+  /** The daemon's pid (for tests that kill it: a page server dying mid-way). */
+  get pid(): number | undefined {
+    return this.child.pid;
+  }
+
+  /** Ends the daemon on purpose (the kernel is gone, or the restore failed). */
+  stop(): void {
+    this.stopping = true;
+    this.child.kill('SIGKILL');
+  }
+
+  private async end(code: number | null, signal: NodeJS.Signals | null): Promise<LazyEnd> {
+    const ms = Date.now() - this.started;
+    let problem: string | undefined;
+    if (code !== 0 && !this.stopping) {
+      const text = await readLog(this.logFile);
+      problem = criuFailure(
+        text,
+        { signal, message: code !== null ? `exit ${code}` : undefined },
+        "serve the kernel's pages"
+      ).message;
+    }
+    await fs.rm(this.workDir, { recursive: true, force: true }).catch(() => undefined);
+    return { complete: code === 0 && !this.stopping, ms, problem };
+  }
+}
+
+/** The daemon of each kernel restored lazily whose pages may still be arriving. */
+const pending = new WeakMap<object, LazyPagesDaemon>();
+
+/**
+ * Ties a lazily restored kernel and its daemon together: the end is logged; a daemon that dies
+ * before every page arrived takes the kernel with it (it would read zeros where its pages were
+ * missing: measured, docs/engines.md), and the kernel's end stops the daemon.
+ */
+export function watchLazyKernel(
+  kernel: { pid: number; exited: Promise<unknown>; terminate(): Promise<void> },
+  daemon: LazyPagesDaemon,
+  imageBytes: number
+): void {
+  pending.set(kernel, daemon);
+  let kernelGone = false;
+  void kernel.exited.then(() => {
+    kernelGone = true;
+    // It ends by itself once the kernel is gone; stopped only if it does not. Not at once: a
+    // kernel that died of its daemon's death (a fault on a missing page) may be seen first.
+    setTimeout(() => daemon.stop(), DAEMON_GRACE_MS).unref();
+  });
+  daemon.onFailure = how => {
+    if (!kernelGone) {
+      void kernel.terminate();
+    }
+    log.error(
+      `lazy restore: the page server (criu lazy-pages) ended before every page was in memory ` +
+        `(${how}); the kernel is stopped, as it would read zeros where its pages are missing. ` +
+        `Restore the checkpoint again, or set ${LAZY_SETTING}=0 to restore in full.`
+    );
+  };
+  void daemon.ended.then(end => {
+    if (pending.get(kernel) === daemon) {
+      pending.delete(kernel);
+    }
+    if (end.complete && !kernelGone) {
+      log.info(
+        `lazy restore: every page is in memory ${end.ms} ms after the restore began ` +
+          `(${(imageBytes / 2 ** 20).toFixed(0)} MiB served by criu lazy-pages)`
+      );
+    }
+  });
+}
+
+/**
+ * Resolves once a lazily restored kernel has all its pages: a CRIU dump of a process whose pages
+ * are still arriving succeeds but leaves the missing ones out of the image (measured: 324 MiB of a
+ * 1.1 GiB kernel), so a checkpoint waits for this first. Rejects when the daemon failed (the
+ * kernel was stopped).
+ */
+export async function untilResident(kernel: object): Promise<number> {
+  const daemon = pending.get(kernel);
+  if (!daemon) {
+    return 0;
+  }
+  const waiting = Date.now();
+  const end = await daemon.ended;
+  if (!end.complete) {
+    throw new Error(`the lazy restore's page server ended early (${end.problem ?? 'stopped'})`);
+  }
+  return Date.now() - waiting;
+}
+
+/** The daemon serving `kernel`'s pages, while it runs (tests and the bench read its pid). */
+export function lazyDaemonOf(kernel: object): LazyPagesDaemon | undefined {
+  return pending.get(kernel);
+}

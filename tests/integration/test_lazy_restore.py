@@ -1,0 +1,162 @@
+"""Lazy restore under CRIU (userfaultfd): the restored kernel runs while `criu lazy-pages` still
+serves its memory. Real kernels, real CRIU, the real daemon: the kernel's data is whole after it,
+a checkpoint taken while pages still arrive is complete, and a daemon killed mid-way stops the
+kernel (it would read zeros) and says so."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from jupyter_client import BlockingKernelClient
+from kctesting import Client, alive, descendants
+
+pytestmark = pytest.mark.timeout(600)
+
+# A 1 GiB numpy array and a 256 MiB bytes object, and one checksum over both.
+MAKE_DATA = (
+    "import numpy as np, hashlib, os\n"
+    "big = np.random.default_rng(7).random(2**27)\n"
+    "blob = os.urandom(2**28)\n"
+    "def checksum():\n"
+    "    return hashlib.sha256(big.tobytes() + blob).hexdigest()\n"
+    "print(checksum())"
+)
+EVERY_PAGE = "lazy restore: every page is in memory"
+
+
+@pytest.fixture
+def criu_lazy(engine, engine_probes) -> None:
+    if engine != "criu":
+        pytest.skip("lazy restore is CRIU's (DMTCP restores in full)")
+    mode = engine_probes["criu"].get("lazy_restore") or {}
+    if not mode.get("lazy"):
+        pytest.skip(f"restores are not lazy here: {mode.get('reason')}")
+
+
+def lazy_daemons(supervisor: int) -> list[int]:
+    """The `criu lazy-pages` processes below the supervisor."""
+    found = []
+    for pid in descendants(supervisor):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"lazy-pages" in argv and b"restore" not in argv:
+            found.append(pid)
+    return found
+
+
+def wait_for_line(log: Path, text: str, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        content = log.read_text()
+        if text in content:
+            return content
+        time.sleep(0.05)
+    raise AssertionError(f"no {text!r} in the supervisor's log:\n{log.read_text()}")
+
+
+def test_data_is_whole_after_a_lazy_restore(criu_lazy, make_kernel, tmp_path: Path):
+    log = tmp_path / "supervisor.log"
+    with open(log, "w") as stderr:
+        kernel = make_kernel(stderr=stderr)
+    client = kernel.client
+    before = client.run(MAKE_DATA, timeout=300).strip()
+    taken = client.checkpoint()
+    client.run("big[:] = 0; blob = b''")
+
+    client.restore(taken["id"])
+    # Asked at once: the kernel answers while its pages may still be arriving.
+    assert client.run("print(checksum())", timeout=300).strip() == before
+    # The daemon's end is reported, and it is gone.
+    assert "MiB served by criu lazy-pages" in wait_for_line(log, EVERY_PAGE)
+    assert lazy_daemons(kernel.supervisor_pid) == []
+
+
+def test_a_checkpoint_while_pages_arrive_is_complete(criu_lazy, make_kernel, tmp_path: Path):
+    log = tmp_path / "supervisor.log"
+    with open(log, "w") as stderr:
+        kernel = make_kernel(stderr=stderr)
+    client = kernel.client
+    before = client.run(MAKE_DATA, timeout=300).strip()
+    first = client.checkpoint()
+    client.restore(first["id"])
+    # At once after the restore, pages still arriving: CRIU alone would dump only those in.
+    second = client.checkpoint()
+    assert second["image_bytes"] >= first["image_bytes"] - 2**24
+    client.run("big[:] = 0; blob = b''")
+    client.restore(second["id"])
+    assert client.run("print(checksum())", timeout=300).strip() == before
+
+
+def test_full_restore_when_lazy_is_off(criu_lazy, make_kernel, tmp_path: Path):
+    log = tmp_path / "supervisor.log"
+    with open(log, "w") as stderr:
+        kernel = make_kernel(stderr=stderr, KERNEL_CHECKPOINT_LAZY="0")
+    client = kernel.client
+    client.run("x = 'kept'")
+    taken = client.checkpoint()
+    client.run("x = 'changed'")
+    client.restore(taken["id"])
+    assert client.value("x") == "kept"
+    text = log.read_text()
+    assert "restores read the whole image first (not lazy): KERNEL_CHECKPOINT_LAZY=0" in text
+    assert EVERY_PAGE not in text
+
+
+def test_a_page_server_killed_midway_stops_the_kernel(criu_lazy, make_kernel, tmp_path: Path):
+    log = tmp_path / "supervisor.log"
+    with open(log, "w") as stderr:
+        kernel = make_kernel(stderr=stderr)
+    client = kernel.client
+    supervisor = kernel.supervisor_pid
+    # 2 GiB: the daemon still serves pages well after the restore's reply.
+    before = client.run(MAKE_DATA.replace("random(2**27)", "random(2**28)"), timeout=300).strip()
+    taken = client.checkpoint()
+    client.restore(taken["id"])
+    daemons = lazy_daemons(supervisor)
+    assert daemons, "no criu lazy-pages serving the restored kernel"
+    # A checksum over every page, racing the daemon, which dies under it.
+    msg_id = client.kc.execute("print(checksum())")
+    os.kill(daemons[0], signal.SIGKILL)
+
+    text = wait_for_line(log, "ended before every page was in memory")
+    assert "the kernel is stopped" in text
+    # The kernel never answers with what zeros would give: it is stopped, and the supervisor
+    # with it (Jupyter then shows the kernel died and restarts it).
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and alive(supervisor):
+        time.sleep(0.1)
+    assert not alive(supervisor)
+    try:
+        result = client.collect(msg_id, timeout=2)
+    except Exception:
+        result = None
+    if result is not None:
+        assert result.stdout.strip() in ("", before), "the kernel read zeros"
+
+
+def test_a_fork_is_restored_lazily_and_whole(criu_lazy, make_kernel, tmp_path: Path):
+    fork_log = tmp_path / "fork.log"
+    kernel = make_kernel(KERNEL_CHECKPOINT_FORK_LOG=str(fork_log))
+    client = kernel.client
+    before = client.run(MAKE_DATA, timeout=300).strip()
+    taken = client.checkpoint()
+    reply = client.request("fork", checkpoint_id=taken["id"])
+    kc = BlockingKernelClient(connection_file=reply["connection_file"])
+    kc.load_connection_file()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=90)
+        fork = Client(kc)
+        # Its own mount namespace reaches the daemon's socket; its data is whole.
+        assert fork.run("print(checksum())", timeout=300).strip() == before
+        wait_for_line(fork_log, EVERY_PAGE)
+    finally:
+        kc.shutdown()
+        kc.stop_channels()
+    assert "not lazily" not in fork_log.read_text()
