@@ -1354,7 +1354,7 @@ export async function fsyncPath(dir: string): Promise<void> {
 }
 
 /** Takes a lock file holding our pid; a lock whose process is gone is taken over. */
-async function takeLock(file: string): Promise<boolean> {
+export async function takeLock(file: string): Promise<boolean> {
   for (let attempt = 0; attempt < 2; attempt++) {
     try {
       const handle = await fs.open(file, 'wx', 0o600);
