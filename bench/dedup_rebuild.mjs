@@ -13,12 +13,11 @@
 import { execFileSync } from 'node:child_process';
 import { randomBytes, randomInt } from 'node:crypto';
 import { promises as fs } from 'node:fs';
-import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import { buildSync } from 'esbuild';
+import { loadChunkStore } from './dedup_bundle.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const repo = path.join(here, '..');
@@ -34,26 +33,6 @@ const zstd = process.argv.includes('--zstd');
 const trees = process.argv.flatMap((arg, i) => (arg === '--tree' ? [process.argv[i + 1]] : []));
 if (trees.length === 0) {
   trees.push(repo);
-}
-
-/** Bundles a tree's chunk store; the native zstd addon is loaded from this repository. */
-function load(tree, tag) {
-  const bundle = path.join(repo, 'node_modules', '.cache', `kc-rebuild-${process.pid}-${tag}.cjs`);
-  buildSync({
-    stdin: {
-      contents: "module.exports = { ...require('./chunks'), ...require('./zstd') };",
-      resolveDir: path.join(tree, 'kernel-plugin', 'store'),
-      loader: 'ts'
-    },
-    bundle: true,
-    platform: 'node',
-    format: 'cjs',
-    outfile: bundle,
-    external: ['@mongodb-js/zstd'],
-    nodePaths: [path.join(repo, 'node_modules')],
-    logLevel: 'silent'
-  });
-  return { bundle, module: createRequire(import.meta.url)(bundle) };
 }
 
 /** Wall seconds, and CPU seconds of the whole process (every thread: libuv's pool too). */
@@ -84,7 +63,7 @@ async function readAll(file) {
 
 const base = await fs.mkdtemp(path.join(os.homedir(), 'kc-rebuild-'));
 const shm = await fs.mkdtemp('/dev/shm/kc-rebuild-');
-const loaded = trees.map((tree, i) => ({ tree, ...load(tree, i) }));
+const loaded = trees.map((tree, i) => ({ tree, ...loadChunkStore(tree, `rebuild-${i}`) }));
 try {
   const { ChunkStore, zstdCodec } = loaded[0].module;
   const store = new ChunkStore(path.join(base, 'chunks'), zstd ? zstdCodec() : null);
