@@ -96,7 +96,7 @@ def series(args: argparse.Namespace, mode: str, base: Path) -> dict:
             ids.append(checkpoint["id"])
             result["image_bytes"] = checkpoint["image_bytes"]
             result["background_s"].append(round(settled(store, ids[-1], mode == "chunks"), 3))
-            if step + 1 in MARKS:
+            if step + 1 in MARKS or step == len(edits):
                 result["stored_bytes"][step + 1] = bytes_on_disk(store)
             print(
                 f"{mode} {step + 1}: checkpoint {result['checkpoint_s'][-1]:.2f} s, "
@@ -138,8 +138,9 @@ def table(results: list[dict]) -> str:
     lines = [
         "| state | mode | image | checkpoint s (first / median / last) | stored after "
         + ", ".join(str(m) for m in MARKS)
-        + " | restore newest s | restore oldest s | restore keeping the state: s, new MiB |",
-        "|---|---|---:|---|---|---:|---:|---:|",
+        + " | stored after the last | restore newest s | restore oldest s"
+        + " | restore keeping the state: s, new MiB |",
+        "|---|---|---:|---|---|---|---:|---:|---:|",
     ]
     for r in results:
         cps = r["checkpoint_s"]
@@ -150,12 +151,34 @@ def table(results: list[dict]) -> str:
         )
         restores = {k: min(v) for k, v in r.get("restore_s", {}).items()}
         state = r["state"] + (f" {r['mib']} MiB" if r["state"] == "numpy" else "")
+        last = max(r["stored_bytes"], key=int)
         lines.append(
             f"| {state} | {r['mode']} | {r['image_bytes'] / GIB:.2f} GiB | "
             f"{cps[0]:.2f} / {median:.2f} / {cps[-1]:.2f} | {stored} | "
+            f"{r['stored_bytes'][last] / 1e9:.3f} GB ({last}) | "
             f"{restores.get('newest', 0):.2f} | {restores.get('oldest', 0):.2f} | "
             f"{r.get('keep_restore_s', 0):.2f}, {r.get('keep_bytes', 0) / MIB:.1f} |"
         )
+    # Chunk images beside whole ones of the same state, as ratios (the targets: 1.1x).
+    for r in results:
+        whole = next(
+            (
+                w
+                for w in results
+                if w["mode"] == "whole" and (w["state"], w["mib"]) == (r["state"], r["mib"])
+            ),
+            None,
+        )
+        if r["mode"] != "chunks" or not whole:
+            continue
+        ratios = [
+            f"restore {k} {min(r['restore_s'][k]) / min(whole['restore_s'][k]):.2f}x"
+            for k in ("newest", "oldest")
+        ]
+        cps = sorted(r["checkpoint_s"][1:] or r["checkpoint_s"])
+        wcps = sorted(whole["checkpoint_s"][1:] or whole["checkpoint_s"])
+        ratios.append(f"checkpoint median {cps[len(cps) // 2] / wcps[len(wcps) // 2]:.2f}x")
+        lines.append(f"\n{r['state']} {r['mib']} MiB, chunks / whole: " + ", ".join(ratios))
     return "\n".join(lines)
 
 

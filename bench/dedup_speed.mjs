@@ -7,35 +7,12 @@
 
 import { execFileSync } from 'node:child_process';
 import { promises as fs } from 'node:fs';
-import { createRequire } from 'node:module';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 
-import { buildSync } from 'esbuild';
+import { loadChunkStore } from './dedup_bundle.mjs';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-// Inside the repository, so that the native zstd addon (kept out of the bundle) is found.
-const bundle = path.join(
-  here,
-  '..',
-  'node_modules',
-  '.cache',
-  `kc-chunks-speed-${process.pid}.cjs`
-);
-buildSync({
-  stdin: {
-    contents: "module.exports = { ...require('./chunks'), ...require('./zstd') };",
-    resolveDir: path.join(here, '..', 'kernel-plugin', 'store'),
-    loader: 'ts'
-  },
-  bundle: true,
-  platform: 'node',
-  format: 'cjs',
-  outfile: bundle,
-  external: ['@mongodb-js/zstd'],
-  logLevel: 'silent'
-});
-const { ChunkStore, zstdCodec } = createRequire(import.meta.url)(bundle);
+const { bundle, module } = loadChunkStore(undefined, 'chunks-speed');
+const { ChunkStore, zstdCodec } = module;
 
 const args = process.argv.slice(2).filter(arg => arg !== '--zstd');
 const series = args[0];

@@ -196,6 +196,430 @@ function locationOf(pack: string, entry: IndexEntry): Location {
     : { pack, at: entry.at, zstd: entry.stored, slot: entry.frameSlot - 1 };
 }
 
+/** Bytes of chunks [first, first + count) of a list (only its last chunk may be short). */
+function spanBytes(list: ChunkList, first: number, count: number): number {
+  return Math.min(list.bytes, (first + count) * CHUNK_BYTES) - first * CHUNK_BYTES;
+}
+
+/** Checks chunks of one list against their hashes; `failure` names a chunk by its index. */
+interface ChunkVerifier {
+  /** Checks `count` chunks from chunk `first` on, laid one after the other in `bytes`. */
+  check(first: number, count: number, bytes: Buffer, pack: string): void;
+  failure(chunk: number, pack: string, problem: string): ChunkCorruptError;
+}
+
+async function chunkVerifier(list: ChunkList): Promise<ChunkVerifier> {
+  const digest = await hasher();
+  const failure = (chunk: number, pack: string, problem: string) =>
+    new ChunkCorruptError(
+      list.hashes.toString('hex', chunk * HASH_BYTES, (chunk + 1) * HASH_BYTES),
+      pack,
+      chunk * CHUNK_BYTES,
+      problem
+    );
+  return {
+    failure,
+    check(first, count, bytes, pack) {
+      for (let k = 0, start = 0; k < count; k++) {
+        const chunk = first + k;
+        const length = chunkLength(list, chunk);
+        if (start + length > bytes.length) {
+          throw failure(chunk, pack, 'its pack is too short');
+        }
+        const actual = digest(bytes.subarray(start, start + length));
+        const at = chunk * HASH_BYTES;
+        if (list.hashes.compare(actual, 0, HASH_BYTES, at, at + HASH_BYTES) !== 0) {
+          throw failure(chunk, pack, 'its bytes do not match its hash');
+        }
+        start += length;
+      }
+    }
+  };
+}
+
+/** Bytes [start, end) of one pack, read with one call for every piece that lies in it. */
+export interface ReadSegment {
+  pack: string;
+  start: number;
+  end: number;
+  /** The last piece that uses it (its buffer is let go after that one). */
+  lastPiece: number;
+  /** The file offset of its first piece. */
+  fileAt: number;
+  /** Writes still reading its bytes (while it is rebuilt). */
+  writes: Array<Promise<unknown>>;
+}
+
+/**
+ * Consecutive chunks of a file that one read gives: raw bytes at `offset` in its segment, or
+ * slots `slot`.. of the zstd frame of `stored` bytes there.
+ */
+export interface ReadPiece {
+  segment: number;
+  offset: number;
+  /** Bytes in the pack: the raw bytes, or the frame's compressed bytes. */
+  stored: number;
+  first: number;
+  count: number;
+  /** Bytes of the file it gives. */
+  bytes: number;
+  zstd: boolean;
+  slot: number;
+}
+
+/** A piece joins its pack's newest segment when it starts at most this far past its end... */
+const READ_GAP_BYTES = 64 << 10;
+/** ...the segment stays within this size... */
+const SEGMENT_BYTES = 4 << 20;
+/** ...and within this much of the file from its first piece (what stays in memory is bounded). */
+const SEGMENT_SPAN_BYTES = 64 << 20;
+/** Segments are read while fewer than this many of their bytes are waiting to be used. */
+const READ_AHEAD_BYTES = 64 << 20;
+
+/**
+ * The reads that rebuild a file: its runs cut into pieces of at most SEGMENT_BYTES, and the
+ * pieces of one pack that lie close together in it read as one segment. Segments come in the
+ * order of their first use. The chunks of a run lie one after the other in its pack, and an
+ * ingest writes a file's new chunks in file order, so the runs of one pack mostly go forward.
+ */
+export function planReads(list: ChunkList): { segments: ReadSegment[]; pieces: ReadPiece[] } {
+  const segments: ReadSegment[] = [];
+  const pieces: ReadPiece[] = [];
+  const newest = new Map<string, number>();
+  const place = (pack: string, at: number, stored: number, fileAt: number): ReadSegment => {
+    const index = newest.get(pack);
+    const segment = index === undefined ? undefined : segments[index];
+    if (
+      segment &&
+      at >= segment.start &&
+      at <= segment.end + READ_GAP_BYTES &&
+      at + stored - segment.start <= SEGMENT_BYTES &&
+      fileAt - segment.fileAt <= SEGMENT_SPAN_BYTES
+    ) {
+      segment.end = Math.max(segment.end, at + stored);
+      segment.lastPiece = pieces.length;
+      return segment;
+    }
+    const added = {
+      pack,
+      start: at,
+      end: at + stored,
+      lastPiece: pieces.length,
+      fileAt,
+      writes: []
+    };
+    newest.set(pack, segments.length);
+    segments.push(added);
+    return added;
+  };
+  let first = 0;
+  for (const run of list.runs) {
+    if (run.zstd !== undefined) {
+      const segment = place(run.pack, run.at, run.zstd, first * CHUNK_BYTES);
+      pieces.push({
+        segment: newest.get(run.pack) as number,
+        offset: run.at - segment.start,
+        stored: run.zstd,
+        first,
+        count: run.count,
+        bytes: spanBytes(list, first, run.count),
+        zstd: true,
+        slot: run.slot ?? 0
+      });
+      first += run.count;
+      continue;
+    }
+    for (let done = 0; done < run.count;) {
+      const count = Math.min(run.count - done, SEGMENT_BYTES / CHUNK_BYTES);
+      const bytes = spanBytes(list, first, count);
+      const at = run.at + done * CHUNK_BYTES;
+      const segment = place(run.pack, at, bytes, first * CHUNK_BYTES);
+      pieces.push({
+        segment: newest.get(run.pack) as number,
+        offset: at - segment.start,
+        stored: bytes,
+        first,
+        count,
+        bytes,
+        zstd: false,
+        slot: 0
+      });
+      first += count;
+      done += count;
+    }
+  }
+  if (first !== chunkCount(list.bytes)) {
+    throw new Error(`the chunk list covers ${first} chunks of ${chunkCount(list.bytes)}`);
+  }
+  return { segments, pieces };
+}
+
+/** The packs one reader has open, opened once each. */
+class PackHandles {
+  private readonly handles = new Map<string, Promise<fs.FileHandle>>();
+
+  constructor(private readonly open: (name: string) => Promise<fs.FileHandle>) {}
+
+  get(name: string): Promise<fs.FileHandle> {
+    let handle = this.handles.get(name);
+    if (!handle) {
+      handle = this.open(name);
+      // Seen when used; not an unhandled rejection before that.
+      handle.catch(() => undefined);
+      this.handles.set(name, handle);
+    }
+    return handle;
+  }
+
+  async close(): Promise<void> {
+    for (const handle of this.handles.values()) {
+      await handle.then(
+        opened => opened.close(),
+        () => undefined
+      );
+    }
+    this.handles.clear();
+  }
+}
+
+/** Reads and writes still running, waited for before their file handles are closed. */
+class InFlight {
+  private readonly running = new Set<Promise<unknown>>();
+
+  track<T>(work: Promise<T>): Promise<T> {
+    this.running.add(work);
+    const done = () => this.running.delete(work);
+    work.then(done, done);
+    return work;
+  }
+
+  async settled(): Promise<void> {
+    await Promise.allSettled([...this.running]);
+  }
+}
+
+/**
+ * Buffers of BLOCK_BYTES used again and again: a fresh buffer of megabytes costs a page fault for
+ * every 4 KiB of it on first use (as much again as the copy that fills it).
+ */
+class BlockPool {
+  private readonly free: Buffer[] = [];
+
+  take(bytes: number): Buffer {
+    if (bytes < BLOCK_BYTES / 4) {
+      return Buffer.allocUnsafe(bytes);
+    }
+    return (this.free.pop() ?? Buffer.allocUnsafe(BLOCK_BYTES)).subarray(0, bytes);
+  }
+
+  give(bytes: Buffer): void {
+    if (bytes.buffer.byteLength === BLOCK_BYTES && bytes.byteOffset === 0) {
+      this.free.push(Buffer.from(bytes.buffer, 0, BLOCK_BYTES));
+    }
+  }
+}
+
+/** A segment's bytes, or what kept them from being read. */
+async function readSegment(
+  packs: PackHandles,
+  segment: ReadSegment,
+  pool: BlockPool
+): Promise<Buffer | string> {
+  let handle: fs.FileHandle;
+  try {
+    handle = await packs.get(segment.pack);
+  } catch {
+    return 'its pack is missing';
+  }
+  const bytes = pool.take(segment.end - segment.start);
+  try {
+    return bytes.subarray(0, await readFully(handle, bytes, segment.start));
+  } catch {
+    pool.give(bytes);
+    return 'its pack cannot be read';
+  }
+}
+
+/** Writes handed to libuv's pool at once. */
+const WRITES_IN_FLIGHT = 3;
+/** Pieces this large are written from the bytes read (no copy); smaller ones are gathered. */
+const DIRECT_WRITE_BYTES = 1 << 20;
+
+/**
+ * Writes a file front to back, a few writes in flight at a time: small pieces gathered into
+ * blocks, large ones written from where they are.
+ */
+class BlockWriter {
+  private block: Buffer;
+  private filled = 0;
+  private blockAt = 0;
+  private readonly writing: Promise<void>[] = [];
+
+  constructor(
+    private readonly out: fs.FileHandle,
+    private readonly io: InFlight,
+    private readonly pool: BlockPool
+  ) {
+    this.block = pool.take(BLOCK_BYTES);
+  }
+
+  /**
+   * Writes `bytes` (which go right after the bytes written before); the returned promise of
+   * `written` resolves once `bytes` may be used again.
+   */
+  async write(bytes: Buffer, position: number): Promise<{ written: Promise<unknown> }> {
+    if (bytes.length >= DIRECT_WRITE_BYTES) {
+      // Large enough to be written from where it is, without a copy.
+      await this.flush();
+      return this.issue(writeFully(this.out, bytes, position));
+    }
+    for (let done = 0; done < bytes.length;) {
+      if (this.filled === this.block.length) {
+        await this.flush();
+      }
+      if (this.filled === 0) {
+        this.blockAt = position + done;
+      }
+      const copied = bytes.copy(this.block, this.filled, done);
+      this.filled += copied;
+      done += copied;
+    }
+    return { written: Promise.resolve() };
+  }
+
+  async end(): Promise<void> {
+    await this.flush();
+    for (const write of this.writing.splice(0)) {
+      await write;
+    }
+  }
+
+  private async flush(): Promise<void> {
+    if (this.filled === 0) {
+      return;
+    }
+    const block = this.block;
+    await this.issue(
+      writeFully(this.out, block.subarray(0, this.filled), this.blockAt).finally(() =>
+        this.pool.give(block)
+      )
+    );
+    this.block = this.pool.take(BLOCK_BYTES);
+    this.filled = 0;
+  }
+
+  /** Tracks a write; waits for the oldest when too many are in flight. */
+  private async issue(write: Promise<void>): Promise<{ written: Promise<unknown> }> {
+    const tracked = this.io.track(write);
+    // Its failure is seen by `end` or by the wait below, not as an unhandled rejection.
+    tracked.catch(() => undefined);
+    this.writing.push(tracked);
+    if (this.writing.length > WRITES_IN_FLIGHT) {
+      await this.writing.shift();
+    }
+    return { written: tracked };
+  }
+}
+
+async function writeFully(handle: fs.FileHandle, bytes: Buffer, position: number): Promise<void> {
+  for (let done = 0; done < bytes.length;) {
+    const { bytesWritten } = await handle.write(bytes, done, bytes.length - done, position + done);
+    done += bytesWritten;
+  }
+}
+
+/**
+ * Chunks of one list by position, each checked against its hash (see ChunkStore.reader). Reads
+ * may run at once; a damaged or missing chunk throws ChunkCorruptError.
+ */
+export class ChunkListReader {
+  /** The first chunk of each run. */
+  private readonly starts: number[] = [];
+
+  constructor(
+    readonly list: ChunkList,
+    private readonly verify: ChunkVerifier,
+    private readonly packs: PackHandles,
+    private readonly codec: Codec | null
+  ) {
+    let first = 0;
+    for (const run of list.runs) {
+      this.starts.push(first);
+      first += run.count;
+    }
+  }
+
+  /** Chunks of the file. */
+  get chunks(): number {
+    return chunkCount(this.list.bytes);
+  }
+
+  /**
+   * Chunks [first, first + count) of the file, i.e. its bytes from first * CHUNK_BYTES on, into
+   * `into` (from its start) or a new buffer.
+   */
+  async read(first: number, count: number, into?: Buffer): Promise<Buffer> {
+    if (!Number.isInteger(first) || !Number.isInteger(count) || first < 0 || count < 0) {
+      throw new RangeError(`chunks ${first} + ${count} are not a range of chunks`);
+    }
+    if (first + count > this.chunks) {
+      throw new RangeError(`chunks ${first} + ${count} go past the file's ${this.chunks}`);
+    }
+    const bytes = spanBytes(this.list, first, count);
+    const out = into ?? Buffer.allocUnsafe(bytes);
+    if (out.length < bytes) {
+      throw new RangeError(`${bytes} bytes do not fit in a buffer of ${out.length}`);
+    }
+    // The run holding chunk `first`: the last that starts at or before it.
+    let low = 0;
+    let high = this.starts.length - 1;
+    while (low < high) {
+      const middle = (low + high + 1) >> 1;
+      if (this.starts[middle] <= first) {
+        low = middle;
+      } else {
+        high = middle - 1;
+      }
+    }
+    for (let run = low, done = 0; done < count; run++) {
+      const { pack, at, zstd, slot } = this.list.runs[run];
+      const chunk = first + done;
+      const skip = chunk - this.starts[run];
+      const n = Math.min(this.list.runs[run].count - skip, count - done);
+      const length = spanBytes(this.list, chunk, n);
+      const target = out.subarray(chunk * CHUNK_BYTES - first * CHUNK_BYTES);
+      const handle = await this.packs.get(pack).catch(() => {
+        throw this.verify.failure(chunk, pack, 'its pack is missing');
+      });
+      let slice: Buffer;
+      if (zstd === undefined) {
+        slice = target.subarray(0, length);
+        slice = slice.subarray(0, await readFully(handle, slice, at + skip * CHUNK_BYTES));
+      } else {
+        const stored = Buffer.allocUnsafe(zstd);
+        const frame = await readFully(handle, stored, at)
+          .then(read => (this.codec as Codec).decompress(stored.subarray(0, read)))
+          .catch(() => {
+            throw this.verify.failure(chunk, pack, 'its frame cannot be read or decompressed');
+          });
+        const start = ((slot ?? 0) + skip) * CHUNK_BYTES;
+        slice = frame.subarray(start, start + length);
+      }
+      this.verify.check(chunk, n, slice, pack);
+      if (zstd !== undefined) {
+        slice.copy(target);
+      }
+      done += n;
+    }
+    return out.subarray(0, bytes);
+  }
+
+  /** Closes the packs it opened. */
+  close(): Promise<void> {
+    return this.packs.close();
+  }
+}
+
 /** Whether the process with this pid is alive (a dead writer's files are garbage). */
 export function processAlive(pid: number): boolean {
   try {
@@ -334,167 +758,130 @@ export class ChunkStore {
    * Writes the file a list describes to `dest` (0600), checking every chunk against its hash
    * before its bytes are used: a mismatch or a missing pack throws ChunkCorruptError naming the
    * chunk, and `dest` is removed.
+   *
+   * An image after many checkpoints is tens of thousands of short runs over as many packs as
+   * checkpoints, but the runs of one pack come in the order the pack was written: the reads are
+   * planned first (`planReads`), so that each pack is read in large sequential pieces shared by
+   * every run in them, on libuv's pool ahead of their use, while this thread checks hashes and
+   * the writes of earlier pieces run (bench/README.md, "Rebuilding a chunk image's files").
    */
   async materialize(list: ChunkList, dest: string): Promise<void> {
-    const digest = await hasher();
-    if (!this.codec && list.runs.some(run => run.zstd !== undefined)) {
-      throw new Error('This image has compressed chunks, and the chunk store has no codec.');
-    }
+    this.requireCodec(list);
+    const verify = await chunkVerifier(list);
+    const { segments, pieces } = planReads(list);
+    const packs = new PackHandles(name => this.openPack(name));
     const out = await fs.open(dest, 'w', 0o600);
-    const packs = new Map<string, Promise<fs.FileHandle>>();
-    const pack = (name: string) => {
-      let handle = packs.get(name);
-      if (!handle) {
-        handle = this.openPack(name);
-        // Seen when used; not an unhandled rejection before that.
-        handle.catch(() => undefined);
-        packs.set(name, handle);
+    const io = new InFlight();
+    const pool = new BlockPool();
+    const data: Array<Promise<Buffer | string> | undefined> = [];
+    let nextSegment = 0;
+    let readAhead = 0;
+    /** Starts the reads of every segment up to `needed`, and more while few bytes are ahead. */
+    const startReads = (needed: number) => {
+      for (
+        ;
+        nextSegment < segments.length && (nextSegment <= needed || readAhead < READ_AHEAD_BYTES);
+        nextSegment++
+      ) {
+        const segment = segments[nextSegment];
+        readAhead += segment.end - segment.start;
+        data[nextSegment] = io.track(readSegment(packs, segment, pool));
       }
-      return handle;
     };
-    // Frames, and short raw runs, are read (and decompressed) on libuv's pool a few runs ahead of
-    // their use: an image after many checkpoints is tens of thousands of short runs.
-    const frames = new Map<string, Promise<Buffer | null>>();
-    // Reads still running when the packs are closed at the end (after an error).
-    const reading = new Set<Promise<unknown>>();
-    const frameOf = (run: ChunkRun) => {
-      const key = `${run.pack}:${run.at}:${run.zstd === undefined ? run.count : 'z'}`;
+    const frames = new Map<number, Promise<Buffer | string>>();
+    /** The decompressed frame of piece `at`, started a few pieces ahead of its use. */
+    const frameOf = (at: number) => {
+      const piece = pieces[at];
+      const key = piece.segment * 2 ** 32 + piece.offset;
       let frame = frames.get(key);
       if (!frame) {
-        const started: Promise<Buffer | null> = pack(run.pack).then(
-          handle => this.readAhead(handle, run).catch(() => null),
-          () => null
+        startReads(piece.segment);
+        frame = io.track(
+          (data[piece.segment] as Promise<Buffer | string>).then(bytes =>
+            typeof bytes === 'string'
+              ? bytes
+              : (this.codec as Codec)
+                  .decompress(bytes.subarray(piece.offset, piece.offset + piece.stored))
+                  .catch(() => 'its frame cannot be read or decompressed')
+          )
         );
-        reading.add(started);
-        void started.then(() => reading.delete(started));
-        frame = started;
         frames.set(key, frame);
         if (frames.size > 4 * FRAMES_AHEAD) {
-          frames.delete(frames.keys().next().value as string);
+          frames.delete(frames.keys().next().value as number);
         }
       }
       return frame;
     };
-    let ahead = 0;
-    let index = 0;
-    const fail = (pack: string, problem: string) =>
-      new ChunkCorruptError(
-        list.hashes.toString('hex', index * HASH_BYTES, (index + 1) * HASH_BYTES),
-        pack,
-        index * CHUNK_BYTES,
-        problem
-      );
-    /** Checks `count` chunks from `index` on, laid one after the other in `bytes`. */
-    const check = (pack: string, bytes: Buffer, count: number) => {
-      for (let k = 0, start = 0; k < count; k++, index++) {
-        const length = chunkLength(list, index);
-        if (start + length > bytes.length) {
-          throw fail(pack, 'its pack is too short');
-        }
-        const expected = list.hashes.subarray(index * HASH_BYTES, (index + 1) * HASH_BYTES);
-        if (!Buffer.from(digest(bytes.subarray(start, start + length))).equals(expected)) {
-          throw fail(pack, 'its bytes do not match its hash');
-        }
-        start += length;
-      }
-    };
-    // Output goes out a block at a time, not once per run.
-    const outBlock = Buffer.allocUnsafe(BLOCK_BYTES);
-    let outBytes = 0;
-    const flushOut = async () => {
-      if (outBytes > 0) {
-        await out.write(outBlock, 0, outBytes);
-        outBytes = 0;
-      }
-    };
-    const emit = async (bytes: Buffer) => {
-      if (outBytes + bytes.length > outBlock.length) {
-        await flushOut();
-      }
-      if (bytes.length >= outBlock.length) {
-        await out.write(bytes);
-      } else {
-        bytes.copy(outBlock, outBytes);
-        outBytes += bytes.length;
-      }
-    };
-    const readsAhead = (run: ChunkRun) => run.zstd !== undefined || run.count <= FRAME_CHUNKS;
+    const writer = new BlockWriter(out, io, pool);
     try {
-      const block = Buffer.allocUnsafe(BLOCK_BYTES);
-      for (const [position, run] of list.runs.entries()) {
-        for (; ahead < Math.min(position + FRAMES_AHEAD, list.runs.length); ahead++) {
-          if (readsAhead(list.runs[ahead])) {
-            void frameOf(list.runs[ahead]);
+      for (let at = 0, ahead = 0; at < pieces.length; at++) {
+        const piece = pieces[at];
+        for (
+          ahead = Math.max(ahead, at);
+          ahead < Math.min(at + FRAMES_AHEAD, pieces.length);
+          ahead++
+        ) {
+          if (pieces[ahead].zstd) {
+            void frameOf(ahead);
           }
         }
-        const handle = await pack(run.pack).catch(() => {
-          throw fail(run.pack, 'its pack is missing');
-        });
-        if (readsAhead(run)) {
-          const frame = await frameOf(run);
-          if (!frame) {
-            throw fail(run.pack, 'its frame cannot be read or decompressed');
-          }
-          let bytes = 0;
-          for (let k = 0; k < run.count; k++) {
-            bytes += chunkLength(list, index + k);
-          }
-          const start = (run.slot ?? 0) * CHUNK_BYTES;
-          const slice = frame.subarray(start, start + bytes);
-          check(run.pack, slice, run.count);
-          await emit(slice);
-          continue;
+        startReads(piece.segment);
+        const bytes = await (piece.zstd
+          ? frameOf(at)
+          : (data[piece.segment] as Promise<Buffer | string>));
+        if (typeof bytes === 'string') {
+          throw verify.failure(piece.first, segments[piece.segment].pack, bytes);
         }
-        await flushOut();
-        let done = 0;
-        while (done < run.count) {
-          // As many chunks of the run as fit in a block (only the file's last is short).
-          const count = Math.min(run.count - done, BLOCK_BYTES / CHUNK_BYTES);
-          let bytes = 0;
-          for (let k = 0; k < count; k++) {
-            bytes += chunkLength(list, index + k);
-          }
-          const { bytesRead } = await handle.read(block, 0, bytes, run.at + done * CHUNK_BYTES);
-          check(run.pack, block.subarray(0, bytesRead), count);
-          await out.write(block, 0, bytes);
-          done += count;
+        const start = piece.zstd ? piece.slot * CHUNK_BYTES : piece.offset;
+        const slice = bytes.subarray(start, start + piece.bytes);
+        verify.check(piece.first, piece.count, slice, segments[piece.segment].pack);
+        const { written } = await writer.write(slice, piece.first * CHUNK_BYTES);
+        const segment = segments[piece.segment];
+        if (!piece.zstd) {
+          segment.writes.push(written);
+        }
+        if (segment.lastPiece === at) {
+          readAhead -= segment.end - segment.start;
+          // Once every piece of it is out (its frames were decompressed before): used again.
+          const read = data[piece.segment];
+          void Promise.allSettled(segment.writes).then(() =>
+            read?.then(done => typeof done !== 'string' && pool.give(done))
+          );
+          data[piece.segment] = undefined;
         }
       }
-      await flushOut();
-      if (index !== chunkCount(list.bytes)) {
-        throw new Error(`the chunk list covers ${index} chunks of ${chunkCount(list.bytes)}`);
-      }
+      await writer.end();
     } catch (error) {
+      await io.settled();
       await out.close().catch(() => undefined);
       await fs.rm(dest, { force: true });
       throw error;
     } finally {
-      await Promise.all(reading);
-      for (const handle of packs.values()) {
-        await handle.then(
-          opened => opened.close(),
-          () => undefined
-        );
-      }
+      await io.settled();
+      await packs.close();
     }
     await out.close();
   }
 
-  /** Reads a short raw run, or reads and decompresses a zstd frame. */
-  private async readAhead(pack: fs.FileHandle, run: ChunkRun): Promise<Buffer> {
-    if (run.zstd === undefined) {
-      const bytes = Buffer.allocUnsafe(run.count * CHUNK_BYTES);
-      const { bytesRead } = await pack.read(bytes, 0, bytes.length, run.at);
-      return bytes.subarray(0, bytesRead);
-    }
-    return this.readFrame(pack, run);
+  /**
+   * A reader of one list's chunks by position, for a reader that wants pages rather than a file
+   * (a page server): `read(first, count)` gives chunks [first, first + count) of the file, every
+   * one checked against its hash. Close it when done (it keeps its packs open).
+   */
+  async reader(list: ChunkList): Promise<ChunkListReader> {
+    this.requireCodec(list);
+    return new ChunkListReader(
+      list,
+      await chunkVerifier(list),
+      new PackHandles(name => this.openPack(name)),
+      this.codec
+    );
   }
 
-  /** Reads and decompresses a zstd frame. */
-  private async readFrame(pack: fs.FileHandle, run: ChunkRun): Promise<Buffer> {
-    const stored = Buffer.allocUnsafe(run.zstd as number);
-    const { bytesRead } = await pack.read(stored, 0, stored.length, run.at);
-    return (this.codec as Codec).decompress(stored.subarray(0, bytesRead));
+  private requireCodec(list: ChunkList): void {
+    if (!this.codec && list.runs.some(run => run.zstd !== undefined)) {
+      throw new Error('This image has compressed chunks, and the chunk store has no codec.');
+    }
   }
 
   /**
@@ -967,7 +1354,7 @@ export async function fsyncPath(dir: string): Promise<void> {
 }
 
 /** Takes a lock file holding our pid; a lock whose process is gone is taken over. */
-async function takeLock(file: string): Promise<boolean> {
+export async function takeLock(file: string): Promise<boolean> {
   for (let attempt = 0; attempt < 2; attempt++) {
     try {
       const handle = await fs.open(file, 'wx', 0o600);

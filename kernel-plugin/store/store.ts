@@ -10,6 +10,7 @@
 //       chunks.bin                0600  once the image is kept as chunks (then image/ is gone):
 //                                       every file's chunk list (chunks.ts), written before
 //                                       private.json says `storage: "chunks"`
+//       chunking.lock             0600  while a process cuts the image into chunks (its pid)
 //     .chunks/                    the chunk store every chunk image uses (chunks.ts)
 //     .partial-<id>.<pid>.<start>/  a checkpoint being written by the supervisor of that pid and
 //                                 start time; never listed, removed on failure, and by the next
@@ -41,6 +42,7 @@ import {
   encodeChunkLists,
   fsyncPath,
   listUsesChunk,
+  takeLock,
   type ChunkList,
   type GcReport
 } from './chunks';
@@ -61,6 +63,8 @@ const PARTIAL_PREFIX = '.partial-';
 const DELETING_PREFIX = '.deleting-';
 const CHUNK_DIR = '.chunks';
 const CHUNK_LISTS = 'chunks.bin';
+/** Held (our pid) in an image's folder while it is cut into chunks. */
+const CHUNKING_LOCK = 'chunking.lock';
 
 /**
  * A file of an image: its size, and once the image is sealed its xxh64 checksum and the file's
@@ -519,6 +523,23 @@ export class ImageStore {
    * restores between 4 MiB blocks. Returns the updated manifest, or null when it already was.
    */
   async chunk(id: string): Promise<Checkpoint | null> {
+    if ((await this.privateRecord(id)).storage === 'chunks') {
+      return null;
+    }
+    // Another process may be chunking it (`store --migrate` beside a supervisor migrating in the
+    // background): wait for it, then see what it left.
+    const lock = path.join(this.folderOf(id), CHUNKING_LOCK);
+    while (!(await takeLock(lock))) {
+      await new Promise(resolve => setTimeout(resolve, 100));
+    }
+    try {
+      return await this.chunkLocked(id);
+    } finally {
+      await fs.rm(lock, { force: true });
+    }
+  }
+
+  private async chunkLocked(id: string): Promise<Checkpoint | null> {
     const record = await this.privateRecord(id);
     if (record.storage === 'chunks') {
       return null;
@@ -739,21 +760,46 @@ export class ImageStore {
    */
   async migrate(onEach?: (id: string) => void): Promise<string[]> {
     const done: string[] = [];
+    for (const id of await this.wholeImages()) {
+      if (await this.migrateOne(id)) {
+        done.push(id);
+        onEach?.(id);
+      }
+    }
+    return done;
+  }
+
+  /**
+   * The whole images `migrate` converts, oldest first: sealed (checksummed) and undamaged ones;
+   * an image not sealed yet is its writer's.
+   */
+  async wholeImages(): Promise<string[]> {
+    const ids: string[] = [];
     for (const checkpoint of await this.list()) {
       if (checkpoint.damage) {
         continue;
       }
-      const record = await this.privateRecord(checkpoint.id);
-      if (record.storage === 'chunks' || record.files.some(file => !file.xxh64)) {
-        continue;
-      }
-      await this.verify(checkpoint.id, record, true);
-      if (await this.chunk(checkpoint.id)) {
-        done.push(checkpoint.id);
-        onEach?.(checkpoint.id);
+      const record = await this.privateRecord(checkpoint.id).catch(() => null);
+      if (record && record.storage !== 'chunks' && record.files.every(file => file.xxh64)) {
+        ids.push(checkpoint.id);
       }
     }
-    return done;
+    return ids;
+  }
+
+  /**
+   * Converts one whole image into a chunk image (`chunk`, which a kill -9 at any step leaves
+   * whole or chunks), after checking its files against their checksums; both steps give way to
+   * checkpoints and restores. Returns the updated manifest, or null when it was no whole sealed
+   * image. A damaged image is a corrupt_image, and stays as it is.
+   */
+  async migrateOne(id: string): Promise<Checkpoint | null> {
+    const record = await this.privateRecord(id);
+    if (record.storage === 'chunks' || record.files.some(file => !file.xxh64)) {
+      return null;
+    }
+    await this.verify(id, record, true, this.background);
+    return this.chunk(id);
   }
 
   /** What the store holds: total bytes, bytes per notebook, and per checkpoint what it frees. */
@@ -812,7 +858,13 @@ export class ImageStore {
    * or does not match its checksum. A file unchanged since it was sealed (same inode, mtime and
    * ctime) is not read again unless `rehash` (KERNEL_CHECKPOINT_VERIFY=always) asks for it.
    */
-  async verify(id: string, record: PrivateRecord, rehash = false): Promise<void> {
+  /** `pause`: the checks give way to it (when they run in the background). */
+  async verify(
+    id: string,
+    record: PrivateRecord,
+    rehash = false,
+    pause?: BackgroundPause
+  ): Promise<void> {
     if (record.storage === 'chunks') {
       // Every chunk is checked against its hash while the files are rebuilt (openImage).
       await this.chunkLists(id, record);
@@ -820,10 +872,15 @@ export class ImageStore {
     }
     await this.refuseLinks(id, this.imageDir(id), 'image');
     // Every file at once: an image has dozens, and this is on the restore's critical path.
-    await Promise.all(record.files.map(file => this.verifyFile(id, file, rehash)));
+    await Promise.all(record.files.map(file => this.verifyFile(id, file, rehash, pause)));
   }
 
-  private async verifyFile(id: string, expected: FileDigest, rehash: boolean): Promise<void> {
+  private async verifyFile(
+    id: string,
+    expected: FileDigest,
+    rehash: boolean,
+    pause?: BackgroundPause
+  ): Promise<void> {
     const full = path.join(this.imageDir(id), expected.path);
     const stat = await fs.lstat(full).catch(() => null);
     if (stat?.isSymbolicLink()) {
@@ -846,7 +903,7 @@ export class ImageStore {
     if (!expected.xxh64 || (!rehash && expected.stat === (await identity(full)))) {
       return;
     }
-    if ((await digestFile(full)).xxh64 !== expected.xxh64) {
+    if ((await digestFile(full, pause)).xxh64 !== expected.xxh64) {
       throw damaged();
     }
   }

@@ -59,6 +59,7 @@ export class Supervisor {
   private readonly standIn: KernelStandIn;
   private readonly comms: CommServer;
   private readonly restoreFlow: RestoreFlow;
+  private readonly sealer: Sealer;
   private readonly options: SupervisorOptions;
   private shuttingDown = false;
   private stopping: Promise<void> | null = null;
@@ -92,7 +93,7 @@ export class Supervisor {
       () => this.state.idle && !this.requests.busy,
       () => this.requests.status()
     );
-    const sealer = new Sealer(options.store);
+    const sealer = (this.sealer = new Sealer(options.store));
     const notebook = new NotebookIdentity(options.notebookPath);
     const checkpointFlow = new CheckpointFlow(
       { ...options, notebook },
@@ -147,6 +148,16 @@ export class Supervisor {
     } else {
       await this.host.launch();
     }
+    // Once the kernel runs: whole images left from before chunking was on become chunk images.
+    this.sealer.migrate(stored =>
+      this.comms.broadcast({
+        type: 'event',
+        event: 'stored',
+        checkpoint: stored,
+        checkpoint_id: stored.id,
+        current_id: this.host.currentId
+      })
+    );
   }
 
   /** Stops the kernel and closes every socket; `ended` then resolves with `code`. */

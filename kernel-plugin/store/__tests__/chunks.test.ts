@@ -14,6 +14,7 @@ import {
   ChunkStore,
   decodeChunkLists,
   encodeChunkLists,
+  planReads,
   type ChunkList
 } from '../chunks';
 
@@ -256,6 +257,100 @@ describe('compression (zstd frames)', () => {
   it('refuses a zstd level out of range', () => {
     expect(() => zstdCodec(0)).toThrow(/from 1 to 19/);
     expect(() => zstdCodec(2.5)).toThrow(/from 1 to 19/);
+  });
+});
+
+describe('rebuilding after many checkpoints', () => {
+  /**
+   * A series like a kernel's: a first image, then images each with a few pages changed from the
+   * one before (raw and compressible pages), every one ingested on its own.
+   */
+  async function series(target: ChunkStore, pages: number, edits: number) {
+    let content = Buffer.concat([image(pages), compressiblePages(64), Buffer.from('tail')]);
+    const contents = [content];
+    const lists = [(await ingestAll(target, [await writeFile('s0', content)]))[0]];
+    for (let edit = 1; edit <= edits; edit++) {
+      content = Buffer.from(content);
+      for (let k = 0; k < 40; k++) {
+        const page = Math.floor(Math.random() * (pages + 64));
+        (k % 4 === 0 ? compressiblePages(1) : randomBytes(CHUNK_BYTES)).copy(
+          content,
+          page * CHUNK_BYTES
+        );
+      }
+      contents.push(content);
+      lists.push((await ingestAll(target, [await writeFile(`s${edit}`, content)]))[0]);
+    }
+    return { contents, lists };
+  }
+
+  it('gives back the newest and the oldest image byte for byte, raw and compressed', async () => {
+    for (const target of [store, new ChunkStore(path.join(dir, 'z'), zstdCodec())]) {
+      // 1100 pages: one run of the first image is longer than a read segment (4 MiB).
+      const { contents, lists } = await series(target, 1100, 6);
+      expect(lists[6].runs.length).toBeGreaterThan(200);
+      for (const i of [6, 3, 0]) {
+        expect((await materialized(lists[i], target)).equals(contents[i])).toBe(true);
+      }
+    }
+  });
+
+  it('reads each pack in a few large reads, not once per run', async () => {
+    const { lists } = await series(store, 2000, 8);
+    const newest = lists[8];
+    const packs = new Set(newest.runs.map(run => run.pack)).size;
+    const { segments, pieces } = planReads(newest);
+    expect(newest.runs.length).toBeGreaterThan(500);
+    expect(pieces.length).toBeGreaterThanOrEqual(newest.runs.length);
+    // Every pack here is smaller than a segment (4 MiB) but the first (8 MiB).
+    expect(segments.length).toBeLessThanOrEqual(packs + 2);
+  });
+
+  it('reads any range of chunks, each checked against its hash (for a page server)', async () => {
+    const { contents, lists } = await series(new ChunkStore(store.root, zstdCodec()), 600, 4);
+    const reader = await new ChunkStore(store.root, zstdCodec()).reader(lists[4]);
+    try {
+      const content = contents[4];
+      expect(reader.chunks).toBe(Math.ceil(content.length / CHUNK_BYTES));
+      for (const [first, count] of [
+        [0, reader.chunks],
+        [0, 1],
+        [5, 37],
+        [599, 66],
+        [reader.chunks - 1, 1],
+        [10, 0]
+      ]) {
+        const expected = content.subarray(first * CHUNK_BYTES, (first + count) * CHUNK_BYTES);
+        expect((await reader.read(first, count)).equals(expected)).toBe(true);
+      }
+      const into = Buffer.alloc(8 * CHUNK_BYTES);
+      await reader.read(100, 8, into);
+      expect(into.equals(content.subarray(100 * CHUNK_BYTES, 108 * CHUNK_BYTES))).toBe(true);
+      await expect(reader.read(reader.chunks, 1)).rejects.toThrow(RangeError);
+      await expect(reader.read(-1, 2)).rejects.toThrow(RangeError);
+    } finally {
+      await reader.close();
+    }
+  });
+
+  it('a reader refuses a damaged chunk, naming it, and still reads the others', async () => {
+    const content = image(64);
+    const [list] = await ingestAll(store, [await writeFile('a', content)]);
+    const ref = [...chunkRefs(list)][20];
+    const bytes = await fs.readFile(store.packPath(ref.pack));
+    bytes[ref.at + 7] ^= 0x40;
+    await fs.writeFile(store.packPath(ref.pack), bytes);
+    const reader = await store.reader(list);
+    try {
+      const failure = await reader.read(16, 8).catch((e: unknown) => e);
+      expect(failure).toBeInstanceOf(ChunkCorruptError);
+      expect((failure as ChunkCorruptError).hash).toBe(ref.hash);
+      expect((failure as ChunkCorruptError).fileOffset).toBe(20 * CHUNK_BYTES);
+      const before = await reader.read(0, 20);
+      expect(before.equals(content.subarray(0, 20 * CHUNK_BYTES))).toBe(true);
+    } finally {
+      await reader.close();
+    }
   });
 });
 
