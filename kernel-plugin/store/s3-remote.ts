@@ -43,7 +43,10 @@ export function clientConfig(env: NodeJS.ProcessEnv = process.env): S3ClientConf
     ...(endpoint && !env.AWS_REGION && !env.AWS_DEFAULT_REGION && !env.AWS_PROFILE
       ? { region: 'us-east-1' }
       : {}),
-    maxAttempts: 3
+    maxAttempts: 3,
+    // Without these a network that drops packets leaves a list, and so the timeline, waiting
+    // for ever: a connection must open within 5 s, and no socket stays silent for 60 s.
+    requestHandler: { connectionTimeout: 5000, requestTimeout: 60_000 }
   };
 }
 
