@@ -122,6 +122,11 @@ export function catalogOf(
   return { images: ids, deleted: deletedIds, labelKeys };
 }
 
+/** Whether `name` is a pack's name as chunks.ts makes them (so it can never climb a path). */
+export function isPackName(name: string): boolean {
+  return PACK.test(name);
+}
+
 /** The pack name of a key under packs/, or null for anything else. */
 export function packOfKey(location: S3Location, key: string): string | null {
   const rest = key.slice(keys.packs(location).length);

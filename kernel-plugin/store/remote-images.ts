@@ -14,6 +14,7 @@ import { log } from '../supervisor/log';
 import { decodeChunkLists, type ChunkList } from './chunks';
 import {
   catalogOf,
+  isPackName,
   keys,
   planSweep,
   type ListedObject,
@@ -110,9 +111,19 @@ export class RemoteImages {
     }
   }
 
-  /** The pack names a chunk image's lists use. */
+  /**
+   * The pack names a chunk image's lists use. Lists come from the bucket too: a name that is not
+   * a pack's (say "../x") is refused before it becomes part of a path.
+   */
   private static packsIn(lists: Record<string, ChunkList>): string[] {
-    return [...new Set(Object.values(lists).flatMap(list => list.runs.map(run => run.pack)))];
+    const names = [
+      ...new Set(Object.values(lists).flatMap(list => list.runs.map(run => run.pack)))
+    ];
+    const bad = names.find(name => !isPackName(name));
+    if (bad !== undefined) {
+      throw new Error(`a chunk list names ${JSON.stringify(bad)}, which is not a pack`);
+    }
+    return names;
   }
 
   /**
@@ -123,6 +134,7 @@ export class RemoteImages {
    */
   private async upload(id: string, progress: (done: number) => void): Promise<void> {
     const l = this.location;
+    const started = Date.now();
     if (await this.remote.exists(keys.deleted(l, id))) {
       log.info(`${id} was deleted from ${l.url} meanwhile: not uploaded, removed from the cache`);
       await this.store.delete(id, { localOnly: true }).catch(() => undefined);
@@ -183,6 +195,10 @@ export class RemoteImages {
     await fs.mkdir(path.dirname(this.markerOf(id)), { recursive: true, mode: 0o700 });
     await fs.writeFile(this.markerOf(id), '', { mode: 0o600 });
     this.packsOf.set(id, packs);
+    log.info(
+      `uploaded ${id} to ${l.url}: ${sent} bytes in ${missing.length} new packs ` +
+        `(${packs.length - missing.length} there already) in ${Date.now() - started} ms`
+    );
   }
 
   /**

@@ -50,13 +50,28 @@ export function clientConfig(env: NodeJS.ProcessEnv = process.env): S3ClientConf
   };
 }
 
+/** The oldest Node the AWS SDK for JavaScript v3 runs on (its `engines`). */
+const SDK_NODE_MAJOR = 20;
+
 export class S3Remote {
   readonly client: S3Client;
 
+  /** Throws a RangeError on a Node older than the SDK supports, saying so. */
   constructor(
     readonly location: S3Location,
     client?: S3Client
   ) {
+    const major = Number(process.versions.node.split('.')[0]);
+    if (major < SDK_NODE_MAJOR) {
+      throw new RangeError(
+        `An image store in object storage (${location.url}) needs Node >= ${SDK_NODE_MAJOR} ` +
+          `(the AWS SDK's minimum); this is Node ${process.versions.node}. Install a newer Node, ` +
+          'or the package with its [node] extra.'
+      );
+    }
+    // The SDK warns once, on stderr (the Jupyter log), that releases after January 2027 will need
+    // Node 22; the release in package-lock.json runs on this Node, and the log stays the user's.
+    process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
     this.client = client ?? new S3Client(clientConfig());
   }
 

@@ -316,7 +316,11 @@ export class ImageStore {
       const s3 = parseS3Url(this.location);
       this.root = cacheFolder(cacheRoot(env, os.homedir()), s3);
       this.options = { ...options, chunking: true };
-      this.remote = new RemoteImages(new S3Remote(s3), this, env);
+      try {
+        this.remote = new RemoteImages(new S3Remote(s3), this, env);
+      } catch (error) {
+        throw new StoreError('invalid_request', (error as Error).message);
+      }
     } else {
       this.root = this.location;
       this.options = options;
