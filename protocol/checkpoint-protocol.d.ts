@@ -49,7 +49,7 @@ export type CheckpointId = string;
 export type Action =
   'checkpoint' | 'restore' | 'list' | 'delete' | 'label' | 'status' | 'fork' | 'summary';
 /**
- * Why a request failed. unknown_checkpoint: no image with that id. corrupt_image: a file of the image does not match its checksum or is missing. foreign_image: the image was made by an engine, architecture or format this supervisor cannot restore. engine_unavailable: the engine is missing, too old or not permitted here (message says which and what to install). permission_denied: the store or image cannot be read or written. no_space: the disk filled up while writing the image. busy: another checkpoint or restore is under way. vetoed: a pre-checkpoint hook refused the checkpoint. engine_failed: the engine ran and failed (message carries its reason). kernel_not_running: there is no kernel process to checkpoint. invalid_request: the request does not follow this protocol. unsupported_protocol: the peer speaks another major version.
+ * Why a request failed. unknown_checkpoint: no image with that id. corrupt_image: a file of the image does not match its checksum or is missing. foreign_image: the image was made by an engine, architecture or format this supervisor cannot restore. engine_unavailable: the engine is missing, too old or not permitted here (message says which and what to install). permission_denied: the store or image cannot be read or written. no_space: the disk filled up while writing the image. busy: another checkpoint or restore is under way. vetoed: a pre-checkpoint hook refused the checkpoint. engine_failed: the engine ran and failed (message carries its reason). kernel_not_running: there is no kernel process to checkpoint. invalid_request: the request does not follow this protocol. unsupported_protocol: the peer speaks another major version. store_unreachable: the image store in object storage (s3://) cannot be reached or refused the request; nothing was changed.
  *
  * This interface was referenced by `KernelCheckpointProtocol`'s JSON-Schema
  * via the `definition` "ErrorCode".
@@ -66,7 +66,8 @@ export type ErrorCode =
   | 'engine_failed'
   | 'kernel_not_running'
   | 'invalid_request'
-  | 'unsupported_protocol';
+  | 'unsupported_protocol'
+  | 'store_unreachable';
 /**
  * A step of a long request, in order. checkpoint: preparing, quiescing, snapshotting, resuming, saving. restore: verifying, stopping, restoring, reconnecting.
  *
@@ -180,6 +181,17 @@ export interface EngineInfo {
   version: string;
 }
 /**
+ * Where a checkpoint of a store in object storage (KERNEL_CHECKPOINT_STORE=s3://...) is. local: in this machine's cache only, not uploaded yet (queued, or its last try failed: `error` says why; it is tried again). uploading: being uploaded, `percent` done. uploaded: in the object store, for every machine. Absent for a store on a local disk.
+ *
+ * This interface was referenced by `KernelCheckpointProtocol`'s JSON-Schema
+ * via the `definition` "UploadState".
+ */
+export interface UploadState {
+  state: 'local' | 'uploading' | 'uploaded';
+  percent?: number;
+  error?: string;
+}
+/**
  * The public manifest of one checkpoint image, as stored in manifest.json and sent to clients. Secrets (the kernel's private key) are never part of it. `damage` is present only on an entry of a list for an image the store holds but cannot restore as it is (its manifest.json is missing or unreadable, it is a symbolic link, or another version wrote it): why, as the error a restore would give; its other fields are what the store could still tell (id and created from the folder's name, image_bytes from its files, the rest empty), and such an image can only be deleted.
  *
  * This interface was referenced by `KernelCheckpointProtocol`'s JSON-Schema
@@ -228,6 +240,7 @@ export interface Checkpoint {
   };
   state: StateSummary | null;
   damage?: ErrorInfo;
+  upload?: UploadState;
 }
 /**
  * A request from the front end or the CLI (comm_msg data), or from the in-kernel plugin (agent channel).
@@ -322,9 +335,22 @@ export interface SupervisorStatus {
    */
   plugin: boolean;
   /**
-   * Folder of the image store.
+   * Where the image store is: a local folder, or an s3:// location.
    */
   store?: string;
+  /**
+   * For a store in object storage: the checkpoint being uploaded and how far, how many wait (not uploaded yet), and the last failure when the object store could not be reached.
+   */
+  upload?: {
+    /**
+     * Folder of this machine's cache of the store.
+     */
+    cache?: string;
+    uploading: CheckpointId | null;
+    percent: number | null;
+    waiting: number;
+    error?: string;
+  };
 }
 /**
  * The failed end of a request. Nothing was changed: the running kernel and every image are as before.
@@ -339,14 +365,14 @@ export interface ErrorReply {
   error: ErrorInfo;
 }
 /**
- * Broadcast to every open comm when the store or the running kernel changes, whoever asked (front end, magic, CLI). `stored`: a checkpoint was chunked in the background; `checkpoint` is its manifest with `stored_bytes` (update it in place, as for `labelled`).
+ * Broadcast to every open comm when the store or the running kernel changes, whoever asked (front end, magic, CLI). `stored`: a checkpoint was chunked in the background; `checkpoint` is its manifest with `stored_bytes` (update it in place, as for `labelled`). `upload`: the upload state of a checkpoint changed (queued, n % more, uploaded, failed); `checkpoint` is its manifest with `upload`.
  *
  * This interface was referenced by `KernelCheckpointProtocol`'s JSON-Schema
  * via the `definition` "Event".
  */
 export interface Event {
   type: 'event';
-  event: 'created' | 'deleted' | 'labelled' | 'stored' | 'restored' | 'busy' | 'idle';
+  event: 'created' | 'deleted' | 'labelled' | 'stored' | 'restored' | 'busy' | 'idle' | 'upload';
   checkpoint?: Checkpoint;
   checkpoint_id?: string;
   action?: Action;

@@ -9,7 +9,7 @@
  *
  * Pure functions, no DOM: both tsconfigs (src/ and kernel-plugin/) compile this file.
  */
-import type { Checkpoint, SupervisorStatus } from '../protocol/checkpoint-protocol';
+import type { Checkpoint, SupervisorStatus, UploadState } from '../protocol/checkpoint-protocol';
 
 /** Rounds half up, the same way in every language. */
 function roundHalfUp(value: number): number {
@@ -186,6 +186,20 @@ export const CHECKPOINT_COLUMNS = [
 const RIGHT_ALIGNED = new Set(['EXEC', 'SIZE', 'NEW']);
 /** Bytes a checkpoint added to a deduplicated store, after SIZE, when any checkpoint has them. */
 const NEW_COLUMN = 'NEW';
+/** Where a checkpoint of a store in object storage is, last, when any checkpoint says. */
+const UPLOAD_COLUMN = 'UPLOAD';
+
+/** A checkpoint's upload state for people: "uploading 42 %", "in S3", "not uploaded". */
+export function uploadText(upload: UploadState): string {
+  switch (upload.state) {
+    case 'uploading':
+      return `uploading ${upload.percent ?? 0} %`;
+    case 'uploaded':
+      return 'in S3';
+    default:
+      return upload.error ? 'not uploaded (retrying)' : 'not uploaded yet';
+  }
+}
 const LABEL_WIDTH = 32;
 const VARIABLES_WIDTH = 40;
 
@@ -257,7 +271,23 @@ export function checkpointTable(
       rows[i + 1].splice(at, 0, c.stored_bytes === undefined ? '-' : formatBytes(c.stored_bytes))
     );
   }
+  if (sorted.some(c => c.upload !== undefined)) {
+    rows[0].push(UPLOAD_COLUMN);
+    sorted.forEach((c, i) => rows[i + 1].push(c.upload ? uploadText(c.upload) : '-'));
+  }
   return renderTable(rows, i => RIGHT_ALIGNED.has(rows[0][i]));
+}
+
+/** The status's upload line: what is being uploaded, how many wait, the last failure. */
+function uploadSummary(upload: NonNullable<SupervisorStatus['upload']>): string {
+  if (upload.waiting === 0) {
+    return 'all in S3';
+  }
+  const parts = [
+    ...(upload.uploading ? [`uploading ${upload.uploading} ${upload.percent ?? 0} %`] : []),
+    `${upload.waiting} not uploaded yet`
+  ];
+  return parts.join(', ') + (upload.error ? ` (retrying: ${upload.error})` : '');
 }
 
 /** The supervisor's status for people, one "key:     value" line each, without a final newline. */
@@ -274,7 +304,8 @@ export function statusText(status: SupervisorStatus): string {
     ['busy', status.busy ?? 'no'],
     ['plugin', status.plugin ? 'yes' : 'no'],
     ['protocol', status.protocol_version],
-    ...(status.store ? [['store', status.store] as [string, string]] : [])
+    ...(status.store ? [['store', status.store] as [string, string]] : []),
+    ...(status.upload ? [['upload', uploadSummary(status.upload)] as [string, string]] : [])
   ];
   return lines.map(([key, value]) => `${`${key}:`.padEnd(10)}${value}`).join('\n');
 }

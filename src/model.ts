@@ -401,6 +401,7 @@ export class CheckpointModel {
     switch (event.event) {
       case 'created':
       case 'labelled':
+      case 'upload':
         if (event.checkpoint) {
           this._checkpoints.set(event.checkpoint.id, event.checkpoint);
         }

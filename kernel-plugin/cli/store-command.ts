@@ -6,11 +6,65 @@
 import type { Command } from 'commander';
 
 import { formatBytes, renderTable } from '../../src/format';
-import { defaultStoreRoot, ImageStore, type StoreReport } from '../store/store';
+import { defaultStoreRoot, ImageStore, StoreError, type StoreReport } from '../store/store';
 
-function reportText(report: StoreReport): string {
+/** For a store in object storage: where it is, and each checkpoint's upload state. */
+interface RemoteInfo {
+  location: string;
+  uploaded: number;
+  checkpoints: Array<{ id: string; label: string | null; upload: string }>;
+}
+
+async function remoteInfo(store: ImageStore): Promise<RemoteInfo | null> {
+  if (!store.remote) {
+    return null;
+  }
+  const checkpoints = (await store.list()).map(c => ({
+    id: c.id,
+    label: c.label,
+    upload: c.upload?.state ?? 'local'
+  }));
+  return {
+    location: store.location,
+    uploaded: checkpoints.filter(c => c.upload === 'uploaded').length,
+    checkpoints
+  };
+}
+
+/**
+ * Sends every checkpoint of the cache that is not in the object store yet (a batch job's last
+ * step, before its node and cache go); fails with the reason when the store cannot be reached.
+ */
+async function uploadAll(store: ImageStore): Promise<void> {
+  const remote = store.remote;
+  if (!remote) {
+    throw new StoreError('invalid_request', '--upload is for a store in object storage (s3://).');
+  }
+  await remote.resumed;
+  for (;;) {
+    const summary = remote.uploader.summary();
+    if (summary.error) {
+      throw new StoreError('store_unreachable', summary.error);
+    }
+    if (summary.waiting === 0) {
+      return;
+    }
+    await new Promise(resolve => setTimeout(resolve, 200));
+  }
+}
+
+function reportText(report: StoreReport, remote: RemoteInfo | null): string {
   const lines = [
-    `store     ${report.root}`,
+    ...(remote
+      ? [
+          `store     ${remote.location}`,
+          `cache     ${report.root}`,
+          `uploads   ${remote.uploaded} of ${remote.checkpoints.length} in the object store` +
+            (remote.checkpoints.length > remote.uploaded
+              ? ` (the others are in this cache only: \`kernel-checkpoint store --upload\`)`
+              : '')
+        ]
+      : [`store     ${report.root}`]),
     `total     ${formatBytes(report.total_bytes)}` +
       (report.garbage_bytes > 0
         ? ` (${formatBytes(report.garbage_bytes)} unused, given back by --gc)`
@@ -67,10 +121,20 @@ export function registerStoreCommand(program: Command): void {
     )
     .option('--gc', 'first give back the space of chunks no checkpoint uses any more')
     .option('--migrate', 'first convert whole images into shared chunks (each checked first)')
+    .option('--upload', 'first upload what the cache of an s3:// store has not uploaded yet')
     .option('--json', 'print JSON for scripts')
     .action(
-      async (options: { store?: string; gc?: boolean; migrate?: boolean; json?: boolean }) => {
+      async (options: {
+        store?: string;
+        gc?: boolean;
+        migrate?: boolean;
+        upload?: boolean;
+        json?: boolean;
+      }) => {
         const store = new ImageStore(options.store ?? defaultStoreRoot());
+        if (options.upload) {
+          await uploadAll(store);
+        }
         if (options.migrate) {
           await store.migrate(id => {
             if (!options.json) {
@@ -82,9 +146,13 @@ export function registerStoreCommand(program: Command): void {
           await store.collect();
         }
         const report = await store.report();
+        const remote = await remoteInfo(store);
         process.stdout.write(
-          options.json ? JSON.stringify(report, null, 2) + '\n' : reportText(report)
+          options.json
+            ? JSON.stringify(remote ? { ...report, remote } : report, null, 2) + '\n'
+            : reportText(report, remote)
         );
+        store.remote?.uploader.stop();
       }
     );
 }

@@ -55,7 +55,10 @@ import {
   removeStaleRebuilds,
   type ChunkingOptions
 } from './chunked-images';
+import { cacheFolder, cacheRoot, parseS3Url } from './object-layout';
 import { checkPrivateFolder, ensurePrivateFolder, UnsafeFolderError } from './ownership';
+import { RemoteImages, RemoteUnavailableError } from './remote-images';
+import { S3Remote } from './s3-remote';
 import { processStart, writerIsAlive } from './writer';
 
 const ID_PATTERN = /^ckpt-[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}$/;
@@ -142,6 +145,9 @@ export function storeErrorFrom(error: unknown, what: string): StoreError {
   if (error instanceof UnsafeFolderError) {
     return new StoreError('permission_denied', error.message);
   }
+  if (error instanceof RemoteUnavailableError) {
+    return new StoreError('store_unreachable', `${error.message} (nothing was changed)`);
+  }
   const code = (error as NodeJS.ErrnoException)?.code;
   if (code === 'ENOSPC' || code === 'EDQUOT') {
     return new StoreError('no_space', `The disk is full: cannot ${what}.`);
@@ -164,17 +170,25 @@ export function newCheckpointId(now = new Date()): string {
 }
 
 /**
- * The store's folder as given (KERNEL_CHECKPOINT_STORE or --store), or a StoreError when it is
- * not an absolute local path: `s3://bucket/prefix` made a folder named `s3:` below the kernel's
- * working folder, and any relative path would put images wherever the kernel was started.
+ * The store's location as given (KERNEL_CHECKPOINT_STORE or --store), or a StoreError when it is
+ * neither an absolute local path nor an s3:// location: a URL of another scheme once made a
+ * folder named after it below the kernel's working folder, and any relative path would put images
+ * wherever the kernel was started.
  */
 export function checkStoreLocation(root: string): string {
   const where = '(KERNEL_CHECKPOINT_STORE or --store)';
-  if (/^[A-Za-z][A-Za-z0-9+.-]*:\/\//.test(root)) {
+  if (root.startsWith('s3://')) {
+    try {
+      return parseS3Url(root).url;
+    } catch (error) {
+      throw new StoreError('invalid_request', `${(error as Error).message} ${where}`);
+    }
+  }
+  if (/^[A-Za-z][A-Za-z0-9+.-]*:/.test(root)) {
     throw new StoreError(
       'invalid_request',
-      `The image store ${JSON.stringify(root)} is a URL: stores in S3 or behind any other ` +
-        `scheme are not supported yet; give the absolute path of a local folder ${where}.`
+      `The image store ${JSON.stringify(root)} is a URL: only s3://bucket/prefix is supported ` +
+        `(any S3-compatible object store); else give the absolute path of a local folder ${where}.`
     );
   }
   if (!path.isAbsolute(root)) {
@@ -276,7 +290,12 @@ export class PendingImage {
 export class ImageStore {
   /** Holds sealing back while a checkpoint or restore runs. */
   readonly background = new BackgroundPause();
+  /** Where the images are: `root`, or an s3:// location whose local cache `root` is. */
+  readonly location: string;
+  /** The local folder: the store itself, or the cache of a store in object storage. */
   readonly root: string;
+  /** The store in object storage this folder caches, or null for a store on a local disk. */
+  readonly remote: RemoteImages | null;
   readonly chunks: ChunkStore;
   readonly options: ChunkingOptions;
   private opening: Promise<void>;
@@ -290,13 +309,39 @@ export class ImageStore {
    * (checking its folder, removing what dead supervisors left) starts here, in the background, so
    * that a supervisor frees a half-written image as soon as it starts; every request waits for it.
    */
-  constructor(root: string, options: ChunkingOptions = chunkingOptionsFromEnv()) {
-    this.root = checkStoreLocation(root);
-    this.options = options;
+  constructor(
+    root: string,
+    options: ChunkingOptions = chunkingOptionsFromEnv(),
+    env: NodeJS.ProcessEnv = process.env
+  ) {
+    this.location = checkStoreLocation(root);
+    if (this.location.startsWith('s3://')) {
+      // The cache is a chunk store: what is uploaded is its packs, so unchanged memory goes once.
+      const s3 = parseS3Url(this.location);
+      this.root = cacheFolder(cacheRoot(env, os.homedir()), s3);
+      this.options = { ...options, chunking: true };
+      try {
+        this.remote = new RemoteImages(new S3Remote(s3), this, env);
+      } catch (error) {
+        throw new StoreError('invalid_request', (error as Error).message);
+      }
+    } else {
+      this.root = this.location;
+      this.options = options;
+      this.remote = null;
+    }
     const { write, codec } = codecFor(options);
     this.chunks = new ChunkStore(path.join(this.root, CHUNK_DIR), codec, write);
     this.opening = this.open();
     this.opening.catch(() => undefined); // Reported by the first request, which tries again.
+    if (this.remote) {
+      const remote = this.remote;
+      // What an earlier supervisor did not upload (stopped, or the network was down) goes now.
+      remote.resumed = this.opening
+        .then(() => fs.readdir(this.root))
+        .then(names => remote.resume(names.filter(name => ID_PATTERN.test(name))))
+        .catch(() => undefined);
+    }
   }
 
   /** Resolves once the store is open; a store refused before is checked again (it may be fixed). */
@@ -349,6 +394,35 @@ export class ImageStore {
 
   folderOf(id: string): string {
     return path.join(this.root, id);
+  }
+
+  /** The error for an id the store does not hold. */
+  unknown(id: string): StoreError {
+    return new StoreError(
+      'unknown_checkpoint',
+      `There is no checkpoint ${id} in ${this.location}.`
+    );
+  }
+
+  /**
+   * Puts the records of an image of another machine (its manifest, private record, chunk lists)
+   * into this store, as a checkpoint is: written in a partial folder, renamed into place.
+   */
+  async adopt(id: string, files: Record<string, Buffer>): Promise<void> {
+    const pending = await this.begin(id);
+    try {
+      await fs.rmdir(pending.imageDir);
+      for (const [name, data] of Object.entries(files)) {
+        await writePrivateFile(path.join(pending.dir, name), data);
+      }
+      await fs.rename(pending.dir, this.folderOf(id));
+    } catch (error) {
+      await pending.discard();
+      if ((error as NodeJS.ErrnoException).code === 'ENOTEMPTY') {
+        return; // Another request brought it meanwhile.
+      }
+      throw storeErrorFrom(error, `keep checkpoint ${id} in the cache ${this.root}`);
+    }
   }
 
   /**
@@ -410,7 +484,7 @@ export class ImageStore {
       names = await fs.readdir(this.root);
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code === 'ENOENT') {
-        return [];
+        return this.remote ? this.remote.merge([]) : [];
       }
       throw storeErrorFrom(error, `read the image store ${this.root}`);
     }
@@ -420,9 +494,10 @@ export class ImageStore {
         // Deleted meanwhile: not there any more.
         .map(name => this.entry(name).catch(() => null))
     );
-    return manifests
+    const local = manifests
       .filter((m): m is Checkpoint => m !== null)
       .sort((a, b) => a.created.localeCompare(b.created) || a.id.localeCompare(b.id));
+    return this.remote ? this.remote.merge(local) : local;
   }
 
   async manifest(id: string): Promise<Checkpoint> {
@@ -578,6 +653,7 @@ export class ImageStore {
       await fsyncPath(folder);
       await session.close();
       await this.removeChunkedFiles(id);
+      this.remote?.uploader.enqueue(id);
       return manifest;
     } finally {
       await session.close();
@@ -656,6 +732,13 @@ export class ImageStore {
       };
     }
     const lists = await this.chunkLists(id, record);
+    if (this.remote) {
+      try {
+        await this.remote.fetchPacks(lists);
+      } catch (error) {
+        throw storeErrorFrom(error, `fetch the chunks of checkpoint ${id}`);
+      }
+    }
     const bytes = record.files.reduce((sum, file) => sum + file.bytes, 0);
     const base = await rebuildBase(this.root, bytes, this.options.rebuildDir);
     let dir: string;
@@ -745,6 +828,9 @@ export class ImageStore {
         total.packsRemoved += report.packsRemoved;
         total.bytesFreed += report.bytesFreed;
       } while (this.collectAgain);
+      await this.remote
+        ?.collect()
+        .catch(error => log.warn(`could not collect unused packs: ${(error as Error).message}`));
       return total;
     };
     this.collecting = run().finally(() => {
@@ -912,6 +998,8 @@ export class ImageStore {
     const manifest = await this.manifest(id);
     manifest.label = label;
     try {
+      // For everyone first: when the object store cannot be reached, nothing changes.
+      await this.remote?.relabel(id, label);
       await writePrivateJson(path.join(this.folderOf(id), 'manifest.json'), manifest);
     } catch (error) {
       throw storeErrorFrom(error, `relabel checkpoint ${id}`);
@@ -919,9 +1007,19 @@ export class ImageStore {
     return manifest;
   }
 
-  /** Deletes an image, a damaged one too; returns what it was (see `entry`). */
-  async delete(id: string): Promise<Checkpoint> {
+  /**
+   * Deletes an image, a damaged one too; returns what it was (see `entry`). In a store in object
+   * storage it is deleted for everyone, unless `localOnly` (it was deleted elsewhere).
+   */
+  async delete(id: string, options: { localOnly?: boolean } = {}): Promise<Checkpoint> {
     const entry = await this.entry(id);
+    if (this.remote && !options.localOnly) {
+      try {
+        await this.remote.delete(id);
+      } catch (error) {
+        throw storeErrorFrom(error, `delete checkpoint ${id}`);
+      }
+    }
     // Rename first so a half-deleted image is never listed or restored.
     const doomed = path.join(this.root, `.deleting-${id}-${randomBytes(3).toString('hex')}`);
     try {
@@ -931,6 +1029,7 @@ export class ImageStore {
     }
     // A link is removed itself, never what it points to.
     await fs.rm(doomed, { recursive: true, force: true });
+    await this.remote?.forget(id);
     return entry;
   }
 
@@ -969,6 +1068,14 @@ export class ImageStore {
       throw new StoreError('unknown_checkpoint', `There is no checkpoint ${JSON.stringify(id)}.`);
     }
     await this.ready();
+    if (this.remote && !(await fs.lstat(this.folderOf(id)).catch(() => null))) {
+      // An image of another machine: its records come into the cache when it is first asked for.
+      try {
+        await this.remote.pull(id);
+      } catch (error) {
+        throw storeErrorFrom(error, `read checkpoint ${id}`);
+      }
+    }
     await this.refuseLinks(id, this.folderOf(id), null);
     const full = path.join(this.folderOf(id), file);
     let text: string;

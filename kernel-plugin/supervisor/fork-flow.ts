@@ -140,7 +140,7 @@ export class ForkFlow {
       '--engine',
       this.host.engine.name,
       '--store',
-      store.root,
+      store.location,
       '--kernel-name',
       kernel.name,
       '--display-name',

@@ -79,7 +79,8 @@ export class Requests {
       notebook_path: this.options.notebook.currentPath,
       busy: this.busy,
       plugin: this.agent.present,
-      store: this.options.store.root
+      store: this.options.store.location,
+      ...(this.options.store.remote ? { upload: this.options.store.remote.status() } : {})
     };
   }
 

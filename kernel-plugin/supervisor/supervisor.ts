@@ -124,6 +124,20 @@ export class Supervisor {
       restoreFlow,
       new ForkFlow(options, this.host, restoreFlow)
     );
+    // A store in object storage: every open timeline follows each checkpoint's upload.
+    options.store.remote?.uploader.onChange((id, upload) => {
+      void options.store.manifest(id).then(
+        manifest =>
+          this.comms.broadcast({
+            type: 'event',
+            event: 'upload',
+            checkpoint: { ...manifest, upload },
+            checkpoint_id: id,
+            current_id: this.host.currentId
+          }),
+        () => undefined
+      );
+    });
     this.requests.onIdle = () => {
       if (this.shuttingDown && !this.host.kernel) {
         void this.stop(0);
@@ -165,6 +179,8 @@ export class Supervisor {
     this.stopping ??= (async () => {
       try {
         await this.host.stop();
+        // Uploads not done stay in the cache, sent by the next supervisor that opens it.
+        this.options.store.remote?.uploader.stop();
         this.relay.close();
         this.agent.disconnect();
       } finally {

@@ -20,7 +20,7 @@ import {
 } from '@jupyterlab/ui-components';
 import type { LabIcon } from '@jupyterlab/ui-components';
 import type { IGraphRow } from '../graph';
-import { relativeTime } from '../format';
+import { relativeTime, uploadText } from '../format';
 import { checkpointIcon, compareIcon, restoreIcon, timelineIcon } from '../icons';
 import type { CheckpointModel } from '../model';
 import type { KernelCheckpointSession } from '../session';
@@ -641,6 +641,11 @@ export class TimelinePanel extends Widget {
     if (midCell) {
       const badge = el('span', 'jp-KernelCheckpoint-badge jp-mod-midCell', 'mid-cell');
       badge.title = 'Taken while a cell ran: a restore continues that cell';
+      title.appendChild(badge);
+    }
+    if (c.upload) {
+      const badge = el('span', 'jp-KernelCheckpoint-badge jp-mod-upload', uploadText(c.upload));
+      badge.title = c.upload.error ?? 'Where the image is: this machine only, or the object store';
       title.appendChild(badge);
     }
     body.appendChild(title);

@@ -201,6 +201,31 @@ def render_table(rows: list[list[str]], right: Any = None) -> str:
     return "\n".join(lines)
 
 
+#: Where a checkpoint of a store in object storage is, last, when any checkpoint says.
+_UPLOAD_COLUMN = "UPLOAD"
+
+
+def upload_text(upload: dict[str, Any]) -> str:
+    """A checkpoint's upload state for people: "uploading 42 %", "in S3", "not uploaded"."""
+    state = upload.get("state")
+    if state == "uploading":
+        return f"uploading {upload.get('percent') or 0} %"
+    if state == "uploaded":
+        return "in S3"
+    return "not uploaded (retrying)" if upload.get("error") else "not uploaded yet"
+
+
+def _upload_summary(upload: dict[str, Any]) -> str:
+    if not upload.get("waiting"):
+        return "all in S3"
+    parts = []
+    if upload.get("uploading"):
+        parts.append(f"uploading {upload['uploading']} {upload.get('percent') or 0} %")
+    parts.append(f"{upload['waiting']} not uploaded yet")
+    error = upload.get("error")
+    return ", ".join(parts) + (f" (retrying: {error})" if error else "")
+
+
 def checkpoint_table(
     checkpoints: list[dict[str, Any]], current_id: str | None, now_ms: float | None = None
 ) -> str:
@@ -213,6 +238,10 @@ def checkpoint_table(
         for row, c in zip(rows[1:], ordered, strict=True):
             stored = c.get("stored_bytes")
             row.insert(at, "-" if stored is None else format_bytes(stored))
+    if any(c.get("upload") is not None for c in ordered):
+        rows[0].append(_UPLOAD_COLUMN)
+        for row, c in zip(rows[1:], ordered, strict=True):
+            row.append(upload_text(c["upload"]) if c.get("upload") else "-")
     return render_table(rows, lambda i: rows[0][i] in _RIGHT_ALIGNED)
 
 
@@ -240,4 +269,6 @@ def status_text(status: dict[str, Any]) -> str:
     ]
     if status.get("store"):
         lines.append(("store", str(status["store"])))
+    if status.get("upload"):
+        lines.append(("upload", _upload_summary(status["upload"])))
     return "\n".join(f"{key + ':':<10}{value}" for key, value in lines)

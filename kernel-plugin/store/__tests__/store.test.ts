@@ -270,14 +270,15 @@ describe('image store housekeeping and hardening', () => {
     expect((await store.list()).map(c => c.id)).toEqual([good.id]);
   });
 
-  it('refuses a URL or a relative path as its root, creating nothing', async () => {
+  it('refuses a URL other than s3:// or a relative path as its root, creating nothing', async () => {
     const cwd = process.cwd();
     process.chdir(base);
     try {
-      expect(() => new ImageStore('s3://bucket/prefix')).toThrow(
-        /"s3:\/\/bucket\/prefix" is a URL: stores in S3 .* not supported yet/
+      expect(() => new ImageStore('gs://bucket/prefix')).toThrow(
+        /"gs:\/\/bucket\/prefix" is a URL: only s3:\/\/bucket\/prefix is supported/
       );
-      expect(() => new ImageStore('gs://bucket')).toThrow(StoreError);
+      expect(() => new ImageStore('s3://Not_A_Bucket/x')).toThrow(/not an S3 location/);
+      expect(() => new ImageStore('s3://bucket/../x')).toThrow(/"\." or "\.\."/);
       expect(() => new ImageStore('images')).toThrow(/"images" is a relative path/);
       expect(await fs.readdir(base)).toEqual([]);
     } finally {

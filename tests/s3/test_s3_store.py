@@ -1,0 +1,181 @@
+"""Images in S3-compatible object storage, as users on two machines see them: a checkpoint on
+machine A replies from its cache and is uploaded in the background; machine B (its own cache and
+runtime folder, the same bucket) lists it, restores it, labels and deletes it for everyone; a
+second checkpoint after a small edit uploads only its new chunks; the network going down during an
+upload or before a restore loses nothing; no credential lands in the store, the caches or the
+logs. Real kernels, real CRIU (and DMTCP when on PATH), moto's S3 server on loopback."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kctesting import CommError, kernel_checkpoint_command
+from s3testing import BUCKET, objects
+
+pytestmark = pytest.mark.timeout(900)
+
+MIB = 1 << 20
+ARRAY = "import numpy as np; a = np.random.default_rng(7).random({n} // 8)"
+CHECKSUM = "__import__('hashlib').sha256(a.tobytes()).hexdigest()"
+
+
+def entry(client, checkpoint_id: str) -> dict[str, Any] | None:
+    return next((c for c in client.list("all") if c["id"] == checkpoint_id), None)
+
+
+def wait_upload(client, checkpoint_id: str, state: str, timeout: float = 300) -> dict[str, Any]:
+    """Polls the list until the checkpoint's upload state is `state`; returns its entry."""
+    deadline = time.monotonic() + timeout
+    seen = None
+    while time.monotonic() < deadline:
+        seen = entry(client, checkpoint_id)
+        if seen and seen.get("upload", {}).get("state") == state:
+            return seen
+        time.sleep(0.3)
+    raise TimeoutError(f"{checkpoint_id} never became {state!r}; last seen: {seen}")
+
+
+def files_holding(folder: Path, secret: str) -> list[str]:
+    return [str(p) for p in folder.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+
+
+def test_checkpoint_on_a_restore_label_delete_on_b(
+    make_kernel, machine_env, s3, s3_secret, tmp_path: Path
+):
+    env_a, env_b = machine_env("a"), machine_env("b")
+    log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
+    with open(log_a, "w") as stderr:
+        kernel_a = make_kernel(stderr=stderr, **env_a)
+    a = kernel_a.client
+    a.run(ARRAY.format(n=64 * MIB))
+    expected = a.value(CHECKSUM)
+    first = a.checkpoint("on machine A")
+    # The reply came from the cache; the upload goes on behind it and ends "in S3".
+    assert first.get("upload", {}).get("state") in (None, "local", "uploading")
+    wait_upload(a, first["id"], "uploaded")
+    keys = objects(s3, "team/")
+    assert f"team/images/{first['id']}/manifest.json" in keys
+    packs_after_first = sum(v for k, v in keys.items() if k.startswith("team/packs/"))
+    assert packs_after_first > 0
+    assert not [k for k in keys if k.startswith("team/refs/")], "refs left after the upload"
+
+    # A small edit, a second checkpoint: only its new chunks are uploaded.
+    a.run("a[:1000] = 0.5")
+    second = a.checkpoint("small edit")
+    wait_upload(a, second["id"], "uploaded")
+    packs_after_second = sum(
+        v for k, v in objects(s3, "team/packs/").items() if k.startswith("team/packs/")
+    )
+    added = packs_after_second - packs_after_first
+    assert added <= 0.05 * second["image_bytes"], (added, second["image_bytes"])
+
+    # Machine A goes away (on one host, two kernels restored from one image would share
+    # ipykernel's TCP port); machine B, its own cache and runtime folder, takes over.
+    kernel_a.shutdown()
+    with open(log_b, "w") as stderr:
+        kernel_b = make_kernel(stderr=stderr, **env_b)
+    b = kernel_b.client
+    b.run("x = 'machine B'")
+    listed = {c["id"]: c for c in b.list("all")}
+    assert first["id"] in listed and second["id"] in listed
+    assert listed[first["id"]]["label"] == "on machine A"
+    assert listed[first["id"]]["upload"]["state"] == "uploaded"
+
+    b.restore(first["id"])
+    assert b.value(CHECKSUM) == expected
+    cache_b = Path(env_b["KERNEL_CHECKPOINT_CACHE"])
+    assert list(cache_b.rglob("*.pack")), "machine B restored without its packs in its cache"
+
+    # A label given and a delete made on B are for everyone: A sees them when it comes back.
+    b.request("label", checkpoint_id=first["id"], label="renamed on B")
+    b.request("delete", checkpoint_id=second["id"])
+    assert entry(b, second["id"]) is None
+    assert f"team/images/{second['id']}/manifest.json" not in objects(s3, "team/")
+    kernel_b.shutdown()
+    with open(log_a, "a") as stderr:
+        kernel_a = make_kernel(stderr=stderr, **env_a)
+    a = kernel_a.client
+    assert entry(a, first["id"])["label"] == "renamed on B"
+    assert entry(a, second["id"]) is None
+    cache_a = Path(env_a["KERNEL_CHECKPOINT_CACHE"])
+    assert not list(cache_a.rglob(second["id"])), "the deleted image is still in A's cache"
+    # The first image, which shared its chunks with the deleted one, still restores on A.
+    a.restore(first["id"])
+    assert a.value(CHECKSUM) == expected
+
+    kernel_a.shutdown()
+    # The secret key is in no object, no cache file, and neither supervisor's log.
+    for key in objects(s3, ""):
+        body = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+        assert s3_secret.encode() not in body, key
+    assert not files_holding(cache_a, s3_secret)
+    assert not files_holding(cache_b, s3_secret)
+    assert s3_secret not in log_a.read_text() + log_b.read_text()
+
+
+def test_network_down_during_upload_stays_local_and_is_retried(make_kernel, machine_env, moto, s3):
+    env = machine_env("a")
+    kernel = make_kernel(**env)
+    client = kernel.client
+    client.run(ARRAY.format(n=384 * MIB))
+    expected = client.value(CHECKSUM)
+    taken = client.checkpoint("while the network fails")
+    wait_upload(client, taken["id"], "uploading")
+    moto.stop()
+    failed = wait_upload(client, taken["id"], "local", timeout=120)
+    assert failed["upload"].get("error"), failed
+    # The kernel runs on, and the image is safe in the cache: it restores offline.
+    client.run("a = None")
+    client.restore(taken["id"])
+    assert client.value(CHECKSUM) == expected
+    status = client.request("status")["status"]
+    assert status["upload"]["waiting"] >= 1
+    # The network is back (moto starts empty: the bucket is made again): it is uploaded.
+    moto.start()
+    s3.create_bucket(Bucket=BUCKET)
+    wait_upload(client, taken["id"], "uploaded")
+    assert f"team/images/{taken['id']}/manifest.json" in objects(s3, "team/")
+
+
+def test_network_down_before_restore_is_a_clear_error(make_kernel, machine_env, moto):
+    kernel_a = make_kernel(**machine_env("a"))
+    kernel_a.client.run("y = 'from A'")
+    taken = kernel_a.client.checkpoint()
+    wait_upload(kernel_a.client, taken["id"], "uploaded")
+    kernel_b = make_kernel(**machine_env("b"))
+    b = kernel_b.client
+    b.run("y = 'kept on B'")
+    pid = kernel_b.kernel_pid()
+    moto.stop()
+    with pytest.raises(CommError) as failure:
+        b.restore(taken["id"])
+    assert failure.value.code == "store_unreachable", failure.value
+    assert "127.0.0.1" in failure.value.message or "s3://" in failure.value.message
+    assert b.value("y") == "kept on B"
+    assert kernel_b.kernel_pid() == pid
+
+
+@pytest.mark.parametrize(
+    "location, says",
+    [
+        ("ftp://host/images", "only s3://bucket/prefix"),
+        ("s3://No_Such..Bucket/x", "not an S3 location"),
+        ("s3://kc-images/../x", '"." or ".."'),
+        ("images", "relative path"),
+    ],
+)
+def test_bad_store_location_is_a_clear_error(location: str, says: str, tmp_path: Path):
+    done = subprocess.run(
+        [kernel_checkpoint_command(), "store", "--store", location],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.returncode != 0
+    assert says in done.stderr, done.stderr
+    assert list(tmp_path.iterdir()) == [], "a folder was made for a bad store location"
