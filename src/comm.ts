@@ -96,7 +96,9 @@ export const DEFAULT_TIMEOUTS: Readonly<Record<Action, number>> = {
   delete: 30_000,
   label: 30_000,
   status: 15_000,
-  fork: 180_000
+  fork: 180_000,
+  // A search forks several checkpoints, one round after another.
+  bisect: 3_600_000
 };
 
 /** The connection state of a client. */

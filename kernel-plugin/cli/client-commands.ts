@@ -143,7 +143,8 @@ const REQUEST_TIMEOUT_MS: Record<Action, number> = {
   list: 120_000,
   label: 120_000,
   status: 60_000,
-  fork: 3600_000
+  fork: 3600_000,
+  bisect: 3600_000
 };
 
 /**

@@ -4,6 +4,7 @@
 
 import type {
   Action,
+  BisectResult,
   Checkpoint,
   Request,
   SupervisorMessage,
@@ -12,6 +13,7 @@ import type {
 import { ACTIONS, PROTOCOL_VERSION } from '../../protocol/checkpoint-protocol-constants';
 import type { ImageStore } from '../store/store';
 import type { AgentChannel } from './agent';
+import type { BisectFlow } from './bisect-flow';
 import type { CheckpointFlow, Progress } from './checkpoint-flow';
 import type { CommServer } from './comm-server';
 import type { ForkFlow } from './fork-flow';
@@ -37,6 +39,7 @@ type Result = {
   checkpoints?: Checkpoint[];
   status?: SupervisorStatus;
   connection_file?: string;
+  bisect?: BisectResult;
 };
 
 export class Requests {
@@ -54,7 +57,8 @@ export class Requests {
     private readonly sealer: Sealer,
     private readonly checkpointFlow: CheckpointFlow,
     private readonly restoreFlow: RestoreFlow,
-    private readonly forkFlow?: ForkFlow
+    private readonly forkFlow?: ForkFlow,
+    private readonly bisectFlow?: BisectFlow
   ) {}
 
   status(): SupervisorStatus {
@@ -157,6 +161,12 @@ export class Requests {
           break;
         }
         return this.forkFlow.run(requireId(request), progress);
+      case 'bisect':
+        // Not exclusive either: it only forks, and the running kernel goes on meanwhile.
+        if (!this.bisectFlow) {
+          break;
+        }
+        return this.bisectFlow.run(request, progress);
     }
     throw new RequestError('invalid_request', `Unknown action ${JSON.stringify(request.action)}.`);
   }
