@@ -5,14 +5,18 @@ execution count and history stay as they were, and it runs cells while a search 
 
 from __future__ import annotations
 
+import ast
+import os
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import nbformat
 import pytest
-from kctesting import CommError, Kernel, alive, descendants
+from kctesting import KERNEL_NAME, ROOT, CommError, Kernel, alive, descendants
+from nbclient import NotebookClient
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -66,14 +70,12 @@ def live_state(kernel: Kernel) -> tuple[int, list[str], int]:
         timeout=60,
     )
     values = reply["content"]["user_expressions"]
-    import ast
-
     got = {k: ast.literal_eval(v["data"]["text/plain"]) for k, v in values.items()}
     assert got["x"] == 100
     return got["count"], got["names"], got["history"]
 
 
-def no_forks_left(kernel: Kernel, runtime_dir: Path) -> None:
+def no_forks_left(runtime_dir: Path) -> None:
     """Every fork a search started has ended: the supervisor's only children are its own."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -110,7 +112,7 @@ def test_magic_finds_the_first_true_checkpoint_and_leaves_the_live_kernel_alone(
     assert after[0] == before[0] + 1  # the %checkpoint cell only
     assert after[1] == before[1]
     assert after[2] == before[2] + 1
-    no_forks_left(kernel, runtime_dir)
+    no_forks_left(runtime_dir)
 
 
 @only_criu
@@ -130,7 +132,7 @@ def test_api_raises_count_as_not_true_and_are_reported(make_kernel, runtime_dir)
     assert out.strip().splitlines()[-1] == (
         f'First true at {taken[4]["id"]} "x is 10", the first checkpoint searched (none before it).'
     )
-    no_forks_left(kernel, runtime_dir)
+    no_forks_left(runtime_dir)
 
 
 @only_criu
@@ -149,7 +151,7 @@ def test_trace_names_the_cell_and_line_and_says_when_not_to_trust_it(make_kernel
     assert (trace["found"], trace["line"], trace["execution_count"]) == (True, 3, counts[5])
     assert trace["trusted"] is False
     assert any("reads a clock" in c for c in trace["concerns"]), trace
-    no_forks_left(kernel, runtime_dir)
+    no_forks_left(runtime_dir)
 
 
 @only_criu
@@ -169,7 +171,7 @@ def test_the_live_kernel_runs_cells_while_a_search_goes_on(make_kernel, runtime_
     assert result["forks"] == len(result["probes"]) <= 3  # log2 of 6, one at a time
     assert reply["checkpoint"]["id"] == taken[3]["id"]
     assert reply["current_id"] == taken[5]["id"]  # the live kernel is where it was
-    no_forks_left(kernel, runtime_dir)
+    no_forks_left(runtime_dir)
 
 
 @only_criu
@@ -192,7 +194,7 @@ def test_bad_requests_fail_in_one_line_and_change_nothing(make_kernel, runtime_d
     after = live_state(kernel)
     assert after[1] == before[1]
     assert [c["id"] for c in kernel.client.list()] == [c["id"] for c in taken]
-    no_forks_left(kernel, runtime_dir)
+    no_forks_left(runtime_dir)
 
 
 @only_criu
@@ -207,7 +209,7 @@ def test_parallel_runs_code_in_forks_and_returns_the_results_in_order(make_kerne
     assert failed.error and failed.error["ename"] == "ForkError"
     assert "ZeroDivisionError" in failed.error["evalue"]
     assert kernel.client.value("x") == 100
-    no_forks_left(kernel, runtime_dir)
+    no_forks_left(runtime_dir)
 
 
 @pytest.mark.parametrize("engine", ["dmtcp"], indirect=True)
@@ -221,3 +223,34 @@ def test_dmtcp_says_forks_need_criu(make_kernel):
     raised = kernel.client.execute("kc.bisect('x > 0')", timeout=120)
     assert raised.error and raised.error["ename"] == "CheckpointError"
     assert descendants(kernel.supervisor_pid)  # the kernel runs on
+
+
+@only_criu
+def test_the_fast_slow_example_notebook_runs_and_finds_the_bug(
+    jupyter_env, store, engine, runtime_dir
+):
+    """docs/examples/fast-slow.ipynb, executed as a user would (nbclient, the checkpointable
+    kernelspec, real CRIU): every interval's checked run ends where the fast run's next
+    checkpoint is, and the check finds the one bad step."""
+    nb = nbformat.read(ROOT / "docs" / "examples" / "fast-slow.ipynb", as_version=4)
+    env = dict(
+        os.environ,
+        KERNEL_CHECKPOINT_STORE=str(store),
+        KERNEL_CHECKPOINT_ENGINE=engine,
+        KERNEL_CHECKPOINT_RUNTIME_DIR=str(runtime_dir),
+    )
+    client = NotebookClient(nb, kernel_name=KERNEL_NAME, timeout=600)
+    client.execute(env=env)
+    printed = [
+        "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("name") == "stdout")
+        for cell in nb.cells
+        if cell.cell_type == "code"
+    ]
+    assert printed[1].strip().startswith("fast run: 40 steps, 5 checkpoints"), printed
+    report = printed[2].strip().splitlines()
+    assert len(report) == 4, report
+    assert all("matches the next checkpoint" in line for line in report), report
+    assert report[2].startswith("steps 20-29: step 23: x = -"), report
+    for k in (0, 1, 3):
+        assert report[k].startswith(f"steps {k * 10}-{k * 10 + 9}: no problem;"), report
+    no_forks_left(runtime_dir)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
-
 from kernel_checkpoint import _trace
 
 
