@@ -76,7 +76,9 @@ export async function searchFirstTrue(
     lo = newLo;
     hi = newHi;
   }
-  return hi < length ? { first: hi, before: lo >= 0 ? lo : null, rounds } : { first: null, before: null, rounds };
+  return hi < length
+    ? { first: hi, before: lo >= 0 ? lo : null, rounds }
+    : { first: null, before: null, rounds };
 }
 
 /**
@@ -189,7 +191,10 @@ export class BisectFlow {
       parallel
     };
     if (request.trace && answer) {
-      progress('tracing', before ? `replaying the cells from ${before.id} to ${answer.id}` : undefined);
+      progress(
+        'tracing',
+        before ? `replaying the cells from ${before.id} to ${answer.id}` : undefined
+      );
       result.trace = before
         ? await this.trace(before.id, answer, expression)
         : {
@@ -210,9 +215,13 @@ export class BisectFlow {
     try {
       return await body(client);
     } finally {
-      await client.shutdown().catch(error =>
-        log.warn(`could not end the fork of ${id} (${connection_file}): ${(error as Error).message}`)
-      );
+      await client
+        .shutdown()
+        .catch(error =>
+          log.warn(
+            `could not end the fork of ${id} (${connection_file}): ${(error as Error).message}`
+          )
+        );
     }
   }
 
@@ -247,14 +256,15 @@ export class BisectFlow {
         round
       };
     }
-    progress(
-      'evaluating',
-      `${id}: ${probe.outcome}${probe.error ? ` (${probe.error})` : ''}`
-    );
+    progress('evaluating', `${id}: ${probe.outcome}${probe.error ? ` (${probe.error})` : ''}`);
     return probe;
   }
 
-  private async trace(beforeId: string, answer: Checkpoint, expression: string): Promise<BisectTrace> {
+  private async trace(
+    beforeId: string,
+    answer: Checkpoint,
+    expression: string
+  ): Promise<BisectTrace> {
     const cells = answer.state?.cells ?? [];
     const payload = JSON.stringify({ cells, expression });
     try {

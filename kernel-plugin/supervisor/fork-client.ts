@@ -13,8 +13,7 @@ import { decode, encode, endpoint, newMessage, Signer, type ConnectionInfo } fro
 
 /** What a user expression gave: its text/plain repr, or the error it raised. */
 export type ExpressionResult =
-  | { status: 'ok'; text: string }
-  | { status: 'error'; ename: string; evalue: string };
+  { status: 'ok'; text: string } | { status: 'error'; ename: string; evalue: string };
 
 /** How long a fork may take to end after its shutdown_request before we stop waiting. */
 const SHUTDOWN_WAIT_MS = 30_000;
@@ -119,7 +118,11 @@ export class ForkClient {
       out[name] =
         value?.status === 'ok'
           ? { status: 'ok', text: String(value.data?.['text/plain'] ?? '') }
-          : { status: 'error', ename: String(value?.ename ?? 'Error'), evalue: String(value?.evalue ?? '') };
+          : {
+              status: 'error',
+              ename: String(value?.ename ?? 'Error'),
+              evalue: String(value?.evalue ?? '')
+            };
     }
     return out;
   }
@@ -130,9 +133,12 @@ export class ForkClient {
       return;
     }
     try {
-      await this.ask(this.controlOut, 'shutdown_request', { restart: false }, SHUTDOWN_WAIT_MS).catch(
-        () => undefined
-      );
+      await this.ask(
+        this.controlOut,
+        'shutdown_request',
+        { restart: false },
+        SHUTDOWN_WAIT_MS
+      ).catch(() => undefined);
       const deadline = Date.now() + SHUTDOWN_WAIT_MS;
       while (existsSync(this.connectionFile) && Date.now() < deadline) {
         await new Promise(resolve => setTimeout(resolve, 20));

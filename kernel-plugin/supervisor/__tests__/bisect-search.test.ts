@@ -13,8 +13,7 @@ async function search(truths: boolean[], parallel: number) {
 }
 
 /** false up to `first`, true from there on. */
-const stepAt = (length: number, first: number) =>
-  Array.from({ length }, (_, i) => i >= first);
+const stepAt = (length: number, first: number) => Array.from({ length }, (_, i) => i >= first);
 
 describe('the search for the first true checkpoint', () => {
   it('finds every boundary of 16 checkpoints, with one fork at a time, in log2 steps', async () => {
