@@ -132,6 +132,20 @@ export class BisectFlow {
     request: Request,
     progress: Progress
   ): Promise<{ checkpoint?: Checkpoint; bisect: BisectResult }> {
+    // Every fork the search started has ended when it answers, whichever way it ends.
+    const ending: Promise<void>[] = [];
+    try {
+      return await this.search(request, progress, ending);
+    } finally {
+      await Promise.all(ending);
+    }
+  }
+
+  private async search(
+    request: Request,
+    progress: Progress,
+    ending: Promise<void>[]
+  ): Promise<{ checkpoint?: Checkpoint; bisect: BisectResult }> {
     const started = Date.now();
     const expression = (request.expression ?? '').trim();
     if (!expression) {
@@ -160,7 +174,7 @@ export class BisectFlow {
     const probes: BisectProbe[] = [];
     const outcome = await searchFirstTrue(range.length, parallel, async (indexes, round) => {
       const done = await Promise.all(
-        indexes.map(i => this.probe(range[i].id, expression, round, progress))
+        indexes.map(i => this.probe(range[i].id, expression, round, progress, ending))
       );
       probes.push(...done);
       const syntax = done.find(p => p.outcome === 'error' && p.error?.startsWith('SyntaxError'));
@@ -196,7 +210,7 @@ export class BisectFlow {
         before ? `replaying the cells from ${before.id} to ${answer.id}` : undefined
       );
       result.trace = before
-        ? await this.trace(before.id, answer, expression)
+        ? await this.trace(before.id, answer, expression, ending)
         : {
             found: false,
             trusted: false,
@@ -208,20 +222,30 @@ export class BisectFlow {
     return answer ? { checkpoint: answer, bisect: result } : { bisect: result };
   }
 
-  /** Starts a fork of `id`, gives it to `body`, and always ends it. */
-  private async withFork<T>(id: string, body: (client: ForkClient) => Promise<T>): Promise<T> {
+  /**
+   * Starts a fork of `id` and gives it to `body`; the fork is always ended, without waiting
+   * for it to be gone (its kernel and supervisor take ~1 s to stop): `ending` collects those
+   * waits, and the request awaits them all before it answers.
+   */
+  private async withFork<T>(
+    id: string,
+    ending: Promise<void>[],
+    body: (client: ForkClient) => Promise<T>
+  ): Promise<T> {
     const { connection_file } = await this.forkFlow.run(id, () => undefined);
     const client = new ForkClient(connection_file);
     try {
       return await body(client);
     } finally {
-      await client
-        .shutdown()
-        .catch(error =>
-          log.warn(
-            `could not end the fork of ${id} (${connection_file}): ${(error as Error).message}`
+      ending.push(
+        client
+          .shutdown()
+          .catch(error =>
+            log.warn(
+              `could not end the fork of ${id} (${connection_file}): ${(error as Error).message}`
+            )
           )
-        );
+      );
     }
   }
 
@@ -229,13 +253,14 @@ export class BisectFlow {
     id: string,
     expression: string,
     round: number,
-    progress: Progress
+    progress: Progress,
+    ending: Promise<void>[]
   ): Promise<BisectProbe> {
     let probe: BisectProbe;
     try {
       // The newline ends a trailing comment; bool() so that a value whose truth raises (a numpy
       // array) is an error here too.
-      const results = await this.withFork(id, client =>
+      const results = await this.withFork(id, ending, client =>
         client.execute('', { truth: `bool((${expression}\n))` }, EVALUATE_TIMEOUT_MS)
       );
       const truth = results.truth;
@@ -263,12 +288,13 @@ export class BisectFlow {
   private async trace(
     beforeId: string,
     answer: Checkpoint,
-    expression: string
+    expression: string,
+    ending: Promise<void>[]
   ): Promise<BisectTrace> {
     const cells = answer.state?.cells ?? [];
     const payload = JSON.stringify({ cells, expression });
     try {
-      const results = await this.withFork(beforeId, client =>
+      const results = await this.withFork(beforeId, ending, client =>
         client.execute(
           'import kernel_checkpoint._trace as __kernel_checkpoint_trace',
           { trace: `__kernel_checkpoint_trace.replay_json(${pythonString(payload)})` },

@@ -26,12 +26,22 @@ def run_in_forks(ids: list[str], code: str, n: int | None = None) -> list[Any]:
         return []
     workers = min(n or os.cpu_count() or 1, len(ids))
 
+    # A fork takes about a second to stop after its shutdown_request: that wait runs beside the
+    # next fork's work, and every fork has ended when this returns.
+    closing = ThreadPoolExecutor(workers, thread_name_prefix="kernel-checkpoint-fork-end")
+
     def one(checkpoint_id: str) -> Any:
-        with fork(checkpoint_id) as handle:
+        handle = fork(checkpoint_id)
+        try:
             return handle.execute(code)
+        finally:
+            closing.submit(handle.shutdown)
 
     # Threads: each waits on its fork's kernel, so they run at once here while the forks' work
     # runs in their own processes.
-    with ThreadPoolExecutor(workers, thread_name_prefix="kernel-checkpoint-fork") as pool:
-        futures = [pool.submit(one, i) for i in ids]
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="kernel-checkpoint-fork") as pool:
+            futures = [pool.submit(one, i) for i in ids]
+    finally:
+        closing.shutdown(wait=True)
     return [f.result() for f in futures]
