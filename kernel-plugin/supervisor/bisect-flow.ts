@@ -32,6 +32,8 @@ import { asRequestError, RequestError } from './request-errors';
 const EVALUATE_TIMEOUT_MS = 600_000;
 /** How long the replay of the cells between two checkpoints may take, traced. */
 const TRACE_TIMEOUT_MS = 3_600_000;
+/** Fork failures that belong to one image (the others would fail every fork alike). */
+const IMAGE_ERRORS = new Set(['corrupt_image', 'foreign_image', 'unknown_checkpoint']);
 /** The most forks one request may run at once (the schema's maximum of `parallel`). */
 const MAX_PARALLEL = 64;
 
@@ -172,9 +174,11 @@ export class BisectFlow {
       MAX_PARALLEL
     );
     const probes: BisectProbe[] = [];
+    // Why each fork that failed did: the error code of its fork request.
+    const failures = new Map<BisectProbe, string>();
     const outcome = await searchFirstTrue(range.length, parallel, async (indexes, round) => {
       const done = await Promise.all(
-        indexes.map(i => this.probe(range[i].id, expression, round, progress, ending))
+        indexes.map(i => this.probe(range[i].id, expression, round, progress, ending, failures))
       );
       probes.push(...done);
       const syntax = done.find(p => p.outcome === 'error' && p.error?.startsWith('SyntaxError'));
@@ -184,10 +188,15 @@ export class BisectFlow {
           `${JSON.stringify(expression)} is not a Python expression: ${syntax.error}`
         );
       }
-      if (done.every(p => p.outcome === 'fork_failed')) {
+      // One damaged image is that checkpoint's problem (not true, reported); forks that fail
+      // for another reason before any fork answered mean none will: say so, not "true nowhere".
+      const engineFailure = done.find(
+        p => p.outcome === 'fork_failed' && !IMAGE_ERRORS.has(failures.get(p) ?? '')
+      );
+      if (engineFailure && probes.every(p => p.outcome === 'fork_failed')) {
         throw new RequestError(
-          'engine_failed',
-          `bisect could not fork checkpoint ${done[0].checkpoint_id}: ${done[0].error}`
+          failures.get(engineFailure) as RequestError['code'],
+          `bisect could not fork checkpoint ${engineFailure.checkpoint_id}: ${engineFailure.error}`
         );
       }
       return done.map(p => p.outcome === 'true');
@@ -254,7 +263,8 @@ export class BisectFlow {
     expression: string,
     round: number,
     progress: Progress,
-    ending: Promise<void>[]
+    ending: Promise<void>[],
+    failures: Map<BisectProbe, string>
   ): Promise<BisectProbe> {
     let probe: BisectProbe;
     try {
@@ -274,12 +284,9 @@ export class BisectFlow {
               round
             };
     } catch (error) {
-      probe = {
-        checkpoint_id: id,
-        outcome: 'fork_failed',
-        error: asRequestError(error).message,
-        round
-      };
+      const failure = asRequestError(error);
+      probe = { checkpoint_id: id, outcome: 'fork_failed', error: failure.message, round };
+      failures.set(probe, failure.code);
     }
     progress('evaluating', `${id}: ${probe.outcome}${probe.error ? ` (${probe.error})` : ''}`);
     return probe;

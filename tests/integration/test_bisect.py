@@ -194,6 +194,32 @@ def test_the_live_kernel_runs_cells_while_a_search_goes_on(make_kernel, runtime_
 
 
 @only_criu
+def test_a_damaged_image_counts_as_not_true_and_is_reported(make_kernel, runtime_dir, store):
+    from kctesting import wait_sealed
+
+    kernel, taken, _ = chain(make_kernel, runtime_dir)
+    damaged = taken[2]["id"]  # the one before the answer: a search always evaluates it
+    wait_sealed(store, damaged)
+    pages = next((store / damaged / "image").glob("pages-*.img"))
+    with pages.open("r+b") as image:
+        image.seek(4096)
+        byte = image.read(1)
+        image.seek(4096)
+        image.write(bytes([byte[0] ^ 0xFF]))
+    reply = kernel.client.request("bisect", expression="x >= 3", parallel=1)
+    result = reply["bisect"]
+    failed = [p for p in result["probes"] if p["checkpoint_id"] == damaged]
+    assert failed and failed[0]["outcome"] == "fork_failed", result["probes"]
+    assert "checksum" in failed[0]["error"] or "damaged" in failed[0]["error"], failed
+    # Counted as not true: the answer is still the checkpoint after it.
+    assert result["answer_id"] == taken[3]["id"]
+    out = kernel.client.run("%checkpoint bisect x >= 3 --parallel 1")
+    assert f'At {damaged} "x is 2" the expression could not be evaluated:' in out, out
+    assert kernel.client.value("x") == 100
+    no_forks_left(runtime_dir)
+
+
+@only_criu
 def test_bad_requests_fail_in_one_line_and_change_nothing(make_kernel, runtime_dir):
     kernel, taken, _ = chain(make_kernel, runtime_dir)
     before = live_state(kernel)
@@ -241,6 +267,10 @@ def test_dmtcp_says_forks_need_criu(make_kernel):
     kernel.client.run("import kernel_checkpoint as kc")
     raised = kernel.client.execute("kc.bisect('x > 0')", timeout=120)
     assert raised.error and raised.error["ename"] == "CheckpointError"
+    taken = kernel.client.list()[0]["id"]
+    raised = kernel.client.execute(f"kc.parallel([{taken!r}], 'x')", timeout=120)
+    assert raised.error and raised.error["ename"] == "CheckpointError"
+    assert "criu" in raised.error["evalue"]
     assert descendants(kernel.supervisor_pid)  # the kernel runs on
 
 
