@@ -99,3 +99,19 @@ def test_json_form(shell):
 
     out = _trace.replay_json(json.dumps({"cells": [cell("x = 4", 9)], "expression": "x == 4"}))
     assert json.loads(repr(out))["execution_count"] == 9
+
+
+def test_a_record_cut_short_is_a_concern_and_the_replay_stops_there(shell):
+    from kernel_checkpoint._cells import MAX_CELLS, MAX_SOURCE_CHARS
+
+    long = "x = 1\n" + "y = [\n" + "1,\n" * MAX_SOURCE_CHARS
+    cells = [cell(long[:MAX_SOURCE_CHARS] + "\n…", 1), cell("x = 9", 2)]
+    found = _trace.replay(cells, "x == 9", shell)
+    assert not found["found"] and not found["trusted"]
+    text = " ".join(found["concerns"])
+    assert f"cell 1 (In [1]) was recorded cut at {MAX_SOURCE_CHARS} characters" in text
+    assert "cell 1 (In [1]) does not compile" in text
+    many = [cell(f"x = {i}", i) for i in range(MAX_CELLS)]
+    found = _trace.replay(many, f"x == {MAX_CELLS - 1}", shell)
+    assert found["found"] and not found["trusted"]
+    assert "earlier ones may be missing" in found["concerns"][0]

@@ -130,6 +130,26 @@ def static_concerns(cells: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def recording_concerns(cells: list[dict[str, Any]]) -> list[str]:
+    """Where the record of the cells is incomplete (the state summary keeps the last
+    ``MAX_CELLS`` cells, each cut at ``MAX_SOURCE_CHARS``)."""
+    from ._cells import MAX_CELLS, MAX_SOURCE_CHARS
+
+    out = []
+    if len(cells) >= MAX_CELLS:
+        out.append(
+            f"{len(cells)} cells were recorded, the most a checkpoint keeps: earlier ones may "
+            "be missing from the replay."
+        )
+    for index, cell in enumerate(cells):
+        source = cell.get("source") or ""
+        if len(source) > MAX_SOURCE_CHARS and source.endswith("…"):
+            out.append(
+                f"{_cell_name(index, cell)} was recorded cut at {MAX_SOURCE_CHARS} characters."
+            )
+    return out
+
+
 def _cell_name(index: int, cell: dict[str, Any]) -> str:
     count = cell.get("execution_count")
     return f"cell {index + 1}" + (f" (In [{count}])" if isinstance(count, int) else "")
@@ -153,7 +173,7 @@ def replay(cells: list[dict[str, Any]], expression: str, shell: Any = None) -> d
 
     shell = shell or get_ipython()
     ns = shell.user_ns
-    concerns = static_concerns(cells)
+    concerns = recording_concerns(cells) + static_concerns(cells)
     result: dict[str, Any] = {"found": False, "cells_replayed": 0}
     if not cells:
         return dict(
@@ -217,7 +237,11 @@ def replay(cells: list[dict[str, Any]], expression: str, shell: Any = None) -> d
         for index, cell in enumerate(cells):
             filename = f"<kernel-checkpoint replay {index}>"
             names[filename] = index
-            code = compile(shell.transform_cell(cell.get("source") or ""), filename, "exec")
+            try:
+                code = compile(shell.transform_cell(cell.get("source") or ""), filename, "exec")
+            except SyntaxError as exc:
+                failure = f"{_cell_name(index, cell)} does not compile ({exc.msg})"
+                break
             result["cells_replayed"] = index + 1
             audit.active = True
             sys.settrace(global_trace)
