@@ -47,7 +47,7 @@ export type CheckpointId = string;
  * via the `definition` "Action".
  */
 export type Action =
-  'checkpoint' | 'restore' | 'list' | 'delete' | 'label' | 'status' | 'fork' | 'summary';
+  'checkpoint' | 'restore' | 'list' | 'delete' | 'label' | 'status' | 'fork' | 'summary' | 'bisect';
 /**
  * Why a request failed. unknown_checkpoint: no image with that id. corrupt_image: a file of the image does not match its checksum or is missing. foreign_image: the image was made by an engine, architecture or format this supervisor cannot restore. engine_unavailable: the engine is missing, too old or not permitted here (message says which and what to install). permission_denied: the store or image cannot be read or written. no_space: the disk filled up while writing the image. busy: another checkpoint or restore is under way. vetoed: a pre-checkpoint hook refused the checkpoint. engine_failed: the engine ran and failed (message carries its reason). kernel_not_running: there is no kernel process to checkpoint. invalid_request: the request does not follow this protocol. unsupported_protocol: the peer speaks another major version. store_unreachable: the image store in object storage (s3://) cannot be reached or refused the request; nothing was changed.
  *
@@ -69,7 +69,7 @@ export type ErrorCode =
   | 'unsupported_protocol'
   | 'store_unreachable';
 /**
- * A step of a long request, in order. checkpoint: preparing, quiescing, snapshotting, resuming, saving. restore: verifying, stopping, restoring, reconnecting.
+ * A step of a long request, in order. checkpoint: preparing, quiescing, snapshotting, resuming, saving. restore: verifying, stopping, restoring, reconnecting. bisect: evaluating (one per checkpoint evaluated, its message says which and the outcome), tracing.
  *
  * This interface was referenced by `KernelCheckpointProtocol`'s JSON-Schema
  * via the `definition` "ProgressStage".
@@ -83,7 +83,9 @@ export type ProgressStage =
   | 'verifying'
   | 'stopping'
   | 'restoring'
-  | 'reconnecting';
+  | 'reconnecting'
+  | 'evaluating'
+  | 'tracing';
 /**
  * Anything the supervisor sends to a client over the comm.
  *
@@ -271,6 +273,124 @@ export interface Request {
    * list: 'session' (default: every image of this notebook, or of this kernel's lineage) or 'all' (every image in the store).
    */
   scope?: 'session' | 'all';
+  /**
+   * bisect: the Python expression to evaluate in a fork of each checkpoint; the answer is the first checkpoint where it is truthy.
+   */
+  expression?: string;
+  /**
+   * Identifier of a checkpoint: 'ckpt-' then a UTC timestamp and random hex, safe as a folder name.
+   */
+  from_id?: string;
+  /**
+   * Identifier of a checkpoint: 'ckpt-' then a UTC timestamp and random hex, safe as a folder name.
+   */
+  to_id?: string;
+  /**
+   * bisect: at most this many forks at once (default: the machine's cores); each round splits the interval left into parallel + 1 parts.
+   */
+  parallel?: number;
+  /**
+   * bisect: also replay the cells recorded between the last false and the first true checkpoint in a fork of the earlier one, under a line tracer, to find the cell and line where the expression first became true.
+   */
+  trace?: boolean;
+}
+/**
+ * bisect: the expression evaluated in a fork of one checkpoint.
+ *
+ * This interface was referenced by `KernelCheckpointProtocol`'s JSON-Schema
+ * via the `definition` "BisectProbe".
+ */
+export interface BisectProbe {
+  checkpoint_id: CheckpointId;
+  /**
+   * true or false: the expression's truth there; error: it raised (counts as not true); fork_failed: no fork of that checkpoint could be started or asked (counts as not true).
+   */
+  outcome: 'true' | 'false' | 'error' | 'fork_failed';
+  /**
+   * error, fork_failed: what went wrong, in one line (the exception's type and message).
+   */
+  error?: string;
+  /**
+   * The round of the search it was asked in (1, 2, ...).
+   */
+  round?: number;
+}
+/**
+ * bisect --trace: where, replaying the cells run between before_id and answer_id in a fork of before_id, the expression first became true.
+ *
+ * This interface was referenced by `KernelCheckpointProtocol`'s JSON-Schema
+ * via the `definition` "BisectTrace".
+ */
+export interface BisectTrace {
+  /**
+   * Whether the expression became true during the replay.
+   */
+  found: boolean;
+  /**
+   * found: which recorded cell (0 = the first run after before_id).
+   */
+  cell?: number;
+  /**
+   * found: that cell's execution count, when it had one.
+   */
+  execution_count?: number | null;
+  /**
+   * found: the line of that cell (1 = its first) whose execution made the expression true.
+   */
+  line?: number;
+  /**
+   * found: the text of that line.
+   */
+  source_line?: string;
+  cells_replayed?: number;
+  /**
+   * False when the replay may differ from what the kernel ran: concerns says why.
+   */
+  trusted: boolean;
+  /**
+   * Why the replay cannot be trusted, one sentence each: files, clocks, randomness, network, processes seen during the replay or in the cells' sources, or a replay that did not end where the later checkpoint was taken.
+   */
+  concerns: string[];
+  /**
+   * The replay could not run: why.
+   */
+  error?: string;
+}
+/**
+ * bisect: the outcome of a search.
+ *
+ * This interface was referenced by `KernelCheckpointProtocol`'s JSON-Schema
+ * via the `definition` "BisectResult".
+ */
+export interface BisectResult {
+  expression: string;
+  /**
+   * The chain searched, oldest first (from_id ... to_id).
+   */
+  range: CheckpointId[];
+  /**
+   * The first checkpoint of the range where the expression is truthy; null when it is true at none.
+   */
+  answer_id: CheckpointId | null;
+  /**
+   * The checkpoint before the answer (the last one found false); null when the answer is the first of the range, or when there is no answer and the last checkpoint was not reached.
+   */
+  before_id: CheckpointId | null;
+  probes: BisectProbe[];
+  /**
+   * How many forks the search started.
+   */
+  forks: number;
+  /**
+   * How many rounds of forks it took.
+   */
+  rounds: number;
+  /**
+   * At most this many forks ran at once.
+   */
+  parallel?: number;
+  duration_ms?: number;
+  trace?: BisectTrace;
 }
 /**
  * Sent while a long request runs.
@@ -310,6 +430,7 @@ export interface Reply {
    * summary: the running kernel's state now, as a checkpoint records it (variables, execution count, whether a cell is running, the cells run since its current checkpoint), read by the in-kernel plugin without running code in the kernel or changing its state; it answers while a cell runs (cell_running true), and is refused as busy while a checkpoint or restore holds the kernel. null when the kernel runs without the plugin.
    */
   summary?: StateSummary | null;
+  bisect?: BisectResult;
 }
 /**
  * This interface was referenced by `KernelCheckpointProtocol`'s JSON-Schema

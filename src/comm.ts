@@ -97,7 +97,9 @@ export const DEFAULT_TIMEOUTS: Readonly<Record<Action, number>> = {
   label: 30_000,
   status: 15_000,
   fork: 180_000,
-  summary: 15_000
+  summary: 15_000,
+  // A search forks several checkpoints, one round after another.
+  bisect: 3_600_000
 };
 
 /** The connection state of a client. */

@@ -14,6 +14,7 @@ import type { KernelCheckpointSession } from './session';
 import { MID_CELL_RESTORE, checkpointName, formatLabel } from './text';
 import { CommandIDs, TIMELINE_ID } from './tokens';
 import type { IKernelCheckpoint } from './tokens';
+import { findFirstModelOf } from './widgets/find-first';
 import { CheckpointPicker } from './widgets/picker';
 
 /** Human name of an action, for messages. */
@@ -29,6 +30,8 @@ function actionTitle(action: string | undefined): string {
       return 'Rename';
     case 'list':
       return 'Listing checkpoints';
+    case 'bisect':
+      return 'Find the first checkpoint';
     default:
       return 'Kernel checkpoint';
   }
@@ -380,6 +383,38 @@ export function addCommands(
     }
   });
 
+  commands.addCommand(CommandIDs.findFirst, {
+    label: 'Find the First Checkpoint Where…',
+    caption:
+      'Evaluate a Python expression in forks of the checkpoints (never in this kernel) and ' +
+      'select the first checkpoint where it is true',
+    isEnabled: args => ready(sessionOf(args)),
+    execute: async args => {
+      try {
+        const session = requireSession(args);
+        let expression = typeof args.expression === 'string' ? args.expression : '';
+        if (!expression) {
+          const asked = await InputDialog.getText({
+            title: 'Find the First Checkpoint Where…',
+            label: 'Python expression, evaluated in a fork of each checkpoint',
+            placeholder: 'loss > 1.0',
+            okLabel: 'Find'
+          });
+          if (!asked.button.accept || !asked.value?.trim()) {
+            return;
+          }
+          expression = asked.value;
+        }
+        shell.activateById(TIMELINE_ID);
+        const search = findFirstModelOf(session);
+        await search.find(expression);
+        Notification.info(search.summary(), { autoClose: 8000 });
+      } catch (error) {
+        notifyError(error, manager, app, 'bisect');
+      }
+    }
+  });
+
   // The timeline's context menu: the row under the pointer is selected before it opens.
   const rowSelector = '.jp-KernelCheckpoint-node';
   [
@@ -449,7 +484,8 @@ export function addCommands(
       CommandIDs.restore,
       CommandIDs.showTimeline,
       CommandIDs.refresh,
-      CommandIDs.switchKernel
+      CommandIDs.switchKernel,
+      CommandIDs.findFirst
     ]) {
       palette.addItem({ command, category });
     }

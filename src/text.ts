@@ -43,7 +43,9 @@ const STAGES: Record<ProgressStage, string> = {
   verifying: 'Verifying',
   stopping: 'Stopping the kernel',
   restoring: 'Restoring the image',
-  reconnecting: 'Reconnecting'
+  reconnecting: 'Reconnecting',
+  evaluating: 'Evaluating in a fork',
+  tracing: 'Replaying the cells under a tracer'
 };
 
 /** A one-line description of what is under way. */

@@ -31,6 +31,9 @@ export namespace CommandIDs {
   export const openInNewNotebook = 'kernel-checkpoint:open-in-new-notebook';
   export const refresh = 'kernel-checkpoint:refresh';
   export const switchKernel = 'kernel-checkpoint:switch-kernel';
+  /** Find the first checkpoint where a Python `expression` is true (asked for when absent),
+   * evaluated in forks of the checkpoints, and select it in the timeline. */
+  export const findFirst = 'kernel-checkpoint:find-first';
 }
 
 /** Id of the timeline side panel in the shell. */

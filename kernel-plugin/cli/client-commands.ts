@@ -146,7 +146,8 @@ const REQUEST_TIMEOUT_MS: Record<Action, number> = {
   label: 120_000,
   status: 60_000,
   fork: 3600_000,
-  summary: 60_000
+  summary: 60_000,
+  bisect: 3600_000
 };
 
 /**

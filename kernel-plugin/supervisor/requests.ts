@@ -4,6 +4,7 @@
 
 import type {
   Action,
+  BisectResult,
   Checkpoint,
   Request,
   StateSummary,
@@ -13,6 +14,7 @@ import type {
 import { ACTIONS, PROTOCOL_VERSION } from '../../protocol/checkpoint-protocol-constants';
 import type { ImageStore } from '../store/store';
 import type { AgentChannel } from './agent';
+import type { BisectFlow } from './bisect-flow';
 import type { CheckpointFlow, Progress } from './checkpoint-flow';
 import type { CommServer } from './comm-server';
 import type { ForkFlow } from './fork-flow';
@@ -39,6 +41,7 @@ type Result = {
   status?: SupervisorStatus;
   connection_file?: string;
   summary?: StateSummary | null;
+  bisect?: BisectResult;
 };
 
 /** How long the plugin may take to describe the kernel's variables (it reads no data). */
@@ -59,7 +62,8 @@ export class Requests {
     private readonly sealer: Sealer,
     private readonly checkpointFlow: CheckpointFlow,
     private readonly restoreFlow: RestoreFlow,
-    private readonly forkFlow?: ForkFlow
+    private readonly forkFlow?: ForkFlow,
+    private readonly bisectFlow?: BisectFlow
   ) {}
 
   status(): SupervisorStatus {
@@ -165,6 +169,12 @@ export class Requests {
           break;
         }
         return this.forkFlow.run(requireId(request), progress);
+      case 'bisect':
+        // Not exclusive either: it only forks, and the running kernel goes on meanwhile.
+        if (!this.bisectFlow) {
+          break;
+        }
+        return this.bisectFlow.run(request, progress);
     }
     throw new RequestError('invalid_request', `Unknown action ${JSON.stringify(request.action)}.`);
   }

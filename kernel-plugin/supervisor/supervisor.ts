@@ -18,6 +18,7 @@ import type { ImageStore } from '../store/store';
 import { AgentChannel } from './agent';
 import { CheckpointFlow, type KernelIdentity } from './checkpoint-flow';
 import { CommServer } from './comm-server';
+import { BisectFlow } from './bisect-flow';
 import { ForkFlow } from './fork-flow';
 import { startFork } from './fork-start';
 import { GateMarkers } from './gate-markers';
@@ -113,6 +114,7 @@ export class Supervisor {
       this.standIn,
       this.comms
     ));
+    const forkFlow = new ForkFlow(options, this.host, restoreFlow);
     this.requests = new Requests(
       { store: options.store, kernelName: options.kernel.name, notebook },
       this.host,
@@ -122,7 +124,8 @@ export class Supervisor {
       sealer,
       checkpointFlow,
       restoreFlow,
-      new ForkFlow(options, this.host, restoreFlow)
+      forkFlow,
+      new BisectFlow(options.store, this.host, forkFlow)
     );
     // A store in object storage: every open timeline follows each checkpoint's upload.
     options.store.remote?.uploader.onChange((id, upload) => {

@@ -28,6 +28,7 @@ import { busyText, checkpointName, formatDateTime, sizeText } from '../text';
 import { CommandIDs } from '../tokens';
 import type { IKernelCheckpoint } from '../tokens';
 import { DetailsPane, el } from './details';
+import { FindFirstBar, findFirstModelOf } from './find-first';
 
 /** Height of one row, in pixels (the CSS sets the same). */
 export const ROW_HEIGHT = 40;
@@ -117,6 +118,7 @@ export class TimelinePanel extends Widget {
     this._toolbar.setAttribute('role', 'toolbar');
     this._toolbar.setAttribute('aria-label', 'Kernel checkpoint actions');
     this._search = this._makeSearch();
+    this._findFirst = new FindFirstBar();
     this._list = el('div', 'jp-KernelCheckpoint-graph');
     this._list.tabIndex = 0;
     this._list.setAttribute('role', 'tree');
@@ -138,6 +140,7 @@ export class TimelinePanel extends Widget {
       this._toolbar,
       this._messages,
       this._search,
+      this._findFirst.node,
       this._list,
       this._details.node,
       this._footer
@@ -155,6 +158,7 @@ export class TimelinePanel extends Widget {
   dispose(): void {
     window.clearInterval(this._clock);
     this._details.dispose();
+    this._findFirst.dispose();
     super.dispose();
   }
 
@@ -191,6 +195,7 @@ export class TimelinePanel extends Widget {
       old.viewChanged.disconnect(this._onViewChanged, this);
     }
     this._session = next;
+    this._findFirst.setModel(next ? findFirstModelOf(next) : null);
     if (next) {
       next.model.changed.connect(this._onModelChanged, this);
       next.model.busyChanged.connect(this._onModelChanged, this);
@@ -299,7 +304,13 @@ export class TimelinePanel extends Widget {
     this._toolbar.textContent = '';
     this._footer.textContent = '';
     const ready = !!model && model.availability.state === 'ready';
-    for (const part of [this._toolbar, this._search, this._list, this._details.node]) {
+    for (const part of [
+      this._toolbar,
+      this._search,
+      this._findFirst.node,
+      this._list,
+      this._details.node
+    ]) {
       this._show(part, ready);
     }
     if (!session || !model) {
@@ -786,6 +797,7 @@ export class TimelinePanel extends Widget {
   private _messages: HTMLElement;
   private _toolbar: HTMLElement;
   private _search: HTMLElement;
+  private readonly _findFirst: FindFirstBar;
   private _searchInput!: HTMLInputElement;
   private _scopeToggle!: HTMLButtonElement;
   private _refreshButton!: HTMLButtonElement;

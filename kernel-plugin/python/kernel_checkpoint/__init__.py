@@ -4,8 +4,10 @@ An IPython extension (``%load_ext kernel_checkpoint``; the checkpoint supervisor
 every Python kernel it starts) that provides
 
 - the ``%checkpoint`` magic (``%checkpoint?`` documents it);
-- :func:`checkpoint`, :func:`restore`, :func:`list_checkpoints`, :func:`delete`,
+- :func:`checkpoint`, :func:`restore`, :func:`fork`, :func:`list_checkpoints`, :func:`delete`,
   :func:`label`, :func:`status` for code; failures raise :class:`CheckpointError`;
+- :func:`bisect` (the first checkpoint where an expression is true, found in forks) and
+  :func:`parallel` (code run in forks of several checkpoints at once);
 - hook decorators :func:`before_checkpoint`, :func:`on_resume`, :func:`on_restart` and
   :class:`Veto`;
 - the state summary of each checkpoint and the iopub gate (private, driven by the supervisor
@@ -20,12 +22,14 @@ import os
 from typing import Any
 
 from ._api import (
+    bisect,
     checkpoint,
     delete,
     fork,
     is_checkpointable,
     label,
     list_checkpoints,
+    parallel,
     restore,
     status,
 )
@@ -37,6 +41,7 @@ __all__ = [
     "HookEvent",
     "Veto",
     "before_checkpoint",
+    "bisect",
     "checkpoint",
     "delete",
     "fork",
@@ -46,6 +51,7 @@ __all__ = [
     "load_ipython_extension",
     "on_restart",
     "on_resume",
+    "parallel",
     "restore",
     "status",
     "unload_ipython_extension",

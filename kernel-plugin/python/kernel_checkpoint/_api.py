@@ -1,12 +1,12 @@
-"""The program API: checkpoint(), restore(), fork(), list_checkpoints(), delete(), label(),
-status().
+"""The program API: checkpoint(), restore(), fork(), bisect(), list_checkpoints(), delete(),
+label(), status().
 
 Stdlib only at import; the agent (and zmq) is loaded by the IPython extension.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ._errors import NOT_CHECKPOINTABLE, CheckpointError
 
@@ -110,6 +110,81 @@ def fork(checkpoint_id: str) -> Fork:
 
     connection_file, manifest = fork_connection_file(checkpoint_id)
     return Fork(connection_file, manifest)
+
+
+def bisect_search(
+    expression: str,
+    from_id: str | None = None,
+    to_id: str | None = None,
+    parallel: int | None = None,
+    trace: bool = False,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """The supervisor's whole answer to a bisect request (protocol Reply: ``bisect`` is the
+    BisectResult, ``checkpoint`` the answer's manifest when there is one). See :func:`bisect`."""
+    if not isinstance(expression, str) or not expression.strip():
+        raise CheckpointError("invalid_request", "give the expression to look for, e.g. 'x > 3'")
+    try:
+        compile(expression.strip(), "<bisect expression>", "eval")
+    except SyntaxError as exc:
+        raise CheckpointError(
+            "invalid_request", f"{expression.strip()!r} is not a Python expression: {exc.msg}"
+        ) from None
+    if parallel is not None and (
+        isinstance(parallel, bool) or not isinstance(parallel, int) or not 1 <= parallel <= 64
+    ):
+        raise CheckpointError("invalid_request", "parallel must be a whole number from 1 to 64")
+    fields: dict[str, Any] = {"expression": expression.strip(), "trace": bool(trace)}
+    if from_id is not None:
+        fields["from_id"] = _require_id(from_id)
+    if to_id is not None:
+        fields["to_id"] = _require_id(to_id)
+    if parallel is not None:
+        fields["parallel"] = parallel
+    pending = _require_agent().request("bisect", on_progress=on_progress, **fields)
+    return pending.reply or {}
+
+
+def bisect(
+    expression: str,
+    from_id: str | None = None,
+    to_id: str | None = None,
+    parallel: int | None = None,
+    trace: bool = False,
+) -> dict[str, Any] | None:
+    """The first checkpoint where ``expression`` is truthy (its manifest), or None.
+
+    It searches the chain of checkpoints from the root (or ``from_id``) to the one this kernel
+    descends from (or ``to_id``), evaluating ``expression`` only in forks of them -- never
+    here: this kernel's variables, execution count and history stay as they are. A binary
+    search, with up to ``parallel`` forks at once (default: the machine's cores). A checkpoint
+    where the expression raises counts as not true. Forks need the CRIU engine (else
+    :class:`CheckpointError` ``engine_unavailable``)::
+
+        first = kernel_checkpoint.bisect("loss != loss")   # the first NaN
+        if first:
+            print(first["id"], first["label"])
+
+    ``%checkpoint bisect EXPR`` prints every evaluation; ``trace=True`` (there:
+    ``--trace``) also finds the cell and line.
+    """
+    reply = bisect_search(expression, from_id, to_id, parallel, trace)
+    return reply.get("checkpoint") if (reply.get("bisect") or {}).get("answer_id") else None
+
+
+def parallel(ids: list[str], code: str, n: int | None = None) -> list[Any]:
+    """Runs ``code`` in a fork of each checkpoint of ``ids``, ``n`` forks at once (default:
+    the machine's cores), and returns the value of its last expression in each, in the order
+    of ``ids`` (the object itself where it pickles, else its repr, as ``fork(id).execute``).
+    Raises the first :class:`~kernel_checkpoint._fork.ForkError` (the code raised in a fork)
+    or :class:`CheckpointError` (a fork could not start) once every fork has ended::
+
+        # fast/slow checking: re-run each interval from its checkpoint, checked, in parallel
+        ok = kernel_checkpoint.parallel(ids[:-1], "slow_checked_run(k)")
+    """
+    from ._parallel import run_in_forks
+
+    return run_in_forks(ids, code, n)
 
 
 def list_checkpoints(scope: str = "session") -> list[dict[str, Any]]:
