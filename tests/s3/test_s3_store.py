@@ -189,3 +189,31 @@ def test_bad_store_location_is_a_clear_error(location: str, says: str, tmp_path:
     assert done.returncode != 0
     assert says in done.stderr, done.stderr
     assert list(tmp_path.iterdir()) == [], "a folder was made for a bad store location"
+
+
+def test_two_machines_writing_at_once_keep_each_others_images(make_kernel, machine_env, s3):
+    kernel_a = make_kernel(**machine_env("a"))
+    kernel_b = make_kernel(**machine_env("b"))
+    a, b = kernel_a.client, kernel_b.client
+    a.run(ARRAY.format(n=256 * MIB))
+    b.run(ARRAY.format(n=32 * MIB) + "; a[:10] = 7.0; b_only = 'B'")
+    expected_a, expected_b = a.value(CHECKSUM), b.value(CHECKSUM)
+    # B's checkpoint, and so its upload, while A's upload runs, into the same prefix. (Not two
+    # dumps at once: two CRIU dumps on one host at the same moment fail in CRIU itself.)
+    taken = [a.checkpoint("A")]
+    wait_upload(a, taken[0]["id"], "uploading")
+    taken.append(b.checkpoint("B"))
+    assert entry(a, taken[0]["id"])["upload"]["state"] != "uploaded", "no overlap to test"
+    for client, checkpoint in zip((a, b), taken, strict=True):
+        wait_upload(client, checkpoint["id"], "uploaded")
+    assert not [k for k in objects(s3, "team/") if k.startswith("team/refs/")]
+    kernel_a.shutdown()
+    kernel_b.shutdown()
+    # A third machine restores each, from an empty cache.
+    c = make_kernel(**machine_env("c")).client
+    assert {x["id"] for x in taken} <= {x["id"] for x in c.list("all")}
+    c.restore(taken[0]["id"])
+    assert c.value(CHECKSUM) == expected_a
+    c.restore(taken[1]["id"])
+    assert c.value(CHECKSUM) == expected_b
+    assert c.value("b_only") == "B"
