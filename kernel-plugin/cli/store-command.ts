@@ -11,6 +11,8 @@ import { defaultStoreRoot, ImageStore, StoreError, type StoreReport } from '../s
 /** For a store in object storage: where it is, and each checkpoint's upload state. */
 interface RemoteInfo {
   location: string;
+  /** Why the object store could not be read (then only the cache's images are counted). */
+  problem: string | null;
   uploaded: number;
   checkpoints: Array<{ id: string; label: string | null; upload: string }>;
 }
@@ -26,6 +28,7 @@ async function remoteInfo(store: ImageStore): Promise<RemoteInfo | null> {
   }));
   return {
     location: store.location,
+    problem: store.remote.listProblem,
     uploaded: checkpoints.filter(c => c.upload === 'uploaded').length,
     checkpoints
   };
@@ -62,7 +65,8 @@ function reportText(report: StoreReport, remote: RemoteInfo | null): string {
           `uploads   ${remote.uploaded} of ${remote.checkpoints.length} in the object store` +
             (remote.checkpoints.length > remote.uploaded
               ? ` (the others are in this cache only: \`kernel-checkpoint store --upload\`)`
-              : '')
+              : ''),
+          ...(remote.problem ? [`problem   ${remote.problem}`] : [])
         ]
       : [`store     ${report.root}`]),
     `total     ${formatBytes(report.total_bytes)}` +

@@ -42,6 +42,8 @@ export class RemoteImages {
   private readonly labels = new Map<string, string | null>();
   private readonly pulling = new Map<string, Promise<void>>();
   private readonly graceMs: number;
+  /** Why the last list could not read the bucket (it listed the cache alone), or null. */
+  listProblem: string | null = null;
   /** Settles once the images an earlier supervisor left not uploaded are queued. */
   resumed: Promise<void> = Promise.resolve();
 
@@ -329,9 +331,11 @@ export class RemoteImages {
     try {
       catalog = await this.catalog();
     } catch (error) {
-      log.warn(`listing the cache only: ${(error as Error).message}`);
+      this.listProblem = (error as Error).message;
+      log.warn(`listing the cache only: ${this.listProblem}`);
       return Promise.all(local.map(async c => ({ ...c, upload: await this.stateOf(c.id) })));
     }
+    this.listProblem = null;
     const merged: Checkpoint[] = [];
     const seen = new Set<string>();
     for (const checkpoint of local) {

@@ -47,6 +47,8 @@ def test_checkpoint_on_a_restore_label_delete_on_b(
     make_kernel, machine_env, s3, s3_secret, tmp_path: Path
 ):
     env_a, env_b = machine_env("a"), machine_env("b")
+    # B collects at once what no image uses (no writer elsewhere needs the grace period here).
+    env_b["KERNEL_CHECKPOINT_S3_GRACE_SECONDS"] = "0"
     log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
     with open(log_a, "w") as stderr:
         kernel_a = make_kernel(stderr=stderr, **env_a)
@@ -59,7 +61,8 @@ def test_checkpoint_on_a_restore_label_delete_on_b(
     wait_upload(a, first["id"], "uploaded")
     keys = objects(s3, "team/")
     assert f"team/images/{first['id']}/manifest.json" in keys
-    packs_after_first = sum(v for k, v in keys.items() if k.startswith("team/packs/"))
+    first_packs = {k for k in keys if k.startswith("team/packs/")}
+    packs_after_first = sum(keys[k] for k in first_packs)
     assert packs_after_first > 0
     assert not [k for k in keys if k.startswith("team/refs/")], "refs left after the upload"
 
@@ -95,6 +98,11 @@ def test_checkpoint_on_a_restore_label_delete_on_b(
     b.request("delete", checkpoint_id=second["id"])
     assert entry(b, second["id"]) is None
     assert f"team/images/{second['id']}/manifest.json" not in objects(s3, "team/")
+    # Garbage collection takes the pack only the deleted image used, and keeps the shared ones.
+    deadline = time.monotonic() + 120
+    while set(objects(s3, "team/packs/")) != first_packs and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert set(objects(s3, "team/packs/")) == first_packs
     kernel_b.shutdown()
     with open(log_a, "a") as stderr:
         kernel_a = make_kernel(stderr=stderr, **env_a)
@@ -103,11 +111,13 @@ def test_checkpoint_on_a_restore_label_delete_on_b(
     assert entry(a, second["id"]) is None
     cache_a = Path(env_a["KERNEL_CHECKPOINT_CACHE"])
     assert not list(cache_a.rglob(second["id"])), "the deleted image is still in A's cache"
-    # The first image, which shared its chunks with the deleted one, still restores on A.
-    a.restore(first["id"])
-    assert a.value(CHECKSUM) == expected
-
     kernel_a.shutdown()
+    # The first image, which shared its chunks with the deleted one, restores on a third
+    # machine whose cache is empty: the collection left every pack it needs in the bucket.
+    kernel_c = make_kernel(**machine_env("c"))
+    kernel_c.client.restore(first["id"])
+    assert kernel_c.client.value(CHECKSUM) == expected
+    kernel_c.shutdown()
     # The secret key is in no object, no cache file, and neither supervisor's log.
     for key in objects(s3, ""):
         body = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
@@ -179,3 +189,31 @@ def test_bad_store_location_is_a_clear_error(location: str, says: str, tmp_path:
     assert done.returncode != 0
     assert says in done.stderr, done.stderr
     assert list(tmp_path.iterdir()) == [], "a folder was made for a bad store location"
+
+
+def test_two_machines_writing_at_once_keep_each_others_images(make_kernel, machine_env, s3):
+    kernel_a = make_kernel(**machine_env("a"))
+    kernel_b = make_kernel(**machine_env("b"))
+    a, b = kernel_a.client, kernel_b.client
+    a.run(ARRAY.format(n=256 * MIB))
+    b.run(ARRAY.format(n=32 * MIB) + "; a[:10] = 7.0; b_only = 'B'")
+    expected_a, expected_b = a.value(CHECKSUM), b.value(CHECKSUM)
+    # B's checkpoint, and so its upload, while A's upload runs, into the same prefix. (Not two
+    # dumps at once: two CRIU dumps on one host at the same moment fail in CRIU itself.)
+    taken = [a.checkpoint("A")]
+    wait_upload(a, taken[0]["id"], "uploading")
+    taken.append(b.checkpoint("B"))
+    assert entry(a, taken[0]["id"])["upload"]["state"] != "uploaded", "no overlap to test"
+    for client, checkpoint in zip((a, b), taken, strict=True):
+        wait_upload(client, checkpoint["id"], "uploaded")
+    assert not [k for k in objects(s3, "team/") if k.startswith("team/refs/")]
+    kernel_a.shutdown()
+    kernel_b.shutdown()
+    # A third machine restores each, from an empty cache.
+    c = make_kernel(**machine_env("c")).client
+    assert {x["id"] for x in taken} <= {x["id"] for x in c.list("all")}
+    c.restore(taken[0]["id"])
+    assert c.value(CHECKSUM) == expected_a
+    c.restore(taken[1]["id"])
+    assert c.value(CHECKSUM) == expected_b
+    assert c.value("b_only") == "B"
