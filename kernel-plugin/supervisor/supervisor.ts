@@ -60,6 +60,7 @@ export class Supervisor {
   private readonly standIn: KernelStandIn;
   private readonly comms: CommServer;
   private readonly restoreFlow: RestoreFlow;
+  private readonly bisectFlow: BisectFlow;
   private readonly options: SupervisorOptions;
   private shuttingDown = false;
   private stopping: Promise<void> | null = null;
@@ -114,6 +115,7 @@ export class Supervisor {
       this.comms
     ));
     const forkFlow = new ForkFlow(options, this.host, restoreFlow);
+    this.bisectFlow = new BisectFlow(options.store, this.host, forkFlow);
     this.requests = new Requests(
       { store: options.store, kernelName: options.kernel.name, notebook },
       this.host,
@@ -124,7 +126,7 @@ export class Supervisor {
       checkpointFlow,
       restoreFlow,
       forkFlow,
-      new BisectFlow(options.store, this.host, forkFlow)
+      this.bisectFlow
     );
     this.requests.onIdle = () => {
       if (this.shuttingDown && !this.host.kernel) {
@@ -156,6 +158,8 @@ export class Supervisor {
   stop(code: number): Promise<void> {
     this.stopping ??= (async () => {
       try {
+        // A search's forks first: nothing the supervisor started outlives it.
+        await this.bisectFlow.stop();
         await this.host.stop();
         this.relay.close();
         this.agent.disconnect();
