@@ -124,11 +124,29 @@ function pythonString(text: string): string {
 }
 
 export class BisectFlow {
+  /** The forks of searches under way (each is a kernel with a supervisor of its own). */
+  private readonly live = new Set<ForkClient>();
+  private readonly starting = new Set<Promise<unknown>>();
+  private stopped = false;
+
   constructor(
     private readonly store: ImageStore,
     private readonly host: KernelHost,
     private readonly forkFlow: ForkFlow
   ) {}
+
+  /**
+   * Ends every fork a search has under way (the supervisor is stopping): they are standalone
+   * kernels, which would otherwise outlive it. A search still running then fails.
+   */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    // Forks being started are ended as soon as they answer (withFork sees `stopped`).
+    await Promise.allSettled([...this.starting]);
+    await new Promise(resolve => setImmediate(resolve));
+    // Asked to end, not waited for: each fork's own supervisor then stops its kernel and exits.
+    await Promise.all([...this.live].map(client => client.requestShutdown()));
+  }
 
   async run(
     request: Request,
@@ -241,9 +259,18 @@ export class BisectFlow {
     ending: Promise<void>[],
     body: (client: ForkClient) => Promise<T>
   ): Promise<T> {
-    const { connection_file } = await this.forkFlow.run(id, () => undefined);
+    if (this.stopped) {
+      throw new RequestError('kernel_not_running', 'The supervisor is stopping.');
+    }
+    const starting = this.forkFlow.run(id, () => undefined);
+    this.starting.add(starting);
+    const { connection_file } = await starting.finally(() => this.starting.delete(starting));
     const client = new ForkClient(connection_file);
+    this.live.add(client);
     try {
+      if (this.stopped) {
+        throw new RequestError('kernel_not_running', 'The supervisor is stopping.');
+      }
       return await body(client);
     } finally {
       ending.push(
@@ -254,6 +281,7 @@ export class BisectFlow {
               `could not end the fork of ${id} (${connection_file}): ${(error as Error).message}`
             )
           )
+          .finally(() => this.live.delete(client))
       );
     }
   }

@@ -27,6 +27,8 @@ export class ForkClient {
   private readonly controlOut: SendQueue;
   private readonly waiting = new Map<string, (content: Record<string, any>) => void>();
   private closed = false;
+  private ending: Promise<void> | null = null;
+  private shutdownAsked: Promise<void> | null = null;
 
   constructor(private readonly connectionFile: string) {
     const info = JSON.parse(readFileSync(connectionFile, 'utf8')) as ConnectionInfo;
@@ -127,18 +129,38 @@ export class ForkClient {
     return out;
   }
 
-  /** Ends the fork and waits until its supervisor has removed its connection file. */
-  async shutdown(): Promise<void> {
-    if (this.closed) {
-      return;
-    }
+  /**
+   * Ends the fork and waits until its supervisor has removed its connection file; every call
+   * waits for the same end.
+   */
+  shutdown(): Promise<void> {
+    this.ending ??= this.end();
+    return this.ending;
+  }
+
+  /**
+   * Sends the shutdown_request and waits for its reply only (at most `timeoutMs`): the fork then
+   * ends by itself. For a supervisor that is stopping and cannot wait for the fork to be gone.
+   */
+  requestShutdown(timeoutMs = 2000): Promise<void> {
+    this.shutdownAsked ??= this.ask(
+      this.controlOut,
+      'shutdown_request',
+      { restart: false },
+      SHUTDOWN_WAIT_MS
+    ).then(
+      () => undefined,
+      () => undefined
+    );
+    return Promise.race([
+      this.shutdownAsked,
+      new Promise<void>(resolve => setTimeout(resolve, timeoutMs).unref())
+    ]);
+  }
+
+  private async end(): Promise<void> {
     try {
-      await this.ask(
-        this.controlOut,
-        'shutdown_request',
-        { restart: false },
-        SHUTDOWN_WAIT_MS
-      ).catch(() => undefined);
+      await this.requestShutdown(SHUTDOWN_WAIT_MS);
       const deadline = Date.now() + SHUTDOWN_WAIT_MS;
       while (existsSync(this.connectionFile) && Date.now() < deadline) {
         await new Promise(resolve => setTimeout(resolve, 20));

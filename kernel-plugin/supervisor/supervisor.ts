@@ -61,6 +61,7 @@ export class Supervisor {
   private readonly comms: CommServer;
   private readonly restoreFlow: RestoreFlow;
   private readonly sealer: Sealer;
+  private readonly bisectFlow: BisectFlow;
   private readonly options: SupervisorOptions;
   private shuttingDown = false;
   private stopping: Promise<void> | null = null;
@@ -115,6 +116,7 @@ export class Supervisor {
       this.comms
     ));
     const forkFlow = new ForkFlow(options, this.host, restoreFlow);
+    this.bisectFlow = new BisectFlow(options.store, this.host, forkFlow);
     this.requests = new Requests(
       { store: options.store, kernelName: options.kernel.name, notebook },
       this.host,
@@ -125,7 +127,7 @@ export class Supervisor {
       checkpointFlow,
       restoreFlow,
       forkFlow,
-      new BisectFlow(options.store, this.host, forkFlow)
+      this.bisectFlow
     );
     // A store in object storage: every open timeline follows each checkpoint's upload.
     options.store.remote?.uploader.onChange((id, upload) => {
@@ -181,6 +183,8 @@ export class Supervisor {
   stop(code: number): Promise<void> {
     this.stopping ??= (async () => {
       try {
+        // A search's forks first: nothing the supervisor started outlives it.
+        await this.bisectFlow.stop();
         await this.host.stop();
         // Uploads not done stay in the cache, sent by the next supervisor that opens it.
         this.options.store.remote?.uploader.stop();

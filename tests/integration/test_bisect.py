@@ -15,7 +15,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from kctesting import KERNEL_NAME, ROOT, CommError, Kernel, alive, descendants
+from enginewatch import processes_referring_to
+from kctesting import KERNEL_NAME, ROOT, CommError, Kernel, descendants
 from nbclient import NotebookClient
 
 pytestmark = pytest.mark.timeout(900)
@@ -95,21 +96,19 @@ def replies_received(kernel: Kernel, request_id: str) -> list[dict]:
 
 
 def no_forks_left(runtime_dir: Path) -> None:
-    """Every fork a search started has ended: the supervisor's only children are its own."""
+    """Every fork a search started has ended: no fork's supervisor of this test's kernels
+    (they name its runtime folder in their environment) is alive."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        forks = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _is_fork(p)]
+        forks = {
+            pid: cmdline
+            for pid, cmdline in processes_referring_to(runtime_dir).items()
+            if "--from-image" in cmdline
+        }
         if not forks:
             return
         time.sleep(0.1)
     raise AssertionError(f"forks outlived the search: {forks}")
-
-
-def _is_fork(proc: Path) -> bool:
-    try:
-        return b"--from-image" in (proc / "cmdline").read_bytes() and alive(int(proc.name))
-    except OSError:
-        return False
 
 
 @only_criu
@@ -190,6 +189,25 @@ def test_the_live_kernel_runs_cells_while_a_search_goes_on(make_kernel, runtime_
     assert result["forks"] == len(result["probes"]) <= 3  # log2 of 6, one at a time
     assert reply["checkpoint"]["id"] == taken[3]["id"]
     assert reply["current_id"] == taken[5]["id"]  # the live kernel is where it was
+    no_forks_left(runtime_dir)
+
+
+@only_criu
+@pytest.mark.parametrize("after_probes", [0, 1])
+def test_a_kernel_shut_down_during_a_search_leaves_no_fork(make_kernel, runtime_dir, after_probes):
+    """The search's forks are standalone kernels: the supervisor ends them as it stops, the
+    ones being started too (after_probes=0: the first is still starting)."""
+    kernel, _, _ = chain(make_kernel, runtime_dir)
+    kernel.client.send_request("bisect", expression="x >= 3", parallel=1)
+    deadline = time.monotonic() + 120
+    while after_probes and time.monotonic() < deadline:
+        replies_received(kernel, "")  # files the progress messages that came
+        done = [p for p in kernel.client.progress if p.get("stage") == "evaluating"]
+        if len(done) >= after_probes:
+            break
+    else:
+        time.sleep(0.3)
+    kernel.shutdown()
     no_forks_left(runtime_dir)
 
 

@@ -7,11 +7,14 @@ from __future__ import annotations
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from kernel_checkpoint import _trace
+from traitlets.config import Config
 
 
 @pytest.fixture
 def shell():
-    sh = InteractiveShell.instance()
+    config = Config()
+    config.HistoryManager.hist_file = ":memory:"  # nothing written at exit
+    sh = InteractiveShell.instance(config=config)
     sh.user_ns.clear()
     sh.user_ns.update({"x": 0, "get_ipython": sh.get_ipython})
     yield sh
