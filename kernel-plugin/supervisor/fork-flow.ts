@@ -13,6 +13,7 @@ import type { Readable } from 'node:stream';
 
 import type { Checkpoint } from '../../protocol/checkpoint-protocol';
 import { jupyterRuntimeDir } from '../cli/find-kernel';
+import { diesWithParent } from '../engines/tools';
 import type { ImageStore } from '../store/store';
 import type { KernelIdentity, Progress } from './checkpoint-flow';
 import type { KernelHost } from './kernel-host';
@@ -98,9 +99,16 @@ export class ForkFlow {
     private readonly restoreFlow: RestoreFlow
   ) {}
 
+  /**
+   * Starts a fork of image `id`. A fork a user asked for lives on its own until its
+   * shutdown_request; one the supervisor starts for its own work (`diesWithThisSupervisor`: a
+   * search's) gets the parent-death signal, so that it never outlives this supervisor, even
+   * killed with -9.
+   */
   async run(
     id: string,
-    progress: Progress
+    progress: Progress,
+    { diesWithThisSupervisor = false }: { diesWithThisSupervisor?: boolean } = {}
   ): Promise<{ checkpoint: Checkpoint; connection_file: string }> {
     const { manifest } = await this.restoreFlow.verify(id, progress);
     const engine = this.host.engine;
@@ -114,7 +122,7 @@ export class ForkFlow {
     progress('restoring');
     const file = await writeForkConnectionFile(this.options.env, this.options.kernel.name);
     try {
-      await this.startSupervisor(id, file);
+      await this.startSupervisor(id, file, diesWithThisSupervisor);
     } catch (error) {
       await fs.rm(file, { force: true });
       throw error;
@@ -124,10 +132,11 @@ export class ForkFlow {
   }
 
   /** Starts the fork's own supervisor, detached, and waits until its kernel answers. */
-  private async startSupervisor(id: string, file: string): Promise<void> {
+  private async startSupervisor(id: string, file: string, tied: boolean): Promise<void> {
     const { kernel, store, env, cwd } = this.options;
     // The same program as this supervisor (node and the bundle), as a kernelspec runs it.
-    const args = [
+    const program = [
+      ...(tied ? diesWithParent([process.execPath]) : [process.execPath]),
       ...process.execArgv,
       process.argv[1],
       'run',
@@ -152,7 +161,8 @@ export class ForkFlow {
     const logFile = env.KERNEL_CHECKPOINT_FORK_LOG;
     const logFd = logFile ? openSync(logFile, 'a', 0o600) : 'ignore';
     // detached: a session of its own, so a signal to this kernel's process group spares it.
-    const child = spawn(process.execPath, args, {
+    const [command, ...args] = program;
+    const child = spawn(command, args, {
       cwd,
       env: { ...env, JPY_SESSION_NAME: '' },
       detached: true,

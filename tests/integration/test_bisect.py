@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import os
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -209,6 +210,32 @@ def test_a_kernel_shut_down_during_a_search_leaves_no_fork(make_kernel, runtime_
         time.sleep(0.3)
     kernel.shutdown()
     no_forks_left(runtime_dir)
+
+
+@only_criu
+def test_a_supervisor_killed_during_a_search_leaves_no_fork(make_kernel, runtime_dir):
+    """kill -9 gives the supervisor no time to end the search's forks: they die with it all the
+    same (the parent-death signal), their kernels with them."""
+    kernel, _, _ = chain(make_kernel, runtime_dir)
+    kernel.client.send_request("bisect", expression="x >= 3", parallel=2)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        replies_received(kernel, "")
+        if any(p.get("stage") == "evaluating" for p in kernel.client.progress):
+            break
+    forks = [
+        pid
+        for pid, cmdline in processes_referring_to(runtime_dir).items()
+        if "--from-image" in cmdline
+    ]
+    assert forks, "no fork was running when the supervisor was killed"
+    os.kill(kernel.supervisor_pid, signal.SIGKILL)
+    # Nothing of this test's kernels is left: neither the kernel nor a fork's supervisor nor a
+    # fork's kernel (every one names the runtime folder in its environment).
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and processes_referring_to(runtime_dir):
+        time.sleep(0.1)
+    assert not processes_referring_to(runtime_dir)
 
 
 @only_criu
