@@ -13,8 +13,8 @@ import type { Message } from '@lumino/messaging';
 import { Widget } from '@lumino/widgets';
 import {
   deleteIcon,
+  duplicateIcon,
   editIcon,
-  notebookIcon,
   refreshIcon,
   searchIcon
 } from '@jupyterlab/ui-components';
@@ -189,12 +189,15 @@ export class TimelinePanel extends Widget {
       old.changed.disconnect(this._onModelChanged, this);
       old.busyChanged.disconnect(this._onModelChanged, this);
       old.viewChanged.disconnect(this._onViewChanged, this);
+      this._session.sessionContext?.propertyChanged.disconnect(this._onModelChanged, this);
     }
     this._session = next;
     if (next) {
       next.model.changed.connect(this._onModelChanged, this);
       next.model.busyChanged.connect(this._onModelChanged, this);
       next.model.viewChanged.connect(this._onViewChanged, this);
+      // The header names the notebook: drawn again when it is renamed.
+      next.sessionContext?.propertyChanged.connect(this._onModelChanged, this);
       this._searchInput.value = next.model.query;
     }
     this.update();
@@ -446,7 +449,7 @@ export class TimelinePanel extends Widget {
         CommandIDs.openInNewNotebook,
         idArgs,
         'jp-KernelCheckpoint-openInNewNotebook',
-        notebookIcon,
+        duplicateIcon,
         true
       ),
       this._button(
