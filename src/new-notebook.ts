@@ -98,9 +98,7 @@ export function visibleFromOrigin(
     ancestry.add(cursor);
     cursor = byId.get(cursor)!.parent_id;
   }
-  return checkpoints.filter(
-    c => ancestry.has(c.id) || (ownId !== null && c.notebook_id === ownId)
-  );
+  return checkpoints.filter(c => ancestry.has(c.id) || (ownId !== null && c.notebook_id === ownId));
 }
 
 /** How long the copy's kernel may take to start and speak the protocol. */
@@ -158,6 +156,16 @@ export async function openInNewNotebook(
   c: Checkpoint,
   originalId: string
 ): Promise<string> {
+  const engine = session.model.status?.engine.name;
+  if (engine && engine !== 'criu') {
+    // Refused before a file is made: its restore would be (docs/engines.md, DMTCP).
+    throw new CheckpointError(
+      'engine_unavailable',
+      `The ${engine} engine cannot restore a checkpoint beside the kernel that made it; ` +
+        '"Open in a New Notebook" needs the criu engine.',
+      'restore'
+    );
+  }
   const path = panel.context.path;
   const target = await copyPath(path, c, async candidate => {
     try {

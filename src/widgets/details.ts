@@ -4,11 +4,7 @@
  * parent and from it to the running kernel (or to the compared checkpoint), and the cells run
  * since its parent.
  */
-import type {
-  Checkpoint,
-  StateSummary,
-  VariableSummary
-} from '../../protocol/checkpoint-protocol';
+import type { Checkpoint, StateSummary, VariableSummary } from '../../protocol/checkpoint-protocol';
 import { diffVariables, isEmptyDiff } from '../diff';
 import type { IVariableDiff } from '../diff';
 import { formatBytes, formatDuration, relativeTime } from '../format';

@@ -13,8 +13,8 @@ import type { Message } from '@lumino/messaging';
 import { Widget } from '@lumino/widgets';
 import {
   deleteIcon,
+  duplicateIcon,
   editIcon,
-  notebookIcon,
   refreshIcon,
   searchIcon
 } from '@jupyterlab/ui-components';
@@ -193,6 +193,7 @@ export class TimelinePanel extends Widget {
       old.changed.disconnect(this._onModelChanged, this);
       old.busyChanged.disconnect(this._onModelChanged, this);
       old.viewChanged.disconnect(this._onViewChanged, this);
+      this._session.sessionContext?.propertyChanged.disconnect(this._onModelChanged, this);
     }
     this._session = next;
     this._findFirst.setModel(next ? findFirstModelOf(next) : null);
@@ -200,6 +201,8 @@ export class TimelinePanel extends Widget {
       next.model.changed.connect(this._onModelChanged, this);
       next.model.busyChanged.connect(this._onModelChanged, this);
       next.model.viewChanged.connect(this._onViewChanged, this);
+      // The header names the notebook: drawn again when it is renamed.
+      next.sessionContext?.propertyChanged.connect(this._onModelChanged, this);
       this._searchInput.value = next.model.query;
     }
     this.update();
@@ -457,7 +460,7 @@ export class TimelinePanel extends Widget {
         CommandIDs.openInNewNotebook,
         idArgs,
         'jp-KernelCheckpoint-openInNewNotebook',
-        notebookIcon,
+        duplicateIcon,
         true
       ),
       this._button(

@@ -5,6 +5,7 @@
  */
 import { expect, test } from '@jupyterlab/galata';
 import type { IJupyterLabPageFixture } from '@jupyterlab/galata';
+import { runCell } from './cells';
 
 const KERNEL = 'python3-checkpoint';
 /** A checkpoint, a kernel start or a restore of a small kernel; allow for a slow machine. */
@@ -17,42 +18,9 @@ const nodes = (page: IJupyterLabPageFixture) => panel(page).locator('.jp-KernelC
 const node = (page: IJupyterLabPageFixture, id: string) =>
   panel(page).locator(`.jp-KernelCheckpoint-node[data-checkpoint-id="${id}"]`);
 
-/**
- * Runs `source` as a new code cell of the open notebook at `path` (made the current one) and
- * returns its text output.
- */
+/** Runs `source` in the notebook at `path` and returns its text output. */
 async function runIn(page: IJupyterLabPageFixture, path: string, source: string): Promise<string> {
-  return page.evaluate(
-    async ({ path, source }) => {
-      const app = (window as any).jupyterapp;
-      const panel = Array.from(app.shell.widgets('main') as Iterable<any>).find(
-        (w: any) => w.context?.path === path
-      ) as any;
-      if (!panel) {
-        throw new Error(`${path} is not open`);
-      }
-      app.shell.activateById(panel.id);
-      await panel.sessionContext.ready;
-      const notebook = panel.content;
-      const model = notebook.model;
-      model.sharedModel.insertCell(model.cells.length, { cell_type: 'code', source });
-      const index = model.cells.length - 1;
-      notebook.activeCellIndex = index;
-      notebook.deselectAll();
-      await app.commands.execute('notebook:run-cell');
-      const parts: string[] = [];
-      for (const output of model.cells.get(index).outputs.toJSON()) {
-        const join = (t: unknown) => (Array.isArray(t) ? t.join('') : String(t ?? ''));
-        if (output.output_type === 'stream') {
-          parts.push(join(output.text));
-        } else if (output.output_type === 'error') {
-          parts.push(`${output.ename}: ${output.evalue}`);
-        }
-      }
-      return parts.join('').trim();
-    },
-    { path, source }
-  );
+  return (await runCell(page, source, path)).text;
 }
 
 test('open a checkpoint in a new notebook, beside the original', async ({ page, tmpPath }) => {
@@ -70,10 +38,9 @@ test('open a checkpoint in a new notebook, beside the original', async ({ page, 
   await expect(panel(page).getByRole('button', { name: 'Checkpoint kernel' })).toBeVisible({
     timeout: SLOW
   });
-  await expect(panel(page).locator('.jp-KernelCheckpoint-notebook')).toHaveText(
-    'analysis.ipynb',
-    { timeout: SLOW }
-  );
+  await expect(panel(page).locator('.jp-KernelCheckpoint-notebook')).toHaveText('analysis.ipynb', {
+    timeout: SLOW
+  });
 
   expect(await runIn(page, original, 'x = 1\nprint(x)')).toBe('1');
   await page.evaluate(() =>

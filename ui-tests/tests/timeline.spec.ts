@@ -7,6 +7,7 @@ import { expect, test } from '@jupyterlab/galata';
 import type { IJupyterLabPageFixture } from '@jupyterlab/galata';
 import * as fs from 'fs';
 import * as path from 'path';
+import { runCell } from './cells';
 
 const KERNEL = 'python3-checkpoint';
 /** Checkpoints and restores of a small kernel take about a second; allow for a slow machine. */
@@ -48,28 +49,7 @@ async function newNotebook(page: IJupyterLabPageFixture, name: string): Promise<
  * take seconds per cell); the cell's rendered output is then checked in the page.
  */
 async function run(page: IJupyterLabPageFixture, source: string): Promise<string> {
-  const { index, text } = await page.evaluate(async (src: string) => {
-    const app = (window as any).jupyterapp;
-    const notebook = app.shell.currentWidget.content;
-    const model = notebook.model;
-    model.sharedModel.insertCell(model.cells.length, { cell_type: 'code', source: src });
-    const index = model.cells.length - 1;
-    notebook.activeCellIndex = index;
-    notebook.deselectAll();
-    await app.commands.execute('notebook:run-cell');
-    const parts: string[] = [];
-    for (const output of model.cells.get(index).outputs.toJSON()) {
-      const join = (t: unknown) => (Array.isArray(t) ? t.join('') : String(t ?? ''));
-      if (output.output_type === 'stream') {
-        parts.push(join(output.text));
-      } else if (output.output_type === 'error') {
-        parts.push(`${output.ename}: ${output.evalue}`);
-      } else if (output.data && 'text/plain' in output.data) {
-        parts.push(join(output.data['text/plain']));
-      }
-    }
-    return { index, text: parts.join('').trim() };
-  }, source);
+  const { index, text } = await runCell(page, source);
   if (text) {
     const cell = page.locator('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell');
     await expect(cell.nth(index).locator('.jp-OutputArea-output')).not.toHaveCount(0);
@@ -482,7 +462,17 @@ test.describe('kernel checkpoint timeline', () => {
       }
       await newNotebook(page, `theme-${theme}.ipynb`);
       await loaded(page);
+      // Galata names a new notebook by renaming it: the header must show the new name.
+      await expect(panel(page).locator('.jp-KernelCheckpoint-notebook')).toHaveText(
+        `theme-${theme}.ipynb`,
+        { timeout: SLOW }
+      );
       await page.evaluate(fakeTimeline, { count: 50, branches: true });
+      // The diff against the running kernel is drawn once its state has been read.
+      await expect(panel(page).locator('.jp-KernelCheckpoint-kernelDiff')).toContainText(
+        'running kernel now',
+        { timeout: SLOW }
+      );
       await expect(page.locator('.Toastify__toast')).toHaveCount(0, { timeout: SLOW });
       await page.mouse.move(0, 0);
       if (process.env.UI_TESTS_PAGE_SHOT) {

@@ -1,4 +1,9 @@
-import { forkLineage, newLineage } from '../lineage';
+import { mkdtempSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+
+import { forkLineage, lineageIsLive, makeMountpoint, newLineage } from '../lineage';
 
 describe('a fork lineage', () => {
   const env = { KERNEL_CHECKPOINT_RUNTIME_DIR: '/tmp/kc' };
@@ -21,5 +26,35 @@ describe('a fork lineage', () => {
     expect(again.ipcDir).toBe(fork.ipcDir);
     expect(again.connection.ip).toBe(`${fork.ipcDir}/kernel`);
     expect(again.connection.key).toBe('other');
+  });
+});
+
+describe("an image's ipc folder, seen by a restore beside it", () => {
+  let dir: string;
+  beforeEach(() => {
+    dir = mkdtempSync(path.join(os.tmpdir(), 'kc-lineage-'));
+  });
+  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('is live while a kernel listens at its heartbeat, and not once it has gone', async () => {
+    const lineage = newLineage(
+      { KERNEL_CHECKPOINT_RUNTIME_DIR: dir },
+      { key: 'k', signature_scheme: 'hmac-sha256' }
+    );
+    expect(await lineageIsLive(lineage)).toBe(false);
+    await makeMountpoint(lineage.ipcDir);
+    const heartbeat = net.createServer(socket => socket.destroy());
+    await new Promise<void>(resolve =>
+      heartbeat.listen(`${lineage.connection.ip}-${lineage.connection.hb_port}`, resolve)
+    );
+    expect(await lineageIsLive(lineage)).toBe(true);
+    await new Promise(resolve => heartbeat.close(resolve));
+    expect(await lineageIsLive(lineage)).toBe(false);
+  });
+
+  it('is made as a mountpoint only when missing, and says whether it made it', async () => {
+    const where = path.join(dir, 'abc123');
+    expect(await makeMountpoint(where)).toBe(true);
+    expect(await makeMountpoint(where)).toBe(false);
   });
 });
