@@ -160,3 +160,24 @@ def test_a_fork_is_restored_lazily_and_whole(criu_lazy, make_kernel, tmp_path: P
         kc.shutdown()
         kc.stop_channels()
     assert "not lazily" not in fork_log.read_text()
+
+
+def test_a_chunk_image_is_served_lazily_after_its_rebuild(
+    criu_lazy, make_kernel, store: Path, tmp_path: Path
+):
+    log = tmp_path / "supervisor.log"
+    with open(log, "w") as stderr:
+        kernel = make_kernel(stderr=stderr, KERNEL_CHECKPOINT_DEDUP="1")
+    client = kernel.client
+    before = client.run(MAKE_DATA, timeout=300).strip()
+    taken = client.checkpoint()
+    # Cut into chunks in the background: its whole files are gone once that is done.
+    deadline = time.monotonic() + 300
+    while (store / taken["id"] / "image").exists():
+        assert time.monotonic() < deadline, "the image was not cut into chunks"
+        time.sleep(0.2)
+    client.run("big[:] = 0; blob = b''")
+    client.restore(taken["id"])
+    # The rebuilt folder goes once the kernel runs; the daemon still serves from its open files.
+    assert client.run("print(checksum())", timeout=300).strip() == before
+    assert "from chunks" in wait_for_line(log, EVERY_PAGE)
