@@ -84,6 +84,7 @@ export class LazyPagesDaemon {
   ) {
     this.ended = new Promise(resolve => {
       child.once('exit', (code, signal) => {
+        this.exited = true;
         // Killed, or failed: not its own end (it exits 0 when every page is in, or when the
         // kernel is gone, within ~25 ms: measured).
         this.failed = !this.stopping && (code !== 0 || signal !== null);
@@ -148,10 +149,16 @@ export class LazyPagesDaemon {
     });
     // Why not lazily: lazy restore cannot work here (`vetoed`), or the daemon did not start.
     daemon.listening = Promise.all([vetoed, ready]).then(async ([veto, notReady]) => {
-      const problem = veto ?? notReady;
-      // O_RDWR: never blocks, and the line stays in the FIFO until the restore's shell reads it.
-      daemon.gateHandle = await fs.open(gate, 'r+');
-      await daemon.gateHandle.write(problem ? 'full\n' : 'lazy\n');
+      let problem = veto ?? notReady;
+      try {
+        // O_RDWR: never blocks, and the line stays in the FIFO until the restore's shell reads it.
+        daemon.gateHandle = await fs.open(gate, 'r+');
+        await daemon.gateHandle.write(problem ? 'full\n' : 'lazy\n');
+      } catch (error) {
+        // The restore was given up meanwhile (a killed `criu restore`: its folder is gone), and
+        // nothing waits on the gate any more.
+        problem ??= `its gate is gone (${(error as Error).message})`;
+      }
       if (problem) {
         daemon.stop();
       }
@@ -187,6 +194,17 @@ export class LazyPagesDaemon {
   async closeGate(): Promise<void> {
     await this.gateHandle?.close().catch(() => undefined);
     this.gateHandle = null;
+    this.gateClosed = true;
+    if (this.exited) {
+      await this.removeWorkDir();
+    }
+  }
+
+  private gateClosed = false;
+  private exited = false;
+
+  private async removeWorkDir(): Promise<void> {
+    await fs.rm(this.workDir, { recursive: true, force: true }).catch(() => undefined);
   }
 
   /** The daemon's pid (for tests that kill it: a page server dying mid-way). */
@@ -211,7 +229,10 @@ export class LazyPagesDaemon {
         "serve the kernel's pages"
       ).message;
     }
-    await fs.rm(this.workDir, { recursive: true, force: true }).catch(() => undefined);
+    // Not while the restore may still wait on the gate in it (the gate says full, then).
+    if (this.gateClosed) {
+      await this.removeWorkDir();
+    }
     return { complete: code === 0 && !this.stopping, ms, problem };
   }
 }
@@ -231,6 +252,13 @@ export function watchLazyKernel(
 ): void {
   pending.set(kernel, daemon);
   let kernelGone = false;
+  // A kernel stopped on purpose (replaced by a restore, shut down) loses nothing with its daemon.
+  let stopping = false;
+  const terminate = kernel.terminate.bind(kernel);
+  kernel.terminate = () => {
+    stopping = true;
+    return terminate();
+  };
   void kernel.exited.then(() => {
     kernelGone = true;
     // It ends by itself once the kernel is gone; stopped only if it does not. Not at once: a
@@ -238,9 +266,10 @@ export function watchLazyKernel(
     setTimeout(() => daemon.stop(), DAEMON_GRACE_MS).unref();
   });
   daemon.onFailure = how => {
-    if (!kernelGone) {
-      void kernel.terminate();
+    if (kernelGone || stopping) {
+      return;
     }
+    void kernel.terminate();
     log.error(
       `lazy restore: the page server (criu lazy-pages) ended before every page was in memory ` +
         `(${how}); the kernel is stopped, as it would read zeros where its pages are missing. ` +

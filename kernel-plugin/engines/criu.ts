@@ -294,14 +294,15 @@ export class CriuEngine implements Engine<PipelineKernel> {
   async restore(
     imageDir: string,
     data: Record<string, unknown>,
-    spec: LaunchSpec
+    spec: LaunchSpec,
+    lazily = true
   ): Promise<PipelineKernel> {
     const criu = await this.criu();
     const logFile = path.join(spec.workDir, `criu-restore-${Date.now()}.log`);
     // The kernel's old stdout/stderr pipe becomes the pipeline's pipe, on criu's fd 3.
     const inherit =
       typeof data.outputPipe === 'string' ? ['--inherit-fd', `fd[3]:${data.outputPipe}`] : [];
-    const lazy = await this.startLazyPages(criu, imageDir, spec);
+    const lazy = lazily ? await this.startLazyPages(criu, imageDir, spec) : null;
     const restore = [
       ...RESTORE_PID_NAMESPACE,
       criu,
@@ -320,6 +321,7 @@ export class CriuEngine implements Engine<PipelineKernel> {
       const missing = await firstMissing(FORK_TOOLS, this.env);
       if (missing) {
         lazy?.stop();
+        await lazy?.closeGate();
         throw new EngineError(
           'engine_unavailable',
           `A fork needs \`${missing}\` (util-linux, iproute2), which is not on PATH.`
@@ -351,6 +353,15 @@ export class CriuEngine implements Engine<PipelineKernel> {
       return kernel;
     } catch (error) {
       lazy?.stop();
+      if (lazy?.failed) {
+        // The daemon died before the kernel ran (nothing of it read a missing page): the image
+        // is fine, so it is restored again, in full.
+        log.warn(
+          `restoring in full: criu lazy-pages ended during the restore (${(await lazy.ended).problem})`
+        );
+        await lazy.closeGate();
+        return this.restore(imageDir, data, spec, false);
+      }
       // The pipeline's shell says how CRIU ended when its log does not ("Killed").
       const said = (error as { output?: string }).output;
       throw criuFailure(

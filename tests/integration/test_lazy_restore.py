@@ -160,3 +160,57 @@ def test_a_fork_is_restored_lazily_and_whole(criu_lazy, make_kernel, tmp_path: P
         kc.shutdown()
         kc.stop_channels()
     assert "not lazily" not in fork_log.read_text()
+
+
+def test_a_chunk_image_is_served_lazily_after_its_rebuild(
+    criu_lazy, make_kernel, store: Path, tmp_path: Path
+):
+    log = tmp_path / "supervisor.log"
+    with open(log, "w") as stderr:
+        kernel = make_kernel(stderr=stderr, KERNEL_CHECKPOINT_DEDUP="1")
+    client = kernel.client
+    before = client.run(MAKE_DATA, timeout=300).strip()
+    taken = client.checkpoint()
+    # Cut into chunks in the background: its whole files are gone once that is done.
+    deadline = time.monotonic() + 300
+    while (store / taken["id"] / "image").exists():
+        assert time.monotonic() < deadline, "the image was not cut into chunks"
+        time.sleep(0.2)
+    client.run("big[:] = 0; blob = b''")
+    client.restore(taken["id"])
+    # The rebuilt folder goes once the kernel runs; the daemon still serves from its open files.
+    assert client.run("print(checksum())", timeout=300).strip() == before
+    assert "from chunks" in wait_for_line(log, EVERY_PAGE)
+
+
+def test_a_page_server_killed_during_the_restore_leaves_a_full_restore(
+    criu_lazy, make_kernel, tmp_path: Path
+):
+    """Found by the fault suite: a daemon killed before the kernel ran left `criu restore`
+    waiting on its gate, and the restore hung. Now the image is restored again, in full."""
+    log = tmp_path / "supervisor.log"
+    with open(log, "w") as stderr:
+        kernel = make_kernel(stderr=stderr)
+    client = kernel.client
+    supervisor = kernel.supervisor_pid
+    client.run("ballast = bytes(range(256)) * (1 << 20); x = 'before'")  # a restore of ~0.3 s
+    taken = client.checkpoint()
+    for delay in (0.0, 0.05):
+        client.run("x = 'after'")
+        there = set(descendants(supervisor))
+        request = client.send_request("restore", checkpoint_id=taken["id"])
+        deadline = time.monotonic() + 60
+        daemons: list[int] = []
+        while not daemons and time.monotonic() < deadline:
+            daemons = [pid for pid in lazy_daemons(supervisor) if pid not in there]
+            time.sleep(0.001)
+        assert daemons, "no criu lazy-pages for the restore"
+        time.sleep(delay)
+        os.kill(daemons[0], signal.SIGKILL)
+        killed = time.monotonic()
+        client.wait_reply(request, timeout=60)
+        assert time.monotonic() - killed < 30
+        if "the kernel is stopped" in log.read_text():
+            return  # killed after the kernel ran: stopped, as test_a_page_server_killed_midway
+        assert client.value("x") == "before"
+    assert "not lazily" in log.read_text() or "restoring in full" in log.read_text()
