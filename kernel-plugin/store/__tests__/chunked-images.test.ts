@@ -294,6 +294,8 @@ describe('migrating a store of whole images in the background', () => {
         await image.release();
       }
       const names = await fs.readdir(store.folderOf(id));
+      // A killed migration's lock is gone once the store is opened again.
+      expect(names).not.toContain('chunking.lock');
       if (record.storage === 'chunks') {
         chunks++;
         expect(names).not.toContain('image');
