@@ -15,7 +15,8 @@ export const COMPRESSIONS: readonly Compression[] = ['zstd', 'none'];
 export interface ChunkingOptions {
   /**
    * Keep images as shared chunks once written: KERNEL_CHECKPOINT_DEDUP=1. Opt-in for now: a
-   * restore rebuilds a chunk image's files first, 2.5-5x a whole image's restore (bench/README.md).
+   * restore rebuilds a chunk image's files first, 3-5x a whole image's restore on a busy machine
+   * (bench/README.md, docs/architecture.md).
    */
   chunking: boolean;
   compression: Compression;

@@ -42,6 +42,7 @@ import {
   encodeChunkLists,
   fsyncPath,
   listUsesChunk,
+  processAlive,
   takeLock,
   type ChunkList,
   type GcReport
@@ -383,7 +384,14 @@ export class ImageStore {
           log.info(`removed ${name} (${bytes} bytes): its writer was killed mid-checkpoint`);
         } else if (ID_PATTERN.test(name) && (await fs.lstat(full)).isDirectory()) {
           await privatize(full);
-          await this.removeChunkedFiles(name);
+          // A live process cutting it into chunks (`store --migrate`, another supervisor) owns
+          // what is there; a lock left by a killed one goes.
+          const lock = path.join(full, CHUNKING_LOCK);
+          const holder = Number(await fs.readFile(lock, 'utf8').catch(() => ''));
+          if (!holder || !processAlive(holder)) {
+            await fs.rm(lock, { force: true });
+            await this.removeChunkedFiles(name);
+          }
         }
       })
     ).catch(error => {

@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
@@ -17,6 +16,7 @@ import {
   planReads,
   type ChunkList
 } from '../chunks';
+import { runNode } from './kill-child';
 
 let dir: string;
 let store: ChunkStore;
@@ -477,32 +477,11 @@ describe('kill -9', () => {
     script: string,
     env: Record<string, string>,
     killWhen?: () => Promise<boolean>
-  ): Promise<string | null> {
+  ): Promise<string> {
     const code = `const { ChunkStore, encodeChunkLists, decodeChunkLists } = require(${JSON.stringify(bundle)});
       const fs = require('node:fs');
       (async () => { ${script} })().catch(e => { console.error(e); process.exit(3); });`;
-    return new Promise((resolve, reject) => {
-      const proc = spawn(process.execPath, ['-e', code], {
-        env: { ...process.env, ...env },
-        stdio: ['ignore', 'inherit', 'inherit']
-      });
-      let polling = Boolean(killWhen);
-      const poll = async () => {
-        while (polling) {
-          if (await killWhen!()) {
-            proc.kill('SIGKILL');
-            return;
-          }
-          await new Promise(wake => setTimeout(wake, 1));
-        }
-      };
-      proc.on('error', reject);
-      proc.on('exit', (status, signal) => {
-        polling = false;
-        resolve(signal ?? `exit ${status}`);
-      });
-      void poll();
-    });
+    return runNode(code, env, killWhen);
   }
 
   async function committed(): Promise<ChunkList[]> {
