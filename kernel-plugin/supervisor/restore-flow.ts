@@ -292,4 +292,3 @@ export class RestoreFlow {
     this.relay.resume();
   }
 }
-

@@ -94,7 +94,9 @@ def test_a_kernel_killed_mid_checkpoint_gets_an_error_reply_and_leaves_no_half_i
     pid = kernel.kernel_pid()
     if moment == "preparing":
         # A before-checkpoint hook that takes long: the kernel dies while the supervisor waits.
-        client.run("import time, kernel_checkpoint as kc\nkc.before_checkpoint(lambda: time.sleep(30))")
+        client.run(
+            "import time, kernel_checkpoint as kc\nkc.before_checkpoint(lambda: time.sleep(30))"
+        )
     request = client.send_request("checkpoint", label="interrupted")
     if moment == "snapshotting":
         wait_for_helper(kernel.supervisor_pid, DUMPING["criu"])
