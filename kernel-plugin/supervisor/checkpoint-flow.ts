@@ -77,7 +77,7 @@ export interface CheckpointFlowOptions {
 
 /** The kernel process exited in the middle of a checkpoint: none was made. */
 class KernelDied extends RequestError {
-  constructor(exit: KernelExit) {
+  constructor(readonly exit: KernelExit) {
     super(
       'kernel_not_running',
       `The kernel process exited during the checkpoint (${exitText(exit)}); no checkpoint was made.`
@@ -139,10 +139,18 @@ export class CheckpointFlow {
           await Promise.race([snapshotting?.catch(() => undefined), sleep(5000)]);
           throw error;
         }
-        await this.resume(id, prepared.gated, error, progress);
+        await Promise.race([this.resume(id, prepared.gated, error, progress), died]);
         throw error;
       }
-      await this.resume(id, prepared.gated, null, progress);
+      try {
+        await Promise.race([this.resume(id, prepared.gated, null, progress), died]);
+      } catch (error) {
+        if (!(error instanceof KernelDied)) {
+          throw error;
+        }
+        // The snapshot was taken before the kernel died: the image is whole, and kept.
+        log.warn(`the kernel process exited after its snapshot (${exitText(error.exit)})`);
+      }
       progress('saving');
       return await this.save(id, request, started, snapshot, prepared.summary, pending);
     } catch (error) {
