@@ -3,7 +3,7 @@
 // child of `criu restore`, which stays its parent (Node would never reap a re-parented task).
 // The measured facts the flags below answer are in docs/engines.md ("CRIU").
 
-import { promises as fs } from 'node:fs';
+import { promises as fs, readlinkSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
@@ -23,7 +23,14 @@ import {
   type LaunchSpec,
   type Snapshot
 } from './engine';
-import { fdTarget, startPipelineKernel, type PipelineKernel } from './process';
+import {
+  childrenOf,
+  fdTarget,
+  isRunning,
+  runningDescendant,
+  startPipelineKernel,
+  type PipelineKernel
+} from './process';
 import { underPrivateUmask } from '../store/private-umask';
 import { log } from '../supervisor/log';
 import { findExecutable, firstMissing, isExecutable, runTool, UTIL_LINUX_TOOLS } from './tools';
@@ -336,7 +343,7 @@ export class CriuEngine implements Engine<PipelineKernel> {
         ],
         { env: spec.env, cwd: spec.cwd, pipeOnFd3: true, kernelDepth: RESTORED_KERNEL_DEPTH },
         120000,
-        (_launcher, failed) => this.waitForRestored(logFile, failed, spec.answered)
+        (launcher, failed) => this.waitForRestored(launcher, logFile, failed, spec.answered)
       );
       const notListening = lazy && (await lazy.listening);
       if (notListening) {
@@ -449,10 +456,11 @@ export class CriuEngine implements Engine<PipelineKernel> {
    * connected during the restore: the kernel's first answer (`answered`).
    */
   private async waitForRestored(
+    launcher: number,
     logFile: string,
     failed: () => boolean,
     answered?: Promise<void>
-  ): Promise<void> {
+  ): Promise<number | undefined> {
     const deadline = Date.now() + 600000;
     // The kernel answering the supervisor is the earlier sign: CRIU logs its last lines after
     // it has resumed the process.
@@ -464,10 +472,17 @@ export class CriuEngine implements Engine<PipelineKernel> {
     let position = 0;
     let tail = '';
     const chunk = Buffer.alloc(1 << 16);
+    // The task being restored, once forked: its death is the restore's failure, at once (CRIU
+    // itself was seen to wait on for minutes when it was killed ~0.1 s into the restore).
+    let task: number | undefined;
     try {
       while (Date.now() < deadline) {
         if (running) {
-          return;
+          return task;
+        }
+        task ??= restoredTask(launcher);
+        if (task !== undefined && !isRunning(task)) {
+          throw new Error('the kernel being restored died');
         }
         handle ??= await fs.open(logFile, 'r').catch(() => null);
         let read = 0;
@@ -478,7 +493,7 @@ export class CriuEngine implements Engine<PipelineKernel> {
             // The new bytes, after the end of the last ones: a phrase split by a read is seen.
             const text = tail + chunk.toString('utf8', 0, read);
             if (text.includes('Restore finished successfully')) {
-              return;
+              return task;
             }
             if (text.includes('Restoring FAILED')) {
               throw new Error('restore failed');
@@ -507,6 +522,30 @@ async function pagesBytes(imageDir: string): Promise<number> {
     bytes += (await fs.stat(path.join(imageDir, name)).catch(() => null))?.size ?? 0;
   }
   return bytes;
+}
+
+/**
+ * The task `criu restore` (below RESTORE_PID_NAMESPACE's init) is restoring: its child in a PID
+ * namespace of its own (the kernel is init of one; CRIU's helpers share CRIU's), or undefined.
+ */
+function restoredTask(launcher: number): number | undefined {
+  const criu = runningDescendant(launcher, RESTORED_KERNEL_DEPTH);
+  const own = criu === undefined ? null : pidNamespaceOf(criu);
+  if (own === null || criu === undefined) {
+    return undefined;
+  }
+  return childrenOf(criu).find(child => {
+    const namespace = pidNamespaceOf(child);
+    return namespace !== null && namespace !== own;
+  });
+}
+
+function pidNamespaceOf(pid: number): string | null {
+  try {
+    return readlinkSync(`/proc/${pid}/ns/pid`);
+  } catch {
+    return null;
+  }
 }
 
 /**
