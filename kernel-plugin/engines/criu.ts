@@ -3,6 +3,7 @@
 // child of `criu restore`, which stays its parent (Node would never reap a re-parented task).
 // The measured facts the flags below answer are in docs/engines.md ("CRIU").
 
+import { createHash } from 'node:crypto';
 import { promises as fs, readlinkSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -32,6 +33,7 @@ import {
   type PipelineKernel
 } from './process';
 import { underPrivateUmask } from '../store/private-umask';
+import { ensureRuntimeFolder, runtimeFolder } from '../store/runtime-folder';
 import { log } from '../supervisor/log';
 import { findExecutable, firstMissing, isExecutable, runTool, UTIL_LINUX_TOOLS } from './tools';
 
@@ -184,7 +186,10 @@ export class CriuEngine implements Engine<PipelineKernel> {
         remedy
       };
     }
-    const missing = await firstMissing(['unshare', 'setsid', ...UTIL_LINUX_TOOLS], this.env);
+    const missing = await firstMissing(
+      ['unshare', 'setsid', 'flock', ...UTIL_LINUX_TOOLS],
+      this.env
+    );
     if (missing) {
       return {
         name: this.name,
@@ -251,7 +256,6 @@ export class CriuEngine implements Engine<PipelineKernel> {
     // process outside the image: a restore hands it the new pipeline's pipe in its place.
     // (Its fd 1 and 2 are not it: ipykernel swaps them for pipes of its own, inside the image.)
     const outputPipe = await fdTarget(kernel.launcherPid, 1);
-    await removeStaleProcMountpoint(kernel.pid);
     // Not in the image folder: on a full disk the log must still be writable to say so.
     const logFile = path.join(
       os.tmpdir(),
@@ -260,23 +264,24 @@ export class CriuEngine implements Engine<PipelineKernel> {
     const started = Date.now();
     try {
       const dump = await dumpCommand(criu, kernel.pid);
-      // Under umask 077: the image's files and the log are born private.
-      const result = await underPrivateUmask(runTool)(
+      const [file, ...args] = await underWorkingFolderLock(kernel.pid, this.env, [
         dump.file,
-        [
-          ...dump.prefix,
-          'dump',
-          '-t',
-          String(kernel.pid),
-          '-D',
-          imageDir,
-          '--leave-running',
-          ...COMMON_FLAGS,
-          '-o',
-          logFile
-        ],
-        { env: this.env, timeoutMs: DUMP_TIMEOUT_MS }
-      );
+        ...dump.prefix,
+        'dump',
+        '-t',
+        String(kernel.pid),
+        '-D',
+        imageDir,
+        '--leave-running',
+        ...COMMON_FLAGS,
+        '-o',
+        logFile
+      ]);
+      // Under umask 077: the image's files and the log are born private.
+      const result = await underPrivateUmask(runTool)(file, args, {
+        env: this.env,
+        timeoutMs: DUMP_TIMEOUT_MS
+      });
       if (result.code !== 0) {
         throw criuFailure(
           await readLog(logFile),
@@ -550,14 +555,36 @@ function pidNamespaceOf(pid: number): string | null {
 
 /**
  * CRIU's parasite mounts the kernel's /proc on `proc.crtools` in the kernel's working folder
- * (the notebook's) for the length of a dump, and removes it after. A dump killed in between
- * leaves that folder, and every later dump of a kernel working there then fails with "Can't
- * create a directory (-17)" (docs/engines.md). An empty folder of that name is such a leftover:
- * removed (rmdir: never a folder with anything in it, never a link).
+ * (the notebook's) for the length of a dump (`criu/pie/parasite.c`: a fixed name, no option), so
+ * two kernels working in one folder (two notebooks beside each other) collide when dumped at
+ * once: the second fails with "Can't create a directory (-17)". And a dump killed in between
+ * leaves that folder, so every later dump of a kernel working there fails the same way.
+ *
+ * So every dump holds a lock named after the kernel's working folder (`flock`, in the runtime
+ * folder: one user's kernels wait for each other's dumps of that folder, ~0.1 s at 0 MiB), and,
+ * holding it, removes an empty `proc.crtools` there first: only a killed dump can have left one
+ * (rmdir: never a folder with anything in it, never a link).
  */
-async function removeStaleProcMountpoint(kernelPid: number): Promise<void> {
+async function underWorkingFolderLock(
+  kernelPid: number,
+  env: NodeJS.ProcessEnv,
+  argv: string[]
+): Promise<string[]> {
   const cwd = await fs.readlink(`/proc/${kernelPid}/cwd`).catch(() => null);
-  if (cwd) {
-    await fs.rmdir(path.join(cwd, PARASITE_PROC_MOUNTPOINT)).catch(() => undefined);
+  if (!cwd) {
+    return argv;
   }
+  const folder = runtimeFolder(env);
+  await ensureRuntimeFolder(folder);
+  const name = createHash('sha256').update(cwd).digest('hex').slice(0, 32);
+  return [
+    'flock',
+    path.join(folder, `dump-${name}.lock`),
+    '/bin/sh',
+    '-c',
+    'rmdir -- "$1" 2>/dev/null; shift; exec "$@"',
+    'sh',
+    path.join(cwd, PARASITE_PROC_MOUNTPOINT),
+    ...argv
+  ];
 }
