@@ -3,7 +3,6 @@
 // child of `criu restore`, which stays its parent (Node would never reap a re-parented task).
 // The measured facts the flags below answer are in docs/engines.md ("CRIU").
 
-import { createHash } from 'node:crypto';
 import { promises as fs, readlinkSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -33,7 +32,6 @@ import {
   type PipelineKernel
 } from './process';
 import { underPrivateUmask } from '../store/private-umask';
-import { ensureRuntimeFolder, runtimeFolder } from '../store/runtime-folder';
 import { log } from '../supervisor/log';
 import { findExecutable, firstMissing, isExecutable, runTool, UTIL_LINUX_TOOLS } from './tools';
 
@@ -264,7 +262,7 @@ export class CriuEngine implements Engine<PipelineKernel> {
     const started = Date.now();
     try {
       const dump = await dumpCommand(criu, kernel.pid);
-      const [file, ...args] = await underWorkingFolderLock(kernel.pid, this.env, [
+      const [file, ...args] = await underWorkingFolderLock(kernel.pid, [
         dump.file,
         ...dump.prefix,
         'dump',
@@ -560,26 +558,27 @@ function pidNamespaceOf(pid: number): string | null {
  * once: the second fails with "Can't create a directory (-17)". And a dump killed in between
  * leaves that folder, so every later dump of a kernel working there fails the same way.
  *
- * So every dump holds a lock named after the kernel's working folder (`flock`, in the runtime
- * folder: one user's kernels wait for each other's dumps of that folder, ~0.1 s at 0 MiB), and,
- * holding it, removes an empty `proc.crtools` there first: only a killed dump can have left one
- * (rmdir: never a folder with anything in it, never a link).
+ * So every dump holds a lock on the kernel's working folder itself (`flock` on the directory:
+ * no lock file to leave behind, and every user's kernels working there take turns, ~0.1 s at
+ * 0 MiB), and, holding it, removes an empty `proc.crtools` there first: only a killed dump can
+ * have left one (rmdir: never a folder with anything in it, never a link).
  */
-async function underWorkingFolderLock(
-  kernelPid: number,
-  env: NodeJS.ProcessEnv,
-  argv: string[]
-): Promise<string[]> {
+async function underWorkingFolderLock(kernelPid: number, argv: string[]): Promise<string[]> {
   const cwd = await fs.readlink(`/proc/${kernelPid}/cwd`).catch(() => null);
-  if (!cwd) {
+  // Only a folder that exists here: flock(1) would create a file at any other path (a removed
+  // working folder reads as "<path> (deleted)").
+  const isFolder = cwd
+    ? await fs.stat(cwd).then(
+        s => s.isDirectory(),
+        () => false
+      )
+    : false;
+  if (!cwd || !isFolder) {
     return argv;
   }
-  const folder = runtimeFolder(env);
-  await ensureRuntimeFolder(folder);
-  const name = createHash('sha256').update(cwd).digest('hex').slice(0, 32);
   return [
     'flock',
-    path.join(folder, `dump-${name}.lock`),
+    cwd,
     '/bin/sh',
     '-c',
     'rmdir -- "$1" 2>/dev/null; shift; exec "$@"',
