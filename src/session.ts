@@ -52,8 +52,12 @@ export class KernelCheckpointSession implements IDisposable {
     this._helloTimeout = options.helloTimeout ?? 5000;
     this._identity = options.identity ?? null;
     this._document = options.document ?? null;
-    this._document?.pathChanged.connect(this._onPathChanged, this);
-    this.sessionContext.propertyChanged.connect(this._onSessionProperty, this);
+    // The path comes from the document when there is one, else from the session.
+    if (this._document) {
+      this._document.pathChanged.connect(this._onPathChanged, this);
+    } else {
+      this.sessionContext.propertyChanged.connect(this._onSessionProperty, this);
+    }
     this.sessionContext.kernelChanged.connect(this._onKernelChanged, this);
     this.sessionContext.statusChanged.connect(this._onStatusChanged, this);
     this.sessionContext.iopubMessage.connect(this._onIopub, this);

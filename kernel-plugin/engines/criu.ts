@@ -86,8 +86,8 @@ const JOIN_OUTER_MOUNT_NAMESPACE = ['-J', 'mnt:/proc/self/fd/9'];
 /** The processes between the pipeline's launcher (`unshare`) and the kernel: init, `criu`. */
 const RESTORED_KERNEL_DEPTH = 2;
 
-/** The tools a fork needs besides CRIU's own. */
-const FORK_TOOLS = ['ip', 'mount', 'nsenter'];
+/** The tools a restore in namespaces of its own (every one, and a fork's) needs besides CRIU's. */
+const ISOLATION_TOOLS = ['ip', 'mount', 'nsenter'];
 
 /** The namespace `kind` of process `pid` ("mnt:[4026531841]"), null when unreadable. */
 async function namespaceOf(pid: number | 'self', kind: string): Promise<string | null> {
@@ -312,6 +312,17 @@ export class CriuEngine implements Engine<PipelineKernel> {
     // The kernel's old stdout/stderr pipe becomes the pipeline's pipe, on criu's fd 3.
     const inherit =
       typeof data.outputPipe === 'string' ? ['--inherit-fd', `fd[3]:${data.outputPipe}`] : [];
+    const isolate = spec.isolate;
+    // Checked before the lazy-pages daemon starts: nothing to stop when a tool is missing.
+    if (isolate) {
+      const missing = await firstMissing(ISOLATION_TOOLS, this.env);
+      if (missing) {
+        throw new EngineError(
+          'engine_unavailable',
+          `A restore in namespaces of its own (every CRIU restore, and a fork's) needs \`${missing}\` (util-linux, iproute2), which is not on PATH.`
+        );
+      }
+    }
     const lazy = lazily ? await this.startLazyPages(criu, imageDir, spec) : null;
     const restore = [
       ...RESTORE_PID_NAMESPACE,
@@ -326,18 +337,6 @@ export class CriuEngine implements Engine<PipelineKernel> {
       logFile,
       '-v3'
     ];
-    const isolate = spec.isolate;
-    if (isolate) {
-      const missing = await firstMissing(FORK_TOOLS, this.env);
-      if (missing) {
-        lazy?.stop();
-        await lazy?.closeGate();
-        throw new EngineError(
-          'engine_unavailable',
-          `A fork needs \`${missing}\` (util-linux, iproute2), which is not on PATH.`
-        );
-      }
-    }
     try {
       const kernel = await underPrivateUmask(startPipelineKernel)(
         [
