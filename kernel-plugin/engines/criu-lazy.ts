@@ -13,6 +13,7 @@ import {
   faultsInLog,
   hintPages,
   type HotPages,
+  prefetches,
   recordFaults,
   servedImage
 } from './criu-prefetch';
@@ -144,7 +145,7 @@ export class LazyPagesDaemon {
       '-o',
       logFile,
       // Debug: its "#PF at" lines are the next restore's prefetch hint.
-      '-v4',
+      ...(prefetches(env) ? ['-v4'] : []),
       '--status-fd',
       '3'
     ]);

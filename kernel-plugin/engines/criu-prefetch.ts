@@ -19,17 +19,26 @@ import { PAGE_BYTES, parsePagemap, serializePagemap, withEagerPages } from './cr
 export const HINT_FILE = 'lazy-hint.json';
 const HINT_FORMAT = 'kernel-checkpoint-lazy-hint/1';
 /**
- * At most this many pages (64 MiB) are prefetched: the first touches of the previous runs, oldest
- * first. The first cell of a kernel touches ~2,400 (measured, docs/engines.md); a restore copies
- * eager pages at ~1 GiB/s, so this bounds what a prefetch can add before the kernel runs.
+ * At most this many pages (16 MiB) are prefetched: the first faults of the previous runs, oldest
+ * first. A kernel's first cell faults on ~1,900-2,400 pages (measured, docs/engines.md); what
+ * comes after them is later cells' (a loop over an array faults on every page it reaches before
+ * the background transfer), which the background transfer serves well enough. A restore copies
+ * eager pages at ~1 GiB/s, so this also bounds what a prefetch adds before the kernel runs.
  */
-export const MAX_HINT_PAGES = 16384;
+export const MAX_HINT_PAGES = 4096;
 
 /** The hot pages of each process of an image (its pid in the image: page addresses). */
 export type HotPages = Map<number, number[]>;
 
-/** KERNEL_CHECKPOINT_PREFETCH=0: lazy restores prefetch nothing (the hints are still kept). */
+/**
+ * KERNEL_CHECKPOINT_PREFETCH=0: lazy restores neither prefetch nor record faults (the daemon then
+ * runs without -v4, as before prefetch: the bench's baseline).
+ */
 export const PREFETCH_SETTING = 'KERNEL_CHECKPOINT_PREFETCH';
+
+export function prefetches(env: NodeJS.ProcessEnv): boolean {
+  return env[PREFETCH_SETTING] !== '0';
+}
 
 /**
  * Where the hint of the image in `imageDir` is: beside it, when it is a store's image folder
@@ -248,8 +257,8 @@ export async function servedImage(
   workDir: string,
   env: NodeJS.ProcessEnv
 ): Promise<{ dir: string; hint: HotPages | null }> {
-  const hint = await readHint(imageDir);
-  if (!hint || env[PREFETCH_SETTING] === '0') {
+  const hint = prefetches(env) ? await readHint(imageDir) : null;
+  if (!hint) {
     return { dir: imageDir, hint };
   }
   const dir = path.join(workDir, 'image');
