@@ -6,7 +6,8 @@ resident again.
 Kernels run under the real supervisor (as Jupyter starts them); each mode is its own kernel:
 "lazy" (KERNEL_CHECKPOINT_LAZY=1, KERNEL_CHECKPOINT_PREFETCH=0: no prefetch, no fault log),
 "lazy+prefetch" (both on: from its second run on, each restore prefetches the pages the previous
-restore faulted on, carried by the checkpoint of the restored kernel) and "full"
+restore faulted on, carried by the checkpoint of the restored kernel), "lazy+small"
+(KERNEL_CHECKPOINT_PREFETCH=small: every lazy-able VMA up to 16 MiB eager, no hint) and "full"
 (KERNEL_CHECKPOINT_LAZY=0). Empty and 1 GiB kernels take turns (lazy, lazy+prefetch, full, ...);
 a 4 GiB kernel is measured alone, one mode after the other (two would not fit beside their
 images). Images are deleted after each run.
@@ -42,10 +43,11 @@ EVERY_PAGE = re.compile(
 MODES = {
     "lazy": {"KERNEL_CHECKPOINT_LAZY": "1", "KERNEL_CHECKPOINT_PREFETCH": "0"},
     "lazy+prefetch": {"KERNEL_CHECKPOINT_LAZY": "1", "KERNEL_CHECKPOINT_PREFETCH": "1"},
+    "lazy+small": {"KERNEL_CHECKPOINT_LAZY": "1", "KERNEL_CHECKPOINT_PREFETCH": "small"},
     "full": {"KERNEL_CHECKPOINT_LAZY": "0"},
 }
 # The supervisor's lines: how many pages a restore prefetched, and how many faults the daemon saw.
-PREFETCHED = re.compile(r"lazy restore: (\d+) pages \(\S+ MiB\) of the previous run's first")
+PREFETCHED = re.compile(r"lazy restore: (\d+) pages \(\S+ MiB\) of (?:the previous run's|VMAs)")
 FAULTS = re.compile(r"every page is in memory \d+ ms .* (\d+) page faults\)")
 # Restore -> first cell of a 1 and a 4 GiB kernel, lazily, within this of the empty kernel's.
 TARGET_S = 0.15
@@ -77,7 +79,7 @@ def runs_mode(workspace: Workspace, mode: str, state: str) -> Runs:
                 text = supervisor_log.read_text()
                 faults = FAULTS.findall(text)
                 # Counted only where the daemon logs them (-v4: prefetch on).
-                counted = mode != "lazy" and len(faults) > seen
+                counted = mode == "lazy+prefetch" and len(faults) > seen
                 run["faults"] = int(faults[seen]) if counted else None
                 pages = PREFETCHED.findall(text)
                 run["prefetched_pages"] = int(pages[prefetched]) if len(pages) > prefetched else 0
@@ -154,6 +156,10 @@ def over(cell: float | None, empty: float | None) -> str:
     return f"{cell - empty:+.2f}" + (" ✓" if cell - empty <= TARGET_S else " ✗")
 
 
+def ratio(value: float | None, base: float | None) -> str:
+    return f"{value / base:.2f}" if value and base else "-"
+
+
 def count(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
@@ -164,10 +170,11 @@ def table(results: dict[str, Any]) -> str:
     against the target; the daemon's faults per restore (the first cell's and the state check's,
     which runs while pages still arrive) and the pages prefetched."""
     rows = [
-        "| kernel | restore→cell lazy (s) | lazy+prefetch (s) | full (s) | prefetch/lazy "
-        "| lazy - empty | lazy+prefetch - empty | resident lazy / +prefetch (s) "
-        "| faults lazy / +prefetch | pages prefetched | state ok | runs |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| kernel | restore→cell lazy (s) | lazy+prefetch (s) | lazy+small (s) | full (s) "
+        "| prefetch/lazy | small/lazy | - empty: lazy / +prefetch / +small "
+        "| resident lazy / +prefetch / +small (s) | faults +prefetch "
+        "| pages prefetched / small | state ok | runs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     empty: dict[str, float | None] = {}
     for label, modes in results.items():
@@ -182,27 +189,28 @@ def table(results: dict[str, Any]) -> str:
                 "ok": all(r.get("state_ok") for r in runs) and bool(runs),
                 "n": len(runs),
             }
-        lazy, prefetch, full = cells["lazy"], cells["lazy+prefetch"], cells["full"]
-        for mode in ("lazy", "lazy+prefetch"):
+        lazy, prefetch, small = cells["lazy"], cells["lazy+prefetch"], cells["lazy+small"]
+        full = cells["full"]
+        lazies = ("lazy", "lazy+prefetch", "lazy+small")
+        for mode in lazies:
             empty.setdefault(mode, cells[mode]["cell"])
-        ratio = (
-            f"{prefetch['cell'] / lazy['cell']:.2f}" if lazy["cell"] and prefetch["cell"] else "-"
-        )
 
         rows.append(
-            f"| {label} | {fmt(lazy['cell'])} | {fmt(prefetch['cell'])} | {fmt(full['cell'])} | "
-            f"{ratio} | {over(cells['lazy']['cell'], empty['lazy'])} | "
-            f"{over(cells['lazy+prefetch']['cell'], empty['lazy+prefetch'])} | "
-            f"{fmt(lazy['resident'])} / {fmt(prefetch['resident'])} | "
-            f"{count(lazy['faults'])} / {count(prefetch['faults'])} | "
-            f"{count(prefetch['prefetched'])} | "
+            f"| {label} | {fmt(lazy['cell'])} | {fmt(prefetch['cell'])} | {fmt(small['cell'])} "
+            f"| {fmt(full['cell'])} | {ratio(prefetch['cell'], lazy['cell'])} "
+            f"| {ratio(small['cell'], lazy['cell'])} "
+            f"| {' / '.join(over(cells[m]['cell'], empty[m]) for m in lazies)} "
+            f"| {' / '.join(fmt(cells[m]['resident']) for m in lazies)} "
+            f"| {count(prefetch['faults'])} "
+            f"| {count(prefetch['prefetched'])} / {count(small['prefetched'])} | "
             f"{'yes' if all(c['ok'] for c in cells.values()) else 'NO'} | "
             f"{'+'.join(str(c['n']) for c in cells.values())} |"
         )
     rows.append(
         f"\nTarget: a 1 and a 4 GiB kernel's lazy restore→cell within +{TARGET_S} s of the empty "
         "kernel's (✓/✗). Medians; 'every page resident' for a full restore is its reply. The "
-        "first lazy+prefetch run of a kernel has no hint yet (0 pages prefetched)."
+        "first lazy+prefetch run of a kernel has no hint yet (0 pages prefetched). lazy+small: "
+        "every lazy-able VMA up to 16 MiB restored eagerly, no hint."
     )
     return "\n".join(rows)
 

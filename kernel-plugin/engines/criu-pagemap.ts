@@ -256,3 +256,50 @@ export function withEagerPages(
   }
   return { map: { ...map, entries }, eager };
 }
+
+/**
+ * The address ranges of a process's VMAs, from its `mm-PID.img` (`mm_entry.vmas = 14`, each a
+ * `vma_entry { start = 1; end = 2; ... }`: images/mm.proto, images/vma.proto), sorted.
+ */
+export function parseVmas(data: Buffer): Array<{ start: number; end: number }> {
+  if (data.length < MAGICS_BYTES + 4) {
+    throw new Error('an mm image shorter than its magics and one message');
+  }
+  const length = data.readUInt32LE(MAGICS_BYTES);
+  const mm = data.subarray(MAGICS_BYTES + 4, MAGICS_BYTES + 4 + length);
+  const vmas: Array<{ start: number; end: number }> = [];
+  for (const [field, value] of anyFields(mm)) {
+    if (field === 14 && Buffer.isBuffer(value)) {
+      const vma = new Map(anyFields(value).filter(([, v]) => typeof v === 'number')) as Map<
+        number,
+        number
+      >;
+      vmas.push({ start: vma.get(1) ?? 0, end: vma.get(2) ?? 0 });
+    }
+  }
+  return vmas.sort((a, b) => a.start - b.start);
+}
+
+/** Every field of a protobuf message: varints as numbers, length-delimited ones as bytes. */
+function anyFields(message: Buffer): Array<[number, number | Buffer]> {
+  const fields: Array<[number, number | Buffer]> = [];
+  for (let at = 0; at < message.length;) {
+    const [key, afterKey] = varint(message, at, 0);
+    const type = key & 7;
+    const field = Math.floor(key / 8);
+    if (type === 0) {
+      const [value, next] = varint(message, afterKey, 0);
+      fields.push([field, value]);
+      at = next;
+    } else if (type === 2) {
+      const [bytes, start] = varint(message, afterKey, 0);
+      fields.push([field, message.subarray(start, start + bytes)]);
+      at = start + bytes;
+    } else if (type === 1 || type === 5) {
+      at = afterKey + (type === 1 ? 8 : 4);
+    } else {
+      throw new Error(`an mm image field of wire type ${type}`);
+    }
+  }
+  return fields;
+}

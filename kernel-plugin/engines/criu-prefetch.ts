@@ -13,7 +13,14 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 
 import { log } from '../supervisor/log';
-import { PAGE_BYTES, parsePagemap, serializePagemap, withEagerPages } from './criu-pagemap';
+import {
+  PAGE_BYTES,
+  PE_LAZY,
+  parsePagemap,
+  parseVmas,
+  serializePagemap,
+  withEagerPages
+} from './criu-pagemap';
 
 /** The hint's file, beside the image's folder (`<checkpoint>/image`) in the store. */
 export const HINT_FILE = 'lazy-hint.json';
@@ -37,7 +44,46 @@ export type HotPages = Map<number, number[]>;
 export const PREFETCH_SETTING = 'KERNEL_CHECKPOINT_PREFETCH';
 
 export function prefetches(env: NodeJS.ProcessEnv): boolean {
-  return env[PREFETCH_SETTING] !== '0';
+  return env[PREFETCH_SETTING] !== '0' && env[PREFETCH_SETTING] !== 'small';
+}
+
+/**
+ * KERNEL_CHECKPOINT_PREFETCH=small, the alternative measured for a first restore (no hint): every
+ * lazy-able VMA up to this size is restored eagerly (the interpreter's small mappings), big ones
+ * lazily; no fault log.
+ */
+const SMALL_VMA_BYTES = 16 * 2 ** 20;
+
+/** The lazy pages of every VMA up to SMALL_VMA_BYTES, per process of the image. */
+export async function smallVmaPages(imageDir: string): Promise<HotPages> {
+  const hot: HotPages = new Map();
+  for (const name of await fs.readdir(imageDir)) {
+    const pid = /^pagemap-(\d+)\.img$/.exec(name)?.[1];
+    if (!pid) {
+      continue;
+    }
+    const map = parsePagemap(await fs.readFile(path.join(imageDir, name)));
+    const vmas = parseVmas(await fs.readFile(path.join(imageDir, `mm-${pid}.img`)));
+    const small = vmas.filter(vma => vma.end - vma.start <= SMALL_VMA_BYTES);
+    const pages: number[] = [];
+    let at = 0;
+    for (const entry of map.entries) {
+      if ((entry.flags & PE_LAZY) === 0) {
+        continue;
+      }
+      for (let page = 0; page < entry.pages; page++) {
+        const address = entry.vaddr + page * PAGE_BYTES;
+        while (at < small.length && small[at].end <= address) {
+          at++;
+        }
+        if (at < small.length && small[at].start <= address) {
+          pages.push(address);
+        }
+      }
+    }
+    hot.set(Number(pid), pages);
+  }
+  return hot;
 }
 
 /**
@@ -151,7 +197,9 @@ export async function writeHint(imageDir: string, hot: HotPages): Promise<void> 
   }
   const partial = `${file}.${process.pid}.partial`;
   try {
-    await fs.writeFile(partial, formatHint(hot), { mode: 0o600, flag: 'w' });
+    // A new file (never through a link left in its place), renamed over the old hint.
+    await fs.rm(partial, { force: true });
+    await fs.writeFile(partial, formatHint(hot), { mode: 0o600, flag: 'wx' });
     await fs.rename(partial, file);
   } catch (error) {
     await fs.rm(partial, { force: true }).catch(() => undefined);
@@ -257,13 +305,21 @@ export async function servedImage(
   workDir: string,
   env: NodeJS.ProcessEnv
 ): Promise<{ dir: string; hint: HotPages | null }> {
+  const small = env[PREFETCH_SETTING] === 'small';
   const hint = prefetches(env) ? await readHint(imageDir) : null;
-  if (!hint) {
+  if (!hint && !small) {
     return { dir: imageDir, hint };
   }
   const dir = path.join(workDir, 'image');
   try {
-    const eager = await prefetchCopy(imageDir, dir, hint);
+    const eager = await prefetchCopy(imageDir, dir, hint ?? (await smallVmaPages(imageDir)));
+    if (eager > 0 && small) {
+      log.info(
+        `lazy restore: ${eager} pages (${((eager * PAGE_BYTES) / 2 ** 20).toFixed(1)} MiB) of ` +
+          `VMAs up to ${SMALL_VMA_BYTES / 2 ** 20} MiB restored first`
+      );
+      return { dir, hint };
+    }
     if (eager > 0) {
       log.info(
         `lazy restore: ${eager} pages (${((eager * PAGE_BYTES) / 2 ** 20).toFixed(1)} MiB) of ` +

@@ -12,6 +12,7 @@ import {
   PE_LAZY,
   PE_PRESENT,
   parsePagemap,
+  parseVmas,
   serializePagemap,
   withEagerPages
 } from '../criu-pagemap';
@@ -21,7 +22,8 @@ import {
   mergeHints,
   parseHint,
   prefetchCopy,
-  readHint
+  readHint,
+  smallVmaPages
 } from '../criu-prefetch';
 
 const BASE = 0x7f12_3456_0000;
@@ -30,15 +32,31 @@ const BASE = 0x7f12_3456_0000;
  * A pagemap image as CRIU writes it (protobuf-c, bytes by hand): magics, head { pages_id = 1 },
  * then entries { vaddr, compat_nr_pages = 0, flags, nr_pages }.
  */
+function varint(value: number): number[] {
+  const bytes = [];
+  while (value >= 128) {
+    bytes.push((value % 128) | 0x80);
+    value = Math.floor(value / 128);
+  }
+  return [...bytes, value];
+}
+
+/**
+ * An mm image as CRIU writes it: magics, one mm_entry with a varint field, a bytes field, a
+ * fixed64 field and its vmas (field 14: vma_entry { start = 1; end = 2; pgoff = 3; fd = 8 }).
+ */
+function criuMm(vmas: Array<[number, number]>): Buffer {
+  const body = [0x08, 0x2a, 0x7a, 0x02, 0x01, 0x02, 0x11, 1, 2, 3, 4, 5, 6, 7, 8];
+  for (const [start, end] of vmas) {
+    const vma = [0x08, ...varint(start), 0x10, ...varint(end), 0x18, 0x00, 0x40, 0x01];
+    body.push(0x72, ...varint(vma.length), ...vma);
+  }
+  const length = Buffer.alloc(4);
+  length.writeUInt32LE(body.length);
+  return Buffer.concat([Buffer.from('5d7f5d3dd8420ba2', 'hex'), length, Buffer.from(body)]);
+}
+
 function criuPagemap(entries: Array<[number, number, number]>): Buffer {
-  const varint = (value: number): number[] => {
-    const bytes = [];
-    while (value >= 128) {
-      bytes.push((value % 128) | 0x80);
-      value = Math.floor(value / 128);
-    }
-    return [...bytes, value];
-  };
   const message = (body: number[]) => {
     const length = Buffer.alloc(4);
     length.writeUInt32LE(body.length);
@@ -194,5 +212,36 @@ describe('prefetch hints', () => {
       filePage: 14
     });
     expect(readFileSync(path.join(image, 'pagemap-1.img')).equals(IMAGE)).toBe(true);
+  });
+});
+
+describe('the small-VMA alternative', () => {
+  it('makes eager the lazy pages of VMAs up to 16 MiB, not those of bigger ones', async () => {
+    const folder = mkdtempSync(path.join(os.tmpdir(), 'criu-prefetch-test-'));
+    try {
+      const big = BASE + 64 * PAGE_BYTES;
+      const mm = criuMm([
+        [big, big + 32 * 2 ** 20],
+        [BASE, BASE + 48 * PAGE_BYTES]
+      ]);
+      expect(parseVmas(mm)).toEqual([
+        { start: BASE, end: BASE + 48 * PAGE_BYTES },
+        { start: big, end: big + 32 * 2 ** 20 }
+      ]);
+      writeFileSync(path.join(folder, 'mm-1.img'), mm);
+      writeFileSync(
+        path.join(folder, 'pagemap-1.img'),
+        criuPagemap([
+          [BASE, 2, PE_PRESENT],
+          [BASE + 16 * PAGE_BYTES, 3, LAZY],
+          [big, 5, LAZY]
+        ])
+      );
+      expect(await smallVmaPages(folder)).toEqual(
+        new Map([[1, [16, 17, 18].map(page => BASE + page * PAGE_BYTES)]])
+      );
+    } finally {
+      rmSync(folder, { recursive: true, force: true });
+    }
   });
 });
