@@ -1,11 +1,16 @@
-"""Lazy restore (CRIU with userfaultfd) beside a full restore, in the same run: restore -> the
-reply of the first cell (sent at once after the restore request, as a user's next cell) of an
-empty, a 1 GiB and a 4 GiB kernel, and the time until every page is resident again.
+"""Lazy restore (CRIU with userfaultfd), with and without prefetch, beside a full restore, in the
+same run: restore -> the reply of the first cell (sent at once after the restore request, as a
+user's next cell) of an empty, a 1 GiB and a 4 GiB kernel, and the time until every page is
+resident again.
 
-Kernels run under the real supervisor (as Jupyter starts them); each mode is its own kernel
-(KERNEL_CHECKPOINT_LAZY=1 or 0). Empty and 1 GiB kernels take turns (lazy, full, lazy, ...); a
-4 GiB kernel is measured alone, one mode after the other (two would not fit beside their images).
-Images are deleted after each run.
+Kernels run under the real supervisor (as Jupyter starts them); each mode is its own kernel:
+"lazy" (KERNEL_CHECKPOINT_LAZY=1, KERNEL_CHECKPOINT_PREFETCH=0: no prefetch, no fault log),
+"lazy+prefetch" (both on: from its second run on, each restore prefetches the pages the previous
+restore faulted on, carried by the checkpoint of the restored kernel), "lazy+small"
+(KERNEL_CHECKPOINT_PREFETCH=small: every lazy-able VMA up to 16 MiB eager, no hint) and "full"
+(KERNEL_CHECKPOINT_LAZY=0). Empty and 1 GiB kernels take turns (lazy, lazy+prefetch, full, ...);
+a 4 GiB kernel is measured alone, one mode after the other (two would not fit beside their
+images). Images are deleted after each run.
 
     .venv/bin/python bench/lazy.py --repeats 3 --out lazy.json
     .venv/bin/python bench/lazy.py --table lazy.json
@@ -35,7 +40,15 @@ from harness.workspace import Workspace  # noqa: E402
 EVERY_PAGE = re.compile(
     r"^\[kernel-checkpoint (\S+) info\] lazy restore: every page is in memory (\d+) ms", re.M
 )
-MODES = {"lazy": "1", "full": "0"}
+MODES = {
+    "lazy": {"KERNEL_CHECKPOINT_LAZY": "1", "KERNEL_CHECKPOINT_PREFETCH": "0"},
+    "lazy+prefetch": {"KERNEL_CHECKPOINT_LAZY": "1", "KERNEL_CHECKPOINT_PREFETCH": "1"},
+    "lazy+small": {"KERNEL_CHECKPOINT_LAZY": "1", "KERNEL_CHECKPOINT_PREFETCH": "small"},
+    "full": {"KERNEL_CHECKPOINT_LAZY": "0"},
+}
+# The supervisor's lines: how many pages a restore prefetched, and how many faults the daemon saw.
+PREFETCHED = re.compile(r"lazy restore: (\d+) pages \(\S+ MiB\) of (?:the previous run's|VMAs)")
+FAULTS = re.compile(r"every page is in memory \d+ ms .* (\d+) page faults\)")
 # Restore -> first cell of a 1 and a 4 GiB kernel, lazily, within this of the empty kernel's.
 TARGET_S = 0.15
 
@@ -48,7 +61,7 @@ def runs_mode(workspace: Workspace, mode: str, state: str) -> Runs:
     """runs_ours under one mode, each run with the time until every page was resident: for a
     lazy restore, from the restore request to the supervisor's log line saying so; for a full
     one, the restore's reply (the kernel answers only once its memory is back)."""
-    workspace.env["KERNEL_CHECKPOINT_LAZY"] = MODES[mode]
+    workspace.env.update(MODES[mode])
     runs = runs_ours(workspace, "criu", state)
     try:
         out = next(runs)
@@ -56,12 +69,20 @@ def runs_mode(workspace: Workspace, mode: str, state: str) -> Runs:
         yield out
         while True:
             seen = len(EVERY_PAGE.findall(supervisor_log.read_text()))
+            prefetched = len(PREFETCHED.findall(supervisor_log.read_text()))
             started = time.time()
             run = next(runs)
             if mode == "full":
                 run["resident_s"] = run["restore_reply_s"]
             else:
                 run["resident_s"] = resident_after(supervisor_log, seen, started, run)
+                text = supervisor_log.read_text()
+                faults = FAULTS.findall(text)
+                # Counted only where the daemon logs them (-v4: prefetch on).
+                counted = mode == "lazy+prefetch" and len(faults) > seen
+                run["faults"] = int(faults[seen]) if counted else None
+                pages = PREFETCHED.findall(text)
+                run["prefetched_pages"] = int(pages[prefetched]) if len(pages) > prefetched else 0
             yield run
     finally:
         runs.close()
@@ -128,15 +149,34 @@ def fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def over(cell: float | None, empty: float | None) -> str:
+    """A restore→cell figure minus the empty kernel's, against the target."""
+    if cell is None or empty is None:
+        return "-"
+    return f"{cell - empty:+.2f}" + (" ✓" if cell - empty <= TARGET_S else " ✗")
+
+
+def ratio(value: float | None, base: float | None) -> str:
+    return f"{value / base:.2f}" if value and base else "-"
+
+
+def count(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
 def table(results: dict[str, Any]) -> str:
-    """One row per kernel size: restore -> first cell reply, lazy beside full, and until every
-    page is resident; the lazy figure minus the empty kernel's against the target."""
+    """One row per kernel size: restore -> first cell reply, lazy, lazy+prefetch and full side by
+    side, and until every page is resident; each lazy figure minus the empty kernel's (same mode)
+    against the target; the daemon's faults per restore (the first cell's and the state check's,
+    which runs while pages still arrive) and the pages prefetched."""
     rows = [
-        "| kernel | restore→cell lazy (s) | restore→cell full (s) | lazy/full "
-        "| lazy - empty lazy (s) | every page resident, lazy (s) | state ok | runs |",
-        "|---|---|---|---|---|---|---|---|",
+        "| kernel | restore→cell lazy (s) | lazy+prefetch (s) | lazy+small (s) | full (s) "
+        "| prefetch/lazy | small/lazy | - empty: lazy / +prefetch / +small "
+        "| resident lazy / +prefetch / +small (s) | faults +prefetch "
+        "| pages prefetched / small | state ok | runs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    empty = None
+    empty: dict[str, float | None] = {}
     for label, modes in results.items():
         cells = {}
         for mode in MODES:
@@ -144,26 +184,33 @@ def table(results: dict[str, Any]) -> str:
             cells[mode] = {
                 "cell": median([r.get("restore_to_cell_s") for r in runs]),
                 "resident": median([r.get("resident_s") for r in runs]),
+                "faults": median([r.get("faults") for r in runs]),
+                "prefetched": median([r.get("prefetched_pages") for r in runs]),
                 "ok": all(r.get("state_ok") for r in runs) and bool(runs),
                 "n": len(runs),
             }
-        lazy, full = cells["lazy"], cells["full"]
-        if empty is None:
-            empty = lazy["cell"]
-        ratio = f"{lazy['cell'] / full['cell']:.2f}" if lazy["cell"] and full["cell"] else "-"
-        over = (
-            f"{lazy['cell'] - empty:+.2f}" + (" ✓" if lazy["cell"] - empty <= TARGET_S else " ✗")
-            if lazy["cell"] is not None and empty is not None
-            else "-"
-        )
+        lazy, prefetch, small = cells["lazy"], cells["lazy+prefetch"], cells["lazy+small"]
+        full = cells["full"]
+        lazies = ("lazy", "lazy+prefetch", "lazy+small")
+        for mode in lazies:
+            empty.setdefault(mode, cells[mode]["cell"])
+
         rows.append(
-            f"| {label} | {fmt(lazy['cell'])} | {fmt(full['cell'])} | {ratio} | {over} | "
-            f"{fmt(lazy['resident'])} | {'yes' if lazy['ok'] and full['ok'] else 'NO'} | "
-            f"{lazy['n']}+{full['n']} |"
+            f"| {label} | {fmt(lazy['cell'])} | {fmt(prefetch['cell'])} | {fmt(small['cell'])} "
+            f"| {fmt(full['cell'])} | {ratio(prefetch['cell'], lazy['cell'])} "
+            f"| {ratio(small['cell'], lazy['cell'])} "
+            f"| {' / '.join(over(cells[m]['cell'], empty[m]) for m in lazies)} "
+            f"| {' / '.join(fmt(cells[m]['resident']) for m in lazies)} "
+            f"| {count(prefetch['faults'])} "
+            f"| {count(prefetch['prefetched'])} / {count(small['prefetched'])} | "
+            f"{'yes' if all(c['ok'] for c in cells.values()) else 'NO'} | "
+            f"{'+'.join(str(c['n']) for c in cells.values())} |"
         )
     rows.append(
         f"\nTarget: a 1 and a 4 GiB kernel's lazy restore→cell within +{TARGET_S} s of the empty "
-        "kernel's (✓/✗). Medians; 'every page resident' for a full restore is its reply."
+        "kernel's (✓/✗). Medians; 'every page resident' for a full restore is its reply. The "
+        "first lazy+prefetch run of a kernel has no hint yet (0 pages prefetched). lazy+small: "
+        "every lazy-able VMA up to 16 MiB restored eagerly, no hint."
     )
     return "\n".join(rows)
 

@@ -9,6 +9,14 @@ import path from 'node:path';
 
 import { log } from '../supervisor/log';
 import { criuFailure, readLog } from './criu-log';
+import {
+  faultsInLog,
+  hintPages,
+  type HotPages,
+  prefetches,
+  recordFaults,
+  servedImage
+} from './criu-prefetch';
 import { diesWithParent, killedBy, runTool } from './tools';
 
 /** KERNEL_CHECKPOINT_LAZY=0 turns lazy restore off (a full restore reads the whole image first). */
@@ -61,6 +69,8 @@ export interface LazyEnd {
   ms: number;
   /** Why it ended early, when it did. */
   problem?: string;
+  /** The pages each process faulted on, in order (its log at -v4). */
+  faults: HotPages;
 }
 
 /**
@@ -80,7 +90,12 @@ export class LazyPagesDaemon {
     private readonly child: ChildProcess,
     readonly workDir: string,
     private readonly logFile: string,
-    private readonly started: number
+    private readonly started: number,
+    /** The folder CRIU restores from: the image, or its prefetch copy (criu-prefetch.ts). */
+    readonly imageDir: string,
+    /** The image's own folder, and the hint its prefetch used (null: none). */
+    readonly sourceDir: string,
+    readonly hint: HotPages | null
   ) {
     this.ended = new Promise(resolve => {
       child.once('exit', (code, signal) => {
@@ -119,21 +134,32 @@ export class LazyPagesDaemon {
       throw new Error(`mkfifo failed: ${made.stderr.trim() || made.error?.message}`);
     }
     const logFile = path.join(workDir, 'lazy-pages.log');
+    const served = await servedImage(imageDir, workDir, env);
     const [file, ...args] = diesWithParent([
       criu,
       'lazy-pages',
       '-D',
-      imageDir,
+      served.dir,
       '-W',
       workDir,
       '-o',
       logFile,
+      // Debug: its "#PF at" lines are the next restore's prefetch hint.
+      ...(prefetches(env) ? ['-v4'] : []),
       '--status-fd',
       '3'
     ]);
     const child = spawn(file, args, { env, stdio: ['ignore', 'ignore', 'pipe', 'pipe'] });
     child.stderr?.resume();
-    const daemon = new LazyPagesDaemon(child, workDir, logFile, started);
+    const daemon = new LazyPagesDaemon(
+      child,
+      workDir,
+      logFile,
+      started,
+      served.dir,
+      imageDir,
+      served.hint
+    );
     daemon.gate = gate;
     const status = child.stdio[3] as NodeJS.ReadableStream | null;
     const ready = new Promise<string | null>(resolve => {
@@ -221,8 +247,8 @@ export class LazyPagesDaemon {
   private async end(code: number | null, signal: NodeJS.Signals | null): Promise<LazyEnd> {
     const ms = Date.now() - this.started;
     let problem: string | undefined;
+    const text = await readLog(this.logFile);
     if (code !== 0 && !this.stopping) {
-      const text = await readLog(this.logFile);
       problem = criuFailure(
         text,
         { signal, message: code !== null ? `exit ${code}` : undefined },
@@ -233,7 +259,7 @@ export class LazyPagesDaemon {
     if (this.gateClosed) {
       await this.removeWorkDir();
     }
-    return { complete: code === 0 && !this.stopping, ms, problem };
+    return { complete: code === 0 && !this.stopping, ms, problem, faults: faultsInLog(text) };
   }
 }
 
@@ -280,10 +306,14 @@ export function watchLazyKernel(
     if (pending.get(kernel) === daemon) {
       pending.delete(kernel);
     }
+    if (end.complete) {
+      void recordFaults(kernel, daemon.sourceDir, daemon.hint, end.faults);
+    }
     if (end.complete && !kernelGone) {
       log.info(
         `lazy restore: every page is in memory ${end.ms} ms after the restore began ` +
-          `(${(imageBytes / 2 ** 20).toFixed(0)} MiB served by criu lazy-pages)`
+          `(${(imageBytes / 2 ** 20).toFixed(0)} MiB served by criu lazy-pages, ` +
+          `${hintPages(end.faults)} page faults)`
       );
     }
   });

@@ -15,6 +15,7 @@ import {
   watchLazyKernel,
   type RestoreMode
 } from './criu-lazy';
+import { carryHint } from './criu-prefetch';
 import { criuFailure, readLog } from './criu-log';
 import {
   EngineError,
@@ -294,6 +295,7 @@ export class CriuEngine implements Engine<PipelineKernel> {
     } finally {
       await fs.rm(logFile, { force: true });
     }
+    await carryHint(kernel, imageDir);
     return {
       version: probe.version ?? 'unknown',
       frozenMs: Date.now() - started,
@@ -329,7 +331,8 @@ export class CriuEngine implements Engine<PipelineKernel> {
       criu,
       'restore',
       '-D',
-      imageDir,
+      // The image, or its prefetch copy (criu-prefetch.ts).
+      lazy?.imageDir ?? imageDir,
       ...COMMON_FLAGS,
       ...JOIN_OUTER_MOUNT_NAMESPACE,
       ...inherit,

@@ -11,6 +11,10 @@
 //                                       every file's chunk list (chunks.ts), written before
 //                                       private.json says `storage: "chunks"`
 //       chunking.lock             0600  while a process cuts the image into chunks (its pid)
+//       lazy-hint.json            0600  the pages the kernel touched first in its last lazy
+//                                       restore (engines/criu-prefetch.ts): a hint, not part of
+//                                       the image nor of its checksums; written by the engine
+//                                       (a checkpoint of a restored kernel, a lazy restore's end)
 //     .chunks/                    the chunk store every chunk image uses (chunks.ts)
 //     .partial-<id>.<pid>.<start>/  a checkpoint being written by the supervisor of that pid and
 //                                 start time; never listed, removed on failure, and by the next

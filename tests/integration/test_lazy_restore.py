@@ -6,6 +6,7 @@ kernel (it would read zeros) and says so."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -214,3 +215,82 @@ def test_a_page_server_killed_during_the_restore_leaves_a_full_restore(
             return  # killed after the kernel ran: stopped, as test_a_page_server_killed_midway
         assert client.value("x") == "before"
     assert "not lazily" in log.read_text() or "restoring in full" in log.read_text()
+
+
+PREFETCHED = re.compile(
+    r"lazy restore: (\d+) pages \(([\d.]+) MiB\) of the previous run's first touches restored first"
+)
+FAULTS = re.compile(r"every page is in memory \d+ ms .* (\d+) page faults\)")
+
+
+def restore_and_count_faults(client: Client, log: Path, checkpoint_id: str) -> int:
+    """Restores, runs a first cell at once (as a user's next cell), and returns how many pages
+    the kernel faulted on while criu lazy-pages served it (the supervisor's count of the daemon's
+    "#PF" lines)."""
+    seen = len(FAULTS.findall(log.read_text()))
+    client.restore(checkpoint_id)
+    client.run("import math; y = sum(math.sqrt(i) for i in range(1000)); print(len(blob))")
+    deadline = time.monotonic() + 120
+    while len(found := FAULTS.findall(log.read_text())) <= seen:
+        assert time.monotonic() < deadline, f"no fault count in the log:\n{log.read_text()}"
+        time.sleep(0.05)
+    return int(found[seen])
+
+
+def wait_for_hint(hint: Path, older: float | None = None) -> None:
+    deadline = time.monotonic() + 30
+    while not hint.exists() or (older is not None and hint.stat().st_mtime_ns <= older):
+        assert time.monotonic() < deadline, "no prefetch hint was kept beside the image"
+        time.sleep(0.05)
+
+
+def test_a_second_lazy_restore_prefetches_the_first_touches(
+    criu_lazy, make_kernel, store: Path, tmp_path: Path
+):
+    log = tmp_path / "supervisor.log"
+    with open(log, "w") as stderr:
+        kernel = make_kernel(stderr=stderr)
+    client = kernel.client
+    before = client.run(MAKE_DATA, timeout=300).strip()
+    taken = client.checkpoint()
+    hint = store / taken["id"] / "lazy-hint.json"
+    assert not hint.exists()
+
+    # First restore of the image: no hint, every first touch is a fault.
+    without = restore_and_count_faults(client, log, taken["id"])
+    assert not PREFETCHED.search(log.read_text())
+    wait_for_hint(hint)
+    # A hint, private, beside the image (not in it: its checksums still hold, the restore below
+    # verifies them).
+    assert hint.stat().st_mode & 0o777 == 0o600
+    assert not (store / taken["id"] / "image" / "lazy-hint.json").exists()
+
+    # Second restore of the same image: the previous run's first touches come first.
+    with_hint = restore_and_count_faults(client, log, taken["id"])
+    prefetched = PREFETCHED.findall(log.read_text())
+    assert len(prefetched) == 1, log.read_text()
+    assert int(prefetched[0][0]) > 0
+    assert with_hint * 4 < without, (with_hint, without)
+    assert client.run("print(checksum())", timeout=300).strip() == before
+
+    # A checkpoint of the restored kernel carries its hint to the new image.
+    second = client.checkpoint()
+    assert (store / second["id"] / "lazy-hint.json").exists()
+
+
+def test_a_garbage_prefetch_hint_is_ignored(criu_lazy, make_kernel, store: Path, tmp_path: Path):
+    log = tmp_path / "supervisor.log"
+    with open(log, "w") as stderr:
+        kernel = make_kernel(stderr=stderr)
+    client = kernel.client
+    client.run("ballast = bytes(range(256)) * (1 << 20); x = 'kept'")
+    taken = client.checkpoint()
+    client.run("x = 'changed'")
+    hint = store / taken["id"] / "lazy-hint.json"
+    hint.write_text('{"format": "kernel-checkpoint-lazy-hint/1", "pages": {"1": [[12, "x"]]}}')
+    hint.chmod(0o600)
+    client.restore(taken["id"])
+    assert client.value("x") == "kept"
+    text = log.read_text()
+    assert f"lazy restore: the prefetch hint {hint} is ignored" in text
+    assert not PREFETCHED.search(text)
