@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from jupyter_client import KernelManager
-from kctesting import KERNEL_NAME, CommError, Kernel, alive, descendants
+from kctesting import KERNEL_NAME, CommError, Kernel, alive, descendants, wait_sealed
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -152,7 +152,9 @@ def test_the_partial_image_of_a_killed_supervisor_is_removed_by_the_next_one(
 def test_a_partial_image_of_a_live_supervisor_is_kept(make_kernel, store: Path):
     first = make_kernel()
     first.client.run("x = 1")
-    first.client.checkpoint()
+    taken = first.client.checkpoint()
+    # Copied once sealed: the seal rewrites its record through a temporary file after the reply.
+    wait_sealed(store, taken["id"])
     # A second supervisor opens the store while the first is (as far as it can tell) writing.
     [image] = [p for p in store.iterdir() if not p.name.startswith(".")]
     writing = (
