@@ -16,6 +16,7 @@ import {
   type RestoreMode
 } from './criu-lazy';
 import { criuFailure, readLog } from './criu-log';
+import { PageServer, type ServedPages } from './page-server';
 import {
   EngineError,
   type Engine,
@@ -302,7 +303,34 @@ export class CriuEngine implements Engine<PipelineKernel> {
     // The kernel's old stdout/stderr pipe becomes the pipeline's pipe, on criu's fd 3.
     const inherit =
       typeof data.outputPipe === 'string' ? ['--inherit-fd', `fd[3]:${data.outputPipe}`] : [];
-    const lazy = lazily ? await this.startLazyPages(criu, imageDir, spec) : null;
+    // A chunk image's pages are served from its chunks when the restore is lazy.
+    // Without our page server, the pages files (sparse until then) are written out first.
+    const server = lazily && spec.pages ? await this.servePages(spec.pages) : null;
+    if (!server) {
+      await spec.pages?.fillIn();
+    }
+    const lazy = lazily ? await this.startLazyPages(criu, imageDir, spec, server) : null;
+    if (!lazy && server) {
+      server.end();
+      await spec.pages?.fillIn();
+    }
+    let restored: PipelineKernel | null = null;
+    if (server) {
+      server.onFailure = error => {
+        if (restored) {
+          // Killed before the daemon hears anything: the faulting kernel never reads a page it
+          // was not given.
+          void restored.terminate();
+          log.error(
+            `lazy restore: the kernel's pages could not be served (${error.message}); the kernel ` +
+              `is stopped rather than run on missing pages. Restore another checkpoint, or ` +
+              `delete the damaged one.`
+          );
+          void restored.exited.then(() => server.end());
+        }
+        // Still restoring: unanswered, the fault waits; the kernel is stopped once it is known.
+      };
+    }
     const restore = [
       ...RESTORE_PID_NAMESPACE,
       criu,
@@ -322,6 +350,7 @@ export class CriuEngine implements Engine<PipelineKernel> {
       if (missing) {
         lazy?.stop();
         await lazy?.closeGate();
+        server?.end();
         throw new EngineError(
           'engine_unavailable',
           `A fork needs \`${missing}\` (util-linux, iproute2), which is not on PATH.`
@@ -338,8 +367,16 @@ export class CriuEngine implements Engine<PipelineKernel> {
         120000,
         (_launcher, failed) => this.waitForRestored(logFile, failed, spec.answered)
       );
+      restored = kernel;
       const notListening = lazy && (await lazy.listening);
+      const unserved = server?.failure ?? lazy?.fullFailure;
+      if (unserved) {
+        // A damaged chunk, found while the kernel was being restored: it never runs.
+        await kernel.terminate();
+        throw unserved;
+      }
       if (notListening) {
+        server?.end();
         if (this.modeFound?.lazy) {
           log.warn(`restored in full, not lazily: criu lazy-pages did not start (${notListening})`);
         }
@@ -348,11 +385,16 @@ export class CriuEngine implements Engine<PipelineKernel> {
         await kernel.terminate();
         throw new Error((await lazy.ended).problem ?? 'criu lazy-pages ended early');
       } else if (lazy) {
-        watchLazyKernel(kernel, lazy, await pagesBytes(imageDir));
+        watchLazyKernel(kernel, lazy, spec.pages?.bytes ?? (await pagesBytes(imageDir)), server);
       }
       return kernel;
     } catch (error) {
       lazy?.stop();
+      server?.end();
+      const unserved = server?.failure ?? lazy?.fullFailure;
+      if (unserved) {
+        throw unserved;
+      }
       if (lazy?.failed) {
         // The daemon died before the kernel ran (nothing of it read a missing page): the image
         // is fine, so it is restored again, in full.
@@ -392,6 +434,22 @@ export class CriuEngine implements Engine<PipelineKernel> {
   }
 
   /**
+   * Our page server for a lazy restore of served pages (a chunk image's), or null when it cannot
+   * listen (then the restore is full, said in the log).
+   */
+  private async servePages(pages: ServedPages): Promise<PageServer | null> {
+    try {
+      const server = await PageServer.listen(pages);
+      pages.retain();
+      void server.ended.then(() => pages.release());
+      return server;
+    } catch (error) {
+      log.warn(`restoring in full instead of lazily: no page server (${(error as Error).message})`);
+      return null;
+    }
+  }
+
+  /**
    * The page server of a lazy restore, listening, or null for a full restore (lazy restore off or
    * not possible here, or the daemon would not start: then said in the log, and the restore is
    * full rather than failed).
@@ -399,7 +457,8 @@ export class CriuEngine implements Engine<PipelineKernel> {
   private async startLazyPages(
     criu: string,
     imageDir: string,
-    spec: LaunchSpec
+    spec: LaunchSpec,
+    server: PageServer | null
   ): Promise<LazyPagesDaemon | null> {
     const mode = this.restoreMode();
     // A restore with no kernel launched before (a fork's supervisor) has not asked `criu check`
@@ -416,7 +475,10 @@ export class CriuEngine implements Engine<PipelineKernel> {
         mode.then(
           found => (found.lazy ? null : found.reason),
           (error: unknown) => String(error)
-        )
+        ),
+        server && spec.pages
+          ? { port: server.port, beforeFull: (pages => () => pages.fillIn())(spec.pages) }
+          : undefined
       );
     } catch (error) {
       log.warn(`restoring in full instead of lazily: ${(error as Error).message}`);

@@ -8,6 +8,8 @@
 
 import type { Readable } from 'node:stream';
 
+import type { ServedPages } from './page-server';
+
 /** What `probe` found: whether this engine can run here, and if not, why and what to do. */
 export interface EngineProbe {
   name: string;
@@ -42,6 +44,11 @@ export interface LaunchSpec {
    * collide with those of another kernel restored from the same image.
    */
   isolate?: { imageIpcDir: string; ownIpcDir: string };
+  /**
+   * Restore only: the image's pages files are not in its folder (or only in part) but served
+   * from the chunk store; an engine that restores in full writes them out first (`fillIn`).
+   */
+  pages?: ServedPages;
 }
 
 export interface KernelExit {

@@ -5,14 +5,16 @@ kernel (it would read zeros) and says so."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import struct
 import time
 from pathlib import Path
 
 import pytest
 from jupyter_client import BlockingKernelClient
-from kctesting import Client, alive, descendants
+from kctesting import Client, CommError, alive, descendants
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -162,25 +164,96 @@ def test_a_fork_is_restored_lazily_and_whole(criu_lazy, make_kernel, tmp_path: P
     assert "not lazily" not in fork_log.read_text()
 
 
-def test_a_chunk_image_is_served_lazily_after_its_rebuild(
+SERVED = "which a page server serves from the chunks"
+
+
+def chunked_checkpoint(kernel, store: Path) -> tuple[str, str]:
+    """MAKE_DATA, then a checkpoint, once it is cut into chunks; its id and the checksum."""
+    before = kernel.client.run(MAKE_DATA, timeout=300).strip()
+    taken = kernel.client.checkpoint()
+    # Cut into chunks in the background: its whole files are gone once that is done.
+    deadline = time.monotonic() + 300
+    while (store / taken["id"] / "image").exists():
+        assert time.monotonic() < deadline, "the image was not cut into chunks"
+        time.sleep(0.2)
+    return taken["id"], before
+
+
+def test_a_chunk_image_is_served_from_its_chunks_without_rebuilding_its_pages(
     criu_lazy, make_kernel, store: Path, tmp_path: Path
 ):
     log = tmp_path / "supervisor.log"
     with open(log, "w") as stderr:
         kernel = make_kernel(stderr=stderr, KERNEL_CHECKPOINT_DEDUP="1")
     client = kernel.client
-    before = client.run(MAKE_DATA, timeout=300).strip()
-    taken = client.checkpoint()
-    # Cut into chunks in the background: its whole files are gone once that is done.
-    deadline = time.monotonic() + 300
-    while (store / taken["id"] / "image").exists():
-        assert time.monotonic() < deadline, "the image was not cut into chunks"
-        time.sleep(0.2)
+    taken, before = chunked_checkpoint(kernel, store)
     client.run("big[:] = 0; blob = b''")
-    client.restore(taken["id"])
-    # The rebuilt folder goes once the kernel runs; the daemon still serves from its open files.
+    client.restore(taken)
+    # Every other file was rebuilt, the pages (1.3 GiB) were not: the page server sends them.
+    text = log.read_text()
+    assert SERVED in text, text
+    served = next(line for line in text.splitlines() if SERVED in line)
+    assert "(13" in served, served  # "(1300 MiB)" or so: the pages, not a few MiB
     assert client.run("print(checksum())", timeout=300).strip() == before
-    assert "from chunks" in wait_for_line(log, EVERY_PAGE)
+    assert "from the chunk store" in wait_for_line(log, EVERY_PAGE)
+    # Whole again: it checkpoints and restores as any kernel.
+    again = client.checkpoint()
+    client.run("blob = b''")
+    client.restore(again["id"])
+    assert client.run("print(checksum())", timeout=300).strip() == before
+
+
+def test_a_damaged_chunk_of_served_pages_stops_the_kernel_and_says_so(
+    criu_lazy, make_kernel, store: Path, tmp_path: Path
+):
+    log = tmp_path / "supervisor.log"
+    with open(log, "w") as stderr:
+        kernel = make_kernel(stderr=stderr, KERNEL_CHECKPOINT_DEDUP="1")
+    client = kernel.client
+    supervisor = kernel.supervisor_pid
+    taken, before = chunked_checkpoint(kernel, store)
+    # A raw chunk in the middle of the pages file (inside `big`): served lazily, not rebuilt.
+    data = (store / taken / "chunks.bin").read_bytes()
+    (size,) = struct.unpack_from("<I", data)
+    lists = json.loads(data[4 : 4 + size])
+    name, pages = max(lists.items(), key=lambda item: item[1]["bytes"])
+    assert name.startswith("pages-"), name
+    index, run = 0, None
+    for candidate in pages["runs"]:
+        if "zstd" not in candidate and index > len(pages["runs"]) // 4 and candidate["count"] > 1:
+            run = candidate
+            break
+        index += candidate["count"]
+    assert run is not None, "no raw run in the pages file"
+    pack = store / ".chunks" / "packs" / f"{run['pack']}.pack"
+    with open(pack, "r+b") as handle:
+        handle.seek(run["at"] + 100)
+        byte = handle.read(1)
+        handle.seek(run["at"] + 100)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+
+    client.run("big[:] = 0")
+    try:
+        client.restore(taken)
+    except CommError as error:
+        # Found while CRIU restored it: refused, naming the damage.
+        assert error.code == "corrupt_image", error
+        assert taken in error.message
+        return
+    # Found after the kernel ran: it is stopped before it could read a page it was not sent.
+    msg_id = client.kc.execute("print(checksum())")
+    text = wait_for_line(log, "the kernel's pages could not be served")
+    assert "is damaged" in text and taken in text
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and alive(supervisor):
+        time.sleep(0.1)
+    assert not alive(supervisor)
+    try:
+        result = client.collect(msg_id, timeout=2)
+    except Exception:
+        result = None
+    if result is not None:
+        assert result.stdout.strip() == "", "the kernel ran on pages it was not sent"
 
 
 def test_a_page_server_killed_during_the_restore_leaves_a_full_restore(

@@ -1,0 +1,149 @@
+// The pages of a chunk image for a lazy restore's page server, read from the chunk store as they
+// are asked for instead of rebuilding `pages-*.img` first. Only the ranges `criu restore` reads
+// itself (pagemap entries not flagged PE_LAZY: file-backed private memory, vdso, locked or stack
+// pages) are written into a sparse pages file; the rest is served by request, every chunk checked
+// against its hash before its bytes leave (docs/architecture.md, the lazy restore Decision).
+
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+
+import {
+  eagerRanges,
+  fileRanges,
+  PAGE_BYTES,
+  parsePagemap,
+  type Pagemap
+} from '../engines/criu-pagemap';
+import type { ServedPages } from '../engines/page-server';
+import { ChunkCorruptError, type ChunkList, type ChunkListReader, type ChunkStore } from './chunks';
+
+const PAGEMAP_FILE = /^pagemap-(\d+)\.img$/;
+export const PAGES_FILE = /^pages-(\d+)\.img$/;
+
+/** What a restore gets besides the folder (see ServedPages). */
+export type LazyPages = ServedPages;
+
+interface ServedFile {
+  dest: string;
+  list: ChunkList;
+  reader: ChunkListReader;
+}
+
+export class ChunkPageSource implements LazyPages {
+  private users = 1;
+  private filled: Promise<void> | null = null;
+
+  private constructor(
+    private readonly chunks: ChunkStore,
+    private readonly maps: Map<number, { map: Pagemap; file: ServedFile }>,
+    private readonly files: ServedFile[],
+    /** Turns a damaged chunk into the error for the user (naming every checkpoint using it). */
+    private readonly damaged: (error: ChunkCorruptError) => Promise<Error>
+  ) {}
+
+  get bytes(): number {
+    return this.files.reduce((sum, file) => sum + file.list.bytes, 0);
+  }
+
+  /**
+   * For the rebuilt folder `dir` (every other file already in it, pagemaps included): writes
+   * each pages file sparse with its eager ranges only, and serves the rest from `lists`.
+   */
+  static async open(
+    dir: string,
+    lists: Record<string, ChunkList>,
+    chunks: ChunkStore,
+    damaged: (error: ChunkCorruptError) => Promise<Error>
+  ): Promise<ChunkPageSource> {
+    const maps = new Map<number, { map: Pagemap; file: ServedFile }>();
+    const files: ServedFile[] = [];
+    const byId = new Map<number, ServedFile>();
+    const source = new ChunkPageSource(chunks, maps, files, damaged);
+    try {
+      for (const [name, list] of Object.entries(lists)) {
+        const id = PAGES_FILE.exec(name)?.[1];
+        if (id !== undefined) {
+          const file = { dest: path.join(dir, name), list, reader: await chunks.reader(list) };
+          files.push(file);
+          byId.set(Number(id), file);
+        }
+      }
+      for (const name of Object.keys(lists)) {
+        const pid = PAGEMAP_FILE.exec(name)?.[1];
+        if (pid === undefined) {
+          continue;
+        }
+        const map = parsePagemap(await fs.readFile(path.join(dir, name)));
+        const file = byId.get(map.pagesId);
+        if (!file || map.filePages * PAGE_BYTES !== file.list.bytes) {
+          throw new Error(`${name} does not describe pages-${map.pagesId}.img`);
+        }
+        maps.set(Number(pid), { map, file });
+      }
+      for (const file of files) {
+        await source.writeEager(file, [...maps.values()].filter(use => use.file === file));
+      }
+    } catch (error) {
+      await source.release();
+      throw error instanceof ChunkCorruptError ? await damaged(error) : error;
+    }
+    return source;
+  }
+
+  /** The pages file, sparse: holes where the page server will serve the pages. */
+  private async writeEager(file: ServedFile, uses: Array<{ map: Pagemap }>): Promise<void> {
+    const out = await fs.open(file.dest, 'w', 0o600);
+    try {
+      await out.truncate(file.list.bytes);
+      for (const { map } of uses) {
+        for (const range of eagerRanges(map)) {
+          const bytes = await file.reader.read(range.page, range.count);
+          await out.write(bytes, 0, bytes.length, range.page * PAGE_BYTES);
+        }
+      }
+    } finally {
+      await out.close();
+    }
+  }
+
+  async read(pid: number, vaddr: number, count: number): Promise<Buffer> {
+    const served = this.maps.get(pid);
+    if (!served) {
+      throw new Error(`the image has no pagemap for pid ${pid}`);
+    }
+    const into = Buffer.allocUnsafe(count * PAGE_BYTES);
+    let done = 0;
+    try {
+      for (const range of fileRanges(served.map, vaddr, count)) {
+        await served.file.reader.read(range.page, range.count, into.subarray(done));
+        done += range.count * PAGE_BYTES;
+      }
+    } catch (error) {
+      throw error instanceof ChunkCorruptError ? await this.damaged(error) : error;
+    }
+    return into;
+  }
+
+  fillIn(): Promise<void> {
+    this.filled ??= (async () => {
+      try {
+        for (const file of this.files) {
+          await this.chunks.materialize(file.list, file.dest);
+        }
+      } catch (error) {
+        throw error instanceof ChunkCorruptError ? await this.damaged(error) : error;
+      }
+    })();
+    return this.filled;
+  }
+
+  retain(): void {
+    this.users++;
+  }
+
+  async release(): Promise<void> {
+    if (--this.users === 0) {
+      await Promise.all(this.files.map(file => file.reader.close().catch(() => undefined)));
+    }
+  }
+}
