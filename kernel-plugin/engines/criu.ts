@@ -22,7 +22,8 @@ import {
   type Engine,
   type EngineProbe,
   type LaunchSpec,
-  type Snapshot
+  type Snapshot,
+  stopCauses
 } from './engine';
 import { fdTarget, startPipelineKernel, type PipelineKernel } from './process';
 import { underPrivateUmask } from '../store/private-umask';
@@ -320,6 +321,7 @@ export class CriuEngine implements Engine<PipelineKernel> {
         if (restored) {
           // Killed before the daemon hears anything: the faulting kernel never reads a page it
           // was not given.
+          stopCauses.set(restored, error);
           void restored.terminate();
           log.error(
             `lazy restore: the kernel's pages could not be served (${error.message}); the kernel ` +

@@ -56,6 +56,12 @@ export interface KernelExit {
   signal: NodeJS.Signals | null;
 }
 
+/**
+ * Why an engine stopped a kernel itself (a lazy restore's pages could not be served): the
+ * supervisor says this rather than only that the kernel exited.
+ */
+export const stopCauses = new WeakMap<object, Error>();
+
 /** A running kernel process, however the engine started it. */
 export interface KernelProcess {
   /** Host PID of the kernel's root process (the one that is snapshotted). */

@@ -9,7 +9,7 @@
 //   reconnecting the supervisor connects, the plugin hears `restarted`, held messages go on.
 
 import type { Checkpoint } from '../../protocol/checkpoint-protocol';
-import type { KernelExit, KernelProcess } from '../engines/engine';
+import { stopCauses, type KernelExit, type KernelProcess } from '../engines/engine';
 import { keepsBeforeRestore } from '../store/chunked-images';
 import type { ImageStore, OpenedImage, PrivateRecord } from '../store/store';
 import type { AgentChannel } from './agent';
@@ -290,6 +290,10 @@ export class RestoreFlow {
     let answering = false;
     const died = kernel.exited.then(exit => {
       if (!answering) {
+        const cause = stopCauses.get(kernel);
+        if (cause) {
+          throw asRequestError(cause);
+        }
         throw new RequestError(
           'engine_failed',
           `The restored kernel exited before it answered (${exitText(exit)}).`
