@@ -272,7 +272,7 @@ export function watchLazyKernel(
   kernel: { pid: number; exited: Promise<unknown>; terminate(): Promise<void> },
   daemon: LazyPagesDaemon,
   imageBytes: number,
-  server: { end(): void } | null = null
+  server: { end(): void; ended: Promise<{ requests: number; pages: number; readMs: number }> } | null = null
 ): void {
   pending.set(kernel, daemon);
   let kernelGone = false;
@@ -306,10 +306,15 @@ export function watchLazyKernel(
       pending.delete(kernel);
     }
     if (end.complete && !kernelGone) {
-      log.info(
-        `lazy restore: every page is in memory ${end.ms} ms after the restore began ` +
-          `(${(imageBytes / 2 ** 20).toFixed(0)} MiB served by criu lazy-pages` +
-          `${server ? ' from the chunk store' : ''})`
+      void (server?.ended ?? Promise.resolve(null)).then(served =>
+        log.info(
+          `lazy restore: every page is in memory ${end.ms} ms after the restore began ` +
+            `(${(imageBytes / 2 ** 20).toFixed(0)} MiB served by criu lazy-pages` +
+            (served
+              ? ` from the chunk store: ${served.requests} requests, ` +
+                `${served.readMs.toFixed(0)} ms reading and checking chunks)`
+              : ')')
+        )
       );
     }
   });

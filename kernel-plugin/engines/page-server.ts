@@ -43,6 +43,8 @@ export interface PageServerEnd {
   closed: boolean;
   pages: number;
   requests: number;
+  /** Time spent reading (and checking) the pages asked for. */
+  readMs: number;
   /** Why it stopped serving, when it failed (a damaged chunk, a request it cannot answer). */
   error?: Error;
 }
@@ -57,7 +59,7 @@ export class PageServer {
   readonly ended: Promise<PageServerEnd>;
   onFailure: (error: Error) => void = () => undefined;
   private socket: net.Socket | null = null;
-  private result: PageServerEnd = { closed: false, pages: 0, requests: 0 };
+  private result: PageServerEnd = { closed: false, pages: 0, requests: 0, readMs: 0 };
   private finish: (end: PageServerEnd) => void = () => undefined;
 
   private constructor(
@@ -148,7 +150,9 @@ export class PageServer {
     if (request.cmd !== PS_IOV_GET) {
       throw new Error(`criu lazy-pages sent command 0x${request.cmd.toString(16)}, not a page request`);
     }
+    const reading = performance.now();
     const bytes = await this.source.read(request.dst, request.vaddr, request.pages);
+    this.result.readMs += performance.now() - reading;
     if (bytes.length !== request.pages * PAGE_BYTES) {
       throw new Error(`the page source gave ${bytes.length} bytes for ${request.pages} pages`);
     }
