@@ -90,7 +90,9 @@ def measure(args: argparse.Namespace, base: Path) -> dict:
                 k["runs"].append(
                     {"restore_s": replied - started, "restore_to_cell_s": done - started, "ok": ok}
                 )
-                print(f"round {round_ + 1} {mode}: {done - started:.2f} s, state ok {ok}", flush=True)
+                print(
+                    f"round {round_ + 1} {mode}: {done - started:.2f} s, state ok {ok}", flush=True
+                )
         results = {}
         for mode, k in kernels.items():
             # The last lazy restore's pages may still be arriving.
@@ -126,7 +128,7 @@ def table(saved: dict) -> str:
     rows = [
         f"{saved['mib']} MiB numpy kernel, restore -> first cell reply (medians; CRIU)",
         "",
-        "| image, restore | restore→cell (s) | min–max (s) | vs whole lazy | every page in (s) "
+        "| image, restore | restore→cell (s) | min-max (s) | vs whole lazy | every page in (s) "
         "| state ok | runs | served by our page server |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -138,14 +140,15 @@ def table(saved: dict) -> str:
             ratio += " ✓" if cell / base_cell <= TARGET else " ✗"
         resident = median(r["resident_ms"])
         rows.append(
-            f"| {mode} | {cell:.2f} | {min(cells):.2f}–{max(cells):.2f} | {ratio} | "
+            f"| {mode} | {cell:.2f} | {min(cells):.2f}-{max(cells):.2f} | {ratio} | "
             f"{'-' if resident is None else f'{resident / 1000:.2f}'} | "
             f"{'yes' if all(run['ok'] for run in r['runs']) else 'NO'} | {len(cells)} | "
             f"{r['served']} |"
         )
     rows.append(
         f"\nTarget: a chunk image's restore within {TARGET}x of a whole image's (lazy, the "
-        "default where userfaultfd works). 'every page in' is from the supervisor's log (lazy only)."
+        "default where userfaultfd works). 'every page in' is from the supervisor's log "
+        "(lazy only)."
     )
     return "\n".join(rows)
 

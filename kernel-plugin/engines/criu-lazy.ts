@@ -272,7 +272,10 @@ export function watchLazyKernel(
   kernel: { pid: number; exited: Promise<unknown>; terminate(): Promise<void> },
   daemon: LazyPagesDaemon,
   imageBytes: number,
-  server: { end(): void; ended: Promise<{ requests: number; pages: number; readMs: number }> } | null = null
+  server: {
+    end(): void;
+    ended: Promise<{ requests: number; pages: number; readMs: number }>;
+  } | null = null
 ): void {
   pending.set(kernel, daemon);
   let kernelGone = false;

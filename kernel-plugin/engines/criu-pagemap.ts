@@ -122,7 +122,13 @@ export function fileRanges(map: Pagemap, vaddr: number, count: number): FileRang
   for (let index = low; left > 0; index++) {
     const entry = map.entries[index];
     const skip = entry ? (address - entry.vaddr) / PAGE_BYTES : -1;
-    if (!entry || entry.filePage < 0 || skip < 0 || skip >= entry.pages || !Number.isInteger(skip)) {
+    if (
+      !entry ||
+      entry.filePage < 0 ||
+      skip < 0 ||
+      skip >= entry.pages ||
+      !Number.isInteger(skip)
+    ) {
       throw new Error(
         `pages at 0x${address.toString(16)} (${left} of a request for ${count}) are not in the image`
       );

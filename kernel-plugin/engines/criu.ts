@@ -479,7 +479,13 @@ export class CriuEngine implements Engine<PipelineKernel> {
           (error: unknown) => String(error)
         ),
         server && spec.pages
-          ? { port: server.port, beforeFull: (pages => () => pages.fillIn())(spec.pages) }
+          ? {
+              port: server.port,
+              beforeFull: (
+                pages => () =>
+                  pages.fillIn()
+              )(spec.pages)
+            }
           : undefined
       );
     } catch (error) {

@@ -148,7 +148,9 @@ export class PageServer {
       return;
     }
     if (request.cmd !== PS_IOV_GET) {
-      throw new Error(`criu lazy-pages sent command 0x${request.cmd.toString(16)}, not a page request`);
+      throw new Error(
+        `criu lazy-pages sent command 0x${request.cmd.toString(16)}, not a page request`
+      );
     }
     const reading = performance.now();
     const bytes = await this.source.read(request.dst, request.vaddr, request.pages);

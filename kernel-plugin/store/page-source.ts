@@ -101,7 +101,10 @@ export class ChunkPageSource implements LazyPages {
         maps.set(Number(pid), { map, file });
       }
       for (const file of files) {
-        await source.writeEager(file, [...maps.values()].filter(use => use.file === file));
+        await source.writeEager(
+          file,
+          [...maps.values()].filter(use => use.file === file)
+        );
       }
     } catch (error) {
       await source.release();

@@ -780,10 +780,10 @@ export class ImageStore {
         record.files
           .filter(file => !served(file.path))
           .map(async file => {
-          const dest = path.join(dir, file.path);
-          await fs.mkdir(path.dirname(dest), { recursive: true, mode: 0o700 });
-          await this.chunks.materialize(lists[file.path], dest);
-        })
+            const dest = path.join(dir, file.path);
+            await fs.mkdir(path.dirname(dest), { recursive: true, mode: 0o700 });
+            await this.chunks.materialize(lists[file.path], dest);
+          })
       );
       if (record.files.some(file => served(file.path))) {
         pages = await ChunkPageSource.open(dir, lists, this.chunks, damaged =>

@@ -211,7 +211,7 @@ def test_a_damaged_chunk_of_served_pages_stops_the_kernel_and_says_so(
         kernel = make_kernel(stderr=stderr, KERNEL_CHECKPOINT_DEDUP="1")
     client = kernel.client
     supervisor = kernel.supervisor_pid
-    taken, before = chunked_checkpoint(kernel, store)
+    taken, _ = chunked_checkpoint(kernel, store)
     # A raw chunk in the middle of the pages file (inside `big`): served lazily, not rebuilt.
     data = (store / taken / "chunks.bin").read_bytes()
     (size,) = struct.unpack_from("<I", data)

@@ -19,7 +19,9 @@ function varint(value: number): number[] {
 }
 
 function message(fields: Array<[number, number]>): Buffer {
-  const body = Buffer.from(fields.flatMap(([field, value]) => [...varint(field * 8), ...varint(value)]));
+  const body = Buffer.from(
+    fields.flatMap(([field, value]) => [...varint(field * 8), ...varint(value)])
+  );
   const length = Buffer.alloc(4);
   length.writeUInt32LE(body.length);
   return Buffer.concat([length, body]);
