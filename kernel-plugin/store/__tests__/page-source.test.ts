@@ -97,6 +97,25 @@ async function connect(port: number) {
   };
 }
 
+/** Flips a byte of page `page` (lazy) of the pages file in its pack. */
+async function flipPage(page: number): Promise<void> {
+  const list = lists['pages-3.img'];
+  let first = 0;
+  const run = list.runs.find(candidate => {
+    const holds = first <= page && page < first + candidate.count;
+    first += candidate.count;
+    return holds;
+  });
+  expect(run?.zstd).toBeUndefined();
+  const start = list.runs.slice(0, list.runs.indexOf(run!)).reduce((n, r) => n + r.count, 0);
+  const pack = await fs.open(store.packPath(run!.pack), 'r+');
+  const at = run!.at + (page - start) * PAGE_BYTES + 17;
+  const byte = Buffer.alloc(1);
+  await pack.read(byte, 0, 1, at);
+  await pack.write(Buffer.from([byte[0] ^ 0xff]), 0, 1, at);
+  await pack.close();
+}
+
 describe('a chunk image served page by page', () => {
   it('writes only the eager pages into a sparse pages file; the rest come by request', async () => {
     const source = await ChunkPageSource.open(rebuilt, lists, store, damaged);
@@ -127,23 +146,9 @@ describe('a chunk image served page by page', () => {
   });
 
   it('a damaged chunk is never sent: no reply, and the failure names the damage', async () => {
+    // Damaged after the image was opened (and checked whole).
     const source = await ChunkPageSource.open(rebuilt, lists, store, damaged);
-    // Flip a byte of page 5 (lazy) in its pack.
-    const list = lists['pages-3.img'];
-    let first = 0;
-    const run = list.runs.find(candidate => {
-      const holds = first <= 5 && 5 < first + candidate.count;
-      first += candidate.count;
-      return holds;
-    });
-    expect(run?.zstd).toBeUndefined();
-    const start = list.runs.slice(0, list.runs.indexOf(run!)).reduce((n, r) => n + r.count, 0);
-    const pack = await fs.open(store.packPath(run!.pack), 'r+');
-    const at = run!.at + (5 - start) * PAGE_BYTES + 17;
-    const byte = Buffer.alloc(1);
-    await pack.read(byte, 0, 1, at);
-    await pack.write(Buffer.from([byte[0] ^ 0xff]), 0, 1, at);
-    await pack.close();
+    await flipPage(5);
 
     const server = await PageServer.listen(source);
     const failures: Error[] = [];
@@ -159,6 +164,13 @@ describe('a chunk image served page by page', () => {
     server.end();
     expect((await server.ended).requests).toBe(0);
     await source.release();
+  });
+
+  it('a damaged chunk found when the image is opened refuses it, naming the damage', async () => {
+    await flipPage(7);
+    await expect(ChunkPageSource.open(rebuilt, lists, store, damaged)).rejects.toThrow(
+      /^damaged: Chunk [0-9a-f]+ .* is damaged/
+    );
   });
 
   it('refuses a second connection and a request for a pid the image has not', async () => {
