@@ -36,7 +36,11 @@ from harness.jupyter import wait_shell_reply  # noqa: E402
 from kctesting import Kernel  # noqa: E402
 
 MODES = {
-    "chunks served": {"KERNEL_CHECKPOINT_DEDUP": "1", "KERNEL_CHECKPOINT_LAZY": "1"},
+    "chunks served": {
+        "KERNEL_CHECKPOINT_DEDUP": "1",
+        "KERNEL_CHECKPOINT_LAZY": "1",
+        "KERNEL_CHECKPOINT_SERVE_PAGES": "1",
+    },
     "whole lazy": {"KERNEL_CHECKPOINT_DEDUP": "0", "KERNEL_CHECKPOINT_LAZY": "1"},
     "whole full": {"KERNEL_CHECKPOINT_DEDUP": "0", "KERNEL_CHECKPOINT_LAZY": "0"},
     "chunks rebuilt": {"KERNEL_CHECKPOINT_DEDUP": "1", "KERNEL_CHECKPOINT_LAZY": "0"},

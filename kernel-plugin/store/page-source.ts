@@ -18,6 +18,13 @@ import {
 import type { ServedPages } from '../engines/page-server';
 import { ChunkCorruptError, type ChunkList, type ChunkListReader, type ChunkStore } from './chunks';
 
+/**
+ * KERNEL_CHECKPOINT_SERVE_PAGES=1 has a lazy restore of a chunk image served by the page server
+ * instead of rebuilt first. Off by default: measured slower than the rebuild so far
+ * (bench/README.md, "PAGES SERVED FROM CHUNKS").
+ */
+export const SERVE_PAGES_SETTING = 'KERNEL_CHECKPOINT_SERVE_PAGES';
+
 const PAGEMAP_FILE = /^pagemap-(\d+)\.img$/;
 /**
  * A fault asks for one page, and the next fault is usually beside it: small requests are read
@@ -46,6 +53,7 @@ interface ServedFile {
 
 /** Chunks read at a time when checking a whole file. */
 const CHECK_CHUNKS = 1024;
+const CHECKS_AT_ONCE = 4;
 
 /**
  * Reads every chunk of a served file once, checked against its hash: a restore opens the image
@@ -53,10 +61,19 @@ const CHECK_CHUNKS = 1024;
  * nothing, rather than stop a kernel whose pages are half in (measured cost: bench/README.md).
  */
 async function checkAll(file: ServedFile): Promise<void> {
-  const block = Buffer.allocUnsafe(CHECK_CHUNKS * PAGE_BYTES);
-  for (let first = 0; first < file.reader.chunks; first += CHECK_CHUNKS) {
-    await file.reader.read(first, Math.min(CHECK_CHUNKS, file.reader.chunks - first), block);
-  }
+  // A few reads in flight: the reads run on libuv's pool while this thread checks hashes.
+  const blocks = Array.from({ length: CHECKS_AT_ONCE }, () =>
+    Buffer.allocUnsafe(CHECK_CHUNKS * PAGE_BYTES)
+  );
+  let next = 0;
+  const worker = async (block: Buffer) => {
+    while (next < file.reader.chunks) {
+      const first = next;
+      next += CHECK_CHUNKS;
+      await file.reader.read(first, Math.min(CHECK_CHUNKS, file.reader.chunks - first), block);
+    }
+  };
+  await Promise.all(blocks.map(worker));
 }
 
 export class ChunkPageSource implements LazyPages {

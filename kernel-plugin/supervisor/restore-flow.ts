@@ -11,6 +11,7 @@
 import type { Checkpoint } from '../../protocol/checkpoint-protocol';
 import { stopCauses, type KernelExit, type KernelProcess } from '../engines/engine';
 import { keepsBeforeRestore } from '../store/chunked-images';
+import { SERVE_PAGES_SETTING } from '../store/page-source';
 import type { ImageStore, OpenedImage, PrivateRecord } from '../store/store';
 import type { AgentChannel } from './agent';
 import { tellAndAwaitHooks, type Progress } from './checkpoint-flow';
@@ -87,9 +88,11 @@ export class RestoreFlow {
     const { manifest, record } = await this.verify(id, progress);
     // Rebuilt (a chunk image) before the running kernel is touched: a damaged chunk changes nothing.
     const rebuilding = Date.now();
-    // A lazy restore has a chunk image's pages served from its chunks, not rebuilt.
-    const lazy = (await this.host.engine.restoreMode?.().catch(() => null))?.lazy === true;
-    const image = await this.options.store.openImage(id, record, { lazyPages: lazy });
+    // A lazy restore may have a chunk image's pages served from its chunks, not rebuilt.
+    const serve =
+      this.options.env[SERVE_PAGES_SETTING] === '1' &&
+      (await this.host.engine.restoreMode?.().catch(() => null))?.lazy === true;
+    const image = await this.options.store.openImage(id, record, { lazyPages: serve });
     if (image.pages) {
       log.info(
         `rebuilt the files of ${id} from chunks in ${Date.now() - rebuilding} ms, all but its ` +

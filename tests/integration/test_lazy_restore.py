@@ -179,12 +179,31 @@ def chunked_checkpoint(kernel, store: Path) -> tuple[str, str]:
     return taken["id"], before
 
 
+def test_a_chunk_image_is_served_lazily_after_its_rebuild(
+    criu_lazy, make_kernel, store: Path, tmp_path: Path
+):
+    """The default (KERNEL_CHECKPOINT_SERVE_PAGES unset): rebuilt, then served by criu."""
+    log = tmp_path / "supervisor.log"
+    with open(log, "w") as stderr:
+        kernel = make_kernel(stderr=stderr, KERNEL_CHECKPOINT_DEDUP="1")
+    client = kernel.client
+    taken, before = chunked_checkpoint(kernel, store)
+    client.run("big[:] = 0; blob = b''")
+    client.restore(taken)
+    # The rebuilt folder goes once the kernel runs; the daemon still serves from its open files.
+    assert client.run("print(checksum())", timeout=300).strip() == before
+    text = wait_for_line(log, EVERY_PAGE)
+    assert "from chunks" in text and SERVED not in text
+
+
 def test_a_chunk_image_is_served_from_its_chunks_without_rebuilding_its_pages(
     criu_lazy, make_kernel, store: Path, tmp_path: Path
 ):
     log = tmp_path / "supervisor.log"
     with open(log, "w") as stderr:
-        kernel = make_kernel(stderr=stderr, KERNEL_CHECKPOINT_DEDUP="1")
+        kernel = make_kernel(
+            stderr=stderr, KERNEL_CHECKPOINT_DEDUP="1", KERNEL_CHECKPOINT_SERVE_PAGES="1"
+        )
     client = kernel.client
     taken, before = chunked_checkpoint(kernel, store)
     client.run("big[:] = 0; blob = b''")
@@ -208,7 +227,9 @@ def test_a_damaged_chunk_of_served_pages_refuses_the_restore_and_changes_nothing
 ):
     log = tmp_path / "supervisor.log"
     with open(log, "w") as stderr:
-        kernel = make_kernel(stderr=stderr, KERNEL_CHECKPOINT_DEDUP="1")
+        kernel = make_kernel(
+            stderr=stderr, KERNEL_CHECKPOINT_DEDUP="1", KERNEL_CHECKPOINT_SERVE_PAGES="1"
+        )
     client = kernel.client
     supervisor = kernel.supervisor_pid
     taken, _ = chunked_checkpoint(kernel, store)
