@@ -123,7 +123,7 @@ def one_size(env: dict[str, str], mib: int, forks: int) -> list[str]:
             print(rows[-1], flush=True)
     finally:
         for client in opened:
-            client.kc.shutdown()
+            client.shutdown()
             client.close()
         kernel.shutdown()
     return rows

@@ -93,7 +93,8 @@ export class KernelCheckpointManager implements IKernelCheckpoint {
       const created = new KernelCheckpointSession({
         sessionContext: panel.sessionContext,
         specsManager: this._specsManager,
-        identity: notebookIdentity(panel)
+        identity: notebookIdentity(panel),
+        document: panel.context
       });
       session = created;
       this._sessions.set(panel, created);

@@ -51,6 +51,13 @@ export class KernelCheckpointSession implements IDisposable {
     this._specsManager = options.specsManager ?? null;
     this._helloTimeout = options.helloTimeout ?? 5000;
     this._identity = options.identity ?? null;
+    this._document = options.document ?? null;
+    // The path comes from the document when there is one, else from the session.
+    if (this._document) {
+      this._document.pathChanged.connect(this._onPathChanged, this);
+    } else {
+      this.sessionContext.propertyChanged.connect(this._onSessionProperty, this);
+    }
     this.sessionContext.kernelChanged.connect(this._onKernelChanged, this);
     this.sessionContext.statusChanged.connect(this._onStatusChanged, this);
     this.sessionContext.iopubMessage.connect(this._onIopub, this);
@@ -60,9 +67,17 @@ export class KernelCheckpointSession implements IDisposable {
   readonly sessionContext: ISessionContext;
   readonly model = new CheckpointModel();
 
-  /** Path of the notebook. */
+  /**
+   * Path of the notebook: its document's, which follows a rename at once (the session's follows
+   * only once the server has moved the session, and not at all while there is none).
+   */
   get path(): string {
-    return this.sessionContext.path;
+    return this._document?.path ?? this.sessionContext.path;
+  }
+
+  /** Emitted when the notebook's path changes (a rename or move). */
+  get pathChanged(): ISignal<this, string> {
+    return this._pathChanged;
   }
 
   /** Emitted when a request of this session fails, with the error. */
@@ -197,11 +212,22 @@ export class KernelCheckpointSession implements IDisposable {
     );
   }
 
+  private _onPathChanged(): void {
+    this._pathChanged.emit(this.path);
+  }
+
+  private _onSessionProperty(_: unknown, property: string): void {
+    if (property === 'path') {
+      this._pathChanged.emit(this.path);
+    }
+  }
+
   dispose(): void {
     if (this._isDisposed) {
       return;
     }
     this._isDisposed = true;
+    this._document?.pathChanged.disconnect(this._onPathChanged, this);
     this._client?.dispose();
     this._client = null;
     Signal.clearData(this);
@@ -429,6 +455,8 @@ export class KernelCheckpointSession implements IDisposable {
   private _liveAgain = false;
   private _isDisposed = false;
   private _failed = new Signal<this, CheckpointError>(this);
+  private _pathChanged = new Signal<this, string>(this);
+  private _document: KernelCheckpointSession.IDocument | null;
 }
 
 export namespace KernelCheckpointSession {
@@ -438,6 +466,14 @@ export namespace KernelCheckpointSession {
     helloTimeout?: number;
     /** The notebook's own id, which its checkpoints carry (see notebookIdentity). */
     identity?: IIdentity;
+    /** The notebook's document (its panel's context): where its path comes from. */
+    document?: IDocument;
+  }
+
+  /** What the session reads of the notebook's document (a DocumentRegistry context). */
+  export interface IDocument {
+    readonly path: string;
+    readonly pathChanged: ISignal<unknown, string>;
   }
 
   /** A notebook's id, kept in its metadata. */

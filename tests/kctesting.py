@@ -221,6 +221,20 @@ class Client:
     def list(self, scope: str = "session") -> list[dict[str, Any]]:
         return self.request("list", scope=scope)["checkpoints"]
 
+    def shutdown(self, timeout: float = 30) -> dict[str, Any]:
+        """Asks the kernel to end and waits for its shutdown_reply, as Jupyter's server does.
+        (Closing the channels right after the send can drop the request: jupyter_client closes
+        its sockets with linger 0, and a loaded machine may not have sent it yet.)"""
+        request_id = self.kc.shutdown()
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("no shutdown_reply in time")
+            reply = self.kc.control_channel.get_msg(timeout=remaining)
+            if reply["parent_header"].get("msg_id") == request_id:
+                return reply
+
     def close(self) -> None:
         self.kc.stop_channels()
 

@@ -3,7 +3,7 @@
 // child of `criu restore`, which stays its parent (Node would never reap a re-parented task).
 // The measured facts the flags below answer are in docs/engines.md ("CRIU").
 
-import { promises as fs } from 'node:fs';
+import { promises as fs, readlinkSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
@@ -25,7 +25,14 @@ import {
   type Snapshot,
   stopCauses
 } from './engine';
-import { fdTarget, startPipelineKernel, type PipelineKernel } from './process';
+import {
+  childrenOf,
+  fdTarget,
+  isRunning,
+  runningDescendant,
+  startPipelineKernel,
+  type PipelineKernel
+} from './process';
 import { underPrivateUmask } from '../store/private-umask';
 import { log } from '../supervisor/log';
 import { findExecutable, firstMissing, isExecutable, runTool, UTIL_LINUX_TOOLS } from './tools';
@@ -81,8 +88,8 @@ const JOIN_OUTER_MOUNT_NAMESPACE = ['-J', 'mnt:/proc/self/fd/9'];
 /** The processes between the pipeline's launcher (`unshare`) and the kernel: init, `criu`. */
 const RESTORED_KERNEL_DEPTH = 2;
 
-/** The tools a fork needs besides CRIU's own. */
-const FORK_TOOLS = ['ip', 'mount', 'nsenter'];
+/** The tools a restore in namespaces of its own (every one, and a fork's) needs besides CRIU's. */
+const ISOLATION_TOOLS = ['ip', 'mount', 'nsenter'];
 
 /** The namespace `kind` of process `pid` ("mnt:[4026531841]"), null when unreadable. */
 async function namespaceOf(pid: number | 'self', kind: string): Promise<string | null> {
@@ -179,7 +186,10 @@ export class CriuEngine implements Engine<PipelineKernel> {
         remedy
       };
     }
-    const missing = await firstMissing(['unshare', 'setsid', ...UTIL_LINUX_TOOLS], this.env);
+    const missing = await firstMissing(
+      ['unshare', 'setsid', 'flock', ...UTIL_LINUX_TOOLS],
+      this.env
+    );
     if (missing) {
       return {
         name: this.name,
@@ -246,7 +256,6 @@ export class CriuEngine implements Engine<PipelineKernel> {
     // process outside the image: a restore hands it the new pipeline's pipe in its place.
     // (Its fd 1 and 2 are not it: ipykernel swaps them for pipes of its own, inside the image.)
     const outputPipe = await fdTarget(kernel.launcherPid, 1);
-    await removeStaleProcMountpoint(kernel.pid);
     // Not in the image folder: on a full disk the log must still be writable to say so.
     const logFile = path.join(
       os.tmpdir(),
@@ -255,23 +264,24 @@ export class CriuEngine implements Engine<PipelineKernel> {
     const started = Date.now();
     try {
       const dump = await dumpCommand(criu, kernel.pid);
-      // Under umask 077: the image's files and the log are born private.
-      const result = await underPrivateUmask(runTool)(
+      const [file, ...args] = await underWorkingFolderLock(kernel.pid, [
         dump.file,
-        [
-          ...dump.prefix,
-          'dump',
-          '-t',
-          String(kernel.pid),
-          '-D',
-          imageDir,
-          '--leave-running',
-          ...COMMON_FLAGS,
-          '-o',
-          logFile
-        ],
-        { env: this.env, timeoutMs: DUMP_TIMEOUT_MS }
-      );
+        ...dump.prefix,
+        'dump',
+        '-t',
+        String(kernel.pid),
+        '-D',
+        imageDir,
+        '--leave-running',
+        ...COMMON_FLAGS,
+        '-o',
+        logFile
+      ]);
+      // Under umask 077: the image's files and the log are born private.
+      const result = await underPrivateUmask(runTool)(file, args, {
+        env: this.env,
+        timeoutMs: DUMP_TIMEOUT_MS
+      });
       if (result.code !== 0) {
         throw criuFailure(
           await readLog(logFile),
@@ -304,6 +314,17 @@ export class CriuEngine implements Engine<PipelineKernel> {
     // The kernel's old stdout/stderr pipe becomes the pipeline's pipe, on criu's fd 3.
     const inherit =
       typeof data.outputPipe === 'string' ? ['--inherit-fd', `fd[3]:${data.outputPipe}`] : [];
+    const isolate = spec.isolate;
+    // Checked before the lazy-pages daemon starts: nothing to stop when a tool is missing.
+    if (isolate) {
+      const missing = await firstMissing(ISOLATION_TOOLS, this.env);
+      if (missing) {
+        throw new EngineError(
+          'engine_unavailable',
+          `A restore in namespaces of its own (every CRIU restore, and a fork's) needs \`${missing}\` (util-linux, iproute2), which is not on PATH.`
+        );
+      }
+    }
     // A chunk image's pages are served from its chunks when the restore is lazy.
     // Without our page server, the pages files (sparse until then) are written out first.
     const server = lazily && spec.pages ? await this.servePages(spec.pages) : null;
@@ -346,19 +367,6 @@ export class CriuEngine implements Engine<PipelineKernel> {
       logFile,
       '-v3'
     ];
-    const isolate = spec.isolate;
-    if (isolate) {
-      const missing = await firstMissing(FORK_TOOLS, this.env);
-      if (missing) {
-        lazy?.stop();
-        await lazy?.closeGate();
-        server?.end();
-        throw new EngineError(
-          'engine_unavailable',
-          `A fork needs \`${missing}\` (util-linux, iproute2), which is not on PATH.`
-        );
-      }
-    }
     try {
       const kernel = await underPrivateUmask(startPipelineKernel)(
         [
@@ -367,7 +375,7 @@ export class CriuEngine implements Engine<PipelineKernel> {
         ],
         { env: spec.env, cwd: spec.cwd, pipeOnFd3: true, kernelDepth: RESTORED_KERNEL_DEPTH },
         120000,
-        (_launcher, failed) => this.waitForRestored(logFile, failed, spec.answered)
+        (launcher, failed) => this.waitForRestored(launcher, logFile, failed, spec.answered)
       );
       restored = kernel;
       const notListening = lazy && (await lazy.listening);
@@ -519,10 +527,11 @@ export class CriuEngine implements Engine<PipelineKernel> {
    * connected during the restore: the kernel's first answer (`answered`).
    */
   private async waitForRestored(
+    launcher: number,
     logFile: string,
     failed: () => boolean,
     answered?: Promise<void>
-  ): Promise<void> {
+  ): Promise<number | undefined> {
     const deadline = Date.now() + 600000;
     // The kernel answering the supervisor is the earlier sign: CRIU logs its last lines after
     // it has resumed the process.
@@ -534,10 +543,17 @@ export class CriuEngine implements Engine<PipelineKernel> {
     let position = 0;
     let tail = '';
     const chunk = Buffer.alloc(1 << 16);
+    // The task being restored, once forked: its death is the restore's failure, at once (CRIU
+    // itself was seen to wait on for minutes when it was killed ~0.1 s into the restore).
+    let task: number | undefined;
     try {
       while (Date.now() < deadline) {
         if (running) {
-          return;
+          return task;
+        }
+        task ??= restoredTask(launcher);
+        if (task !== undefined && !isRunning(task)) {
+          throw new Error('the kernel being restored died');
         }
         handle ??= await fs.open(logFile, 'r').catch(() => null);
         let read = 0;
@@ -548,7 +564,7 @@ export class CriuEngine implements Engine<PipelineKernel> {
             // The new bytes, after the end of the last ones: a phrase split by a read is seen.
             const text = tail + chunk.toString('utf8', 0, read);
             if (text.includes('Restore finished successfully')) {
-              return;
+              return task;
             }
             if (text.includes('Restoring FAILED')) {
               throw new Error('restore failed');
@@ -580,15 +596,62 @@ async function pagesBytes(imageDir: string): Promise<number> {
 }
 
 /**
- * CRIU's parasite mounts the kernel's /proc on `proc.crtools` in the kernel's working folder
- * (the notebook's) for the length of a dump, and removes it after. A dump killed in between
- * leaves that folder, and every later dump of a kernel working there then fails with "Can't
- * create a directory (-17)" (docs/engines.md). An empty folder of that name is such a leftover:
- * removed (rmdir: never a folder with anything in it, never a link).
+ * The task `criu restore` (below RESTORE_PID_NAMESPACE's init) is restoring: its child in a PID
+ * namespace of its own (the kernel is init of one; CRIU's helpers share CRIU's), or undefined.
  */
-async function removeStaleProcMountpoint(kernelPid: number): Promise<void> {
-  const cwd = await fs.readlink(`/proc/${kernelPid}/cwd`).catch(() => null);
-  if (cwd) {
-    await fs.rmdir(path.join(cwd, PARASITE_PROC_MOUNTPOINT)).catch(() => undefined);
+function restoredTask(launcher: number): number | undefined {
+  const criu = runningDescendant(launcher, RESTORED_KERNEL_DEPTH);
+  const own = criu === undefined ? null : pidNamespaceOf(criu);
+  if (own === null || criu === undefined) {
+    return undefined;
   }
+  return childrenOf(criu).find(child => {
+    const namespace = pidNamespaceOf(child);
+    return namespace !== null && namespace !== own;
+  });
+}
+
+function pidNamespaceOf(pid: number): string | null {
+  try {
+    return readlinkSync(`/proc/${pid}/ns/pid`);
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * CRIU's parasite mounts the kernel's /proc on `proc.crtools` in the kernel's working folder
+ * (the notebook's) for the length of a dump (`criu/pie/parasite.c`: a fixed name, no option), so
+ * two kernels working in one folder (two notebooks beside each other) collide when dumped at
+ * once: the second fails with "Can't create a directory (-17)". And a dump killed in between
+ * leaves that folder, so every later dump of a kernel working there fails the same way.
+ *
+ * So every dump holds a lock on the kernel's working folder itself (`flock` on the directory:
+ * no lock file to leave behind, and every user's kernels working there take turns, ~0.1 s at
+ * 0 MiB), and, holding it, removes an empty `proc.crtools` there first: only a killed dump can
+ * have left one (rmdir: never a folder with anything in it, never a link).
+ */
+async function underWorkingFolderLock(kernelPid: number, argv: string[]): Promise<string[]> {
+  const cwd = await fs.readlink(`/proc/${kernelPid}/cwd`).catch(() => null);
+  // Only a folder that exists here: flock(1) would create a file at any other path (a removed
+  // working folder reads as "<path> (deleted)").
+  const isFolder = cwd
+    ? await fs.stat(cwd).then(
+        s => s.isDirectory(),
+        () => false
+      )
+    : false;
+  if (!cwd || !isFolder) {
+    return argv;
+  }
+  return [
+    'flock',
+    cwd,
+    '/bin/sh',
+    '-c',
+    'rmdir -- "$1" 2>/dev/null; shift; exec "$@"',
+    'sh',
+    path.join(cwd, PARASITE_PROC_MOUNTPOINT),
+    ...argv
+  ];
 }

@@ -73,7 +73,7 @@ function addDescendants(pid: number, found: Set<number>): void {
 }
 
 /** The first running process `depth` levels below `pid` (1: a child), following the first. */
-function runningDescendant(pid: number, depth: number): number | undefined {
+export function runningDescendant(pid: number, depth: number): number | undefined {
   let found: number | undefined = pid;
   for (let level = 0; level < depth && found; level++) {
     found = childrenOf(found).find(isRunning);
@@ -237,7 +237,7 @@ export async function startPipelineKernel(
   argv: string[],
   options: PipelineOptions,
   timeoutMs = 30000,
-  ready?: (launcherPid: number, failed: () => boolean) => Promise<void>
+  ready?: (launcherPid: number, failed: () => boolean) => Promise<number | void>
 ): Promise<PipelineKernel> {
   const shell = spawnPipeline(argv, options);
   const forked = new Set<number>();
@@ -256,17 +256,23 @@ export async function startPipelineKernel(
     // those tasks stopped, orphaned, holding the output pipe: the shell never exits, so its
     // death is watched, and what it forked is remembered (at every poll of `ready` and of the
     // wait for the kernel) to be killed below.
-    await ready?.(launcher, () => {
+    // `ready` may know the kernel (the task CRIU restored), else it is found below the launcher.
+    const known = await ready?.(launcher, () => {
       addDescendants(launcher, forked);
       return failed || !isRunning(launcher);
     });
     const kernel = await waitForPid(
-      () => runningDescendant(launcher, (options.kernelDepth ?? 0) + 1),
+      () =>
+        known
+          ? isRunning(known)
+            ? known
+            : undefined
+          : runningDescendant(launcher, (options.kernelDepth ?? 0) + 1),
       timeoutMs,
       'the kernel',
       () => {
         addDescendants(launcher, forked);
-        return !failed && isRunning(launcher);
+        return !failed && isRunning(launcher) && (!known || isRunning(known));
       }
     );
     output.detach();

@@ -84,7 +84,7 @@ const PIPES_GRACE_MS = 200;
  * The tool leads a process group of its own, and its end is its exit, not the end of its
  * output: a `criu dump` killed mid-dump can leave a forked copy of itself stopped under PID 1,
  * holding the tool's pipes (docs/engines.md, "Nothing outlives the supervisor"). Output that
- * stays open PIPES_GRACE_MS after the exit is such a copy's: the group is killed, and the
+ * stays open PIPES_GRACE_MS after the exit is such a copy's: then the group is killed, and the
  * result comes.
  */
 export function runTool(
@@ -116,10 +116,15 @@ export function runTool(
     const closed = new Promise<void>(done => child.once('close', () => done()));
     child.once('exit', (code, signal) => {
       clearTimeout(timer);
-      const grace = new Promise(done => setTimeout(done, PIPES_GRACE_MS).unref());
-      void Promise.race([closed, grace]).then(() => {
-        // Whatever of its group is left holds its pipes: the tool is over.
-        killGroup(child.pid);
+      const grace = new Promise<'open'>(done =>
+        setTimeout(() => done('open'), PIPES_GRACE_MS).unref()
+      );
+      void Promise.race([closed, grace]).then(pipes => {
+        if (pipes === 'open') {
+          // What of its group holds its pipes is a copy of it, stopped: the tool is over. (Not
+          // otherwise: helpers of a killed dump that closed them may still be tidying up.)
+          killGroup(child.pid);
+        }
         child.stdout.destroy();
         child.stderr.destroy();
         const failed = code !== 0 || signal !== null;

@@ -18,6 +18,7 @@ import type {
   BisectResult,
   BisectTrace,
   Checkpoint,
+  ErrorCode,
   Request
 } from '../../protocol/checkpoint-protocol';
 import type { ImageStore } from '../store/store';
@@ -32,8 +33,15 @@ import { asRequestError, RequestError } from './request-errors';
 const EVALUATE_TIMEOUT_MS = 600_000;
 /** How long the replay of the cells between two checkpoints may take, traced. */
 const TRACE_TIMEOUT_MS = 3_600_000;
-/** Fork failures that belong to one image (the others would fail every fork alike). */
-const IMAGE_ERRORS = new Set(['corrupt_image', 'foreign_image', 'unknown_checkpoint']);
+/**
+ * Fork failures that belong to one image (the others would fail every fork alike): a subset of
+ * the protocol's error codes, keyed by them so that the compiler checks each.
+ */
+const IMAGE_ERRORS: Partial<Record<ErrorCode, true>> = {
+  corrupt_image: true,
+  foreign_image: true,
+  unknown_checkpoint: true
+};
 /** The most forks one request may run at once (the schema's maximum of `parallel`). */
 const MAX_PARALLEL = 64;
 
@@ -209,7 +217,7 @@ export class BisectFlow {
       // One damaged image is that checkpoint's problem (not true, reported); forks that fail
       // for another reason before any fork answered mean none will: say so, not "true nowhere".
       const engineFailure = done.find(
-        p => p.outcome === 'fork_failed' && !IMAGE_ERRORS.has(failures.get(p) ?? '')
+        p => p.outcome === 'fork_failed' && !Object.hasOwn(IMAGE_ERRORS, failures.get(p) ?? '')
       );
       if (engineFailure && probes.every(p => p.outcome === 'fork_failed')) {
         throw new RequestError(

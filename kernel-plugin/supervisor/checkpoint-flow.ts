@@ -12,6 +12,7 @@
 // On any failure the pending image is discarded: no half image is ever seen.
 
 import os from 'node:os';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 import type {
   AgentCommand,
@@ -21,12 +22,12 @@ import type {
   StateSummary
 } from '../../protocol/checkpoint-protocol';
 import { MANIFEST_FORMAT } from '../../protocol/checkpoint-protocol-constants';
-import type { KernelProcess, Snapshot } from '../engines/engine';
+import type { KernelExit, KernelProcess, Snapshot } from '../engines/engine';
 import { newCheckpointId, type ImageStore, type PendingImage } from '../store/store';
 import { AgentTimeout, type AgentChannel } from './agent';
 import type { CommServer } from './comm-server';
 import type { GateMarkers } from './gate-markers';
-import type { KernelHost } from './kernel-host';
+import { exitText, type KernelHost } from './kernel-host';
 import { log } from './log';
 import type { NotebookIdentity } from './notebook';
 import type { Relay } from './relay';
@@ -74,6 +75,16 @@ export interface CheckpointFlowOptions {
   prepareTimeoutMs?: number;
 }
 
+/** The kernel process exited in the middle of a checkpoint: none was made. */
+class KernelDied extends RequestError {
+  constructor(readonly exit: KernelExit) {
+    super(
+      'kernel_not_running',
+      `The kernel process exited during the checkpoint (${exitText(exit)}); no checkpoint was made.`
+    );
+  }
+}
+
 /** What `prepare` learnt: whether the plugin closed its gate, and its state summary. */
 interface Prepared {
   gated: boolean;
@@ -92,26 +103,54 @@ export class CheckpointFlow {
   ) {}
 
   async run(request: Request, progress: Progress): Promise<Checkpoint> {
-    const started = Date.now();
     this.host.requireEngine();
     const kernel = this.host.requireKernel();
+    return this.host.answeringDeath(() => this.checkpoint(request, progress, kernel));
+  }
+
+  private async checkpoint(
+    request: Request,
+    progress: Progress,
+    kernel: KernelProcess
+  ): Promise<Checkpoint> {
+    const started = Date.now();
     const id = newCheckpointId();
     const label = request.label ?? null;
     const pending = await this.options.store.begin(id);
+    // A kernel that dies ends the checkpoint at once, whatever step waits on it.
+    const died = kernel.exited.then(exit => {
+      throw new KernelDied(exit);
+    });
+    died.catch(() => undefined);
     try {
       progress('preparing');
-      const prepared = await this.prepare(id, label);
+      const prepared = await Promise.race([this.prepare(id, label), died]);
       let snapshot: Snapshot;
+      let snapshotting: Promise<Snapshot> | null = null;
       try {
         progress('quiescing');
-        await this.quiesce(kernel, id, prepared.gated);
+        await Promise.race([this.quiesce(kernel, id, prepared.gated), died]);
         progress('snapshotting');
-        snapshot = await this.host.engine.checkpoint(kernel, pending.imageDir);
+        snapshotting = this.host.engine.checkpoint(kernel, pending.imageDir);
+        snapshot = await Promise.race([snapshotting, died]);
       } catch (error) {
-        await this.resume(id, prepared.gated, error, progress);
+        if (error instanceof KernelDied) {
+          // The engine stops writing into the pending image before it is removed.
+          await Promise.race([snapshotting?.catch(() => undefined), sleep(5000)]);
+          throw error;
+        }
+        await Promise.race([this.resume(id, prepared.gated, error, progress), died]);
         throw error;
       }
-      await this.resume(id, prepared.gated, null, progress);
+      try {
+        await Promise.race([this.resume(id, prepared.gated, null, progress), died]);
+      } catch (error) {
+        if (!(error instanceof KernelDied)) {
+          throw error;
+        }
+        // The snapshot was taken before the kernel died: the image is whole, and kept.
+        log.warn(`the kernel process exited after its snapshot (${exitText(error.exit)})`);
+      }
       progress('saving');
       return await this.save(id, request, started, snapshot, prepared.summary, pending);
     } catch (error) {

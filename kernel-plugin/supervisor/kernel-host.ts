@@ -51,6 +51,8 @@ export class KernelHost {
   currentId: string | null = null;
   /** Called when the kernel process exits without being replaced. */
   onExit: (exit: KernelExit) => void = () => undefined;
+  /** A flow the kernel's death waits for before it ends the supervisor (`answeringDeath`). */
+  private exitWaitsFor: Promise<unknown> = Promise.resolve();
 
   constructor(
     private readonly options: KernelHostOptions,
@@ -165,13 +167,28 @@ export class KernelHost {
     this.kernel = kernel;
     kernel.stdout?.on('data', (chunk: Buffer) => log.kernelOutput(chunk));
     kernel.stderr?.on('data', (chunk: Buffer) => log.kernelOutput(chunk));
-    void kernel.exited.then(exit => {
+    void kernel.exited.then(async exit => {
+      // A flow under way ends first, so that its requester hears why (the kernel died).
+      await this.exitWaitsFor;
       if (this.kernel !== kernel) {
         return; // Replaced on purpose (restore).
       }
       this.kernel = null;
       this.onExit(exit);
     });
+  }
+
+  /**
+   * Runs `flow`; a kernel that dies meanwhile ends the supervisor only once `flow` has ended (and
+   * its reply, an error saying the kernel died, is on its way).
+   */
+  async answeringDeath<T>(flow: () => Promise<T>): Promise<T> {
+    const running = flow();
+    this.exitWaitsFor = running.then(
+      () => undefined,
+      () => undefined
+    );
+    return running;
   }
 
   /** Lets go of the running kernel process, for a flow that replaces it. */
@@ -228,4 +245,12 @@ export class KernelHost {
     await removeLineageDir(this.outside ?? this.lineage);
     await this.removeMountpoints();
   }
+}
+
+/** "signal SIGKILL", "code 1": how a kernel process ended, for messages. */
+export function exitText(exit: KernelExit): string {
+  if (exit.signal) {
+    return `signal ${exit.signal}`;
+  }
+  return exit.code === null ? 'it is gone' : `code ${exit.code}`;
 }

@@ -16,7 +16,7 @@ import type { ImageStore, OpenedImage, PrivateRecord } from '../store/store';
 import type { AgentChannel } from './agent';
 import { tellAndAwaitHooks, type Progress } from './checkpoint-flow';
 import type { CommServer } from './comm-server';
-import type { KernelHost } from './kernel-host';
+import { exitText, type KernelHost } from './kernel-host';
 import type { KernelStandIn } from './kernel-stand-in';
 import type { KernelState } from './kernel-state';
 import {
@@ -336,12 +336,4 @@ export class RestoreFlow {
     this.state.replaced();
     this.relay.resume();
   }
-}
-
-/** "signal SIGKILL", "code 1": how a kernel process ended. */
-function exitText(exit: KernelExit): string {
-  if (exit.signal) {
-    return `signal ${exit.signal}`;
-  }
-  return exit.code === null ? 'it is gone' : `code ${exit.code}`;
 }

@@ -10,9 +10,27 @@ function fakeContext() {
     ready: new Promise<void>(() => undefined),
     kernelChanged: new Signal(owner),
     statusChanged: new Signal(owner),
-    iopubMessage: new Signal<object, unknown>(owner)
+    iopubMessage: new Signal<object, unknown>(owner),
+    propertyChanged: new Signal<object, string>(owner)
   };
 }
+
+describe('KernelCheckpointSession.path', () => {
+  it("is the document's, and says so at once when the notebook is renamed", () => {
+    const context = fakeContext();
+    const document = { path: 'Untitled.ipynb', pathChanged: new Signal<object, string>({}) };
+    const session = new KernelCheckpointSession({ sessionContext: context as never, document });
+    const seen: string[] = [];
+    session.pathChanged.connect((_, path) => seen.push(path));
+    expect(session.path).toBe('Untitled.ipynb');
+    // The server has not moved the session yet (its path is still the old one, or none).
+    document.path = 'results.ipynb';
+    document.pathChanged.emit('results.ipynb');
+    expect(session.path).toBe('results.ipynb');
+    expect(seen).toEqual(['results.ipynb']);
+    session.dispose();
+  });
+});
 
 const executeInput = (count: number) => ({
   header: { msg_type: 'execute_input' },

@@ -22,7 +22,7 @@ function panelWith(count: number): { panel: TimelinePanel; model: CheckpointMode
     )
   );
   model.setCheckpoints(list, list[count - 1].id);
-  const session = { model, path: 'a.ipynb', isDisposed: false };
+  const session = { model, path: 'a.ipynb', isDisposed: false, pathChanged: new Signal({}) };
   const manager = {
     current: session,
     currentChanged: new Signal({})

@@ -178,7 +178,9 @@ export class FindFirstBar {
 
   constructor() {
     this._input.type = 'text';
-    this._input.placeholder = 'Find the first checkpoint where… (a Python expression)';
+    // Short enough for the panel's default width; the label and the button's title say the rest
+    // ("Find the first checkpoint where this Python expression is true").
+    this._input.placeholder = 'Expression, e.g. x > 3';
     this._input.setAttribute(
       'aria-label',
       'Find the first checkpoint where this Python expression is true'

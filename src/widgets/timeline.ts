@@ -193,7 +193,7 @@ export class TimelinePanel extends Widget {
       old.changed.disconnect(this._onModelChanged, this);
       old.busyChanged.disconnect(this._onModelChanged, this);
       old.viewChanged.disconnect(this._onViewChanged, this);
-      this._session.sessionContext?.propertyChanged.disconnect(this._onModelChanged, this);
+      this._session.pathChanged.disconnect(this._onModelChanged, this);
     }
     this._session = next;
     this._findFirst.setModel(next ? findFirstModelOf(next) : null);
@@ -202,7 +202,7 @@ export class TimelinePanel extends Widget {
       next.model.busyChanged.connect(this._onModelChanged, this);
       next.model.viewChanged.connect(this._onViewChanged, this);
       // The header names the notebook: drawn again when it is renamed.
-      next.sessionContext?.propertyChanged.connect(this._onModelChanged, this);
+      next.pathChanged.connect(this._onModelChanged, this);
       this._searchInput.value = next.model.query;
     }
     this.update();

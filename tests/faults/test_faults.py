@@ -28,7 +28,8 @@ SEED = 20261201
 
 #: Known gaps, left out of CI until they are closed; the full suite still counts them. None
 #: today: kill -9 of the supervisor mid-restore (CRIU's task outlived it) and a restored kernel
-#: killed during its restore (the restore waited 120 s) were closed and run again.
+#: killed during its restore (the restore waited ~150 s: 6 of 20 runs of that fault before the
+#: task CRIU restores was watched, 0 of 36 after) were closed and run again.
 KNOWN_GAPS: tuple[str, ...] = ()
 
 
@@ -108,3 +109,26 @@ def test_the_folder_a_killed_dump_leaves_does_not_stop_the_next_checkpoint(kerne
     client.run("x = 'changed'")
     client.restore(saved["id"])
     assert client.value("x") == "saved"
+
+
+@pytest.mark.parametrize("engine", ["criu"], indirect=True)
+def test_two_kernels_working_in_one_folder_checkpoint_at_the_same_moment(make_kernel, tmp_path):
+    """Two notebooks in one folder, checkpointed at once (two auto-checkpoints, two users'
+    clicks): CRIU's parasite mounts /proc on `proc.crtools` in each kernel's working folder, so
+    without a lock the second dump failed with "Can't create a directory (-17)"."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    kernels = [make_kernel(), make_kernel()]
+    for n, kernel in enumerate(kernels):
+        kernel.client.run(f"import os; os.chdir({str(tmp_path)!r}); x = {n}")
+    taken: list[list[dict]] = [[], []]
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(8):
+            done = list(pool.map(lambda kernel: kernel.client.checkpoint(), kernels))
+            for n, checkpoint in enumerate(done):
+                taken[n].append(checkpoint)
+    assert not (tmp_path / "proc.crtools").exists()
+    for n, kernel in enumerate(kernels):
+        kernel.client.run("x = 'changed'")
+        kernel.client.restore(taken[n][-1]["id"])
+        assert kernel.client.value("x") == n

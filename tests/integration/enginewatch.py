@@ -36,8 +36,8 @@ def wait_for_helper(
     supervisor: int, words: tuple[str, ...], with_child: bool = False, timeout: float = 120
 ) -> int:
     """Waits until a process below the supervisor has every one of `words` in its command line
-    and is that program (not a shell, setpriv, unshare or nsenter about to run it), and when `with_child`, has a
-    child (a restore under way); returns its PID."""
+    and is that program (not a shell, setpriv, unshare or nsenter about to run it), and when
+    `with_child`, has a child (a restore under way); returns its PID."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for pid in descendants(supervisor):

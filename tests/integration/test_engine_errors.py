@@ -76,3 +76,37 @@ def test_a_kernel_killed_during_its_restore_fails_the_restore_at_once(make_kerne
             break
         assert time.monotonic() - killed < 10
         assert client.value("1 + 1") == 2  # the restored or fresh kernel answers
+
+
+@pytest.mark.parametrize("engine", ["criu"], indirect=True)
+@pytest.mark.parametrize("moment", ["preparing", "snapshotting"])
+def test_a_kernel_killed_mid_checkpoint_gets_an_error_reply_and_leaves_no_half_image(
+    make_kernel, tmp_path: Path, moment: str
+):
+    """Found by tests/faults/ (run 81 of seed 16): the kernel killed in the middle of a
+    checkpoint left the requester without a reply. Now the checkpoint ends at once with
+    kernel_not_running saying so, its pending image is removed, and the supervisor then ends
+    with its kernel (Jupyter sees the kernel die)."""
+    store = tmp_path / "store"
+    kernel = make_kernel(KERNEL_CHECKPOINT_STORE=str(store))
+    client = kernel.client
+    client.run("ballast = bytes(range(256)) * (1 << 20)")  # 256 MiB: a dump of a second or so
+    pid = kernel.kernel_pid()
+    if moment == "preparing":
+        # A before-checkpoint hook that takes long: the kernel dies while the supervisor waits.
+        client.run(
+            "import time, kernel_checkpoint as kc\nkc.before_checkpoint(lambda: time.sleep(30))"
+        )
+    request = client.send_request("checkpoint", label="interrupted")
+    if moment == "snapshotting":
+        wait_for_helper(kernel.supervisor_pid, DUMPING["criu"])
+    else:
+        time.sleep(0.5)
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(CommError) as caught:
+        client.wait_reply(request, timeout=15)
+    assert caught.value.code == "kernel_not_running"
+    assert "exited during the checkpoint" in caught.value.message
+    process = kernel.km.provisioner.process  # type: ignore[union-attr]
+    assert process.wait(timeout=15) == 1  # the supervisor ends with its kernel
+    assert store.is_dir() and list(store.glob(".partial-*")) == []

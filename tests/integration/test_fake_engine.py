@@ -77,6 +77,9 @@ def test_a_failed_restore_starts_a_fresh_kernel_and_says_so(make_kernel):
     source = make_kernel()
     source.client.run("x = 42")
     taken = source.client.checkpoint()
+    # Gone first: an image whose kernel still runs is refused before the engine is asked (the fake
+    # engine restores at the image's own paths; test_isolated_restore.py tests that refusal).
+    source.shutdown()
     kernel = make_kernel(KERNEL_CHECKPOINT_FAKE_FAIL="restore")
     client = kernel.client
     client.run("y = 1")

@@ -53,7 +53,7 @@ class Fork:
         self.client = Client(kc)
 
     def shutdown(self) -> None:
-        self.client.kc.shutdown()
+        self.client.shutdown()
         self.client.close()
         wait_gone(self.processes, "after its shutdown_request")
 

@@ -152,15 +152,15 @@ def test_a_fork_is_restored_lazily_and_whole(criu_lazy, make_kernel, tmp_path: P
     kc = BlockingKernelClient(connection_file=reply["connection_file"])
     kc.load_connection_file()
     kc.start_channels()
+    fork = Client(kc)
     try:
         kc.wait_for_ready(timeout=90)
-        fork = Client(kc)
         # Its own mount namespace reaches the daemon's socket; its data is whole.
         assert fork.run("print(checksum())", timeout=300).strip() == before
         wait_for_line(fork_log, EVERY_PAGE)
     finally:
-        kc.shutdown()
-        kc.stop_channels()
+        fork.shutdown()
+        fork.close()
     assert "not lazily" not in fork_log.read_text()
 
 

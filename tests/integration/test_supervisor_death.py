@@ -10,8 +10,9 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from enginewatch import (
@@ -24,6 +25,8 @@ from enginewatch import (
 from kctesting import Kernel, descendants
 
 pytestmark = pytest.mark.timeout(600)
+
+T = TypeVar("T")
 
 #: How long the kernel and its helpers may outlive a killed supervisor.
 GRACE_S = 2.0
@@ -42,16 +45,22 @@ def runtime_dir() -> Iterator[Path]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+def kill_supervisor_and_wait(kernel: Kernel, find: Callable[[], T]) -> tuple[T, float]:
+    """kill -9 of the supervisor, then `find` (what is left of it) until it finds nothing or
+    GRACE_S have passed; returns what it found last and how long that took."""
+    os.kill(kernel.supervisor_pid, signal.SIGKILL)
+    killed = time.monotonic()
+    left = find()
+    while left and time.monotonic() - killed < GRACE_S:
+        time.sleep(0.01)
+        left = find()
+    return left, time.monotonic() - killed
+
+
 def kill_supervisor_and_expect_nothing_left(kernel: Kernel, runtime_dir: Path) -> float:
     """kill -9 of the supervisor; returns how long its processes took to be gone."""
     assert processes_referring_to(runtime_dir), "the probe finds no process of the kernel"
-    os.kill(kernel.supervisor_pid, signal.SIGKILL)
-    killed = time.monotonic()
-    left = processes_referring_to(runtime_dir)
-    while left and time.monotonic() - killed < GRACE_S:
-        time.sleep(0.01)
-        left = processes_referring_to(runtime_dir)
-    took = time.monotonic() - killed
+    left, took = kill_supervisor_and_wait(kernel, lambda: processes_referring_to(runtime_dir))
     assert not left, f"{len(left)} processes outlived the supervisor by {GRACE_S} s: {left}"
     print(f"everything gone {took * 1000:.0f} ms after kill -9 of the supervisor")
     return took
@@ -141,12 +150,7 @@ def test_kill_9_of_the_supervisor_at_any_point_of_a_criu_restore_leaves_nothing(
     wait_for_helper(kernel.supervisor_pid, RESTORING["criu"], with_child=True)
     time.sleep(delay_ms / 1000)
     below = {pid: started_at(pid) for pid in descendants(kernel.supervisor_pid)}
-    os.kill(kernel.supervisor_pid, signal.SIGKILL)
-    killed = time.monotonic()
-    left = still_running(below)
-    while left and time.monotonic() - killed < GRACE_S:
-        time.sleep(0.01)
-        left = still_running(below)
+    left, _ = kill_supervisor_and_wait(kernel, lambda: still_running(below))
     described = {pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:200] for pid in left}
     for pid in left:
         os.kill(pid, signal.SIGKILL)

@@ -52,7 +52,7 @@ describe('engine tools', () => {
     const began = Date.now();
     const result = await runTool(
       '/bin/sh',
-      ['-c', 'sh -c \'echo $$; kill -STOP $$\' & sleep 0.2; kill -9 $$'],
+      ['-c', "sh -c 'echo $$; kill -STOP $$' & sleep 0.2; kill -9 $$"],
       { env: process.env, timeoutMs: 20000 }
     );
     expect(result).toMatchObject({ code: null, signal: 'SIGKILL', timedOut: false });
