@@ -9,7 +9,7 @@
 //   reconnecting the supervisor connects, the plugin hears `restarted`, held messages go on.
 
 import type { Checkpoint } from '../../protocol/checkpoint-protocol';
-import { stopCauses, type KernelExit, type KernelProcess } from '../engines/engine';
+import { stopCauses, type KernelProcess } from '../engines/engine';
 import { keepsBeforeRestore } from '../store/chunked-images';
 import { SERVE_PAGES_SETTING } from '../store/page-source';
 import type { ImageStore, OpenedImage, PrivateRecord } from '../store/store';
