@@ -335,6 +335,8 @@ export class CriuEngine implements Engine<PipelineKernel> {
     if (!lazy && server) {
       server.end();
       await spec.pages?.fillIn();
+    } else if (lazy?.pid !== undefined) {
+      server?.trust(lazy.pid);
     }
     let restored: PipelineKernel | null = null;
     if (server) {

@@ -7,6 +7,8 @@
 import net from 'node:net';
 
 import { PAGE_BYTES } from './criu-pagemap';
+import { peerIsProcess } from './loopback-peer';
+import { log } from '../supervisor/log';
 
 /**
  * `struct page_server_iov { u32 cmd; u64 nr_pages; u64 vaddr; u64 dst_id }`, padded after cmd; a
@@ -37,6 +39,9 @@ export interface ServedPages extends PageSource {
   release(): Promise<void>;
 }
 
+/** How long a connection may wait for the daemon's pid before it is refused. */
+const PEER_WAIT_MS = 30000;
+
 /** How the server ended. */
 export interface PageServerEnd {
   /** The daemon said it was done (PS_IOV_CLOSE). */
@@ -50,7 +55,10 @@ export interface PageServerEnd {
 }
 
 /**
- * Serves one daemon's connection (the first one; later ones are refused and it stops listening).
+ * Serves one daemon's connection: the first one shown to come from the daemon's process
+ * (`trust(pid)`; engines/loopback-peer.ts) before a byte is read or sent. Any other connection is
+ * closed and logged, and it keeps listening for the daemon's; once that one is in, it stops
+ * listening.
  * Requests are answered in order. On a failure it answers nothing more: `onFailure` runs at once,
  * before the daemon learns anything, so that the kernel can be stopped before it could go on
  * without its pages; then `end()` drops the connection.
@@ -61,6 +69,8 @@ export class PageServer {
   private socket: net.Socket | null = null;
   private result: PageServerEnd = { closed: false, pages: 0, requests: 0, readMs: 0 };
   private finish: (end: PageServerEnd) => void = () => undefined;
+  private daemonPid: (pid: number | null) => void = () => undefined;
+  private readonly peer: Promise<number | null>;
 
   private constructor(
     private readonly server: net.Server,
@@ -70,7 +80,20 @@ export class PageServer {
     this.ended = new Promise(resolve => {
       this.finish = resolve;
     });
-    server.on('connection', socket => this.accept(socket));
+    this.peer = new Promise(resolve => {
+      this.daemonPid = resolve;
+      setTimeout(() => resolve(null), PEER_WAIT_MS).unref();
+    });
+    // One at a time, in the order they came: the first of the daemon's connections is served.
+    let admitting = Promise.resolve();
+    server.on('connection', socket => {
+      admitting = admitting.then(() => this.admit(socket));
+    });
+  }
+
+  /** The daemon's pid: only a connection from a socket of this process is served. */
+  trust(pid: number): void {
+    this.daemonPid(pid);
   }
 
   /** Why it stopped serving, once it failed. */
@@ -90,16 +113,34 @@ export class PageServer {
 
   /** Stops serving (the restore failed, or the kernel is gone); ends `ended`. */
   end(): void {
+    this.daemonPid(null);
     this.server.close();
     this.socket?.destroy();
     this.finish(this.result);
   }
 
-  private accept(socket: net.Socket): void {
-    if (this.socket) {
+  /** Serves `socket` if it is the daemon's; otherwise closes it, unread. */
+  private async admit(socket: net.Socket): Promise<void> {
+    socket.on('error', () => undefined);
+    const pid = await this.peer;
+    const from = `127.0.0.1:${socket.remotePort}`;
+    if (this.socket || pid === null || !(await peerIsProcess(socket, pid))) {
       socket.destroy();
+      if (!this.socket) {
+        log.warn(
+          `page server: refused a connection from ${from}, which is not criu lazy-pages'` +
+            (pid === null ? ' (no daemon)' : ` (pid ${pid})`)
+        );
+      }
       return;
     }
+    if (socket.destroyed) {
+      return;
+    }
+    this.accept(socket);
+  }
+
+  private accept(socket: net.Socket): void {
     this.socket = socket;
     this.server.close();
     socket.setNoDelay(true);
@@ -131,7 +172,6 @@ export class PageServer {
         });
       }
     });
-    socket.on('error', () => undefined);
     socket.on('close', () => {
       void chain.then(() => this.finish(this.result));
     });

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import struct
+import sys
 import time
 from pathlib import Path
 
@@ -220,6 +222,68 @@ def test_a_chunk_image_is_served_from_its_chunks_without_rebuilding_its_pages(
     client.run("blob = b''")
     client.restore(again["id"])
     assert client.run("print(checksum())", timeout=300).strip() == before
+
+
+# Connects to the page server's port, asks for a page of the kernel, prints what came back.
+INTRUDER = """
+import socket, struct, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+print("connected", flush=True)
+s.sendall(struct.pack("<IxxxxQQQ", 7, 1, 0x400000, 1))
+s.settimeout(20)
+got = 0
+try:
+    while data := s.recv(1 << 16):
+        got += len(data)
+except OSError:
+    pass
+print(f"got {got}", flush=True)
+"""
+
+
+def test_a_connection_to_the_page_server_before_the_daemons_is_refused(
+    criu_lazy, make_kernel, store: Path, tmp_path: Path
+):
+    """The page server's port is on 127.0.0.1, open to every local process: another process
+    connecting first (here, just before the daemon starts) gets no byte, and the daemon's
+    connection after it is served: the restore is whole."""
+    real = os.path.realpath(os.environ.get("KERNEL_CHECKPOINT_CRIU") or shutil.which("criu"))
+    (tmp_path / "intruder.py").write_text(INTRUDER)
+    seen = tmp_path / "intruder.out"
+    wrapper = tmp_path / "criu"
+    wrapper.write_text(
+        "#!/bin/bash\n"
+        'if [ "$1" = lazy-pages ]; then\n'
+        '  prev=; for a in "$@"; do [ "$prev" = --port ] && port=$a; prev=$a; done\n'
+        '  if [ -n "$port" ]; then\n'
+        f'    {sys.executable} {tmp_path / "intruder.py"} "$port" > {seen} 2>&1 &\n'
+        f"    for i in $(seq 200); do grep -q connected {seen} && break; sleep 0.05; done\n"
+        "  fi\n"
+        "fi\n"
+        f'exec {real} "$@"\n'
+    )
+    wrapper.chmod(0o700)
+    log = tmp_path / "supervisor.log"
+    with open(log, "w") as stderr:
+        kernel = make_kernel(
+            stderr=stderr,
+            KERNEL_CHECKPOINT_DEDUP="1",
+            KERNEL_CHECKPOINT_SERVE_PAGES="1",
+            KERNEL_CHECKPOINT_CRIU=str(wrapper),
+        )
+    client = kernel.client
+    taken, before = chunked_checkpoint(kernel, store)
+    client.run("big[:] = 0; blob = b''")
+    client.restore(taken)
+    assert client.run("print(checksum())", timeout=300).strip() == before
+    text = wait_for_line(log, EVERY_PAGE)
+    assert SERVED in text and "from the chunk store" in text, text
+    deadline = time.monotonic() + 30
+    while "got " not in seen.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    # It connected before the daemon, and was closed without a byte.
+    assert seen.read_text().split() == ["connected", "got", "0"], seen.read_text()
+    assert "page server: refused a connection" in text, text
 
 
 def test_a_damaged_chunk_of_served_pages_refuses_the_restore_and_changes_nothing(

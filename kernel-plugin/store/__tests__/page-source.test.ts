@@ -6,6 +6,7 @@ import { promises as fs } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { spawn } from 'node:child_process';
 
 import { PAGE_BYTES, PE_LAZY, PE_PRESENT } from '../../engines/criu-pagemap';
 import { PageServer } from '../../engines/page-server';
@@ -126,6 +127,8 @@ describe('a chunk image served page by page', () => {
     expect(source.bytes).toBe(pages.length);
 
     const server = await PageServer.listen(source);
+    // This process is the daemon here: its client's socket is among its fds.
+    server.trust(process.pid);
     const client = await connect(server.port);
     // Inside the first lazy entry, then one spanning into the next entry of the file.
     client.socket.write(request(PS_IOV_GET, 2, BASE + PAGE_BYTES, 7));
@@ -151,6 +154,8 @@ describe('a chunk image served page by page', () => {
     await flipPage(5);
 
     const server = await PageServer.listen(source);
+    // This process is the daemon here: its client's socket is among its fds.
+    server.trust(process.pid);
     const failures: Error[] = [];
     server.onFailure = error => failures.push(error);
     const client = await connect(server.port);
@@ -176,6 +181,8 @@ describe('a chunk image served page by page', () => {
   it('refuses a second connection and a request for a pid the image has not', async () => {
     const source = await ChunkPageSource.open(rebuilt, lists, store, damaged);
     const server = await PageServer.listen(source);
+    // This process is the daemon here: its client's socket is among its fds.
+    server.trust(process.pid);
     const failures: Error[] = [];
     server.onFailure = error => failures.push(error);
     const client = await connect(server.port);
@@ -196,6 +203,65 @@ describe('a chunk image served page by page', () => {
     const source = await ChunkPageSource.open(rebuilt, lists, store, damaged);
     await source.fillIn();
     expect((await fs.readFile(path.join(rebuilt, 'pages-3.img'))).equals(pages)).toBe(true);
+    await source.release();
+  });
+});
+
+describe('the page server serves only the daemon', () => {
+  /** Another process that connects, asks for a page and prints how many bytes it got back. */
+  function intruder(port: number) {
+    const script = `
+      const s = require('net').connect(${port}, '127.0.0.1', () => {
+        process.stdout.write('connected\\n');
+        const iov = Buffer.alloc(32);
+        iov.writeUInt32LE(${PS_IOV_GET}, 0); iov.writeBigUInt64LE(1n, 8);
+        iov.writeBigUInt64LE(${BASE}n, 16); iov.writeBigUInt64LE(7n, 24);
+        s.write(iov);
+      });
+      let got = 0;
+      s.on('data', d => { got += d.length; });
+      s.on('error', () => {});
+      s.on('close', () => process.stdout.write('got ' + got + '\\n'));
+      setTimeout(() => s.destroy(), 5000);`;
+    const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    child.stdout.on('data', data => (out += data));
+    const when = (text: string) =>
+      new Promise<string>(resolve => {
+        const look = () => (out.includes(text) ? resolve(out) : setTimeout(look, 20));
+        look();
+      });
+    return { connected: when('connected'), done: when('got ') };
+  }
+
+  it('a connection from another process, made first, is closed unread; the daemon is served', async () => {
+    const source = await ChunkPageSource.open(rebuilt, lists, store, damaged);
+    const server = await PageServer.listen(source);
+    const other = intruder(server.port);
+    await other.connected;
+    // The daemon (this process here) connects after it, and only then is its pid known.
+    const client = await connect(server.port);
+    server.trust(process.pid);
+    expect(await other.done).toMatch(/got 0\n/);
+    client.socket.write(request(PS_IOV_GET, 1, BASE, 7));
+    const reply = await client.read(32 + PAGE_BYTES);
+    expect(reply.subarray(32).equals(pages.subarray(2 * PAGE_BYTES, 3 * PAGE_BYTES))).toBe(true);
+    // Still one connection: a process connecting now is refused too.
+    expect(await intruder(server.port).done).toMatch(/got 0\n/);
+    client.socket.write(request(PS_IOV_CLOSE, 0, 0, 0));
+    expect((await client.read(4)).readUInt32LE(0)).toBe(0);
+    expect(await server.ended).toMatchObject({ closed: true, requests: 1, pages: 1 });
+    await source.release();
+  });
+
+  it('with no daemon (the restore went on in full), nothing is served', async () => {
+    const source = await ChunkPageSource.open(rebuilt, lists, store, damaged);
+    const server = await PageServer.listen(source);
+    const other = intruder(server.port);
+    await other.connected;
+    server.end();
+    expect(await other.done).toMatch(/got 0\n/);
+    expect((await server.ended).requests).toBe(0);
     await source.release();
   });
 });
