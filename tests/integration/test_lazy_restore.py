@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import struct
 import sys
@@ -242,12 +241,12 @@ print(f"got {got}", flush=True)
 
 
 def test_a_connection_to_the_page_server_before_the_daemons_is_refused(
-    criu_lazy, make_kernel, store: Path, tmp_path: Path
+    criu_lazy, engine_probes, make_kernel, store: Path, tmp_path: Path
 ):
     """The page server's port is on 127.0.0.1, open to every local process: another process
     connecting first (here, just before the daemon starts) gets no byte, and the daemon's
     connection after it is served: the restore is whole."""
-    real = os.path.realpath(os.environ.get("KERNEL_CHECKPOINT_CRIU") or shutil.which("criu"))
+    real = os.path.realpath(engine_probes["criu"]["path"])
     (tmp_path / "intruder.py").write_text(INTRUDER)
     seen = tmp_path / "intruder.out"
     wrapper = tmp_path / "criu"
