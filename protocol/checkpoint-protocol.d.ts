@@ -290,6 +290,10 @@ export interface Request {
    */
   parallel?: number;
   /**
+   * fork: the fork ends when this kernel's supervisor does (even killed with -9): for forks that code in the kernel starts and ends itself, such as kernel_checkpoint.fork() handles and parallel(). Default false: the fork is a kernel of its own, which lives on until its shutdown_request.
+   */
+  ends_with_kernel?: boolean;
+  /**
    * bisect: also replay the cells recorded between the last false and the first true checkpoint in a fork of the earlier one, under a line tracer, to find the cell and line where the expression first became true.
    */
   trace?: boolean;

@@ -158,6 +158,15 @@ export class ForkClient {
     ]);
   }
 
+  /** Closes this client's sockets (the fork itself is not touched). */
+  close(): void {
+    if (!this.closed) {
+      this.closed = true;
+      this.shell.close();
+      this.control.close();
+    }
+  }
+
   private async end(): Promise<void> {
     try {
       await this.requestShutdown(SHUTDOWN_WAIT_MS);
@@ -166,9 +175,7 @@ export class ForkClient {
         await new Promise(resolve => setTimeout(resolve, 20));
       }
     } finally {
-      this.closed = true;
-      this.shell.close();
-      this.control.close();
+      this.close();
     }
   }
 }

@@ -6,7 +6,7 @@
 
 import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { promises as fs, openSync, closeSync } from 'node:fs';
+import { promises as fs, openSync, closeSync, existsSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
@@ -14,6 +14,7 @@ import type { Readable } from 'node:stream';
 import type { Checkpoint } from '../../protocol/checkpoint-protocol';
 import { jupyterRuntimeDir } from '../cli/find-kernel';
 import { diesWithParent } from '../engines/tools';
+import { ForkClient } from './fork-client';
 import type { ImageStore } from '../store/store';
 import type { KernelIdentity, Progress } from './checkpoint-flow';
 import type { KernelHost } from './kernel-host';
@@ -33,6 +34,9 @@ export type ForkReadiness = { ready: true } | { error: { code: string; message: 
 
 /** How long a fork may take to be restored and answer (a big image takes seconds). */
 const FORK_START_TIMEOUT_MS = 600000;
+
+/** How long a stopping supervisor waits for the forks that end with it (each takes ~1 s). */
+const OWNED_FORK_END_MS = 5000;
 
 /** Five free TCP ports on 127.0.0.1 (bound, read, released, as jupyter_client does). */
 async function freePorts(count: number): Promise<number[]> {
@@ -93,6 +97,9 @@ function readReadiness(pipe: Readable): Promise<ForkReadiness | null> {
 }
 
 export class ForkFlow {
+  /** Connection files of the forks that end with this supervisor (`endsWithThisSupervisor`). */
+  private readonly owned = new Set<string>();
+
   constructor(
     private readonly options: ForkFlowOptions,
     private readonly host: KernelHost,
@@ -108,7 +115,10 @@ export class ForkFlow {
   async run(
     id: string,
     progress: Progress,
-    { diesWithThisSupervisor = false }: { diesWithThisSupervisor?: boolean } = {}
+    {
+      diesWithThisSupervisor = false,
+      endsWithThisSupervisor = false
+    }: { diesWithThisSupervisor?: boolean; endsWithThisSupervisor?: boolean } = {}
   ): Promise<{ checkpoint: Checkpoint; connection_file: string }> {
     const { manifest } = await this.restoreFlow.verify(id, progress);
     const engine = this.host.engine;
@@ -122,13 +132,43 @@ export class ForkFlow {
     progress('restoring');
     const file = await writeForkConnectionFile(this.options.env, this.options.kernel.name);
     try {
-      await this.startSupervisor(id, file, diesWithThisSupervisor);
+      await this.startSupervisor(id, file, diesWithThisSupervisor || endsWithThisSupervisor);
+      if (endsWithThisSupervisor) {
+        this.owned.add(file);
+      }
     } catch (error) {
       await fs.rm(file, { force: true });
       throw error;
     }
     log.info(`forked ${id}: ${file}`);
     return { checkpoint: manifest, connection_file: file };
+  }
+
+  /**
+   * Ends every fork started `endsWithThisSupervisor` that still runs (its connection file is
+   * there: its supervisor removes it on the way out), as this supervisor stops: asked to shut
+   * down and waited for (at most OWNED_FORK_END_MS), so that they end as kernels do, connection
+   * file and all, before this supervisor's exit sends them the parent-death signal, which is for
+   * a supervisor that cannot ask (killed with -9).
+   */
+  async stop(): Promise<void> {
+    const running = [...this.owned].filter(file => existsSync(file));
+    this.owned.clear();
+    await Promise.all(
+      running.map(async file => {
+        let client: ForkClient;
+        try {
+          client = new ForkClient(file);
+        } catch {
+          return; // Gone meanwhile.
+        }
+        const timeout = new Promise<void>(resolve =>
+          setTimeout(resolve, OWNED_FORK_END_MS).unref()
+        );
+        await Promise.race([client.shutdown(), timeout]);
+        client.close();
+      })
+    );
   }
 
   /** Starts the fork's own supervisor, detached, and waits until its kernel answers. */

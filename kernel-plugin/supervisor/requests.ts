@@ -168,7 +168,9 @@ export class Requests {
         if (!this.forkFlow) {
           break;
         }
-        return this.forkFlow.run(requireId(request), progress);
+        return this.forkFlow.run(requireId(request), progress, {
+          endsWithThisSupervisor: request.ends_with_kernel === true
+        });
       case 'bisect':
         // Not exclusive either: it only forks, and the running kernel goes on meanwhile.
         if (!this.bisectFlow) {

@@ -62,6 +62,7 @@ export class Supervisor {
   private readonly restoreFlow: RestoreFlow;
   private readonly sealer: Sealer;
   private readonly bisectFlow: BisectFlow;
+  private readonly forkFlow: ForkFlow;
   private readonly options: SupervisorOptions;
   private shuttingDown = false;
   private stopping: Promise<void> | null = null;
@@ -116,6 +117,7 @@ export class Supervisor {
       this.comms
     ));
     const forkFlow = new ForkFlow(options, this.host, restoreFlow);
+    this.forkFlow = forkFlow;
     this.bisectFlow = new BisectFlow(options.store, this.host, forkFlow);
     this.requests = new Requests(
       { store: options.store, kernelName: options.kernel.name, notebook },
@@ -183,8 +185,8 @@ export class Supervisor {
   stop(code: number): Promise<void> {
     this.stopping ??= (async () => {
       try {
-        // A search's forks first: nothing the supervisor started outlives it.
-        await this.bisectFlow.stop();
+        // A search's forks and the kernel's own first: nothing the supervisor started outlives it.
+        await Promise.all([this.bisectFlow.stop(), this.forkFlow.stop()]);
         await this.host.stop();
         // Uploads not done stay in the cache, sent by the next supervisor that opens it.
         this.options.store.remote?.uploader.stop();

@@ -264,6 +264,31 @@ def test_fork_from_inside_the_kernel(make_kernel, runtime_dir):
 
 
 @only_criu
+@pytest.mark.parametrize("how", ["shutdown", "kill -9"])
+def test_the_forks_a_kernels_code_starts_end_with_that_kernel(make_kernel, runtime_dir, forks, how):
+    kernel, taken = original_with_x_42(make_kernel, runtime_dir)
+    kernel.client.run(
+        "import kernel_checkpoint as kc\n"
+        f"owned = kc.fork({taken['id']!r})\n"
+        f"kept = kc.fork({taken['id']!r}, ends_with_kernel=False)"
+    )
+    owned = Fork(kernel.client.value("owned.connection_file"), taken)
+    kept = Fork(kernel.client.value("kept.connection_file"), taken)
+    forks.append(kept)
+    assert owned.client.value("x") == 42 and kept.client.value("x") == 42
+    if how == "shutdown":
+        kernel.shutdown()
+    else:
+        os.kill(kernel.supervisor_pid, signal.SIGKILL)
+    # The handle's fork goes with the kernel whose code started it, the kept one lives on.
+    wait_gone(owned.processes, f"the {how} of the kernel whose code started it")
+    owned.client.close()
+    if how == "shutdown":
+        assert not Path(owned.connection_file).exists(), "the fork's connection file outlived it"
+    assert kept.client.value("x + 1") == 43
+
+
+@only_criu
 def test_kill_9_of_a_forks_supervisor_leaves_nothing(make_kernel, runtime_dir, forks):
     kernel, taken = original_with_x_42(make_kernel, runtime_dir)
     fork = fork_over_comm(kernel, taken["id"], forks)

@@ -87,14 +87,21 @@ def restore(checkpoint_id: str) -> dict[str, Any] | None:
     return (pending.reply or {}).get("checkpoint")
 
 
-def fork_connection_file(checkpoint_id: str) -> tuple[str, dict[str, Any] | None]:
+def fork_connection_file(
+    checkpoint_id: str, ends_with_kernel: bool = False
+) -> tuple[str, dict[str, Any] | None]:
     """Has the supervisor start a new standalone kernel from checkpoint ``checkpoint_id``,
-    beside this one; returns its connection file and the checkpoint's manifest."""
-    reply = _require_agent().request("fork", checkpoint_id=_require_id(checkpoint_id)).reply or {}
+    beside this one; returns its connection file and the checkpoint's manifest. With
+    ``ends_with_kernel``, the fork ends when this kernel's supervisor does (this kernel's shutdown,
+    or a crash of the supervisor); otherwise it lives on until its own shutdown_request."""
+    pending = _require_agent().request(
+        "fork", checkpoint_id=_require_id(checkpoint_id), ends_with_kernel=bool(ends_with_kernel)
+    )
+    reply = pending.reply or {}
     return reply["connection_file"], reply.get("checkpoint")
 
 
-def fork(checkpoint_id: str) -> Fork:
+def fork(checkpoint_id: str, *, ends_with_kernel: bool = True) -> Fork:
     """A new kernel started from checkpoint ``checkpoint_id`` beside this one (this kernel is
     not touched): a handle whose ``.execute(code)`` runs code there and returns the value of
     its last expression, and ``.shutdown()`` ends it; as a context manager, it ends with the
@@ -103,12 +110,16 @@ def fork(checkpoint_id: str) -> Fork:
         with kernel_checkpoint.fork(ckpt) as f:
             before = f.execute("model.score(x)")
 
+    The fork belongs to this kernel: it also ends when this kernel shuts down or its supervisor
+    dies, so a forgotten handle leaves nothing running. ``ends_with_kernel=False`` makes it a
+    kernel of its own (as ``%checkpoint fork`` does), which lives on until its shutdown.
+
     Raises :class:`CheckpointError` (``unknown_checkpoint``, ``corrupt_image``,
     ``engine_unavailable``, ...) when no fork was started.
     """
     from ._fork import Fork
 
-    connection_file, manifest = fork_connection_file(checkpoint_id)
+    connection_file, manifest = fork_connection_file(checkpoint_id, ends_with_kernel)
     return Fork(connection_file, manifest)
 
 
