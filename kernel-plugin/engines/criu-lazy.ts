@@ -123,7 +123,8 @@ export class LazyPagesDaemon {
     imageDir: string,
     parentDir: string,
     env: NodeJS.ProcessEnv,
-    vetoed: Promise<string | null> = Promise.resolve(null)
+    vetoed: Promise<string | null> = Promise.resolve(null),
+    pageServer?: { port: number; beforeFull: () => Promise<void> }
   ): Promise<LazyPagesDaemon> {
     const started = Date.now();
     const workDir = await fs.mkdtemp(path.join(parentDir, 'lazy-'));
@@ -134,12 +135,13 @@ export class LazyPagesDaemon {
       throw new Error(`mkfifo failed: ${made.stderr.trim() || made.error?.message}`);
     }
     const logFile = path.join(workDir, 'lazy-pages.log');
-    const served = await servedImage(imageDir, workDir, env);
+    // What the daemon reads: the image, or a copy whose pagemaps send the hinted pages first.
+    const source = await servedImage(imageDir, workDir, env);
     const [file, ...args] = diesWithParent([
       criu,
       'lazy-pages',
       '-D',
-      served.dir,
+      source.dir,
       '-W',
       workDir,
       '-o',
@@ -147,7 +149,11 @@ export class LazyPagesDaemon {
       // Debug: its "#PF at" lines are the next restore's prefetch hint.
       ...(prefetches(env) ? ['-v4'] : []),
       '--status-fd',
-      '3'
+      '3',
+      // The pages' bytes from our page server (a chunk image), not from the pages files.
+      ...(pageServer
+        ? ['--page-server', '--address', '127.0.0.1', '--port', String(pageServer.port)]
+        : [])
     ]);
     const child = spawn(file, args, { env, stdio: ['ignore', 'ignore', 'pipe', 'pipe'] });
     child.stderr?.resume();
@@ -156,11 +162,12 @@ export class LazyPagesDaemon {
       workDir,
       logFile,
       started,
-      served.dir,
+      source.dir,
       imageDir,
-      served.hint
+      source.hint
     );
     daemon.gate = gate;
+    daemon.served = pageServer !== undefined;
     const status = child.stdio[3] as NodeJS.ReadableStream | null;
     const ready = new Promise<string | null>(resolve => {
       const timer = setTimeout(() => resolve('it did not listen in time'), READY_TIMEOUT_MS);
@@ -176,10 +183,21 @@ export class LazyPagesDaemon {
     // Why not lazily: lazy restore cannot work here (`vetoed`), or the daemon did not start.
     daemon.listening = Promise.all([vetoed, ready]).then(async ([veto, notReady]) => {
       let problem = veto ?? notReady;
+      let how = problem ? 'full' : 'lazy';
+      if (problem && pageServer) {
+        // The folder's pages files are sparse: a full restore needs them written out first.
+        how = await pageServer.beforeFull().then(
+          () => 'full',
+          (error: unknown) => {
+            daemon.fullFailure = error as Error;
+            return 'fail';
+          }
+        );
+      }
       try {
         // O_RDWR: never blocks, and the line stays in the FIFO until the restore's shell reads it.
         daemon.gateHandle = await fs.open(gate, 'r+');
-        await daemon.gateHandle.write(problem ? 'full\n' : 'lazy\n');
+        await daemon.gateHandle.write(`${how}\n`);
       } catch (error) {
         // The restore was given up meanwhile (a killed `criu restore`: its folder is gone), and
         // nothing waits on the gate any more.
@@ -193,8 +211,12 @@ export class LazyPagesDaemon {
     return daemon;
   }
 
+  /** Why the pages could not be written out for a full restore instead (it was not started). */
+  fullFailure: Error | null = null;
+
   /** The FIFO the restore waits on (see `waitForDaemon`). */
   private gate = '';
+  private served = false;
   private gateHandle: fs.FileHandle | null = null;
   /** Null once the daemon listens; why not, when it could not start (it is stopped). */
   listening: Promise<string | null> = Promise.resolve(null);
@@ -207,11 +229,15 @@ export class LazyPagesDaemon {
     return [
       '/bin/sh',
       '-c',
-      'g=$1; w=$2; shift 2; read -r how <"$g" || how=full; ' +
-        '[ "$how" = lazy ] && exec "$@" --lazy-pages -W "$w"; exec "$@"',
+      // Without a word on the gate: in full, unless the pages are served (then their files are
+      // sparse, and it fails rather than restore zeros).
+      'g=$1; w=$2; how=$3; shift 3; read -r said <"$g" && how=$said; ' +
+        'case $how in lazy) exec "$@" --lazy-pages -W "$w";; full) exec "$@";; esac; ' +
+        'echo "not restored: the pages are not in the image folder" >&2; exit 1',
       'sh',
       this.gate,
       this.workDir,
+      this.served ? 'fail' : 'full',
       ...restore
     ];
   }
@@ -274,7 +300,11 @@ const pending = new WeakMap<object, LazyPagesDaemon>();
 export function watchLazyKernel(
   kernel: { pid: number; exited: Promise<unknown>; terminate(): Promise<void> },
   daemon: LazyPagesDaemon,
-  imageBytes: number
+  imageBytes: number,
+  server: {
+    end(): void;
+    ended: Promise<{ requests: number; pages: number; readMs: number }>;
+  } | null = null
 ): void {
   pending.set(kernel, daemon);
   let kernelGone = false;
@@ -303,6 +333,7 @@ export function watchLazyKernel(
     );
   };
   void daemon.ended.then(end => {
+    server?.end();
     if (pending.get(kernel) === daemon) {
       pending.delete(kernel);
     }
@@ -310,10 +341,16 @@ export function watchLazyKernel(
       void recordFaults(kernel, daemon.sourceDir, daemon.hint, end.faults);
     }
     if (end.complete && !kernelGone) {
-      log.info(
-        `lazy restore: every page is in memory ${end.ms} ms after the restore began ` +
-          `(${(imageBytes / 2 ** 20).toFixed(0)} MiB served by criu lazy-pages, ` +
-          `${hintPages(end.faults)} page faults)`
+      void (server?.ended ?? Promise.resolve(null)).then(served =>
+        log.info(
+          `lazy restore: every page is in memory ${end.ms} ms after the restore began ` +
+            `(${(imageBytes / 2 ** 20).toFixed(0)} MiB served by criu lazy-pages` +
+            (served
+              ? ` from the chunk store: ${served.requests} requests, ` +
+                `${served.readMs.toFixed(0)} ms reading and checking chunks`
+              : '') +
+            `, ${hintPages(end.faults)} page faults)`
+        )
       );
     }
   });

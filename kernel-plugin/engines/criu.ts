@@ -17,12 +17,14 @@ import {
 } from './criu-lazy';
 import { carryHint } from './criu-prefetch';
 import { criuFailure, readLog } from './criu-log';
+import { PageServer, type ServedPages } from './page-server';
 import {
   EngineError,
   type Engine,
   type EngineProbe,
   type LaunchSpec,
-  type Snapshot
+  type Snapshot,
+  stopCauses
 } from './engine';
 import {
   childrenOf,
@@ -325,7 +327,37 @@ export class CriuEngine implements Engine<PipelineKernel> {
         );
       }
     }
-    const lazy = lazily ? await this.startLazyPages(criu, imageDir, spec) : null;
+    // A chunk image's pages are served from its chunks when the restore is lazy.
+    // Without our page server, the pages files (sparse until then) are written out first.
+    const server = lazily && spec.pages ? await this.servePages(spec.pages) : null;
+    if (!server) {
+      await spec.pages?.fillIn();
+    }
+    const lazy = lazily ? await this.startLazyPages(criu, imageDir, spec, server) : null;
+    if (!lazy && server) {
+      server.end();
+      await spec.pages?.fillIn();
+    } else if (lazy?.pid !== undefined) {
+      server?.trust(lazy.pid);
+    }
+    let restored: PipelineKernel | null = null;
+    if (server) {
+      server.onFailure = error => {
+        if (restored) {
+          // Killed before the daemon hears anything: the faulting kernel never reads a page it
+          // was not given.
+          stopCauses.set(restored, error);
+          void restored.terminate();
+          log.error(
+            `lazy restore: the kernel's pages could not be served (${error.message}); the kernel ` +
+              `is stopped rather than run on missing pages. Restore another checkpoint, or ` +
+              `delete the damaged one.`
+          );
+          void restored.exited.then(() => server.end());
+        }
+        // Still restoring: unanswered, the fault waits; the kernel is stopped once it is known.
+      };
+    }
     const restore = [
       ...RESTORE_PID_NAMESPACE,
       criu,
@@ -350,8 +382,16 @@ export class CriuEngine implements Engine<PipelineKernel> {
         120000,
         (launcher, failed) => this.waitForRestored(launcher, logFile, failed, spec.answered)
       );
+      restored = kernel;
       const notListening = lazy && (await lazy.listening);
+      const unserved = server?.failure ?? lazy?.fullFailure;
+      if (unserved) {
+        // A damaged chunk, found while the kernel was being restored: it never runs.
+        await kernel.terminate();
+        throw unserved;
+      }
       if (notListening) {
+        server?.end();
         if (this.modeFound?.lazy) {
           log.warn(`restored in full, not lazily: criu lazy-pages did not start (${notListening})`);
         }
@@ -360,11 +400,16 @@ export class CriuEngine implements Engine<PipelineKernel> {
         await kernel.terminate();
         throw new Error((await lazy.ended).problem ?? 'criu lazy-pages ended early');
       } else if (lazy) {
-        watchLazyKernel(kernel, lazy, await pagesBytes(imageDir));
+        watchLazyKernel(kernel, lazy, spec.pages?.bytes ?? (await pagesBytes(imageDir)), server);
       }
       return kernel;
     } catch (error) {
       lazy?.stop();
+      server?.end();
+      const unserved = server?.failure ?? lazy?.fullFailure;
+      if (unserved) {
+        throw unserved;
+      }
       if (lazy?.failed) {
         // The daemon died before the kernel ran (nothing of it read a missing page): the image
         // is fine, so it is restored again, in full.
@@ -404,6 +449,22 @@ export class CriuEngine implements Engine<PipelineKernel> {
   }
 
   /**
+   * Our page server for a lazy restore of served pages (a chunk image's), or null when it cannot
+   * listen (then the restore is full, said in the log).
+   */
+  private async servePages(pages: ServedPages): Promise<PageServer | null> {
+    try {
+      const server = await PageServer.listen(pages);
+      pages.retain();
+      void server.ended.then(() => pages.release());
+      return server;
+    } catch (error) {
+      log.warn(`restoring in full instead of lazily: no page server (${(error as Error).message})`);
+      return null;
+    }
+  }
+
+  /**
    * The page server of a lazy restore, listening, or null for a full restore (lazy restore off or
    * not possible here, or the daemon would not start: then said in the log, and the restore is
    * full rather than failed).
@@ -411,7 +472,8 @@ export class CriuEngine implements Engine<PipelineKernel> {
   private async startLazyPages(
     criu: string,
     imageDir: string,
-    spec: LaunchSpec
+    spec: LaunchSpec,
+    server: PageServer | null
   ): Promise<LazyPagesDaemon | null> {
     const mode = this.restoreMode();
     // A restore with no kernel launched before (a fork's supervisor) has not asked `criu check`
@@ -428,7 +490,16 @@ export class CriuEngine implements Engine<PipelineKernel> {
         mode.then(
           found => (found.lazy ? null : found.reason),
           (error: unknown) => String(error)
-        )
+        ),
+        server && spec.pages
+          ? {
+              port: server.port,
+              beforeFull: (
+                pages => () =>
+                  pages.fillIn()
+              )(spec.pages)
+            }
+          : undefined
       );
     } catch (error) {
       log.warn(`restoring in full instead of lazily: ${(error as Error).message}`);

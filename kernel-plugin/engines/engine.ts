@@ -8,6 +8,8 @@
 
 import type { Readable } from 'node:stream';
 
+import type { ServedPages } from './page-server';
+
 /** What `probe` found: whether this engine can run here, and if not, why and what to do. */
 export interface EngineProbe {
   name: string;
@@ -42,12 +44,23 @@ export interface LaunchSpec {
    * collide with those of another kernel restored from the same image.
    */
   isolate?: { imageIpcDir: string; ownIpcDir: string };
+  /**
+   * Restore only: the image's pages files are not in its folder (or only in part) but served
+   * from the chunk store; an engine that restores in full writes them out first (`fillIn`).
+   */
+  pages?: ServedPages;
 }
 
 export interface KernelExit {
   code: number | null;
   signal: NodeJS.Signals | null;
 }
+
+/**
+ * Why an engine stopped a kernel itself (a lazy restore's pages could not be served): the
+ * supervisor says this rather than only that the kernel exited.
+ */
+export const stopCauses = new WeakMap<object, Error>();
 
 /** A running kernel process, however the engine started it. */
 export interface KernelProcess {

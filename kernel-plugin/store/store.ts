@@ -64,6 +64,7 @@ import { cacheFolder, cacheRoot, parseS3Url } from './object-layout';
 import { checkPrivateFolder, ensurePrivateFolder, UnsafeFolderError } from './ownership';
 import { RemoteImages, RemoteUnavailableError } from './remote-images';
 import { S3Remote } from './s3-remote';
+import { ChunkPageSource, PAGES_FILE, type LazyPages } from './page-source';
 import { processStart, writerIsAlive } from './writer';
 
 const ID_PATTERN = /^ckpt-[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}$/;
@@ -109,6 +110,11 @@ export interface OpenedImage {
   /** Whether the files were rebuilt from chunks (then `release` removes them). */
   rebuilt: boolean;
   release: () => Promise<void>;
+  /**
+   * A chunk image opened for a lazy restore: its pages files are served from the chunks by a
+   * page server (the folder holds them sparse, with only what `criu restore` reads itself).
+   */
+  pages?: LazyPages;
 }
 
 /** What the store holds, for `kernel-checkpoint store`. */
@@ -726,9 +732,14 @@ export class ImageStore {
    * The image's files for the engine. A whole image: its own folder (not removed while in use).
    * A chunk image: rebuilt into a private folder (0700, files 0600) in /dev/shm when memory
    * allows, else in the store, every chunk checked against its hash first; `release` removes it.
-   * A damaged chunk is a corrupt_image naming every checkpoint that uses it.
+   * A damaged chunk is a corrupt_image naming every checkpoint that uses it. With `lazyPages`
+   * (a CRIU restore that will be lazy), CRIU's pages files are not rebuilt but served (`pages`).
    */
-  async openImage(id: string, record: PrivateRecord): Promise<OpenedImage> {
+  async openImage(
+    id: string,
+    record: PrivateRecord,
+    options: { lazyPages?: boolean } = {}
+  ): Promise<OpenedImage> {
     if (record.storage !== 'chunks') {
       this.readers.set(id, (this.readers.get(id) ?? 0) + 1);
       let released = false;
@@ -751,6 +762,9 @@ export class ImageStore {
         throw storeErrorFrom(error, `fetch the chunks of checkpoint ${id}`);
       }
     }
+    const served = (name: string) => options.lazyPages === true && PAGES_FILE.test(name);
+    // The whole size even when the pages are served: a restore that is not lazy after all
+    // writes them out here (`fillIn`).
     const bytes = record.files.reduce((sum, file) => sum + file.bytes, 0);
     const base = await rebuildBase(this.root, bytes, this.options.rebuildDir);
     let dir: string;
@@ -760,22 +774,33 @@ export class ImageStore {
     } catch (error) {
       throw storeErrorFrom(error, `make a folder to rebuild checkpoint ${id} in ${base}`);
     }
-    const release = () => fs.rm(dir, { recursive: true, force: true }).catch(() => undefined);
+    let pages: LazyPages | undefined;
+    const release = async () => {
+      await pages?.release();
+      await fs.rm(dir, { recursive: true, force: true }).catch(() => undefined);
+    };
     try {
       await Promise.all(
-        record.files.map(async file => {
-          const dest = path.join(dir, file.path);
-          await fs.mkdir(path.dirname(dest), { recursive: true, mode: 0o700 });
-          await this.chunks.materialize(lists[file.path], dest);
-        })
+        record.files
+          .filter(file => !served(file.path))
+          .map(async file => {
+            const dest = path.join(dir, file.path);
+            await fs.mkdir(path.dirname(dest), { recursive: true, mode: 0o700 });
+            await this.chunks.materialize(lists[file.path], dest);
+          })
       );
+      if (record.files.some(file => served(file.path))) {
+        pages = await ChunkPageSource.open(dir, lists, this.chunks, damaged =>
+          this.damagedChunk(damaged)
+        );
+      }
     } catch (error) {
       await release();
       throw error instanceof ChunkCorruptError
         ? await this.damagedChunk(error)
         : storeErrorFrom(error, `rebuild checkpoint ${id} in ${base}`);
     }
-    return { dir, rebuilt: true, release };
+    return { dir, rebuilt: true, release, pages };
   }
 
   /** A corrupt_image for a damaged chunk, naming every checkpoint whose files use it. */

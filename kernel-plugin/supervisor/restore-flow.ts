@@ -9,8 +9,9 @@
 //   reconnecting the supervisor connects, the plugin hears `restarted`, held messages go on.
 
 import type { Checkpoint } from '../../protocol/checkpoint-protocol';
-import type { KernelProcess } from '../engines/engine';
+import { stopCauses, type KernelProcess } from '../engines/engine';
 import { keepsBeforeRestore } from '../store/chunked-images';
+import { SERVE_PAGES_SETTING } from '../store/page-source';
 import type { ImageStore, OpenedImage, PrivateRecord } from '../store/store';
 import type { AgentChannel } from './agent';
 import { tellAndAwaitHooks, type Progress } from './checkpoint-flow';
@@ -87,8 +88,17 @@ export class RestoreFlow {
     const { manifest, record } = await this.verify(id, progress);
     // Rebuilt (a chunk image) before the running kernel is touched: a damaged chunk changes nothing.
     const rebuilding = Date.now();
-    const image = await this.options.store.openImage(id, record);
-    if (image.rebuilt) {
+    // A lazy restore may have a chunk image's pages served from its chunks, not rebuilt.
+    const serve =
+      this.options.env[SERVE_PAGES_SETTING] === '1' &&
+      (await this.host.engine.restoreMode?.().catch(() => null))?.lazy === true;
+    const image = await this.options.store.openImage(id, record, { lazyPages: serve });
+    if (image.pages) {
+      log.info(
+        `rebuilt the files of ${id} from chunks in ${Date.now() - rebuilding} ms, all but its ` +
+          `pages (${(image.pages.bytes / 2 ** 20).toFixed(0)} MiB), which a page server serves from the chunks`
+      );
+    } else if (image.rebuilt) {
       log.info(`rebuilt the files of ${id} from chunks in ${Date.now() - rebuilding} ms`);
     }
     try {
@@ -134,7 +144,7 @@ export class RestoreFlow {
       if (isolated && (await makeMountpoint(lineage.ipcDir))) {
         this.host.mountpoints.add(lineage.ipcDir);
       }
-      await this.restore(image.dir, record, lineage, reach, stopped, connectsEarly);
+      await this.restore(image, record, lineage, reach, stopped, connectsEarly);
     } catch (error) {
       // The old kernel is gone; start a fresh one so that the notebook stays usable.
       const failure = asRequestError(error);
@@ -234,7 +244,7 @@ export class RestoreFlow {
 
   /** Has the engine start the kernel from the image, and adopts it. */
   private async restore(
-    imageDir: string,
+    image: OpenedImage,
     record: PrivateRecord,
     lineage: Lineage,
     reach: Lineage,
@@ -253,12 +263,13 @@ export class RestoreFlow {
         .then(live => (live ? undefined : new Promise<void>(() => undefined)));
       this.host.connectAgent();
     }
-    const kernel = await this.host.engine.restore(imageDir, record.engineData, {
+    const kernel = await this.host.engine.restore(image.dir, record.engineData, {
       argv: [],
       env: this.options.env,
       cwd: this.options.cwd,
       workDir: reach.ipcDir,
       answered,
+      pages: image.pages,
       ...(reach === lineage
         ? {}
         : { isolate: { imageIpcDir: lineage.ipcDir, ownIpcDir: reach.ipcDir } })
@@ -282,6 +293,10 @@ export class RestoreFlow {
     let answering = false;
     const died = kernel.exited.then(exit => {
       if (!answering) {
+        const cause = stopCauses.get(kernel);
+        if (cause) {
+          throw asRequestError(cause);
+        }
         throw new RequestError(
           'engine_failed',
           `The restored kernel exited before it answered (${exitText(exit)}).`

@@ -5,15 +5,18 @@ kernel (it would read zeros) and says so."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import struct
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from jupyter_client import BlockingKernelClient
-from kctesting import Client, alive, descendants
+from kctesting import Client, CommError, alive, descendants
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -163,25 +166,165 @@ def test_a_fork_is_restored_lazily_and_whole(criu_lazy, make_kernel, tmp_path: P
     assert "not lazily" not in fork_log.read_text()
 
 
-def test_a_chunk_image_is_served_lazily_after_its_rebuild(
-    criu_lazy, make_kernel, store: Path, tmp_path: Path
-):
-    log = tmp_path / "supervisor.log"
-    with open(log, "w") as stderr:
-        kernel = make_kernel(stderr=stderr, KERNEL_CHECKPOINT_DEDUP="1")
-    client = kernel.client
-    before = client.run(MAKE_DATA, timeout=300).strip()
-    taken = client.checkpoint()
+SERVED = "which a page server serves from the chunks"
+
+
+def chunked_checkpoint(kernel, store: Path) -> tuple[str, str]:
+    """MAKE_DATA, then a checkpoint, once it is cut into chunks; its id and the checksum."""
+    before = kernel.client.run(MAKE_DATA, timeout=300).strip()
+    taken = kernel.client.checkpoint()
     # Cut into chunks in the background: its whole files are gone once that is done.
     deadline = time.monotonic() + 300
     while (store / taken["id"] / "image").exists():
         assert time.monotonic() < deadline, "the image was not cut into chunks"
         time.sleep(0.2)
+    return taken["id"], before
+
+
+def test_a_chunk_image_is_served_lazily_after_its_rebuild(
+    criu_lazy, make_kernel, store: Path, tmp_path: Path
+):
+    """The default (KERNEL_CHECKPOINT_SERVE_PAGES unset): rebuilt, then served by criu."""
+    log = tmp_path / "supervisor.log"
+    with open(log, "w") as stderr:
+        kernel = make_kernel(stderr=stderr, KERNEL_CHECKPOINT_DEDUP="1")
+    client = kernel.client
+    taken, before = chunked_checkpoint(kernel, store)
     client.run("big[:] = 0; blob = b''")
-    client.restore(taken["id"])
+    client.restore(taken)
     # The rebuilt folder goes once the kernel runs; the daemon still serves from its open files.
     assert client.run("print(checksum())", timeout=300).strip() == before
-    assert "from chunks" in wait_for_line(log, EVERY_PAGE)
+    text = wait_for_line(log, EVERY_PAGE)
+    assert "from chunks" in text and SERVED not in text
+
+
+def test_a_chunk_image_is_served_from_its_chunks_without_rebuilding_its_pages(
+    criu_lazy, make_kernel, store: Path, tmp_path: Path
+):
+    log = tmp_path / "supervisor.log"
+    with open(log, "w") as stderr:
+        kernel = make_kernel(
+            stderr=stderr, KERNEL_CHECKPOINT_DEDUP="1", KERNEL_CHECKPOINT_SERVE_PAGES="1"
+        )
+    client = kernel.client
+    taken, before = chunked_checkpoint(kernel, store)
+    client.run("big[:] = 0; blob = b''")
+    client.restore(taken)
+    # Every other file was rebuilt, the pages (1.3 GiB) were not: the page server sends them.
+    text = log.read_text()
+    assert SERVED in text, text
+    served = next(line for line in text.splitlines() if SERVED in line)
+    assert "(13" in served, served  # "(1300 MiB)" or so: the pages, not a few MiB
+    assert client.run("print(checksum())", timeout=300).strip() == before
+    assert "from the chunk store" in wait_for_line(log, EVERY_PAGE)
+    # Whole again: it checkpoints and restores as any kernel.
+    again = client.checkpoint()
+    client.run("blob = b''")
+    client.restore(again["id"])
+    assert client.run("print(checksum())", timeout=300).strip() == before
+
+
+# Connects to the page server's port, asks for a page of the kernel, prints what came back.
+INTRUDER = """
+import socket, struct, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+print("connected", flush=True)
+s.sendall(struct.pack("<IxxxxQQQ", 7, 1, 0x400000, 1))
+s.settimeout(20)
+got = 0
+try:
+    while data := s.recv(1 << 16):
+        got += len(data)
+except OSError:
+    pass
+print(f"got {got}", flush=True)
+"""
+
+
+def test_a_connection_to_the_page_server_before_the_daemons_is_refused(
+    criu_lazy, engine_probes, make_kernel, store: Path, tmp_path: Path
+):
+    """The page server's port is on 127.0.0.1, open to every local process: another process
+    connecting first (here, just before the daemon starts) gets no byte, and the daemon's
+    connection after it is served: the restore is whole."""
+    real = os.path.realpath(engine_probes["criu"]["path"])
+    (tmp_path / "intruder.py").write_text(INTRUDER)
+    seen = tmp_path / "intruder.out"
+    wrapper = tmp_path / "criu"
+    wrapper.write_text(
+        "#!/bin/bash\n"
+        'if [ "$1" = lazy-pages ]; then\n'
+        '  prev=; for a in "$@"; do [ "$prev" = --port ] && port=$a; prev=$a; done\n'
+        '  if [ -n "$port" ]; then\n'
+        f'    {sys.executable} {tmp_path / "intruder.py"} "$port" > {seen} 2>&1 &\n'
+        f"    for i in $(seq 200); do grep -q connected {seen} && break; sleep 0.05; done\n"
+        "  fi\n"
+        "fi\n"
+        f'exec {real} "$@"\n'
+    )
+    wrapper.chmod(0o700)
+    log = tmp_path / "supervisor.log"
+    with open(log, "w") as stderr:
+        kernel = make_kernel(
+            stderr=stderr,
+            KERNEL_CHECKPOINT_DEDUP="1",
+            KERNEL_CHECKPOINT_SERVE_PAGES="1",
+            KERNEL_CHECKPOINT_CRIU=str(wrapper),
+        )
+    client = kernel.client
+    taken, before = chunked_checkpoint(kernel, store)
+    client.run("big[:] = 0; blob = b''")
+    client.restore(taken)
+    assert client.run("print(checksum())", timeout=300).strip() == before
+    text = wait_for_line(log, EVERY_PAGE)
+    assert SERVED in text and "from the chunk store" in text, text
+    deadline = time.monotonic() + 30
+    while "got " not in seen.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    # It connected before the daemon, and was closed without a byte.
+    assert seen.read_text().split() == ["connected", "got", "0"], seen.read_text()
+    assert "page server: refused a connection" in text, text
+
+
+def test_a_damaged_chunk_of_served_pages_refuses_the_restore_and_changes_nothing(
+    criu_lazy, make_kernel, store: Path, tmp_path: Path
+):
+    log = tmp_path / "supervisor.log"
+    with open(log, "w") as stderr:
+        kernel = make_kernel(
+            stderr=stderr, KERNEL_CHECKPOINT_DEDUP="1", KERNEL_CHECKPOINT_SERVE_PAGES="1"
+        )
+    client = kernel.client
+    supervisor = kernel.supervisor_pid
+    taken, _ = chunked_checkpoint(kernel, store)
+    # A raw chunk in the middle of the pages file (inside `big`): served lazily, not rebuilt.
+    data = (store / taken / "chunks.bin").read_bytes()
+    (size,) = struct.unpack_from("<I", data)
+    lists = json.loads(data[4 : 4 + size])
+    name, pages = max(lists.items(), key=lambda item: item[1]["bytes"])
+    assert name.startswith("pages-"), name
+    index, run = 0, None
+    for candidate in pages["runs"]:
+        if "zstd" not in candidate and index > len(pages["runs"]) // 4 and candidate["count"] > 1:
+            run = candidate
+            break
+        index += candidate["count"]
+    assert run is not None, "no raw run in the pages file"
+    pack = store / ".chunks" / "packs" / f"{run['pack']}.pack"
+    with open(pack, "r+b") as handle:
+        handle.seek(run["at"] + 100)
+        byte = handle.read(1)
+        handle.seek(run["at"] + 100)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+
+    client.run("big[:] = 0; marker = 'still here'")
+    with pytest.raises(CommError) as caught:
+        client.restore(taken)
+    # Found before the running kernel was stopped: refused, naming the damage; nothing changed.
+    assert caught.value.code == "corrupt_image", caught.value
+    assert taken in caught.value.message and "is damaged" in caught.value.message
+    assert client.value("marker") == "still here"
+    assert alive(supervisor)
 
 
 def test_a_page_server_killed_during_the_restore_leaves_a_full_restore(

@@ -1,0 +1,44 @@
+// Encodes a pagemap image as CRIU writes it, for tests.
+
+export interface EntrySpec {
+  vaddr: number;
+  pages: number;
+  flags?: number;
+  inParent?: boolean;
+}
+
+function varint(value: number): number[] {
+  const bytes: number[] = [];
+  let left = value;
+  while (left >= 128) {
+    bytes.push((left % 128) | 0x80);
+    left = Math.floor(left / 128);
+  }
+  bytes.push(left);
+  return bytes;
+}
+
+function message(fields: Array<[number, number]>): Buffer {
+  const body = Buffer.from(
+    fields.flatMap(([field, value]) => [...varint(field * 8), ...varint(value)])
+  );
+  const length = Buffer.alloc(4);
+  length.writeUInt32LE(body.length);
+  return Buffer.concat([length, body]);
+}
+
+export function pagemapImage(pagesId: number, entries: EntrySpec[]): Buffer {
+  const magics = Buffer.from([0x19, 0x43, 0x56, 0x54, 0x12, 0x34, 0x56, 0x78]);
+  return Buffer.concat([
+    magics,
+    message([[1, pagesId]]),
+    ...entries.map(entry =>
+      message([
+        [1, entry.vaddr],
+        [5, entry.pages],
+        ...(entry.inParent ? ([[3, 1]] as Array<[number, number]>) : []),
+        ...(entry.flags !== undefined ? ([[4, entry.flags]] as Array<[number, number]>) : [])
+      ])
+    )
+  ]);
+}
