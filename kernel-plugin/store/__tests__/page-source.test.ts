@@ -225,10 +225,14 @@ describe('the page server serves only the daemon', () => {
       setTimeout(() => s.destroy(), 5000);`;
     const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
     let out = '';
+    let exited = false;
     child.stdout.on('data', data => (out += data));
+    child.once('close', () => (exited = true));
+    // Polls until the text comes or the process has ended (a refused connect never says
+    // `connected`: a poll that went on would keep jest from exiting).
     const when = (text: string) =>
       new Promise<string>(resolve => {
-        const look = () => (out.includes(text) ? resolve(out) : setTimeout(look, 20));
+        const look = () => (out.includes(text) || exited ? resolve(out) : setTimeout(look, 20));
         look();
       });
     return { connected: when('connected'), done: when('got ') };
