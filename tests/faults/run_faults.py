@@ -16,7 +16,9 @@ After each run it checks what a user relies on:
     python tests/faults/run_faults.py --seed 1 --runs 200
 
 prints one line per run, then `runs / faults / lost / orphans` and a table per fault type. The
-same seed gives the same faults, delays and sizes (the machine's timing still varies)."""
+same seed gives the same faults, delays and sizes (the machine's timing still varies). A run that
+fails keeps what its supervisors logged in `kc-faults-SEED-runN.log` (in the temp folder), and a
+request left unanswered prints what each process of its kernel waits on (state, wchan, stack)."""
 
 from __future__ import annotations
 
