@@ -26,7 +26,7 @@ import {
 import {
   childrenOf,
   fdTarget,
-  isRunning,
+  isRunningOn,
   runningDescendant,
   startPipelineKernel,
   type PipelineKernel
@@ -483,7 +483,9 @@ export class CriuEngine implements Engine<PipelineKernel> {
           return task;
         }
         task ??= restoredTask(launcher);
-        if (task !== undefined && !isRunning(task)) {
+        // Exiting counts as dead: a killed task that CRIU still traces can hang in its exit, CRIU
+        // waiting for it and it for CRIU (seen: the restore "under way" for minutes).
+        if (task !== undefined && !isRunningOn(task)) {
           throw new Error('the kernel being restored died');
         }
         handle ??= await fs.open(logFile, 'r').catch(() => null);
