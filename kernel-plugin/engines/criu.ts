@@ -29,7 +29,7 @@ import {
 import {
   childrenOf,
   fdTarget,
-  isRunning,
+  isRunningOn,
   runningDescendant,
   startPipelineKernel,
   type PipelineKernel
@@ -557,7 +557,9 @@ export class CriuEngine implements Engine<PipelineKernel> {
           return task;
         }
         task ??= restoredTask(launcher);
-        if (task !== undefined && !isRunning(task)) {
+        // Exiting counts as dead: a killed task that CRIU still traces can hang in its exit, CRIU
+        // waiting for it and it for CRIU (seen: the restore "under way" for minutes).
+        if (task !== undefined && !isRunningOn(task)) {
           throw new Error('the kernel being restored died');
         }
         handle ??= await fs.open(logFile, 'r').catch(() => null);
@@ -634,7 +636,11 @@ function pidNamespaceOf(pid: number): string | null {
  * So every dump holds a lock on the kernel's working folder itself (`flock` on the directory:
  * no lock file to leave behind, and every user's kernels working there take turns, ~0.1 s at
  * 0 MiB), and, holding it, removes an empty `proc.crtools` there first: only a killed dump can
- * have left one (rmdir: never a folder with anything in it, never a link).
+ * have left one (rmdir: never a folder with anything in it, never a link). A dump killed with
+ * the parasite's /proc still mounted there leaves the mount too (in the kernel's mount namespace,
+ * the host's: seen after kill -9 of the supervisor 111 ms into a checkpoint, and every later
+ * checkpoint failed): when rmdir fails on a folder that is a proc mount, it is unmounted first
+ * (`findmnt` runs only then: nothing is added to a dump's start).
  */
 async function underWorkingFolderLock(kernelPid: number, argv: string[]): Promise<string[]> {
   const cwd = await fs.readlink(`/proc/${kernelPid}/cwd`).catch(() => null);
@@ -654,7 +660,7 @@ async function underWorkingFolderLock(kernelPid: number, argv: string[]): Promis
     cwd,
     '/bin/sh',
     '-c',
-    'rmdir -- "$1" 2>/dev/null; shift; exec "$@"',
+    'rmdir -- "$1" 2>/dev/null || { [ -d "$1" ] && findmnt -n -t proc -M "$1" && umount -- "$1" && rmdir -- "$1"; } >/dev/null 2>&1; shift; exec "$@"',
     'sh',
     path.join(cwd, PARASITE_PROC_MOUNTPOINT),
     ...argv

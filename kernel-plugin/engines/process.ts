@@ -51,6 +51,25 @@ export function isRunning(pid: number): boolean {
   }
 }
 
+/** The kernel's PF_EXITING task flag (include/linux/sched.h): set once a task is in do_exit. */
+const PF_EXITING = 0x4;
+
+/**
+ * True while `pid` runs and is not on its way out: a task already in its exit, but stuck there
+ * (an init of a PID namespace waits in zap_pid_ns_processes until the tasks of its namespace are
+ * gone, which may be never while CRIU traces one of them), reads as sleeping, not as a zombie.
+ */
+export function isRunningOn(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    // fields[0] is the state (field 3 of stat), fields[6] the flags (field 9).
+    return fields[0] !== 'Z' && fields[0] !== 'X' && (Number(fields[6]) & PF_EXITING) === 0;
+  } catch {
+    return false;
+  }
+}
+
 /**
  * True once `pid` has let go of every file (fds, and with them its sockets and locks): it has
  * exited, as a zombie not yet reaped, or is gone. A zombie leader with threads still exiting still

@@ -103,7 +103,11 @@ export class RestoreFlow {
     }
     try {
       await beforeStopping(manifest);
-      return await this.restoreFrom(id, manifest, record, image, progress, fromKernel);
+      // A restored kernel that dies before this restore is answered fails the restore (a fresh
+      // kernel, and the error for its requester) rather than ending the supervisor unanswered.
+      return await this.host.answeringDeath(() =>
+        this.restoreFrom(id, manifest, record, image, progress, fromKernel)
+      );
     } finally {
       // The restored kernel runs from its memory: the engine has read its files.
       await image.release();
@@ -140,26 +144,15 @@ export class RestoreFlow {
     progress('stopping');
     const stopped = await this.stop(reach);
     progress('restoring');
+    let kernel: KernelProcess;
     try {
       if (isolated && (await makeMountpoint(lineage.ipcDir))) {
         this.host.mountpoints.add(lineage.ipcDir);
       }
-      await this.restore(image, record, lineage, reach, stopped, connectsEarly);
+      kernel = await this.restore(image, record, lineage, reach, stopped, connectsEarly);
     } catch (error) {
-      // The old kernel is gone; start a fresh one so that the notebook stays usable.
-      const failure = asRequestError(error);
-      log.error(`restore of ${id} failed, starting a fresh kernel: ${failure.message}`);
-      this.host.disconnect(true);
-      if (isolated && reach.ipcDir !== this.host.outside?.ipcDir) {
-        await removeLineageDir(reach);
-      }
-      await this.host.launchFresh();
-      this.settle(stopped, id, false);
-      throw new RequestError(
-        failure.code,
-        `${failure.message} A fresh kernel was started instead.`,
-        failure.detail
-      );
+      const ownFolder = isolated && reach.ipcDir !== this.host.outside?.ipcDir;
+      throw await this.startFreshAfter(error, id, stopped, ownFolder ? reach : null);
     }
     if (oldFolder.ipcDir === lineage.ipcDir && isolated) {
       // The replaced kernel's own folder is now where the restored one's is mounted.
@@ -169,7 +162,15 @@ export class RestoreFlow {
     }
     await this.host.removeMountpoints(lineage.ipcDir);
     progress('reconnecting');
-    await this.reconnect(id, record);
+    try {
+      await this.whileAlive(kernel, 'the restore was done', () => this.reconnect(id, record));
+    } catch (error) {
+      // Adopted, and dead (its restorer was killed just after the restore, say): the restore
+      // failed all the same, and its requester hears so.
+      this.host.release();
+      await kernel.terminate();
+      throw await this.startFreshAfter(error, id, stopped);
+    }
     this.host.currentId = id;
     this.markUnchanged();
     this.settle(stopped, id, fromKernel);
@@ -182,6 +183,32 @@ export class RestoreFlow {
       current_id: id
     });
     return manifest;
+  }
+
+  /**
+   * After a failed restore: the old kernel is gone, so a fresh one is started (the notebook
+   * stays usable), once the failed restore's own folder (`folderToRemove`) is gone; returns the
+   * error for the restore's requester, which says so.
+   */
+  private async startFreshAfter(
+    error: unknown,
+    id: string,
+    stopped: Stopped,
+    folderToRemove: Lineage | null = null
+  ): Promise<RequestError> {
+    const failure = asRequestError(error);
+    log.error(`restore of ${id} failed, starting a fresh kernel: ${failure.message}`);
+    this.host.disconnect(true);
+    if (folderToRemove) {
+      await removeLineageDir(folderToRemove);
+    }
+    await this.host.launchFresh();
+    this.settle(stopped, id, false);
+    return new RequestError(
+      failure.code,
+      `${failure.message} A fresh kernel was started instead.`,
+      failure.detail
+    );
   }
 
   /** Checks everything that can fail before the running kernel is touched (and for a fork). */
@@ -250,7 +277,7 @@ export class RestoreFlow {
     reach: Lineage,
     stopped: Stopped,
     connectsEarly: boolean
-  ): Promise<void> {
+  ): Promise<KernelProcess> {
     const unprepared = await stopped.preparing;
     if (unprepared) {
       throw unprepared;
@@ -281,6 +308,7 @@ export class RestoreFlow {
     this.host.lineage = lineage;
     this.host.outside = reach === lineage ? null : reach;
     this.host.adopt(kernel);
+    return kernel;
   }
 
   /**
@@ -290,21 +318,11 @@ export class RestoreFlow {
    * end.
    */
   private async untilAnswering(kernel: KernelProcess): Promise<void> {
-    let answering = false;
-    const died = kernel.exited.then(exit => {
-      if (!answering) {
-        const cause = stopCauses.get(kernel);
-        if (cause) {
-          throw asRequestError(cause);
-        }
-        throw new RequestError(
-          'engine_failed',
-          `The restored kernel exited before it answered (${exitText(exit)}).`
-        );
-      }
-    });
+    let answering: boolean;
     try {
-      answering = await Promise.race([this.relay.connectKernel(30000), died.then(() => false)]);
+      answering = await this.whileAlive(kernel, 'it answered', () =>
+        this.relay.connectKernel(30000)
+      );
     } catch (error) {
       await kernel.terminate();
       throw error;
@@ -312,7 +330,38 @@ export class RestoreFlow {
     if (!answering) {
       log.warn("the restored kernel's iopub did not answer within 30 s");
     }
-    answering = true;
+  }
+
+  /**
+   * Runs `step`, and fails at once, saying the kernel exited before `until`, when the restored
+   * kernel dies first: each step's own wait (the relay's, the hooks') would wait out its timeout
+   * for a kernel that is gone.
+   */
+  private async whileAlive<T>(
+    kernel: KernelProcess,
+    until: string,
+    step: () => Promise<T>
+  ): Promise<T> {
+    let done = false;
+    const died = kernel.exited.then(exit => {
+      if (done) {
+        return new Promise<never>(() => undefined);
+      }
+      // Stopped for a reason of ours (a damaged chunk its page server would not send): that one.
+      const cause = stopCauses.get(kernel);
+      if (cause) {
+        throw asRequestError(cause);
+      }
+      throw new RequestError(
+        'engine_failed',
+        `The restored kernel exited before ${until} (${exitText(exit)}).`
+      );
+    });
+    try {
+      return await Promise.race([step(), died]);
+    } finally {
+      done = true;
+    }
   }
 
   /** Connects to the restored kernel and tells the plugin it was restarted from `id`. */

@@ -16,7 +16,9 @@ After each run it checks what a user relies on:
     python tests/faults/run_faults.py --seed 1 --runs 200
 
 prints one line per run, then `runs / faults / lost / orphans` and a table per fault type. The
-same seed gives the same faults, delays and sizes (the machine's timing still varies)."""
+same seed gives the same faults, delays and sizes (the machine's timing still varies). A run that
+fails keeps what its supervisors logged in `kc-faults-SEED-runN.log` (in the temp folder), and a
+request left unanswered prints what each process of its kernel waits on (state, wchan, stack)."""
 
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ from kctesting import (  # noqa: E402
     CommError,
     Kernel,
     alive,
+    descendants,
     doctor,
     kernel_checkpoint_command,
     private_jupyter_folders,
@@ -54,6 +57,9 @@ from kctesting import (  # noqa: E402
 GRACE_S = 2.0
 #: How long a shut-down kernel's processes may take to go.
 SHUTDOWN_S = 15.0
+#: How long a request whose engine was killed may take to answer (a restore of the largest
+#: kernel here takes a few seconds; no answer by then is a hang).
+REPLY_S = 60
 #: The tmpfs of a disk-full run: two images of a small kernel and the start of a third.
 TMPFS_MIB = 320
 
@@ -93,6 +99,28 @@ def describe(pid: int) -> str:
     return f"state {fields[0]}, parent {fields[1]}, {age:.1f} s old"
 
 
+def process_report(pids: list[int]) -> str:
+    """What each process is doing: state, parent, where it waits in the kernel (wchan and stack,
+    readable as root) and its command line, to see what a hung run waits on."""
+    lines = []
+    for pid in pids:
+        proc = Path(f"/proc/{pid}")
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            wchan = (proc / "wchan").read_text()
+        except OSError:
+            continue
+        try:
+            stack = " < ".join(
+                line.split("] ", 1)[-1].split("+")[0]
+                for line in (proc / "stack").read_text().splitlines()[:6]
+            )
+        except OSError:
+            stack = "?"
+        lines.append(f"  {pid} ({describe(pid)}) wchan {wchan or '-'} [{stack}] {cmdline[:300]}")
+    return "\n".join(lines)
+
+
 class RunFailed(AssertionError):
     """What a run found broken (a lost image or kernel, an orphan, a half image)."""
 
@@ -105,6 +133,10 @@ class Outcome:
     orphans: int = 0
     half_images: list[str] = field(default_factory=list)
     error: str = ""
+    #: The processes of a run that hung, as found when it did (see `Run.snapshot`).
+    left: str = ""
+    #: Where this run's supervisors' log was kept, when it failed.
+    log_copy: str = ""
 
     @property
     def ok(self) -> bool:
@@ -165,6 +197,16 @@ class Run:
         began = time.monotonic()
         taken = kernel.client.checkpoint(label)
         return taken["id"], time.monotonic() - began
+
+    def snapshot(self, why: str) -> None:
+        """Keeps what is left of a run that hangs: its supervisors' processes and what each waits
+        on (the run goes on, and its shutdown kills them)."""
+        pids: set[int] = set()
+        for supervisor in self.supervisors:
+            if alive(supervisor):
+                pids |= {supervisor, *descendants(supervisor)}
+        pids |= set(self.processes())
+        self.outcome.left += f"{why}:\n{process_report(sorted(pids))}\n"
 
     # -- checks -------------------------------------------------------------------------------
     def processes(self) -> dict[int, str]:
@@ -358,6 +400,7 @@ class Run:
             self.outcome.note += f" -> {error.code}"
         except TimeoutError:
             self.outcome.lost.append("no reply to the checkpoint 60 s after its criu dump died")
+            self.snapshot("no reply to the checkpoint")
             return
         self.aftermath(kernel, must_live=True, state=before)
 
@@ -365,9 +408,12 @@ class Run:
         request = kernel.client.send_request("restore", checkpoint_id=self.any_sealed())
         self.kill_helper(kernel, RESTORING[self.engine], took * 0.8)
         try:
-            kernel.client.wait_reply(request)
+            kernel.client.wait_reply(request, timeout=REPLY_S)
         except CommError as error:
             self.outcome.note += f" -> {error.code}"
+        except TimeoutError:
+            self.outcome.lost.append(f"no reply to the restore {REPLY_S} s after its criu died")
+            self.snapshot("no reply to the restore")
         # A kill after the restore ended kills the restored kernel too (its parent).
         self.aftermath(kernel, must_live=False)
 
@@ -412,6 +458,7 @@ class Run:
                     break
         else:
             self.outcome.note += " -> no reply in 30 s"
+            self.snapshot("no reply to the request 30 s after the kernel died")
         self.aftermath(kernel, must_live=False)
 
     def kill_kernel_checkpoint(self, kernel: Kernel, took: float) -> None:
@@ -576,17 +623,33 @@ def run_suite(
         rng = random.Random(f"{seed}-{number}")
         fault = faults[number % len(faults)] if runs >= len(faults) else rng.choice(faults)
         began = time.monotonic()
+        log_start = os.lseek(log.fileno(), 0, os.SEEK_END) if log else 0
         outcome = Run(env, rng, fault, engine, log).execute()
         summary.outcomes.append(outcome)
         verdict = "ok" if outcome.ok else "FAIL"
+        if log and not outcome.ok:
+            outcome.log_copy = keep_log_of_run(log, log_start, seed, number)
         say(
             f"run {number:>3} {fault:<28} {verdict:<4} {time.monotonic() - began:5.1f} s"
             f"  {outcome.note.strip()}"
             + "".join(f"\n    lost: {x}" for x in outcome.lost)
             + "".join(f"\n    half image: {x}" for x in outcome.half_images)
             + (f"\n    error: {outcome.error}" if outcome.error else "")
+            + (f"\n    left:\n{outcome.left}" if outcome.left else "")
+            + (f"\n    its supervisors' log: {outcome.log_copy}" if outcome.log_copy else "")
         )
     return summary
+
+
+def keep_log_of_run(log: Any, start: int, seed: int, number: int) -> str:
+    """Copies what the supervisors wrote during one run into a file of its own; returns its path."""
+    log.flush()
+    with open(log.name, "rb") as whole:
+        whole.seek(start)
+        text = whole.read()
+    kept = Path(tempfile.gettempdir()) / f"kc-faults-{seed}-run{number}.log"
+    kept.write_bytes(text)
+    return str(kept)
 
 
 def private_jupyter_env() -> tuple[dict[str, str], Path]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -109,6 +110,17 @@ def test_the_folder_a_killed_dump_leaves_does_not_stop_the_next_checkpoint(kerne
     client.run("x = 'changed'")
     client.restore(saved["id"])
     assert client.value("x") == "saved"
+    # A dump killed with the parasite's /proc mounted there leaves the mount as well (seen in
+    # the suite after kill -9 of the supervisor 111 ms into a checkpoint).
+    (tmp_path / "proc.crtools").mkdir(mode=0o700)
+    subprocess.run(["mount", "-t", "proc", "proc", str(tmp_path / "proc.crtools")], check=True)
+    try:
+        again = client.checkpoint()
+    finally:
+        subprocess.run(["umount", str(tmp_path / "proc.crtools")], capture_output=True)
+    assert not (tmp_path / "proc.crtools").exists()
+    client.restore(again["id"])
+    assert client.value("x") == "saved"
 
 
 @pytest.mark.parametrize("engine", ["criu"], indirect=True)
@@ -132,3 +144,42 @@ def test_two_kernels_working_in_one_folder_checkpoint_at_the_same_moment(make_ke
         kernel.client.run("x = 'changed'")
         kernel.client.restore(taken[n][-1]["id"])
         assert kernel.client.value("x") == n
+
+
+@pytest.mark.parametrize("engine", ["criu"], indirect=True)
+def test_a_restored_kernel_that_dies_before_its_restore_is_answered_fails_that_restore(
+    make_kernel, tmp_path: Path
+):
+    """Found by the suite (kill_restore, runs 47 and 124 of seed 16): `criu restore` killed just
+    after the restore, while the supervisor reconnected, took the restored kernel with it; the
+    supervisor then exited as for any kernel death, and the restore was never answered (the
+    suite waited 300 s). Here the restored kernel dies while its `on_restart` hook runs (the
+    supervisor waits for the hooks): the restore must fail at once, with a fresh kernel."""
+    marker = tmp_path / "restored-pid"
+    kernel = make_kernel()
+    client = kernel.client
+    client.run(
+        "import os, time, kernel_checkpoint as kc\n"
+        "@kc.on_restart\n"
+        "def tell_and_wait(event):\n"
+        f"    if not os.path.exists({str(marker)!r}):  # the first restore only\n"
+        f"        open({str(marker)!r}, 'w').write(open('/proc/self/stat').read().split()[0])\n"
+        "        time.sleep(20)\n"
+        "x = 'saved'"
+    )
+    taken = client.checkpoint()
+    request = client.send_request("restore", checkpoint_id=taken["id"])
+    deadline = time.monotonic() + 60
+    while not (marker.exists() and marker.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(int(marker.read_text()), signal.SIGKILL)
+    killed = time.monotonic()
+    with pytest.raises(CommError) as failed:
+        client.wait_reply(request, timeout=15)
+    assert failed.value.code == "engine_failed"
+    assert "fresh kernel" in str(failed.value)
+    assert time.monotonic() - killed < 10
+    assert kernel.km.provisioner.process.poll() is None  # the supervisor lives on
+    assert client.value("1 + 1") == 2  # a fresh kernel took the dead one's place
+    client.restore(taken["id"])
+    assert client.value("x") == "saved"
