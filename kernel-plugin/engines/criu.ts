@@ -481,6 +481,7 @@ export class CriuEngine implements Engine<PipelineKernel> {
     if (this.env[LAZY_SETTING] === '0' || this.modeFound?.lazy === false) {
       return null;
     }
+    const pages = spec.pages;
     try {
       return await LazyPagesDaemon.start(
         criu,
@@ -491,15 +492,7 @@ export class CriuEngine implements Engine<PipelineKernel> {
           found => (found.lazy ? null : found.reason),
           (error: unknown) => String(error)
         ),
-        server && spec.pages
-          ? {
-              port: server.port,
-              beforeFull: (
-                pages => () =>
-                  pages.fillIn()
-              )(spec.pages)
-            }
-          : undefined
+        server && pages ? { port: server.port, beforeFull: () => pages.fillIn() } : undefined
       );
     } catch (error) {
       log.warn(`restoring in full instead of lazily: ${(error as Error).message}`);

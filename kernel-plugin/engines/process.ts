@@ -40,15 +40,23 @@ export function commandName(pid: number): string | null {
   }
 }
 
-/** True while `pid` exists and is not a zombie. */
-export function isRunning(pid: number): boolean {
+/**
+ * The fields of `/proc/PID/stat` after the command name (which may hold spaces and parentheses):
+ * [0] is the state (field 3), [6] the task flags (field 9); null once `pid` is gone.
+ */
+function statFields(pid: number): string[] | null {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
-    return state !== 'Z' && state !== 'X';
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   } catch {
-    return false;
+    return null;
   }
+}
+
+/** True while `pid` exists and is not a zombie. */
+export function isRunning(pid: number): boolean {
+  const state = statFields(pid)?.[0];
+  return state !== undefined && state !== 'Z' && state !== 'X';
 }
 
 /** The kernel's PF_EXITING task flag (include/linux/sched.h): set once a task is in do_exit. */
@@ -60,14 +68,13 @@ const PF_EXITING = 0x4;
  * gone, which may be never while CRIU traces one of them), reads as sleeping, not as a zombie.
  */
 export function isRunningOn(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    // fields[0] is the state (field 3 of stat), fields[6] the flags (field 9).
-    return fields[0] !== 'Z' && fields[0] !== 'X' && (Number(fields[6]) & PF_EXITING) === 0;
-  } catch {
-    return false;
-  }
+  const fields = statFields(pid);
+  return (
+    fields !== null &&
+    fields[0] !== 'Z' &&
+    fields[0] !== 'X' &&
+    (Number(fields[6]) & PF_EXITING) === 0
+  );
 }
 
 /**
