@@ -88,8 +88,12 @@ lint: setup
 	ruff format --check .
 	node scripts/generate-protocol.mjs --check && echo "protocol types: up to date with the schema."
 
+# jest waits for ever when a test leaves a handle open (a socket, a timer, a child): the time
+# limit turns that into a failure that says so (the whole run takes ~3 min here).
 jest: setup
-	jest --ci
+	@timeout --foreground --kill-after=30 15m jest --ci; rc=$$?; \
+	if [ $$rc -eq 124 ]; then echo "jest did not exit within 15 min: a test left a handle open (find it with jest --detectOpenHandles)"; fi; \
+	exit $$rc
 
 pytest: setup
 	$(VENV)/bin/python -m pytest tests
