@@ -270,7 +270,7 @@ export class BisectFlow {
     if (this.stopped) {
       throw new RequestError('kernel_not_running', 'The supervisor is stopping.');
     }
-    const starting = this.forkFlow.run(id, () => undefined, { diesWithThisSupervisor: true });
+    const starting = this.forkFlow.run(id, () => undefined, 'dies-with-this-supervisor');
     this.starting.add(starting);
     const { connection_file } = await starting.finally(() => this.starting.delete(starting));
     const client = new ForkClient(connection_file);

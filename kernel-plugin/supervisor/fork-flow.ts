@@ -96,9 +96,19 @@ function readReadiness(pipe: Readable): Promise<ForkReadiness | null> {
   });
 }
 
+/**
+ * Who ends a fork. `own`: nobody but its user (a fork a user asked for lives on until its
+ * shutdown_request). `ended-by-this-supervisor`: the kernel's own forks (`ends_with_kernel`),
+ * asked to shut down when this supervisor stops. `dies-with-this-supervisor`: forks the
+ * supervisor starts for its own work (a search's), which their flow ends itself. The last two get
+ * the parent-death signal, so that they never outlive this supervisor, even killed with -9.
+ */
+export type ForkLifetime = 'own' | 'ended-by-this-supervisor' | 'dies-with-this-supervisor';
+
 export class ForkFlow {
-  /** Connection files of the forks that end with this supervisor (`endsWithThisSupervisor`). */
+  /** Connection files of the forks this supervisor ends (`ended-by-this-supervisor`). */
   private readonly owned = new Set<string>();
+  private ending: Promise<void> | null = null;
 
   constructor(
     private readonly options: ForkFlowOptions,
@@ -106,19 +116,11 @@ export class ForkFlow {
     private readonly restoreFlow: RestoreFlow
   ) {}
 
-  /**
-   * Starts a fork of image `id`. A fork a user asked for lives on its own until its
-   * shutdown_request; one the supervisor starts for its own work (`diesWithThisSupervisor`: a
-   * search's) gets the parent-death signal, so that it never outlives this supervisor, even
-   * killed with -9.
-   */
+  /** Starts a fork of image `id` that lives as `lifetime` says. */
   async run(
     id: string,
     progress: Progress,
-    {
-      diesWithThisSupervisor = false,
-      endsWithThisSupervisor = false
-    }: { diesWithThisSupervisor?: boolean; endsWithThisSupervisor?: boolean } = {}
+    lifetime: ForkLifetime = 'own'
   ): Promise<{ checkpoint: Checkpoint; connection_file: string }> {
     const { manifest } = await this.restoreFlow.verify(id, progress);
     const engine = this.host.engine;
@@ -132,8 +134,8 @@ export class ForkFlow {
     progress('restoring');
     const file = await writeForkConnectionFile(this.options.env, this.options.kernel.name);
     try {
-      await this.startSupervisor(id, file, diesWithThisSupervisor || endsWithThisSupervisor);
-      if (endsWithThisSupervisor) {
+      await this.startSupervisor(id, file, lifetime !== 'own');
+      if (lifetime === 'ended-by-this-supervisor') {
         this.owned.add(file);
       }
     } catch (error) {
@@ -145,13 +147,18 @@ export class ForkFlow {
   }
 
   /**
-   * Ends every fork started `endsWithThisSupervisor` that still runs (its connection file is
+   * Ends every fork started `ended-by-this-supervisor` that still runs (its connection file is
    * there: its supervisor removes it on the way out), as this supervisor stops: asked to shut
    * down and waited for (at most OWNED_FORK_END_MS), so that they end as kernels do, connection
    * file and all, before this supervisor's exit sends them the parent-death signal, which is for
-   * a supervisor that cannot ask (killed with -9).
+   * a supervisor that cannot ask (killed with -9). Every call waits for the same end.
    */
-  async stop(): Promise<void> {
+  stop(): Promise<void> {
+    this.ending ??= this.endOwned();
+    return this.ending;
+  }
+
+  private async endOwned(): Promise<void> {
     const running = [...this.owned].filter(file => existsSync(file));
     this.owned.clear();
     await Promise.all(

@@ -168,9 +168,11 @@ export class Requests {
         if (!this.forkFlow) {
           break;
         }
-        return this.forkFlow.run(requireId(request), progress, {
-          endsWithThisSupervisor: request.ends_with_kernel === true
-        });
+        return this.forkFlow.run(
+          requireId(request),
+          progress,
+          request.ends_with_kernel === true ? 'ended-by-this-supervisor' : 'own'
+        );
       case 'bisect':
         // Not exclusive either: it only forks, and the running kernel goes on meanwhile.
         if (!this.bisectFlow) {

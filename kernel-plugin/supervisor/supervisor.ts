@@ -225,6 +225,10 @@ export class Supervisor {
     const type = header.msg_type;
     if (type === 'shutdown_request') {
       this.shuttingDown = true;
+      // Jupyter kills a kernel's process 5 s after its shutdown_request (and with it, through
+      // the parent-death signal, a fork still ending): the kernel's own forks end beside its
+      // shutdown, not after it.
+      void this.forkFlow.stop();
       if (!this.host.kernel && !this.requests.busy) {
         void this.stop(0);
       }
