@@ -61,7 +61,7 @@ def measure(args: argparse.Namespace, base: Path) -> dict:
                 continue
             store = base / f"store-{len(kernels)}"
             env = private_jupyter(
-                base, store, "criu", KERNEL_CHECKPOINT_KEEP_BEFORE_RESTORE="0", **extra
+                base, store, "criu", KERNEL_CHECKPOINT_KEEP_BEFORE_RESTORE="0", KERNEL_CHECKPOINT_TIMINGS="1", **extra
             )
             log = base / f"supervisor-{len(kernels)}.log"
             with open(log, "w") as stderr:
@@ -165,6 +165,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--out")
+    parser.add_argument("--logs", help="copy each kernel's supervisor log into this folder")
     parser.add_argument("--table", help="print the table of saved results")
     args = parser.parse_args()
     if args.table:
@@ -174,6 +175,10 @@ def main() -> int:
     try:
         saved = measure(args, base)
     finally:
+        if args.logs:
+            Path(args.logs).mkdir(parents=True, exist_ok=True)
+            for log in base.glob("supervisor-*.log"):
+                shutil.copy(log, Path(args.logs) / log.name)
         shutil.rmtree(base, ignore_errors=True)
     if args.out:
         Path(args.out).write_text(json.dumps(saved, indent=1) + "\n")

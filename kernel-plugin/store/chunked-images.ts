@@ -6,6 +6,7 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
+import { PREFETCH_SETTING } from '../engines/criu-prefetch';
 import { processAlive, type Codec } from './chunks';
 import { DEFAULT_ZSTD_LEVEL, zstdCodec } from './zstd';
 
@@ -23,6 +24,17 @@ export interface ChunkingOptions {
   zstdLevel: number;
   /** Where rebuilt files go; null: /dev/shm when memory allows, else the store. */
   rebuildDir: string | null;
+  /**
+   * A restore reads and checks every chunk of a served pages file at open, even in packs
+   * unchanged since they were written (KERNEL_CHECKPOINT_VERIFY=always, as for whole images).
+   */
+  rehash?: boolean;
+  /**
+   * A served chunk image's first pages (see page-source.ts, `OpenOptions.prefetch`): 'off' with
+   * KERNEL_CHECKPOINT_PREFETCH=0; 'small' (small VMAs only) with =small; else 'hint' (small VMAs
+   * and the image's prefetch hint).
+   */
+  prefetch?: 'off' | 'small' | 'hint';
 }
 
 /** The store's chunking settings from the environment; a bad value is a clear error. */
@@ -41,7 +53,9 @@ export function chunkingOptionsFromEnv(env: NodeJS.ProcessEnv = process.env): Ch
     chunking: env.KERNEL_CHECKPOINT_DEDUP === '1',
     compression,
     zstdLevel: level,
-    rebuildDir: env.KERNEL_CHECKPOINT_REBUILD_DIR || null
+    rebuildDir: env.KERNEL_CHECKPOINT_REBUILD_DIR || null,
+    rehash: env.KERNEL_CHECKPOINT_VERIFY === 'always',
+    prefetch: env[PREFETCH_SETTING] === '0' ? 'off' : env[PREFETCH_SETTING] === 'small' ? 'small' : 'hint'
   };
 }
 

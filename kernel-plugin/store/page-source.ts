@@ -5,7 +5,7 @@
 // checked against its hash once when the image is opened (before the running kernel is stopped)
 // and again before its bytes leave (docs/architecture.md, the lazy restore Decision).
 
-import { promises as fs } from 'node:fs';
+import { promises as fs, writeSync } from 'node:fs';
 import path from 'node:path';
 
 import {
@@ -13,8 +13,12 @@ import {
   fileRanges,
   PAGE_BYTES,
   parsePagemap,
+  serializePagemap,
+  withEagerPages,
   type Pagemap
 } from '../engines/criu-pagemap';
+import { smallVmaPages, type HotPages } from '../engines/criu-prefetch';
+import { log } from '../supervisor/log';
 import type { ServedPages } from '../engines/page-server';
 import { ChunkCorruptError, type ChunkList, type ChunkListReader, type ChunkStore } from './chunks';
 
@@ -51,29 +55,110 @@ interface ServedFile {
   ahead: { page: number; count: number; bytes: Promise<Buffer> } | null;
 }
 
-/** Chunks read at a time when checking a whole file. */
+/** Compressed eager ranges decompressed at once (libuv's pool has 4 threads). */
+const EAGER_READS_AT_ONCE = 8;
+/** Chunks read at a time when checking a file at open. */
 const CHECK_CHUNKS = 1024;
 const CHECKS_AT_ONCE = 4;
 
 /**
- * Reads every chunk of a served file once, checked against its hash: a restore opens the image
- * before the running kernel is stopped, so a damaged chunk refuses the restore and changes
- * nothing, rather than stop a kernel whose pages are half in (measured cost: bench/README.md).
+ * The chunks of a served file that lie in packs not known unchanged since they were written
+ * (`ChunkStore.unchangedPacks`), as [first, count) spans, none longer than CHECK_CHUNKS.
  */
-async function checkAll(file: ServedFile): Promise<void> {
+export function untrustedSpans(
+  list: ChunkList,
+  trusted: ReadonlySet<string>
+): Array<{ first: number; count: number }> {
+  const spans: Array<{ first: number; count: number }> = [];
+  let first = 0;
+  for (const run of list.runs) {
+    if (!trusted.has(run.pack)) {
+      const last = spans[spans.length - 1];
+      let start = first;
+      let left = run.count;
+      if (last && last.first + last.count === start && last.count < CHECK_CHUNKS) {
+        const joined = Math.min(left, CHECK_CHUNKS - last.count);
+        last.count += joined;
+        start += joined;
+        left -= joined;
+      }
+      for (; left > 0; start += CHECK_CHUNKS, left -= CHECK_CHUNKS) {
+        spans.push({ first: start, count: Math.min(left, CHECK_CHUNKS) });
+      }
+    }
+    first += run.count;
+  }
+  return spans;
+}
+
+/**
+ * Reads the chunks of a served file in `spans` once, each checked against its hash: a restore
+ * opens the image before the running kernel is stopped, so a damaged chunk refuses the restore
+ * and changes nothing, rather than stop a kernel whose pages are half in (measured cost:
+ * bench/README.md).
+ */
+async function check(
+  file: ServedFile,
+  spans: Array<{ first: number; count: number }>
+): Promise<void> {
   // A few reads in flight: the reads run on libuv's pool while this thread checks hashes.
   const blocks = Array.from({ length: CHECKS_AT_ONCE }, () =>
     Buffer.allocUnsafe(CHECK_CHUNKS * PAGE_BYTES)
   );
   let next = 0;
   const worker = async (block: Buffer) => {
-    while (next < file.reader.chunks) {
-      const first = next;
-      next += CHECK_CHUNKS;
-      await file.reader.read(first, Math.min(CHECK_CHUNKS, file.reader.chunks - first), block);
+    while (next < spans.length) {
+      const { first, count } = spans[next++];
+      await file.reader.read(first, count, block);
     }
   };
   await Promise.all(blocks.map(worker));
+}
+
+/** KERNEL_CHECKPOINT_TIMINGS=1 logs how long each stage of opening a served image took. */
+export function stageTimer(env: NodeJS.ProcessEnv = process.env): (stage: string) => void {
+  let since = performance.now();
+  return stage => {
+    if (env.KERNEL_CHECKPOINT_TIMINGS === '1') {
+      const now = performance.now();
+      log.info(`timing: ${stage} in ${(now - since).toFixed(0)} ms`);
+      since = now;
+    }
+  };
+}
+
+/** How a chunk image's pages files are checked and laid out when it is opened. */
+export interface OpenOptions {
+  /**
+   * Read and check every chunk, even in packs unchanged since they were written
+   * (KERNEL_CHECKPOINT_VERIFY=always).
+   */
+  rehash?: boolean;
+  /**
+   * Pages `criu restore` copies itself instead of the page server sending them: every lazy page
+   * of a VMA up to 16 MiB (the interpreter's heap and small mappings, what a first cell touches:
+   * `smallVmaPages`), and the image's prefetch hint when it has one. Null: none
+   * (KERNEL_CHECKPOINT_PREFETCH=0).
+   */
+  prefetch?: { hint: HotPages | null } | null;
+}
+
+/**
+ * The pages of each process to restore eagerly: each fault the page server answers is a round
+ * trip through the daemon, TCP and this event loop (~0.3-1 ms on a busy machine, against a few
+ * microseconds for criu lazy-pages reading a whole image's file), and a first cell faults on
+ * thousands of pages outside the big arrays (bench/README.md, "PAGES SERVED FROM CHUNKS").
+ */
+function hotPages(hot: HotPages | null): number {
+  return [...(hot?.values() ?? [])].reduce((sum, pages) => sum + pages.length, 0);
+}
+
+async function eagerFirst(dir: string, hint: HotPages | null): Promise<HotPages> {
+  const hot = await smallVmaPages(dir);
+  for (const [pid, pages] of hint ?? []) {
+    hot.set(pid, [...(hot.get(pid) ?? []), ...pages]);
+  }
+  return hot;
 }
 
 export class ChunkPageSource implements LazyPages {
@@ -100,12 +185,14 @@ export class ChunkPageSource implements LazyPages {
     dir: string,
     lists: Record<string, ChunkList>,
     chunks: ChunkStore,
-    damaged: (error: ChunkCorruptError) => Promise<Error>
+    damaged: (error: ChunkCorruptError) => Promise<Error>,
+    options: OpenOptions = {}
   ): Promise<ChunkPageSource> {
     const maps = new Map<number, { map: Pagemap; file: ServedFile }>();
     const files: ServedFile[] = [];
     const byId = new Map<number, ServedFile>();
     const source = new ChunkPageSource(chunks, maps, files, damaged);
+    const timed = stageTimer();
     try {
       for (const [name, list] of Object.entries(lists)) {
         const id = PAGES_FILE.exec(name)?.[1];
@@ -117,28 +204,47 @@ export class ChunkPageSource implements LazyPages {
             blocks: new Map<number, Buffer>(),
             ahead: null
           };
+          // For readSync: a missing pack refuses the image here, before the kernel is stopped.
+          await file.reader.openPacks();
           files.push(file);
           byId.set(Number(id), file);
         }
       }
+      timed('served pages: readers opened');
+      const hot = options.prefetch ? await eagerFirst(dir, options.prefetch.hint) : null;
       for (const name of Object.keys(lists)) {
         const pid = PAGEMAP_FILE.exec(name)?.[1];
         if (pid === undefined) {
           continue;
         }
-        const map = parsePagemap(await fs.readFile(path.join(dir, name)));
+        let map = parsePagemap(await fs.readFile(path.join(dir, name)));
+        const eager = hot?.get(Number(pid));
+        if (eager?.length) {
+          // The rebuilt folder is ours: its pagemap gets those pages without PE_LAZY (the pages
+          // file keeps its layout), and `writeEager` writes them.
+          const split = withEagerPages(map, eager);
+          map = split.map;
+          await fs.writeFile(path.join(dir, name), serializePagemap(map), { mode: 0o600 });
+        }
         const file = byId.get(map.pagesId);
         if (!file || map.filePages * PAGE_BYTES !== file.list.bytes) {
           throw new Error(`${name} does not describe pages-${map.pagesId}.img`);
         }
         maps.set(Number(pid), { map, file });
       }
+      timed(`served pages: pagemaps read, ${hotPages(hot)} pages made eager`);
       for (const file of files) {
         await source.writeEager(
           file,
           [...maps.values()].filter(use => use.file === file)
         );
-        await checkAll(file);
+        timed(`served pages: eager pages of ${path.basename(file.dest)} written`);
+        const trusted = options.rehash
+          ? new Set<string>()
+          : await chunks.unchangedPacks(file.list.runs.map(run => run.pack));
+        const spans = untrustedSpans(file.list, trusted);
+        await check(file, spans);
+        timed(`served pages: ${spans.reduce((n, span) => n + span.count, 0)} chunks checked`);
       }
     } catch (error) {
       await source.release();
@@ -152,12 +258,25 @@ export class ChunkPageSource implements LazyPages {
     const out = await fs.open(file.dest, 'w', 0o600);
     try {
       await out.truncate(file.list.bytes);
-      for (const { map } of uses) {
-        for (const range of eagerRanges(map)) {
-          const bytes = await file.reader.read(range.page, range.count);
-          await out.write(bytes, 0, bytes.length, range.page * PAGE_BYTES);
+      const ranges = uses.flatMap(({ map }) => eagerRanges(map));
+      // Hundreds of short ranges once small VMAs are eager: raw chunks are read and written on
+      // this thread (the page cache, then tmpfs or the store's disk) rather than a round trip
+      // through libuv's pool each; compressed ones are decompressed on the pool, a few at once.
+      let next = 0;
+      const worker = async () => {
+        while (next < ranges.length) {
+          const range = ranges[next++];
+          let bytes: Buffer = Buffer.allocUnsafe(range.count * PAGE_BYTES);
+          if (!file.reader.readSync(range.page, range.count, bytes)) {
+            bytes = await file.reader.read(range.page, range.count, bytes);
+          }
+          for (let done = 0; done < bytes.length;) {
+            const at = range.page * PAGE_BYTES + done;
+            done += writeSync(out.fd, bytes, done, bytes.length - done, at);
+          }
         }
-      }
+      };
+      await Promise.all(Array.from({ length: EAGER_READS_AT_ONCE }, worker));
     } finally {
       await out.close();
     }
@@ -172,10 +291,13 @@ export class ChunkPageSource implements LazyPages {
     let done = 0;
     try {
       for (const range of fileRanges(served.map, vaddr, count)) {
-        if (range.count <= SMALL_REQUEST_PAGES) {
-          await this.readThroughBlocks(served.file, range.page, range.count, into.subarray(done));
+        const target = into.subarray(done);
+        if (served.file.reader.readSync(range.page, range.count, target)) {
+          // Raw chunks: read here from the page cache, as criu lazy-pages reads a whole image.
+        } else if (range.count <= SMALL_REQUEST_PAGES) {
+          await this.readThroughBlocks(served.file, range.page, range.count, target);
         } else {
-          await this.readAhead(served.file, range.page, range.count, into.subarray(done));
+          await this.readAhead(served.file, range.page, range.count, target);
         }
         done += range.count * PAGE_BYTES;
       }

@@ -64,7 +64,8 @@ import { cacheFolder, cacheRoot, parseS3Url } from './object-layout';
 import { checkPrivateFolder, ensurePrivateFolder, UnsafeFolderError } from './ownership';
 import { RemoteImages, RemoteUnavailableError } from './remote-images';
 import { S3Remote } from './s3-remote';
-import { ChunkPageSource, PAGES_FILE, type LazyPages } from './page-source';
+import { readHint } from '../engines/criu-prefetch';
+import { ChunkPageSource, PAGES_FILE, stageTimer, type LazyPages } from './page-source';
 import { processStart, writerIsAlive } from './writer';
 
 const ID_PATTERN = /^ckpt-[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}$/;
@@ -775,6 +776,7 @@ export class ImageStore {
       throw storeErrorFrom(error, `make a folder to rebuild checkpoint ${id} in ${base}`);
     }
     let pages: LazyPages | undefined;
+    const timed = stageTimer();
     const release = async () => {
       await pages?.release();
       await fs.rm(dir, { recursive: true, force: true }).catch(() => undefined);
@@ -789,9 +791,23 @@ export class ImageStore {
             await this.chunks.materialize(lists[file.path], dest);
           })
       );
+      timed(`rebuilt ${record.files.filter(file => !served(file.path)).length} files`);
       if (record.files.some(file => served(file.path))) {
-        pages = await ChunkPageSource.open(dir, lists, this.chunks, damaged =>
-          this.damagedChunk(damaged)
+        pages = await ChunkPageSource.open(
+          dir,
+          lists,
+          this.chunks,
+          damaged => this.damagedChunk(damaged),
+          {
+            rehash: this.options.rehash,
+            prefetch:
+              this.options.prefetch === 'off'
+                ? null
+                : {
+                    hint:
+                      this.options.prefetch === 'small' ? null : await readHint(this.imageDir(id))
+                  }
+          }
         );
       }
     } catch (error) {

@@ -117,6 +117,57 @@ async function flipPage(page: number): Promise<void> {
   await pack.close();
 }
 
+/**
+ * Flips a byte of page `page` and gives its pack back its mtime: a change the file system's
+ * identity (size, inode, mtime) does not show, so only reading the chunk finds it.
+ */
+async function flipPageUnseen(page: number): Promise<void> {
+  const run = lists['pages-3.img'].runs[0];
+  const file = store.packPath(run.pack);
+  const before = await fs.stat(file);
+  await flipPage(page);
+  await fs.utimes(file, before.atime, before.mtime);
+}
+
+describe('what a chunk image is checked for when it is opened', () => {
+  it('a pack unchanged since it was written is not read at open: its chunks are checked as they are sent', async () => {
+    expect(lists['pages-3.img'].runs).toHaveLength(1);
+    await flipPageUnseen(7);
+    // Opened without reading the pack...
+    const source = await ChunkPageSource.open(rebuilt, lists, store, damaged);
+    // ...and the damaged chunk is still never sent.
+    await expect(source.read(7, BASE + 5 * PAGE_BYTES, 1)).rejects.toThrow(
+      /^damaged: Chunk [0-9a-f]+ .* is damaged/
+    );
+    expect((await source.read(7, BASE, 1)).equals(pages.subarray(2 * PAGE_BYTES, 3 * PAGE_BYTES))).toBe(
+      true
+    );
+    await source.release();
+  });
+
+  it('KERNEL_CHECKPOINT_VERIFY=always reads every chunk at open, unchanged packs too', async () => {
+    await flipPageUnseen(7);
+    await expect(
+      ChunkPageSource.open(rebuilt, lists, store, damaged, { rehash: true })
+    ).rejects.toThrow(/^damaged: Chunk [0-9a-f]+ .* is damaged/);
+  });
+
+  it('a pack with no record of its identity (a store from before) is read at open', async () => {
+    await flipPageUnseen(7);
+    await fs.rm(path.join(dir, 'chunks', 'sealed', lists['pages-3.img'].runs[0].pack));
+    await expect(ChunkPageSource.open(rebuilt, lists, store, damaged)).rejects.toThrow(
+      /^damaged: Chunk [0-9a-f]+ .* is damaged/
+    );
+  });
+
+  it('a missing pack refuses the image at open', async () => {
+    await fs.rm(store.packPath(lists['pages-3.img'].runs[0].pack));
+    await expect(ChunkPageSource.open(rebuilt, lists, store, damaged)).rejects.toThrow(
+      /^damaged: Chunk [0-9a-f]+ .* is damaged: its pack is missing/
+    );
+  });
+});
+
 describe('a chunk image served page by page', () => {
   it('writes only the eager pages into a sparse pages file; the rest come by request', async () => {
     const source = await ChunkPageSource.open(rebuilt, lists, store, damaged);
