@@ -13,11 +13,14 @@ import {
   fileRanges,
   PAGE_BYTES,
   parsePagemap,
+  parseVmas,
+  PE_LAZY,
   serializePagemap,
+  type FileRange,
   withEagerPages,
   type Pagemap
 } from '../engines/criu-pagemap';
-import { smallVmaPages, type HotPages } from '../engines/criu-prefetch';
+import type { HotPages } from '../engines/criu-prefetch';
 import { log } from '../supervisor/log';
 import type { ServedPages } from '../engines/page-server';
 import { ChunkCorruptError, type ChunkList, type ChunkListReader, type ChunkStore } from './chunks';
@@ -57,6 +60,8 @@ interface ServedFile {
 
 /** Compressed eager ranges decompressed at once (libuv's pool has 4 threads). */
 const EAGER_READS_AT_ONCE = 8;
+/** Eager ranges are read in pieces of at most this many pages (4 zstd frames), aligned. */
+const EAGER_READ_PAGES = 64;
 /** Chunks read at a time when checking a file at open. */
 const CHECK_CHUNKS = 1024;
 const CHECKS_AT_ONCE = 4;
@@ -136,29 +141,82 @@ export interface OpenOptions {
   rehash?: boolean;
   /**
    * Pages `criu restore` copies itself instead of the page server sending them: every lazy page
-   * of a VMA up to 16 MiB (the interpreter's heap and small mappings, what a first cell touches:
-   * `smallVmaPages`), and the image's prefetch hint when it has one. Null: none
+   * of a VMA up to 16 MiB (the interpreter's heap and small mappings, what a first cell
+   * touches: `eagerAddresses`), and the image's prefetch hint when it has one. Null: none
    * (KERNEL_CHECKPOINT_PREFETCH=0).
    */
   prefetch?: { hint: HotPages | null } | null;
 }
 
+/** A VMA at most this large has its pages restored eagerly (criu-prefetch.ts's `small`, 16 MiB). */
+const SMALL_VMA_BYTES = 16 * 2 ** 20;
+
 /**
- * The pages of each process to restore eagerly: each fault the page server answers is a round
- * trip through the daemon, TCP and this event loop (~0.3-1 ms on a busy machine, against a few
- * microseconds for criu lazy-pages reading a whole image's file), and a first cell faults on
- * thousands of pages outside the big arrays (bench/README.md, "PAGES SERVED FROM CHUNKS").
+ * The lazy pages of process `pid` to restore eagerly: each fault the page server answers is a
+ * round trip through the daemon, TCP and this event loop (~0.3-1 ms on a busy machine, against
+ * a few microseconds for criu lazy-pages reading a whole image's file), and a first cell faults
+ * on thousands of pages outside the big arrays (bench/README.md, "PAGES SERVED FROM CHUNKS").
+ * So: every lazy page of a VMA up to SMALL_VMA_BYTES (the interpreter's heap and small
+ * mappings), and the hint's pages. Worked out range by range: a 4 GiB array is a million pages.
  */
-function hotPages(hot: HotPages | null): number {
-  return [...(hot?.values() ?? [])].reduce((sum, pages) => sum + pages.length, 0);
+async function eagerAddresses(
+  dir: string,
+  pid: number,
+  map: Pagemap,
+  hint: HotPages | null
+): Promise<number[]> {
+  // No mm image (CRIU writes one per process): then the hint's pages only.
+  const mm = await fs.readFile(path.join(dir, `mm-${pid}.img`)).catch(() => null);
+  const vmas = (mm ? parseVmas(mm) : []).filter(vma => vma.end - vma.start <= SMALL_VMA_BYTES);
+  const addresses = [...(hint?.get(pid) ?? [])];
+  let at = 0;
+  for (const entry of map.entries) {
+    if ((entry.flags & PE_LAZY) === 0) {
+      continue;
+    }
+    const end = entry.vaddr + entry.pages * PAGE_BYTES;
+    while (at < vmas.length && vmas[at].end <= entry.vaddr) {
+      at++;
+    }
+    for (let vma = at; vma < vmas.length && vmas[vma].start < end; vma++) {
+      const from = Math.max(entry.vaddr, vmas[vma].start);
+      const to = Math.min(end, vmas[vma].end);
+      for (let address = from; address < to; address += PAGE_BYTES) {
+        addresses.push(address);
+      }
+    }
+  }
+  return addresses;
 }
 
-async function eagerFirst(dir: string, hint: HotPages | null): Promise<HotPages> {
-  const hot = await smallVmaPages(dir);
-  for (const [pid, pages] of hint ?? []) {
-    hot.set(pid, [...(hot.get(pid) ?? []), ...pages]);
+/**
+ * Ranges of a file side by side joined, then cut to at most EAGER_READ_PAGES at multiples of it:
+ * eager entries are often a page or two each (a heap with holes), each read of a compressed
+ * range decompresses its frames again, and a read goes through its frames one after the other
+ * (several reads at once keep the pool busy).
+ */
+export function joinRanges(ranges: FileRange[]): FileRange[] {
+  const joined: FileRange[] = [];
+  for (const range of [...ranges].sort((a, b) => a.page - b.page)) {
+    const last = joined[joined.length - 1];
+    if (last && last.page + last.count === range.page) {
+      last.count += range.count;
+    } else {
+      joined.push({ ...range });
+    }
   }
-  return hot;
+  return joined.flatMap(range => {
+    const pieces: FileRange[] = [];
+    for (let page = range.page; page < range.page + range.count;) {
+      const end = Math.min(
+        range.page + range.count,
+        (Math.floor(page / EAGER_READ_PAGES) + 1) * EAGER_READ_PAGES
+      );
+      pieces.push({ page, count: end - page });
+      page = end;
+    }
+    return pieces;
+  });
 }
 
 export class ChunkPageSource implements LazyPages {
@@ -211,19 +269,22 @@ export class ChunkPageSource implements LazyPages {
         }
       }
       timed('served pages: readers opened');
-      const hot = options.prefetch ? await eagerFirst(dir, options.prefetch.hint) : null;
+      let eagerPages = 0;
       for (const name of Object.keys(lists)) {
         const pid = PAGEMAP_FILE.exec(name)?.[1];
         if (pid === undefined) {
           continue;
         }
         let map = parsePagemap(await fs.readFile(path.join(dir, name)));
-        const eager = hot?.get(Number(pid));
-        if (eager?.length) {
+        const eager = options.prefetch
+          ? await eagerAddresses(dir, Number(pid), map, options.prefetch.hint)
+          : [];
+        if (eager.length) {
           // The rebuilt folder is ours: its pagemap gets those pages without PE_LAZY (the pages
           // file keeps its layout), and `writeEager` writes them.
           const split = withEagerPages(map, eager);
           map = split.map;
+          eagerPages += split.eager;
           await fs.writeFile(path.join(dir, name), serializePagemap(map), { mode: 0o600 });
         }
         const file = byId.get(map.pagesId);
@@ -232,7 +293,14 @@ export class ChunkPageSource implements LazyPages {
         }
         maps.set(Number(pid), { map, file });
       }
-      timed(`served pages: pagemaps read, ${hotPages(hot)} pages made eager`);
+      timed(`served pages: pagemaps read, ${eagerPages} pages made eager`);
+      // A pages file no process's pagemap names (shared memory's, `pagemap-shmem-*.img`) is
+      // not served but written whole: `criu restore` reads it itself.
+      for (const file of files.filter(file => ![...maps.values()].some(use => use.file === file))) {
+        await chunks.materialize(file.list, file.dest);
+        files.splice(files.indexOf(file), 1);
+        await file.reader.close();
+      }
       for (const file of files) {
         await source.writeEager(
           file,
@@ -258,7 +326,7 @@ export class ChunkPageSource implements LazyPages {
     const out = await fs.open(file.dest, 'w', 0o600);
     try {
       await out.truncate(file.list.bytes);
-      const ranges = uses.flatMap(({ map }) => eagerRanges(map));
+      const ranges = joinRanges(uses.flatMap(({ map }) => eagerRanges(map)));
       // Hundreds of short ranges once small VMAs are eager: raw chunks are read and written on
       // this thread (the page cache, then tmpfs or the store's disk) rather than a round trip
       // through libuv's pool each; compressed ones are decompressed on the pool, a few at once.

@@ -781,19 +781,32 @@ export class ImageStore {
       await pages?.release();
       await fs.rm(dir, { recursive: true, force: true }).catch(() => undefined);
     };
+    const rebuild = async (files: FileDigest[]) => {
+      for (const folder of new Set(files.map(file => path.dirname(path.join(dir, file.path))))) {
+        await fs.mkdir(folder, { recursive: true, mode: 0o700 });
+      }
+      const small = files.filter(file => file.bytes <= SMALL_FILE_BYTES);
+      await Promise.all([
+        this.chunks.materializeSmall(
+          small.map(file => ({ list: lists[file.path], dest: path.join(dir, file.path) }))
+        ),
+        ...files
+          .filter(file => !small.includes(file))
+          .map(file => this.chunks.materialize(lists[file.path], path.join(dir, file.path)))
+      ]);
+    };
+    const kept = record.files.filter(file => !served(file.path));
     try {
-      await Promise.all(
-        record.files
-          .filter(file => !served(file.path))
-          .map(async file => {
-            const dest = path.join(dir, file.path);
-            await fs.mkdir(path.dirname(dest), { recursive: true, mode: 0o700 });
-            await this.chunks.materialize(lists[file.path], dest);
-          })
-      );
-      timed(`rebuilt ${record.files.filter(file => !served(file.path)).length} files`);
-      if (record.files.some(file => served(file.path))) {
-        pages = await ChunkPageSource.open(
+      if (kept.length === record.files.length) {
+        await rebuild(kept);
+      } else {
+        // The page source reads the pagemaps and VMAs first; the other files are rebuilt
+        // meanwhile.
+        const first = kept.filter(file => SERVED_FIRST.test(file.path));
+        await rebuild(first);
+        timed(`rebuilt ${first.length} pagemap and mm files`);
+        const rest = rebuild(kept.filter(file => !first.includes(file)));
+        const opening = ChunkPageSource.open(
           dir,
           lists,
           this.chunks,
@@ -809,6 +822,16 @@ export class ImageStore {
                   }
           }
         );
+        const [opened, rebuilt] = await Promise.allSettled([opening, rest]);
+        if (opened.status === 'fulfilled') {
+          pages = opened.value;
+        }
+        for (const outcome of [opened, rebuilt]) {
+          if (outcome.status === 'rejected') {
+            throw outcome.reason;
+          }
+        }
+        timed(`rebuilt the other ${kept.length - first.length} files`);
       }
     } catch (error) {
       await release();
@@ -1285,6 +1308,12 @@ async function digestFile(
   }
   return { bytes, xxh64: state.digest().toString(16).padStart(16, '0') };
 }
+
+/** Files up to this size are rebuilt together on this thread (`ChunkStore.materializeSmall`). */
+const SMALL_FILE_BYTES = 1 << 20;
+
+/** A served chunk image's files the page source reads (its pagemaps and VMAs). */
+const SERVED_FIRST = /^(pagemap|mm)-\d+\.img$/;
 
 /** The identity of a file's content as the file system keeps it: a write changes its ctime. */
 async function identity(file: string): Promise<string> {
