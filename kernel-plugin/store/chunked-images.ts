@@ -16,8 +16,9 @@ export const COMPRESSIONS: readonly Compression[] = ['zstd', 'none'];
 export interface ChunkingOptions {
   /**
    * Keep images as shared chunks once written: KERNEL_CHECKPOINT_DEDUP=1. Opt-in for now: a
-   * restore rebuilds a chunk image's files first, 3-5x a whole image's restore on a busy machine
-   * (bench/README.md, docs/architecture.md).
+   * restore rebuilds a chunk image's files first, 3-10x a whole image's restore on a busy
+   * machine, or (KERNEL_CHECKPOINT_SERVE_PAGES=1) serves its pages, 1.6-3x a whole image's lazy
+   * restore (bench/README.md, docs/architecture.md).
    */
   chunking: boolean;
   compression: Compression;
@@ -55,7 +56,8 @@ export function chunkingOptionsFromEnv(env: NodeJS.ProcessEnv = process.env): Ch
     zstdLevel: level,
     rebuildDir: env.KERNEL_CHECKPOINT_REBUILD_DIR || null,
     rehash: env.KERNEL_CHECKPOINT_VERIFY === 'always',
-    prefetch: env[PREFETCH_SETTING] === '0' ? 'off' : env[PREFETCH_SETTING] === 'small' ? 'small' : 'hint'
+    prefetch:
+      env[PREFETCH_SETTING] === '0' ? 'off' : env[PREFETCH_SETTING] === 'small' ? 'small' : 'hint'
   };
 }
 

@@ -1,9 +1,11 @@
 // The pages of a chunk image for a lazy restore's page server, read from the chunk store as they
 // are asked for instead of rebuilding `pages-*.img` first. Only the ranges `criu restore` reads
-// itself (pagemap entries not flagged PE_LAZY: file-backed private memory, vdso, locked or stack
-// pages) are written into a sparse pages file; the rest is served by request. Every chunk is
-// checked against its hash once when the image is opened (before the running kernel is stopped)
-// and again before its bytes leave (docs/architecture.md, the lazy restore Decision).
+// itself are written into a sparse pages file: pagemap entries not flagged PE_LAZY (file-backed
+// private memory, vdso, locked or stack pages), and those this module makes eager in the rebuilt
+// folder's pagemaps (small VMAs, the prefetch hint: what a first cell touches); the rest is
+// served by request. Every chunk is checked against its hash before its bytes are used or leave;
+// when the image is opened (before the running kernel is stopped), also every chunk in a pack
+// not known unchanged since it was written (docs/architecture.md, the lazy restore Decision).
 
 import { promises as fs, writeSync } from 'node:fs';
 import path from 'node:path';
@@ -27,8 +29,9 @@ import { ChunkCorruptError, type ChunkList, type ChunkListReader, type ChunkStor
 
 /**
  * KERNEL_CHECKPOINT_SERVE_PAGES=1 has a lazy restore of a chunk image served by the page server
- * instead of rebuilt first. Off by default: measured slower than the rebuild so far
- * (bench/README.md, "PAGES SERVED FROM CHUNKS").
+ * instead of rebuilt first. Off by default until it meets its target, 1.1x a whole image's lazy
+ * restore: measured 6x faster than the rebuild but 1.6-3x a whole image's (bench/README.md,
+ * "PAGES SERVED FROM CHUNKS").
  */
 export const SERVE_PAGES_SETTING = 'KERNEL_CHECKPOINT_SERVE_PAGES';
 

@@ -348,7 +348,10 @@ describe('rebuilding after many checkpoints', () => {
         expect(read).toBe(run.zstd === undefined);
         if (read) {
           raw++;
-          const expected = contents[4].subarray(first * CHUNK_BYTES, (first + run.count) * CHUNK_BYTES);
+          const expected = contents[4].subarray(
+            first * CHUNK_BYTES,
+            (first + run.count) * CHUNK_BYTES
+          );
           expect(into.subarray(0, expected.length).equals(expected)).toBe(true);
         }
         first += run.count;

@@ -139,9 +139,9 @@ describe('what a chunk image is checked for when it is opened', () => {
     await expect(source.read(7, BASE + 5 * PAGE_BYTES, 1)).rejects.toThrow(
       /^damaged: Chunk [0-9a-f]+ .* is damaged/
     );
-    expect((await source.read(7, BASE, 1)).equals(pages.subarray(2 * PAGE_BYTES, 3 * PAGE_BYTES))).toBe(
-      true
-    );
+    expect(
+      (await source.read(7, BASE, 1)).equals(pages.subarray(2 * PAGE_BYTES, 3 * PAGE_BYTES))
+    ).toBe(true);
     await source.release();
   });
 
@@ -203,9 +203,9 @@ describe('what a served chunk image restores eagerly', () => {
       [BASE, 7, 0],
       [BASE + 32 * PAGE_BYTES, 1, PE_LAZY]
     ]);
-    expect((await source.read(7, BASE + 32 * PAGE_BYTES, 1)).equals(pages.subarray(9 * PAGE_BYTES))).toBe(
-      true
-    );
+    expect(
+      (await source.read(7, BASE + 32 * PAGE_BYTES, 1)).equals(pages.subarray(9 * PAGE_BYTES))
+    ).toBe(true);
     await source.release();
   });
 
@@ -217,7 +217,10 @@ describe('what a served chunk image restores eagerly', () => {
     const file = await fs.readFile(path.join(rebuilt, 'pages-3.img'));
     expect(file.equals(pages)).toBe(true);
     await hinted.release();
-    await fs.writeFile(path.join(rebuilt, 'pagemap-7.img'), await fs.readFile(path.join(dir, 'image', 'pagemap-7.img')));
+    await fs.writeFile(
+      path.join(rebuilt, 'pagemap-7.img'),
+      await fs.readFile(path.join(dir, 'image', 'pagemap-7.img'))
+    );
     const off = await ChunkPageSource.open(rebuilt, lists, store, damaged, { prefetch: null });
     const sparse = await fs.readFile(path.join(rebuilt, 'pages-3.img'));
     expect(sparse.subarray(2 * PAGE_BYTES).equals(Buffer.alloc(8 * PAGE_BYTES))).toBe(true);
