@@ -561,12 +561,7 @@ export class ChunkListReader {
    * `into` (from its start) or a new buffer.
    */
   async read(first: number, count: number, into?: Buffer): Promise<Buffer> {
-    if (!Number.isInteger(first) || !Number.isInteger(count) || first < 0 || count < 0) {
-      throw new RangeError(`chunks ${first} + ${count} are not a range of chunks`);
-    }
-    if (first + count > this.chunks) {
-      throw new RangeError(`chunks ${first} + ${count} go past the file's ${this.chunks}`);
-    }
+    this.checkRange(first, count);
     const bytes = spanBytes(this.list, first, count);
     const out = into ?? Buffer.allocUnsafe(bytes);
     if (out.length < bytes) {
@@ -638,9 +633,7 @@ export class ChunkListReader {
    * `openPacks` has not opened.
    */
   readSync(first: number, count: number, into: Buffer): boolean {
-    if (first + count > this.chunks || count < 0) {
-      throw new RangeError(`chunks ${first} + ${count} go past the file's ${this.chunks}`);
-    }
+    this.checkRange(first, count);
     let run = this.runOf(first);
     for (let done = 0; done < count; run++) {
       const { pack, at, zstd } = this.list.runs[run];
@@ -663,6 +656,15 @@ export class ChunkListReader {
       done += n;
     }
     return true;
+  }
+
+  private checkRange(first: number, count: number): void {
+    if (!Number.isInteger(first) || !Number.isInteger(count) || first < 0 || count < 0) {
+      throw new RangeError(`chunks ${first} + ${count} are not a range of chunks`);
+    }
+    if (first + count > this.chunks) {
+      throw new RangeError(`chunks ${first} + ${count} go past the file's ${this.chunks}`);
+    }
   }
 
   /** The run holding chunk `chunk`: the last that starts at or before it. */
