@@ -9,7 +9,10 @@ Each kernel fills a numpy array, takes one checkpoint (a chunk image waits until
 chunks), then each round runs a cell, sends the restore request and the next cell at once (as a
 user's next cell), and times the cell's reply. The restored array's checksum is compared after
 the timing. The state before a restore is not kept (KERNEL_CHECKPOINT_KEEP_BEFORE_RESTORE=0):
-that is its own row in bench/dedup_bench.py.
+that is its own row in bench/dedup_bench.py. Each kernel's first checkpoint reply, the
+background work after it (a seal, or cutting it into chunks) and one more checkpoint's reply
+after the rounds are timed too. The supervisors log their open stages
+(KERNEL_CHECKPOINT_TIMINGS=1); `--logs DIR` keeps their logs.
 
     .venv/bin/python bench/served_pages.py --mib 1024 --rounds 5 --out served.json
     .venv/bin/python bench/served_pages.py --table served.json
@@ -61,7 +64,12 @@ def measure(args: argparse.Namespace, base: Path) -> dict:
                 continue
             store = base / f"store-{len(kernels)}"
             env = private_jupyter(
-                base, store, "criu", KERNEL_CHECKPOINT_KEEP_BEFORE_RESTORE="0", **extra
+                base,
+                store,
+                "criu",
+                KERNEL_CHECKPOINT_KEEP_BEFORE_RESTORE="0",
+                KERNEL_CHECKPOINT_TIMINGS="1",
+                **extra,
             )
             log = base / f"supervisor-{len(kernels)}.log"
             with open(log, "w") as stderr:
@@ -69,14 +77,19 @@ def measure(args: argparse.Namespace, base: Path) -> dict:
             client = kernel.client
             client.run(numpy_code(args.mib), timeout=900)
             expected = client.value(CHECKSUM)
+            started = time.monotonic()
             checkpoint = client.checkpoint()
-            settled(store, checkpoint["id"], extra["KERNEL_CHECKPOINT_DEDUP"] == "1")
+            checkpoint_s = time.monotonic() - started
+            settle_s = settled(store, checkpoint["id"], extra["KERNEL_CHECKPOINT_DEDUP"] == "1")
             kernels[mode] = {
                 "kernel": kernel,
                 "id": checkpoint["id"],
                 "expected": expected,
                 "log": log,
                 "runs": [],
+                "checkpoint_s": checkpoint_s,
+                "settle_s": settle_s,
+                "store": store,
             }
             print(f"{mode}: ready ({checkpoint['image_bytes'] / 2**20:.0f} MiB)", flush=True)
         for round_ in range(args.rounds):
@@ -107,8 +120,19 @@ def measure(args: argparse.Namespace, base: Path) -> dict:
                 and time.monotonic() < deadline
             ):
                 time.sleep(0.1)
+            # The next checkpoint, once the restored kernel has every page: does the chunking
+            # of the first (in the background) or the served restore slow it?
+            client = k["kernel"].client
+            client.run("x_after = 2")
+            started = time.monotonic()
+            again = client.checkpoint()
+            next_checkpoint_s = time.monotonic() - started
+            settled(k["store"], again["id"], MODES[mode]["KERNEL_CHECKPOINT_DEDUP"] == "1")
             text = k["log"].read_text()
             results[mode] = {
+                "checkpoint_s": k["checkpoint_s"],
+                "settle_s": k["settle_s"],
+                "next_checkpoint_s": next_checkpoint_s,
                 "runs": k["runs"],
                 "resident_ms": [int(ms) for ms in EVERY_PAGE.findall(text)],
                 "served": text.count(SERVED),
@@ -133,8 +157,9 @@ def table(saved: dict) -> str:
         f"{saved['mib']} MiB numpy kernel, restore -> first cell reply (medians; CRIU)",
         "",
         "| image, restore | restore→cell (s) | min-max (s) | vs whole lazy | every page in (s) "
-        "| state ok | runs | served by our page server |",
-        "|---|---|---|---|---|---|---|---|",
+        "| state ok | runs | served by our page server | checkpoint (s) | cut into chunks (s) "
+        "| next checkpoint (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for mode, r in results.items():
         cells = [run["restore_to_cell_s"] for run in r["runs"]]
@@ -147,12 +172,15 @@ def table(saved: dict) -> str:
             f"| {mode} | {cell:.2f} | {min(cells):.2f}-{max(cells):.2f} | {ratio} | "
             f"{'-' if resident is None else f'{resident / 1000:.2f}'} | "
             f"{'yes' if all(run['ok'] for run in r['runs']) else 'NO'} | {len(cells)} | "
-            f"{r['served']} |"
+            f"{r['served']} | {r.get('checkpoint_s', 0):.2f} | "
+            f"{r.get('settle_s', 0):.2f} | {r.get('next_checkpoint_s', 0):.2f} |"
         )
     rows.append(
         f"\nTarget: a chunk image's restore within {TARGET}x of a whole image's (lazy, the "
         "default where userfaultfd works). 'every page in' is from the supervisor's log "
-        "(lazy only)."
+        "(lazy only). 'checkpoint' is the reply to the first checkpoint, 'cut into chunks' the "
+        "background work after it (sealing, or chunking), 'next checkpoint' the reply to one "
+        "after the rounds (once every page is in)."
     )
     return "\n".join(rows)
 
@@ -165,15 +193,31 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--out")
+    parser.add_argument("--logs", help="copy each kernel's supervisor log into this folder")
     parser.add_argument("--table", help="print the table of saved results")
     args = parser.parse_args()
     if args.table:
         print(table(json.loads(Path(args.table).read_text())))
         return 0
+    modes = args.modes.split(",")
+    # Each kernel, with room for a restore beside it (a 4 GiB run wants ~6 GiB per mode).
+    needed = len(modes) * 1.5 * args.mib * 2**20
+    meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    available = int(meminfo["MemAvailable"].split()[0]) * 1024
+    if needed > available:
+        print(
+            f"skipped: {len(modes)} kernels of {args.mib} MiB need ~{needed / 2**30:.1f} GiB of "
+            f"memory, {available / 2**30:.1f} GiB is free (fewer --modes?)"
+        )
+        return 0
     base = Path(tempfile.mkdtemp(prefix="kc-served-bench-"))
     try:
         saved = measure(args, base)
     finally:
+        if args.logs:
+            Path(args.logs).mkdir(parents=True, exist_ok=True)
+            for log in base.glob("supervisor-*.log"):
+                shutil.copy(log, Path(args.logs) / log.name)
         shutil.rmtree(base, ignore_errors=True)
     if args.out:
         Path(args.out).write_text(json.dumps(saved, indent=1) + "\n")

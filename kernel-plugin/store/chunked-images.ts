@@ -6,6 +6,7 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
+import { PREFETCH_SETTING } from '../engines/criu-prefetch';
 import { processAlive, type Codec } from './chunks';
 import { DEFAULT_ZSTD_LEVEL, zstdCodec } from './zstd';
 
@@ -15,14 +16,26 @@ export const COMPRESSIONS: readonly Compression[] = ['zstd', 'none'];
 export interface ChunkingOptions {
   /**
    * Keep images as shared chunks once written: KERNEL_CHECKPOINT_DEDUP=1. Opt-in for now: a
-   * restore rebuilds a chunk image's files first, 3-5x a whole image's restore on a busy machine
-   * (bench/README.md, docs/architecture.md).
+   * restore rebuilds a chunk image's files first, 3-10x a whole image's restore on a busy
+   * machine, or (KERNEL_CHECKPOINT_SERVE_PAGES=1) serves its pages, 1.6-3x a whole image's lazy
+   * restore (bench/README.md, docs/architecture.md).
    */
   chunking: boolean;
   compression: Compression;
   zstdLevel: number;
   /** Where rebuilt files go; null: /dev/shm when memory allows, else the store. */
   rebuildDir: string | null;
+  /**
+   * A restore reads and checks every chunk of a served pages file at open, even in packs
+   * unchanged since they were written (KERNEL_CHECKPOINT_VERIFY=always, as for whole images).
+   */
+  rehash?: boolean;
+  /**
+   * A served chunk image's first pages (see page-source.ts, `OpenOptions.prefetch`): 'off' with
+   * KERNEL_CHECKPOINT_PREFETCH=0; 'small' (small VMAs only) with =small; else 'hint' (small VMAs
+   * and the image's prefetch hint).
+   */
+  prefetch?: 'off' | 'small' | 'hint';
 }
 
 /** The store's chunking settings from the environment; a bad value is a clear error. */
@@ -41,7 +54,10 @@ export function chunkingOptionsFromEnv(env: NodeJS.ProcessEnv = process.env): Ch
     chunking: env.KERNEL_CHECKPOINT_DEDUP === '1',
     compression,
     zstdLevel: level,
-    rebuildDir: env.KERNEL_CHECKPOINT_REBUILD_DIR || null
+    rebuildDir: env.KERNEL_CHECKPOINT_REBUILD_DIR || null,
+    rehash: env.KERNEL_CHECKPOINT_VERIFY === 'always',
+    prefetch:
+      env[PREFETCH_SETTING] === '0' ? 'off' : env[PREFETCH_SETTING] === 'small' ? 'small' : 'hint'
   };
 }
 

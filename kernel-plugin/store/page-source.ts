@@ -1,11 +1,13 @@
 // The pages of a chunk image for a lazy restore's page server, read from the chunk store as they
 // are asked for instead of rebuilding `pages-*.img` first. Only the ranges `criu restore` reads
-// itself (pagemap entries not flagged PE_LAZY: file-backed private memory, vdso, locked or stack
-// pages) are written into a sparse pages file; the rest is served by request. Every chunk is
-// checked against its hash once when the image is opened (before the running kernel is stopped)
-// and again before its bytes leave (docs/architecture.md, the lazy restore Decision).
+// itself are written into a sparse pages file: pagemap entries not flagged PE_LAZY (file-backed
+// private memory, vdso, locked or stack pages), and those this module makes eager in the rebuilt
+// folder's pagemaps (small VMAs, the prefetch hint: what a first cell touches); the rest is
+// served by request. Every chunk is checked against its hash before its bytes are used or leave;
+// when the image is opened (before the running kernel is stopped), also every chunk in a pack
+// not known unchanged since it was written (docs/architecture.md, the lazy restore Decision).
 
-import { promises as fs } from 'node:fs';
+import { promises as fs, writeSync } from 'node:fs';
 import path from 'node:path';
 
 import {
@@ -13,15 +15,23 @@ import {
   fileRanges,
   PAGE_BYTES,
   parsePagemap,
+  parseVmas,
+  PE_LAZY,
+  serializePagemap,
+  type FileRange,
+  withEagerPages,
   type Pagemap
 } from '../engines/criu-pagemap';
+import type { HotPages } from '../engines/criu-prefetch';
+import { log } from '../supervisor/log';
 import type { ServedPages } from '../engines/page-server';
 import { ChunkCorruptError, type ChunkList, type ChunkListReader, type ChunkStore } from './chunks';
 
 /**
  * KERNEL_CHECKPOINT_SERVE_PAGES=1 has a lazy restore of a chunk image served by the page server
- * instead of rebuilt first. Off by default: measured slower than the rebuild so far
- * (bench/README.md, "PAGES SERVED FROM CHUNKS").
+ * instead of rebuilt first. Off by default until it meets its target, 1.1x a whole image's lazy
+ * restore: measured 6x faster than the rebuild but 1.6-3x a whole image's (bench/README.md,
+ * "PAGES SERVED FROM CHUNKS").
  */
 export const SERVE_PAGES_SETTING = 'KERNEL_CHECKPOINT_SERVE_PAGES';
 
@@ -51,29 +61,165 @@ interface ServedFile {
   ahead: { page: number; count: number; bytes: Promise<Buffer> } | null;
 }
 
-/** Chunks read at a time when checking a whole file. */
+/** Compressed eager ranges decompressed at once (libuv's pool has 4 threads). */
+const EAGER_READS_AT_ONCE = 8;
+/** Eager ranges are read in pieces of at most this many pages (4 zstd frames), aligned. */
+const EAGER_READ_PAGES = 64;
+/** Chunks read at a time when checking a file at open. */
 const CHECK_CHUNKS = 1024;
 const CHECKS_AT_ONCE = 4;
 
 /**
- * Reads every chunk of a served file once, checked against its hash: a restore opens the image
- * before the running kernel is stopped, so a damaged chunk refuses the restore and changes
- * nothing, rather than stop a kernel whose pages are half in (measured cost: bench/README.md).
+ * The chunks of a served file that lie in packs not known unchanged since they were written
+ * (`ChunkStore.unchangedPacks`), as [first, count) spans, none longer than CHECK_CHUNKS.
  */
-async function checkAll(file: ServedFile): Promise<void> {
+export function untrustedSpans(
+  list: ChunkList,
+  trusted: ReadonlySet<string>
+): Array<{ first: number; count: number }> {
+  const spans: Array<{ first: number; count: number }> = [];
+  let first = 0;
+  for (const run of list.runs) {
+    if (!trusted.has(run.pack)) {
+      const last = spans[spans.length - 1];
+      let start = first;
+      let left = run.count;
+      if (last && last.first + last.count === start && last.count < CHECK_CHUNKS) {
+        const joined = Math.min(left, CHECK_CHUNKS - last.count);
+        last.count += joined;
+        start += joined;
+        left -= joined;
+      }
+      for (; left > 0; start += CHECK_CHUNKS, left -= CHECK_CHUNKS) {
+        spans.push({ first: start, count: Math.min(left, CHECK_CHUNKS) });
+      }
+    }
+    first += run.count;
+  }
+  return spans;
+}
+
+/**
+ * Reads the chunks of a served file in `spans` once, each checked against its hash: a restore
+ * opens the image before the running kernel is stopped, so a damaged chunk refuses the restore
+ * and changes nothing, rather than stop a kernel whose pages are half in (measured cost:
+ * bench/README.md).
+ */
+async function check(
+  file: ServedFile,
+  spans: Array<{ first: number; count: number }>
+): Promise<void> {
   // A few reads in flight: the reads run on libuv's pool while this thread checks hashes.
   const blocks = Array.from({ length: CHECKS_AT_ONCE }, () =>
     Buffer.allocUnsafe(CHECK_CHUNKS * PAGE_BYTES)
   );
   let next = 0;
   const worker = async (block: Buffer) => {
-    while (next < file.reader.chunks) {
-      const first = next;
-      next += CHECK_CHUNKS;
-      await file.reader.read(first, Math.min(CHECK_CHUNKS, file.reader.chunks - first), block);
+    while (next < spans.length) {
+      const { first, count } = spans[next++];
+      await file.reader.read(first, count, block);
     }
   };
   await Promise.all(blocks.map(worker));
+}
+
+/** KERNEL_CHECKPOINT_TIMINGS=1 logs how long each stage of opening a served image took. */
+export function stageTimer(env: NodeJS.ProcessEnv = process.env): (stage: string) => void {
+  let since = performance.now();
+  return stage => {
+    if (env.KERNEL_CHECKPOINT_TIMINGS === '1') {
+      const now = performance.now();
+      log.info(`timing: ${stage} in ${(now - since).toFixed(0)} ms`);
+      since = now;
+    }
+  };
+}
+
+/** How a chunk image's pages files are checked and laid out when it is opened. */
+export interface OpenOptions {
+  /**
+   * Read and check every chunk, even in packs unchanged since they were written
+   * (KERNEL_CHECKPOINT_VERIFY=always).
+   */
+  rehash?: boolean;
+  /**
+   * Pages `criu restore` copies itself instead of the page server sending them: every lazy page
+   * of a VMA up to 16 MiB (the interpreter's heap and small mappings, what a first cell
+   * touches: `eagerAddresses`), and the image's prefetch hint when it has one. Null: none
+   * (KERNEL_CHECKPOINT_PREFETCH=0).
+   */
+  prefetch?: { hint: HotPages | null } | null;
+}
+
+/** A VMA at most this large has its pages restored eagerly (criu-prefetch.ts's `small`, 16 MiB). */
+const SMALL_VMA_BYTES = 16 * 2 ** 20;
+
+/**
+ * The lazy pages of process `pid` to restore eagerly: each fault the page server answers is a
+ * round trip through the daemon, TCP and this event loop (~0.3-1 ms on a busy machine, against
+ * a few microseconds for criu lazy-pages reading a whole image's file), and a first cell faults
+ * on thousands of pages outside the big arrays (bench/README.md, "PAGES SERVED FROM CHUNKS").
+ * So: every lazy page of a VMA up to SMALL_VMA_BYTES (the interpreter's heap and small
+ * mappings), and the hint's pages. Worked out range by range: a 4 GiB array is a million pages.
+ */
+async function eagerAddresses(
+  dir: string,
+  pid: number,
+  map: Pagemap,
+  hint: HotPages | null
+): Promise<number[]> {
+  // No mm image (CRIU writes one per process): then the hint's pages only.
+  const mm = await fs.readFile(path.join(dir, `mm-${pid}.img`)).catch(() => null);
+  const vmas = (mm ? parseVmas(mm) : []).filter(vma => vma.end - vma.start <= SMALL_VMA_BYTES);
+  const addresses = [...(hint?.get(pid) ?? [])];
+  let at = 0;
+  for (const entry of map.entries) {
+    if ((entry.flags & PE_LAZY) === 0) {
+      continue;
+    }
+    const end = entry.vaddr + entry.pages * PAGE_BYTES;
+    while (at < vmas.length && vmas[at].end <= entry.vaddr) {
+      at++;
+    }
+    for (let vma = at; vma < vmas.length && vmas[vma].start < end; vma++) {
+      const from = Math.max(entry.vaddr, vmas[vma].start);
+      const to = Math.min(end, vmas[vma].end);
+      for (let address = from; address < to; address += PAGE_BYTES) {
+        addresses.push(address);
+      }
+    }
+  }
+  return addresses;
+}
+
+/**
+ * Ranges of a file side by side joined, then cut to at most EAGER_READ_PAGES at multiples of it:
+ * eager entries are often a page or two each (a heap with holes), each read of a compressed
+ * range decompresses its frames again, and a read goes through its frames one after the other
+ * (several reads at once keep the pool busy).
+ */
+export function joinRanges(ranges: FileRange[]): FileRange[] {
+  const joined: FileRange[] = [];
+  for (const range of [...ranges].sort((a, b) => a.page - b.page)) {
+    const last = joined[joined.length - 1];
+    if (last && last.page + last.count === range.page) {
+      last.count += range.count;
+    } else {
+      joined.push({ ...range });
+    }
+  }
+  return joined.flatMap(range => {
+    const pieces: FileRange[] = [];
+    for (let page = range.page; page < range.page + range.count;) {
+      const end = Math.min(
+        range.page + range.count,
+        (Math.floor(page / EAGER_READ_PAGES) + 1) * EAGER_READ_PAGES
+      );
+      pieces.push({ page, count: end - page });
+      page = end;
+    }
+    return pieces;
+  });
 }
 
 export class ChunkPageSource implements LazyPages {
@@ -100,12 +246,14 @@ export class ChunkPageSource implements LazyPages {
     dir: string,
     lists: Record<string, ChunkList>,
     chunks: ChunkStore,
-    damaged: (error: ChunkCorruptError) => Promise<Error>
+    damaged: (error: ChunkCorruptError) => Promise<Error>,
+    options: OpenOptions = {}
   ): Promise<ChunkPageSource> {
     const maps = new Map<number, { map: Pagemap; file: ServedFile }>();
     const files: ServedFile[] = [];
     const byId = new Map<number, ServedFile>();
     const source = new ChunkPageSource(chunks, maps, files, damaged);
+    const timed = stageTimer();
     try {
       for (const [name, list] of Object.entries(lists)) {
         const id = PAGES_FILE.exec(name)?.[1];
@@ -117,28 +265,57 @@ export class ChunkPageSource implements LazyPages {
             blocks: new Map<number, Buffer>(),
             ahead: null
           };
+          // For readSync: a missing pack refuses the image here, before the kernel is stopped.
+          await file.reader.openPacks();
           files.push(file);
           byId.set(Number(id), file);
         }
       }
+      timed('served pages: readers opened');
+      let eagerPages = 0;
       for (const name of Object.keys(lists)) {
         const pid = PAGEMAP_FILE.exec(name)?.[1];
         if (pid === undefined) {
           continue;
         }
-        const map = parsePagemap(await fs.readFile(path.join(dir, name)));
+        let map = parsePagemap(await fs.readFile(path.join(dir, name)));
+        const eager = options.prefetch
+          ? await eagerAddresses(dir, Number(pid), map, options.prefetch.hint)
+          : [];
+        if (eager.length) {
+          // The rebuilt folder is ours: its pagemap gets those pages without PE_LAZY (the pages
+          // file keeps its layout), and `writeEager` writes them.
+          const split = withEagerPages(map, eager);
+          map = split.map;
+          eagerPages += split.eager;
+          await fs.writeFile(path.join(dir, name), serializePagemap(map), { mode: 0o600 });
+        }
         const file = byId.get(map.pagesId);
         if (!file || map.filePages * PAGE_BYTES !== file.list.bytes) {
           throw new Error(`${name} does not describe pages-${map.pagesId}.img`);
         }
         maps.set(Number(pid), { map, file });
       }
+      timed(`served pages: pagemaps read, ${eagerPages} pages made eager`);
+      // A pages file no process's pagemap names (shared memory's, `pagemap-shmem-*.img`) is
+      // not served but written whole: `criu restore` reads it itself.
+      for (const file of files.filter(file => ![...maps.values()].some(use => use.file === file))) {
+        await chunks.materialize(file.list, file.dest);
+        files.splice(files.indexOf(file), 1);
+        await file.reader.close();
+      }
       for (const file of files) {
         await source.writeEager(
           file,
           [...maps.values()].filter(use => use.file === file)
         );
-        await checkAll(file);
+        timed(`served pages: eager pages of ${path.basename(file.dest)} written`);
+        const trusted = options.rehash
+          ? new Set<string>()
+          : await chunks.unchangedPacks(file.list.runs.map(run => run.pack));
+        const spans = untrustedSpans(file.list, trusted);
+        await check(file, spans);
+        timed(`served pages: ${spans.reduce((n, span) => n + span.count, 0)} chunks checked`);
       }
     } catch (error) {
       await source.release();
@@ -152,12 +329,25 @@ export class ChunkPageSource implements LazyPages {
     const out = await fs.open(file.dest, 'w', 0o600);
     try {
       await out.truncate(file.list.bytes);
-      for (const { map } of uses) {
-        for (const range of eagerRanges(map)) {
-          const bytes = await file.reader.read(range.page, range.count);
-          await out.write(bytes, 0, bytes.length, range.page * PAGE_BYTES);
+      const ranges = joinRanges(uses.flatMap(({ map }) => eagerRanges(map)));
+      // Hundreds of short ranges once small VMAs are eager: raw chunks are read and written on
+      // this thread (the page cache, then tmpfs or the store's disk) rather than a round trip
+      // through libuv's pool each; compressed ones are decompressed on the pool, a few at once.
+      let next = 0;
+      const worker = async () => {
+        while (next < ranges.length) {
+          const range = ranges[next++];
+          let bytes: Buffer = Buffer.allocUnsafe(range.count * PAGE_BYTES);
+          if (!file.reader.readSync(range.page, range.count, bytes)) {
+            bytes = await file.reader.read(range.page, range.count, bytes);
+          }
+          for (let done = 0; done < bytes.length;) {
+            const at = range.page * PAGE_BYTES + done;
+            done += writeSync(out.fd, bytes, done, bytes.length - done, at);
+          }
         }
-      }
+      };
+      await Promise.all(Array.from({ length: EAGER_READS_AT_ONCE }, worker));
     } finally {
       await out.close();
     }
@@ -172,10 +362,13 @@ export class ChunkPageSource implements LazyPages {
     let done = 0;
     try {
       for (const range of fileRanges(served.map, vaddr, count)) {
-        if (range.count <= SMALL_REQUEST_PAGES) {
-          await this.readThroughBlocks(served.file, range.page, range.count, into.subarray(done));
+        const target = into.subarray(done);
+        if (served.file.reader.readSync(range.page, range.count, target)) {
+          // Raw chunks: read here from the page cache, as criu lazy-pages reads a whole image.
+        } else if (range.count <= SMALL_REQUEST_PAGES) {
+          await this.readThroughBlocks(served.file, range.page, range.count, target);
         } else {
-          await this.readAhead(served.file, range.page, range.count, into.subarray(done));
+          await this.readAhead(served.file, range.page, range.count, target);
         }
         done += range.count * PAGE_BYTES;
       }

@@ -64,7 +64,8 @@ import { cacheFolder, cacheRoot, parseS3Url } from './object-layout';
 import { checkPrivateFolder, ensurePrivateFolder, UnsafeFolderError } from './ownership';
 import { RemoteImages, RemoteUnavailableError } from './remote-images';
 import { S3Remote } from './s3-remote';
-import { ChunkPageSource, PAGES_FILE, type LazyPages } from './page-source';
+import { readHint } from '../engines/criu-prefetch';
+import { ChunkPageSource, PAGES_FILE, stageTimer, type LazyPages } from './page-source';
 import { processStart, writerIsAlive } from './writer';
 
 const ID_PATTERN = /^ckpt-[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}$/;
@@ -775,24 +776,62 @@ export class ImageStore {
       throw storeErrorFrom(error, `make a folder to rebuild checkpoint ${id} in ${base}`);
     }
     let pages: LazyPages | undefined;
+    const timed = stageTimer();
     const release = async () => {
       await pages?.release();
       await fs.rm(dir, { recursive: true, force: true }).catch(() => undefined);
     };
+    const rebuild = async (files: FileDigest[]) => {
+      for (const folder of new Set(files.map(file => path.dirname(path.join(dir, file.path))))) {
+        await fs.mkdir(folder, { recursive: true, mode: 0o700 });
+      }
+      const small = files.filter(file => file.bytes <= SMALL_FILE_BYTES);
+      await Promise.all([
+        this.chunks.materializeSmall(
+          small.map(file => ({ list: lists[file.path], dest: path.join(dir, file.path) }))
+        ),
+        ...files
+          .filter(file => !small.includes(file))
+          .map(file => this.chunks.materialize(lists[file.path], path.join(dir, file.path)))
+      ]);
+    };
+    const kept = record.files.filter(file => !served(file.path));
     try {
-      await Promise.all(
-        record.files
-          .filter(file => !served(file.path))
-          .map(async file => {
-            const dest = path.join(dir, file.path);
-            await fs.mkdir(path.dirname(dest), { recursive: true, mode: 0o700 });
-            await this.chunks.materialize(lists[file.path], dest);
-          })
-      );
-      if (record.files.some(file => served(file.path))) {
-        pages = await ChunkPageSource.open(dir, lists, this.chunks, damaged =>
-          this.damagedChunk(damaged)
+      if (kept.length === record.files.length) {
+        await rebuild(kept);
+      } else {
+        // The page source reads the pagemaps and VMAs first; the other files are rebuilt
+        // meanwhile.
+        const first = kept.filter(file => SERVED_FIRST.test(file.path));
+        await rebuild(first);
+        timed(`rebuilt ${first.length} pagemap and mm files`);
+        const rest = rebuild(kept.filter(file => !first.includes(file)));
+        const opening = ChunkPageSource.open(
+          dir,
+          lists,
+          this.chunks,
+          damaged => this.damagedChunk(damaged),
+          {
+            rehash: this.options.rehash,
+            prefetch:
+              this.options.prefetch === 'off'
+                ? null
+                : {
+                    hint:
+                      this.options.prefetch === 'small' ? null : await readHint(this.imageDir(id))
+                  }
+          }
         );
+        const [opened, rebuilt] = await Promise.allSettled([opening, rest]);
+        if (opened.status === 'fulfilled') {
+          pages = opened.value;
+        }
+        for (const outcome of [opened, rebuilt]) {
+          if (outcome.status === 'rejected') {
+            throw outcome.reason;
+          }
+        }
+        timed(`rebuilt the other ${kept.length - first.length} files`);
       }
     } catch (error) {
       await release();
@@ -1269,6 +1308,12 @@ async function digestFile(
   }
   return { bytes, xxh64: state.digest().toString(16).padStart(16, '0') };
 }
+
+/** Files up to this size are rebuilt together on this thread (`ChunkStore.materializeSmall`). */
+const SMALL_FILE_BYTES = 1 << 20;
+
+/** A served chunk image's files the page source reads (its pagemaps and VMAs). */
+const SERVED_FIRST = /^(pagemap|mm)-\d+\.img$/;
 
 /** The identity of a file's content as the file system keeps it: a write changes its ctime. */
 async function identity(file: string): Promise<string> {

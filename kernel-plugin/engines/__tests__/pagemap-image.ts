@@ -42,3 +42,21 @@ export function pagemapImage(pagesId: number, entries: EntrySpec[]): Buffer {
     )
   ]);
 }
+
+/** An mm image with these VMAs ([start, end) each) and no other field. */
+export function mmImage(vmas: Array<{ start: number; end: number }>): Buffer {
+  const magics = Buffer.from([0x5d, 0x7f, 0x5d, 0x3d, 0xd8, 0x42, 0x0b, 0xa2]);
+  const body = Buffer.concat(
+    vmas.map(vma => {
+      const entry = message([
+        [1, vma.start],
+        [2, vma.end]
+      ]).subarray(4);
+      // Field 14, length-delimited.
+      return Buffer.from([(14 << 3) | 2, ...varint(entry.length), ...entry]);
+    })
+  );
+  const length = Buffer.alloc(4);
+  length.writeUInt32LE(body.length);
+  return Buffer.concat([magics, length, body]);
+}

@@ -333,6 +333,46 @@ describe('rebuilding after many checkpoints', () => {
     }
   });
 
+  it('reads raw chunks on this thread once their packs are open; compressed ones it leaves to read', async () => {
+    const { contents, lists } = await series(new ChunkStore(store.root, zstdCodec()), 600, 4);
+    const reader = await new ChunkStore(store.root, zstdCodec()).reader(lists[4]);
+    try {
+      const into = Buffer.alloc(contents[4].length);
+      // Not before its packs are open.
+      expect(reader.readSync(0, 1, into)).toBe(false);
+      await reader.openPacks();
+      let first = 0;
+      let raw = 0;
+      for (const run of lists[4].runs) {
+        const read = reader.readSync(first, run.count, into);
+        expect(read).toBe(run.zstd === undefined);
+        if (read) {
+          raw++;
+          const expected = contents[4].subarray(
+            first * CHUNK_BYTES,
+            (first + run.count) * CHUNK_BYTES
+          );
+          expect(into.subarray(0, expected.length).equals(expected)).toBe(true);
+        }
+        first += run.count;
+      }
+      expect(raw).toBeGreaterThan(0);
+      expect(() => reader.readSync(reader.chunks, 1, into)).toThrow(RangeError);
+    } finally {
+      await reader.close();
+    }
+  });
+
+  it('records each pack as written; a write to it, even at once, shows', async () => {
+    const [list] = await ingestAll(store, [await writeFile('a', image(64))]);
+    const pack = list.runs[0].pack;
+    expect(await store.unchangedPacks([pack, 'zz-000000000000'])).toEqual(new Set([pack]));
+    const handle = await fs.open(store.packPath(pack), 'r+');
+    await handle.write(Buffer.from([1]), 0, 1, 100);
+    await handle.close();
+    expect(await store.unchangedPacks([pack])).toEqual(new Set());
+  });
+
   it('a reader refuses a damaged chunk, naming it, and still reads the others', async () => {
     const content = image(64);
     const [list] = await ingestAll(store, [await writeFile('a', content)]);
@@ -411,6 +451,8 @@ describe('garbage collection', () => {
     report = await store.gc(async () => []);
     expect(report.packsRemoved).toBe(2);
     expect(await packFiles()).toEqual([]);
+    // Their identities go with them.
+    expect(await fs.readdir(path.join(store.root, 'sealed'))).toEqual([]);
   });
 
   it('never sweeps a pack an ingest took while the collection was marking', async () => {

@@ -8,9 +8,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
 
-import { PAGE_BYTES, PE_LAZY, PE_PRESENT } from '../../engines/criu-pagemap';
+import { PAGE_BYTES, PE_LAZY, PE_PRESENT, parsePagemap } from '../../engines/criu-pagemap';
 import { PageServer } from '../../engines/page-server';
-import { pagemapImage } from '../../engines/__tests__/pagemap-image';
+import { mmImage, pagemapImage } from '../../engines/__tests__/pagemap-image';
 import { ChunkCorruptError, ChunkStore, type ChunkList } from '../chunks';
 import { ChunkPageSource } from '../page-source';
 
@@ -116,6 +116,128 @@ async function flipPage(page: number): Promise<void> {
   await pack.write(Buffer.from([byte[0] ^ 0xff]), 0, 1, at);
   await pack.close();
 }
+
+/**
+ * Flips a byte of page `page` and gives its pack back its mtime: a change the file system's
+ * identity (size, inode, mtime) does not show, so only reading the chunk finds it.
+ */
+async function flipPageUnseen(page: number): Promise<void> {
+  const run = lists['pages-3.img'].runs[0];
+  const file = store.packPath(run.pack);
+  const before = await fs.stat(file);
+  await flipPage(page);
+  await fs.utimes(file, before.atime, before.mtime);
+}
+
+describe('what a chunk image is checked for when it is opened', () => {
+  it('a pack unchanged since it was written is not read at open: its chunks are checked as they are sent', async () => {
+    expect(lists['pages-3.img'].runs).toHaveLength(1);
+    await flipPageUnseen(7);
+    // Opened without reading the pack...
+    const source = await ChunkPageSource.open(rebuilt, lists, store, damaged);
+    // ...and the damaged chunk is still never sent.
+    await expect(source.read(7, BASE + 5 * PAGE_BYTES, 1)).rejects.toThrow(
+      /^damaged: Chunk [0-9a-f]+ .* is damaged/
+    );
+    expect(
+      (await source.read(7, BASE, 1)).equals(pages.subarray(2 * PAGE_BYTES, 3 * PAGE_BYTES))
+    ).toBe(true);
+    await source.release();
+  });
+
+  it('KERNEL_CHECKPOINT_VERIFY=always reads every chunk at open, unchanged packs too', async () => {
+    await flipPageUnseen(7);
+    await expect(
+      ChunkPageSource.open(rebuilt, lists, store, damaged, { rehash: true })
+    ).rejects.toThrow(/^damaged: Chunk [0-9a-f]+ .* is damaged/);
+  });
+
+  it('a pack with no record of its identity (a store from before) is read at open', async () => {
+    await flipPageUnseen(7);
+    await fs.rm(path.join(dir, 'chunks', 'sealed', lists['pages-3.img'].runs[0].pack));
+    await expect(ChunkPageSource.open(rebuilt, lists, store, damaged)).rejects.toThrow(
+      /^damaged: Chunk [0-9a-f]+ .* is damaged/
+    );
+  });
+
+  it('a missing pack refuses the image at open', async () => {
+    await fs.rm(store.packPath(lists['pages-3.img'].runs[0].pack));
+    await expect(ChunkPageSource.open(rebuilt, lists, store, damaged)).rejects.toThrow(
+      /^damaged: Chunk [0-9a-f]+ .* is damaged: its pack is missing/
+    );
+  });
+});
+
+describe('what a served chunk image restores eagerly', () => {
+  /** The image again with an mm image: a small VMA over the first lazy entry, a big one after. */
+  async function withVmas(extra: Record<string, Buffer> = {}): Promise<void> {
+    const image = path.join(dir, 'image');
+    const mm = mmImage([
+      { start: 0x400000, end: 0x400000 + 2 * PAGE_BYTES },
+      { start: BASE, end: BASE + 8 * PAGE_BYTES },
+      { start: BASE + 32 * PAGE_BYTES, end: BASE + 32 * PAGE_BYTES + 32 * 2 ** 20 }
+    ]);
+    await fs.writeFile(path.join(image, 'mm-7.img'), mm);
+    await fs.writeFile(path.join(rebuilt, 'mm-7.img'), mm);
+    const session = await store.begin({ durable: false });
+    lists['mm-7.img'] = await session.ingest(path.join(image, 'mm-7.img'));
+    for (const [name, bytes] of Object.entries(extra)) {
+      await fs.writeFile(path.join(image, name), bytes);
+      lists[name] = await session.ingest(path.join(image, name));
+    }
+    await session.finish();
+    await session.close();
+  }
+
+  it("writes a small VMA's lazy pages and makes them eager in the folder's pagemap; a big one's are served", async () => {
+    await withVmas();
+    const source = await ChunkPageSource.open(rebuilt, lists, store, damaged, {
+      prefetch: { hint: null }
+    });
+    const file = await fs.readFile(path.join(rebuilt, 'pages-3.img'));
+    expect(file.subarray(0, 9 * PAGE_BYTES).equals(pages.subarray(0, 9 * PAGE_BYTES))).toBe(true);
+    expect(file.subarray(9 * PAGE_BYTES).equals(Buffer.alloc(PAGE_BYTES))).toBe(true);
+    const map = parsePagemap(await fs.readFile(path.join(rebuilt, 'pagemap-7.img')));
+    expect(map.entries.map(entry => [entry.vaddr, entry.pages, entry.flags & PE_LAZY])).toEqual([
+      [0x400000, 2, 0],
+      [BASE, 7, 0],
+      [BASE + 32 * PAGE_BYTES, 1, PE_LAZY]
+    ]);
+    expect(
+      (await source.read(7, BASE + 32 * PAGE_BYTES, 1)).equals(pages.subarray(9 * PAGE_BYTES))
+    ).toBe(true);
+    await source.release();
+  });
+
+  it("adds the hint's pages; with prefetch off nothing more is eager", async () => {
+    await withVmas();
+    const hinted = await ChunkPageSource.open(rebuilt, lists, store, damaged, {
+      prefetch: { hint: new Map([[7, [BASE + 32 * PAGE_BYTES]]]) }
+    });
+    const file = await fs.readFile(path.join(rebuilt, 'pages-3.img'));
+    expect(file.equals(pages)).toBe(true);
+    await hinted.release();
+    await fs.writeFile(
+      path.join(rebuilt, 'pagemap-7.img'),
+      await fs.readFile(path.join(dir, 'image', 'pagemap-7.img'))
+    );
+    const off = await ChunkPageSource.open(rebuilt, lists, store, damaged, { prefetch: null });
+    const sparse = await fs.readFile(path.join(rebuilt, 'pages-3.img'));
+    expect(sparse.subarray(2 * PAGE_BYTES).equals(Buffer.alloc(8 * PAGE_BYTES))).toBe(true);
+    await off.release();
+  });
+
+  it('writes whole a pages file no process pagemap names (shared memory), rather than serve it', async () => {
+    const shmem = randomBytes(4 * PAGE_BYTES);
+    await withVmas({ 'pages-9.img': shmem });
+    const source = await ChunkPageSource.open(rebuilt, lists, store, damaged, {
+      prefetch: { hint: null }
+    });
+    expect((await fs.readFile(path.join(rebuilt, 'pages-9.img'))).equals(shmem)).toBe(true);
+    expect(source.bytes).toBe(pages.length);
+    await source.release();
+  });
+});
 
 describe('a chunk image served page by page', () => {
   it('writes only the eager pages into a sparse pages file; the rest come by request', async () => {
