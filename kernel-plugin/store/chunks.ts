@@ -982,11 +982,6 @@ export class ChunkStore {
   }
 
   /**
-   * A reader of one list's chunks by position, for a reader that wants pages rather than a file
-   * (a page server): `read(first, count)` gives chunks [first, first + count) of the file, every
-   * one checked against its hash. Close it when done (it keeps its packs open).
-   */
-  /**
    * Writes small files (a chunk image has dozens of a few KiB each beside its pages) as
    * `materialize` does, every chunk checked, but with one set of open packs and the reads and
    * writes on this thread: `materialize`'s planned reads on libuv's pool cost a few round trips
@@ -1012,6 +1007,11 @@ export class ChunkStore {
     }
   }
 
+  /**
+   * A reader of one list's chunks by position, for a reader that wants pages rather than a file
+   * (a page server): `read(first, count)` gives chunks [first, first + count) of the file, every
+   * one checked against its hash. Close it when done (it keeps its packs open).
+   */
   async reader(list: ChunkList): Promise<ChunkListReader> {
     this.requireCodec(list);
     return new ChunkListReader(
