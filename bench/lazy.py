@@ -241,6 +241,27 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def stages_table(results: dict[str, Any]) -> str:
+    """Where restore -> first cell goes, per kernel and mode (medians): the restore's reply (it
+    comes with the kernel's first answer, so it holds the faults of the kernel's own wake-up),
+    then the first cell; and the checkpoint before it."""
+    rows = [
+        "| kernel | mode | restore's reply (s) | first cell (s) | checkpoint (s) | runs |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, modes in results.items():
+        for mode, out in modes.items():
+            runs = out.get("runs", [])
+            if not runs:
+                continue
+            rows.append(
+                f"| {label} | {mode} | {fmt(median([r.get('restore_reply_s') for r in runs]))} "
+                f"| {fmt(median([r.get('first_cell_s') for r in runs]))} "
+                f"| {fmt(median([r.get('checkpoint_s') for r in runs]))} | {len(runs)} |"
+            )
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -268,7 +289,8 @@ def main() -> None:
     parser.add_argument("--table", type=Path, help="print the table of a saved run")
     args = parser.parse_args()
     if args.table:
-        print(table(json.loads(args.table.read_text())))
+        saved = json.loads(args.table.read_text())
+        print(table(saved) + "\n\n" + stages_table(saved))
         return
     modes = args.modes.split(",")
     unknown = sorted(set(modes) - set(MODES))
@@ -279,7 +301,7 @@ def main() -> None:
     )
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
-    print(table(results))
+    print(table(results) + "\n\n" + stages_table(results))
 
 
 if __name__ == "__main__":

@@ -256,7 +256,7 @@ export class Requests {
 
   /**
    * Lets sealing go on: after a restore, once the restored kernel has its memory back. On two
-   * cores, checksumming the image just written (1.9-3.8 s at 4 GiB) beside a lazily restored
+   * cores, checksumming the image just written (0.6-1.3 s at 1 GiB) beside a lazily restored
    * kernel's first faults took restore → first cell of 1 GiB from 0.31 to 0.41 s
    * (bench/README.md, "LAZY RESTORE").
    */
