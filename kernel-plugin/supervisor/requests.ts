@@ -47,6 +47,9 @@ type Result = {
 /** How long the plugin may take to describe the kernel's variables (it reads no data). */
 const SUMMARY_TIMEOUT_MS = 10000;
 
+/** How long sealing waits, after a restore, for the restored kernel's memory to be back. */
+const SEALING_WAITS_MS = 10000;
+
 export class Requests {
   /** The checkpoint, restore or delete under way. */
   busy: Action | null = null;
@@ -266,7 +269,10 @@ export class Requests {
       release();
       return;
     }
-    void this.host.engine.untilMemoryBack(kernel).finally(release);
+    // At most this long: a delete waits for its image's seal, and a kernel reading all its
+    // memory while it arrives can take tens of seconds to have every page (4 GiB: 5-44 s).
+    const longest = new Promise<void>(resolve => setTimeout(resolve, SEALING_WAITS_MS).unref());
+    void Promise.race([this.host.engine.untilMemoryBack(kernel), longest]).finally(release);
   }
 
   /**
