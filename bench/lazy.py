@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import sys
 import time
 from datetime import datetime
@@ -48,7 +49,8 @@ MODES = {
 }
 # The supervisor's lines: how many pages a restore prefetched, and how many faults the daemon saw.
 PREFETCHED = re.compile(r"lazy restore: (\d+) pages \(\S+ MiB\) of (?:the previous run's|VMAs)")
-FAULTS = re.compile(r"every page is in memory \d+ ms .* (\d+) page faults\)")
+EVERY_PAGE_LINE = re.compile(r"lazy restore: every page is in memory .*$", re.M)
+FAULTS = re.compile(r" (\d+) page faults\)$")
 # Restore -> first cell of a 1 and a 4 GiB kernel, lazily, within this of the empty kernel's.
 TARGET_S = 0.15
 
@@ -57,30 +59,38 @@ def newest_log(workspace: Workspace) -> Path:
     return max(workspace.logs.glob("supervisor-criu-*.log"), key=lambda p: p.stat().st_mtime)
 
 
-def runs_mode(workspace: Workspace, mode: str, state: str) -> Runs:
+def runs_mode(workspace: Workspace, mode: str, state: str, after_seal: bool) -> Runs:
     """runs_ours under one mode, each run with the time until every page was resident: for a
     lazy restore, from the restore request to the supervisor's log line saying so; for a full
-    one, the restore's reply (the kernel answers only once its memory is back)."""
+    one, the restore's reply (the kernel answers only once its memory is back). `after_seal`:
+    each restore waits until its image is sealed (checksummed in the background after the
+    checkpoint's reply), as a restore some seconds after its checkpoint."""
     workspace.env.update(MODES[mode])
-    runs = runs_ours(workspace, "criu", state)
+    logs: list[Path] = []
+    runs = runs_ours(
+        workspace,
+        "criu",
+        state,
+        before_restore=(lambda id: wait_for_seal(logs[0], id)) if after_seal else None,
+    )
     try:
         out = next(runs)
         supervisor_log = newest_log(workspace)
+        logs.append(supervisor_log)
         yield out
         while True:
             seen = len(EVERY_PAGE.findall(supervisor_log.read_text()))
             prefetched = len(PREFETCHED.findall(supervisor_log.read_text()))
-            started = time.time()
             run = next(runs)
             if mode == "full":
                 run["resident_s"] = run["restore_reply_s"]
             else:
-                run["resident_s"] = resident_after(supervisor_log, seen, started, run)
+                run["resident_s"] = resident_after(supervisor_log, seen, run)
                 text = supervisor_log.read_text()
-                faults = FAULTS.findall(text)
-                # Counted only where the daemon logs them (-v4: prefetch on).
-                counted = mode == "lazy+prefetch" and len(faults) > seen
-                run["faults"] = int(faults[seen]) if counted else None
+                ends = EVERY_PAGE_LINE.findall(text)
+                # Counted only where the daemon logs them (-v4: prefetch on, the hint not full).
+                counted = len(ends) > seen and FAULTS.search(ends[seen])
+                run["faults"] = int(counted.group(1)) if counted else None
                 pages = PREFETCHED.findall(text)
                 run["prefetched_pages"] = int(pages[prefetched]) if len(pages) > prefetched else 0
             yield run
@@ -88,21 +98,25 @@ def runs_mode(workspace: Workspace, mode: str, state: str) -> Runs:
         runs.close()
 
 
-def resident_after(
-    supervisor_log: Path, seen: int, started: float, run: dict[str, Any]
-) -> float | None:
-    """Seconds from the restore request to the (seen+1)th "every page" line, by its timestamp.
-    The checkpoint before the restore took `checkpoint_s` of that wall time, and a cell ran."""
+def resident_after(supervisor_log: Path, seen: int, run: dict[str, Any]) -> float | None:
+    """Seconds from the restore request to the (seen+1)th "every page" line, by its timestamp."""
     deadline = time.time() + 120
     while time.time() < deadline:
         found = EVERY_PAGE.findall(supervisor_log.read_text())
         if len(found) > seen:
             stamp = datetime.fromisoformat(found[seen][0].replace("Z", "+00:00")).timestamp()
-            # The restore request was sent after the checkpoint and one cell ("x_after = 1").
-            restore_sent = started + run["checkpoint_s"]
-            return max(stamp - restore_sent, run["restore_reply_s"])
+            return max(stamp - run["restore_sent_at"], run["restore_reply_s"])
         time.sleep(0.05)
     return None
+
+
+def wait_for_seal(supervisor_log: Path, checkpoint_id: str) -> None:
+    """Until the supervisor's log says the image is sealed (its debug line)."""
+    deadline = time.time() + 120
+    while f"sealed {checkpoint_id} in" not in supervisor_log.read_text():
+        if time.time() > deadline:
+            raise RuntimeError(f"{checkpoint_id} was not sealed within 120 s")
+        time.sleep(0.05)
 
 
 def median(values: list[float | None]) -> float | None:
@@ -110,7 +124,14 @@ def median(values: list[float | None]) -> float | None:
     return kept[len(kept) // 2] if kept else None
 
 
-def measure(states: list[str], repeats: int) -> dict[str, Any]:
+def measure(
+    states: list[str],
+    modes: list[str],
+    repeats: int,
+    large_repeats: int,
+    logs: Path | None,
+    after_seal: bool,
+) -> dict[str, Any]:
     workspace = Workspace()
     workspace.install_kernelspec()
     results: dict[str, Any] = {}
@@ -119,28 +140,33 @@ def measure(states: list[str], repeats: int) -> dict[str, Any]:
             label = state_label(state)
             if is_large(state):
                 results[label] = {}
-                for mode in MODES:
+                for mode in modes:
                     results[label].update(
                         side_by_side(
                             label,
                             {
                                 mode: lambda mode=mode, state=state: runs_mode(
-                                    workspace, mode, state
+                                    workspace, mode, state, after_seal
                                 )
                             },
-                            1,
+                            large_repeats,
                         )
                     )
             else:
                 results[label] = side_by_side(
                     label,
                     {
-                        mode: lambda mode=mode, state=state: runs_mode(workspace, mode, state)
-                        for mode in MODES
+                        mode: lambda mode=mode, state=state: runs_mode(
+                            workspace, mode, state, after_seal
+                        )
+                        for mode in modes
                     },
                     repeats,
                 )
     finally:
+        if logs:
+            # The supervisors' logs (debug level), for where a run's time went.
+            shutil.copytree(workspace.logs, logs, dirs_exist_ok=True)
         workspace.remove()
     return results
 
@@ -203,7 +229,7 @@ def table(results: dict[str, Any]) -> str:
             f"| {' / '.join(fmt(cells[m]['resident']) for m in lazies)} "
             f"| {count(prefetch['faults'])} "
             f"| {count(prefetch['prefetched'])} / {count(small['prefetched'])} | "
-            f"{'yes' if all(c['ok'] for c in cells.values()) else 'NO'} | "
+            f"{'yes' if all(c['ok'] for c in cells.values() if c['n']) else 'NO'} | "
             f"{'+'.join(str(c['n']) for c in cells.values())} |"
         )
     rows.append(
@@ -215,6 +241,27 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def stages_table(results: dict[str, Any]) -> str:
+    """Where restore -> first cell goes, per kernel and mode (medians): the restore's reply (it
+    comes with the kernel's first answer, so it holds the faults of the kernel's own wake-up),
+    then the first cell; and the checkpoint before it."""
+    rows = [
+        "| kernel | mode | restore's reply (s) | first cell (s) | checkpoint (s) | runs |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, modes in results.items():
+        for mode, out in modes.items():
+            runs = out.get("runs", [])
+            if not runs:
+                continue
+            rows.append(
+                f"| {label} | {mode} | {fmt(median([r.get('restore_reply_s') for r in runs]))} "
+                f"| {fmt(median([r.get('first_cell_s') for r in runs]))} "
+                f"| {fmt(median([r.get('checkpoint_s') for r in runs]))} | {len(runs)} |"
+            )
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -223,16 +270,38 @@ def main() -> None:
         "--states", default="0,1024,4096", help="MiB of numpy floats, comma-separated"
     )
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help=f"some of {', '.join(MODES)}, comma-separated"
+    )
+    parser.add_argument(
+        "--large-repeats",
+        type=int,
+        default=1,
+        help="runs of each mode for a 4 GiB kernel (measured alone, one mode after another)",
+    )
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--logs", type=Path, help="keep the supervisors' logs in this folder")
+    parser.add_argument(
+        "--after-seal",
+        action="store_true",
+        help="restore only once the checkpoint is sealed (not while it is checksummed)",
+    )
     parser.add_argument("--table", type=Path, help="print the table of a saved run")
     args = parser.parse_args()
     if args.table:
-        print(table(json.loads(args.table.read_text())))
+        saved = json.loads(args.table.read_text())
+        print(table(saved) + "\n\n" + stages_table(saved))
         return
-    results = measure(args.states.split(","), args.repeats)
+    modes = args.modes.split(",")
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown:
+        parser.error(f"unknown modes: {', '.join(unknown)}")
+    results = measure(
+        args.states.split(","), modes, args.repeats, args.large_repeats, args.logs, args.after_seal
+    )
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
-    print(table(results))
+    print(table(results) + "\n\n" + stages_table(results))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ kernel_checkpoint comm."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,10 +57,16 @@ def start_supervised(workspace: Workspace, engine: str) -> SupervisedKernel:
     return SupervisedKernel(env, workspace.logs / f"supervisor-{engine}-{workspace.next_id()}.log")
 
 
-def runs_ours(workspace: Workspace, engine: str, state: str) -> Runs:
+def runs_ours(
+    workspace: Workspace,
+    engine: str,
+    state: str,
+    before_restore: Callable[[str], None] | None = None,
+) -> Runs:
     """Checkpoint: request -> reply, and until the relay resumed ("blocked"). Restore: request ->
     the reply of a cell sent right after it (as a user's next cell), over the same client. The
-    supervisor's peak extra memory over all runs."""
+    supervisor's peak extra memory over all runs. `before_restore(checkpoint_id)` runs between
+    the two (e.g. waits until the image is sealed)."""
     kernel = start_supervised(workspace, engine)
     client = kernel.client
     out: dict[str, Any] = {"runs": []}
@@ -88,8 +95,11 @@ def runs_ours(workspace: Workspace, engine: str, state: str) -> Runs:
             saving = [p["t"] for p in client.progress if p["stage"] == "saving"]
             run["kernel_blocked_s"] = (saving[0] - t0) if saving else None
             client.run("x_after = 1")
+            if before_restore:
+                before_restore(ckpt["id"])
             client.progress.clear()
             t0 = now()
+            run["restore_sent_at"] = time.time()  # wall clock, to compare with log timestamps
             request = client.send_request("restore", checkpoint_id=ckpt["id"])
             # The next cell goes out at once, as with bare CRIU: it runs, after the restore, in
             # the restored kernel (shell requests keep their order).

@@ -13,7 +13,7 @@ import {
   faultsInLog,
   hintPages,
   type HotPages,
-  prefetches,
+  logsFaults,
   recordFaults,
   servedImage
 } from './criu-prefetch';
@@ -137,6 +137,7 @@ export class LazyPagesDaemon {
     const logFile = path.join(workDir, 'lazy-pages.log');
     // What the daemon reads: the image, or a copy whose pagemaps send the hinted pages first.
     const source = await servedImage(imageDir, workDir, env);
+    const countsFaults = logsFaults(env, source.hint);
     const [file, ...args] = diesWithParent([
       criu,
       'lazy-pages',
@@ -147,7 +148,7 @@ export class LazyPagesDaemon {
       '-o',
       logFile,
       // Debug: its "#PF at" lines are the next restore's prefetch hint.
-      ...(prefetches(env) ? ['-v4'] : []),
+      ...(countsFaults ? ['-v4'] : []),
       '--status-fd',
       '3',
       // The pages' bytes from our page server (a chunk image), not from the pages files.
@@ -168,6 +169,7 @@ export class LazyPagesDaemon {
     );
     daemon.gate = gate;
     daemon.served = pageServer !== undefined;
+    daemon.countsFaults = countsFaults;
     const status = child.stdio[3] as NodeJS.ReadableStream | null;
     const ready = new Promise<string | null>(resolve => {
       const timer = setTimeout(() => resolve('it did not listen in time'), READY_TIMEOUT_MS);
@@ -213,6 +215,8 @@ export class LazyPagesDaemon {
 
   /** Why the pages could not be written out for a full restore instead (it was not started). */
   fullFailure: Error | null = null;
+  /** Its log has its faults (-v4), for the hint. */
+  countsFaults = false;
 
   /** The FIFO the restore waits on (see `waitForDaemon`). */
   private gate = '';
@@ -349,7 +353,9 @@ export function watchLazyKernel(
               ? ` from the chunk store: ${served.requests} requests, ` +
                 `${served.readMs.toFixed(0)} ms reading and checking chunks`
               : '') +
-            `, ${hintPages(end.faults)} page faults)`
+            (daemon.countsFaults
+              ? `, ${hintPages(end.faults)} page faults)`
+              : ', faults not logged: the hint is full or prefetch is off)')
         )
       );
     }

@@ -19,7 +19,8 @@ import {
   parsePagemap,
   parseVmas,
   serializePagemap,
-  withEagerPages
+  withEagerPages,
+  withMergedLazyEntries
 } from './criu-pagemap';
 
 /** The hint's file, beside the image's folder (`<checkpoint>/image`) in the store. */
@@ -38,19 +39,52 @@ export const MAX_HINT_PAGES = 4096;
 export type HotPages = Map<number, number[]>;
 
 /**
- * KERNEL_CHECKPOINT_PREFETCH=0: lazy restores neither prefetch nor record faults (the daemon then
- * runs without -v4, as before prefetch: the bench's baseline).
+ * KERNEL_CHECKPOINT_PREFETCH: what a lazy restore makes eager before the kernel runs. `hint` (or
+ * `1`): the previous run's first touches, with the daemon logging its faults (-v4) for the next
+ * one; `small`: every lazy-able VMA up to SMALL_VMA_BYTES, with no hint and no fault log; `0`:
+ * nothing (the daemon without -v4, as before prefetch: the bench's baseline). Unset:
+ * DEFAULT_PREFETCH.
  */
 export const PREFETCH_SETTING = 'KERNEL_CHECKPOINT_PREFETCH';
 
+export type PrefetchMode = 'hint' | 'small' | 'off';
+
+/**
+ * Chosen by bench/lazy.py (bench/README.md, "LAZY RESTORE"): 0.64x lazy without prefetch at
+ * 4 GiB and 1.22x at 1 GiB in the latest run; `small` 1.19x and 1.37x.
+ */
+export const DEFAULT_PREFETCH: PrefetchMode = 'hint';
+
+export function prefetchMode(env: NodeJS.ProcessEnv): PrefetchMode {
+  const value = env[PREFETCH_SETTING];
+  if (value === '0') {
+    return 'off';
+  }
+  if (value === 'small') {
+    return 'small';
+  }
+  return value === 'hint' || value === '1' ? 'hint' : DEFAULT_PREFETCH;
+}
+
+/** Whether lazy restores prefetch from a hint (and record faults for it). */
 export function prefetches(env: NodeJS.ProcessEnv): boolean {
-  return env[PREFETCH_SETTING] !== '0' && env[PREFETCH_SETTING] !== 'small';
+  return prefetchMode(env) === 'hint';
 }
 
 /**
- * KERNEL_CHECKPOINT_PREFETCH=small, the alternative measured for a first restore (no hint): every
- * lazy-able VMA up to this size is restored eagerly (the interpreter's small mappings), big ones
- * lazily; no fault log.
+ * Whether a lazy restore logs its faults (the daemon at -v4) to make or grow the hint: only while
+ * prefetch is on and the hint has room. A full hint takes no more pages (`mergeHints` keeps the
+ * older ones first), and the log is dear: several lines per fault and per background transfer
+ * (45 MB for the first lazy restore of a 4 GiB kernel whose next cell read every eighth page
+ * of its array: 122,817 faults; bench/README.md, "LAZY RESTORE WITH PREFETCH").
+ */
+export function logsFaults(env: NodeJS.ProcessEnv, hint: HotPages | null): boolean {
+  return prefetches(env) && (hint === null || hintPages(hint) < MAX_HINT_PAGES);
+}
+
+/**
+ * KERNEL_CHECKPOINT_PREFETCH=small: every lazy-able VMA up to this size is restored eagerly (the
+ * interpreter's small mappings), big ones lazily.
  */
 const SMALL_VMA_BYTES = 16 * 2 ** 20;
 
@@ -261,9 +295,9 @@ export function hintPages(hot: HotPages): number {
 
 /**
  * A work copy of `imageDir` in `into` (a new 0700 folder) whose pagemaps have the hot pages
- * eager; every other file is a symbolic link to the image's own (CRIU opens image files by name,
- * following links). Returns how many pages became eager (0: nothing to prefetch, the copy is as
- * the image).
+ * eager and their lazy entries merged (`withMergedLazyEntries`: fewer entries for the daemon to
+ * walk on every fault); every other file is a symbolic link to the image's own (CRIU opens image
+ * files by name, following links). Returns how many pages became eager (0: nothing to prefetch).
  */
 export async function prefetchCopy(imageDir: string, into: string, hot: HotPages): Promise<number> {
   await fs.mkdir(into, { mode: 0o700 });
@@ -271,14 +305,19 @@ export async function prefetchCopy(imageDir: string, into: string, hot: HotPages
   let eager = 0;
   for (const name of await fs.readdir(absolute)) {
     const pid = /^pagemap-(\d+)\.img$/.exec(name)?.[1];
-    const pages = pid ? hot.get(Number(pid)) : undefined;
-    if (pages?.length) {
+    if (pid) {
+      const pages = hot.get(Number(pid)) ?? [];
       const split = withEagerPages(
         parsePagemap(await fs.readFile(path.join(absolute, name))),
         pages
       );
-      if (split.eager > 0) {
-        await fs.writeFile(path.join(into, name), serializePagemap(split.map), { mode: 0o600 });
+      // Without the process's VMAs (an image without its mm file), entries are not merged.
+      const vmas = await fs
+        .readFile(path.join(absolute, `mm-${pid}.img`))
+        .then(parseVmas, () => []);
+      const merged = withMergedLazyEntries(split.map, vmas);
+      if (split.eager > 0 || merged.merged > 0) {
+        await fs.writeFile(path.join(into, name), serializePagemap(merged.map), { mode: 0o600 });
         eager += split.eager;
         continue;
       }
@@ -296,40 +335,35 @@ function rememberHint(kernel: object, hot: HotPages): void {
 }
 
 /**
- * The folder a lazy restore of `imageDir` reads: the image itself, or, when its hint names pages
- * to prefetch, a copy of it in `workDir` (the daemon's folder, removed with it) with them eager.
- * A hint that cannot be used is logged and ignored.
+ * The folder a lazy restore of `imageDir` reads: a copy of it in `workDir` (the daemon's folder,
+ * removed with it) with its lazy pagemap entries merged and the hint's pages (or, with
+ * KERNEL_CHECKPOINT_PREFETCH=small, the small VMAs' pages) eager; the image itself if the copy
+ * cannot be made (said in the log: eager or lazy, merged or not, the bytes are the same).
  */
 export async function servedImage(
   imageDir: string,
   workDir: string,
   env: NodeJS.ProcessEnv
 ): Promise<{ dir: string; hint: HotPages | null }> {
-  const small = env[PREFETCH_SETTING] === 'small';
+  const small = prefetchMode(env) === 'small';
   const hint = prefetches(env) ? await readHint(imageDir) : null;
-  if (!hint && !small) {
-    return { dir: imageDir, hint };
-  }
   const dir = path.join(workDir, 'image');
   try {
-    const eager = await prefetchCopy(imageDir, dir, hint ?? (await smallVmaPages(imageDir)));
-    if (eager > 0 && small) {
-      log.info(
-        `lazy restore: ${eager} pages (${((eager * PAGE_BYTES) / 2 ** 20).toFixed(1)} MiB) of ` +
-          `VMAs up to ${SMALL_VMA_BYTES / 2 ** 20} MiB restored first`
-      );
-      return { dir, hint };
-    }
+    const hot = hint ?? (small ? await smallVmaPages(imageDir) : new Map<number, number[]>());
+    const eager = await prefetchCopy(imageDir, dir, hot);
     if (eager > 0) {
       log.info(
         `lazy restore: ${eager} pages (${((eager * PAGE_BYTES) / 2 ** 20).toFixed(1)} MiB) of ` +
-          `the previous run's first touches restored first`
+          (hint
+            ? `the previous run's first touches restored first`
+            : `VMAs up to ${SMALL_VMA_BYTES / 2 ** 20} MiB restored first`)
       );
-      return { dir, hint };
     }
+    return { dir, hint };
   } catch (error) {
     log.warn(
-      `lazy restore: the prefetch hint of ${imageDir} is ignored (${(error as Error).message})`
+      `lazy restore: no work copy of ${imageDir} (${(error as Error).message}); its pages are ` +
+        `served as the image has them, without prefetch`
     );
   }
   await fs.rm(dir, { recursive: true, force: true }).catch(() => undefined);

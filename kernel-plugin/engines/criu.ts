@@ -432,6 +432,11 @@ export class CriuEngine implements Engine<PipelineKernel> {
     }
   }
 
+  async untilMemoryBack(kernel: PipelineKernel): Promise<void> {
+    // A daemon that failed took the kernel with it: nothing left to wait for either way.
+    await untilResident(kernel).catch(() => undefined);
+  }
+
   /**
    * Whether restores are lazy here, and why not when they are not (found once: it runs
    * `criu check`). For the log and `kernel-checkpoint doctor`.

@@ -129,6 +129,13 @@ export interface Engine<K extends KernelProcess = KernelProcess> {
    */
   restoreMode?(): Promise<{ lazy: boolean; reason: string }>;
 
+  /**
+   * Resolves once a kernel this engine restored has its whole memory back (a lazy restore's
+   * pages all in, or its page server gone); at once for any other kernel. Background work
+   * (sealing) waits for it, so it does not take the CPU from the kernel's first faults.
+   */
+  untilMemoryBack?(kernel: K): Promise<void>;
+
   /** Whether this engine can run here; cheap enough to call at start-up. */
   probe(): Promise<EngineProbe>;
 

@@ -392,7 +392,7 @@ def test_a_second_lazy_restore_prefetches_the_first_touches(
 ):
     log = tmp_path / "supervisor.log"
     with open(log, "w") as stderr:
-        kernel = make_kernel(stderr=stderr)
+        kernel = make_kernel(stderr=stderr, KERNEL_CHECKPOINT_PREFETCH="hint")
     client = kernel.client
     before = client.run(MAKE_DATA, timeout=300).strip()
     taken = client.checkpoint()
@@ -424,7 +424,7 @@ def test_a_second_lazy_restore_prefetches_the_first_touches(
 def test_a_garbage_prefetch_hint_is_ignored(criu_lazy, make_kernel, store: Path, tmp_path: Path):
     log = tmp_path / "supervisor.log"
     with open(log, "w") as stderr:
-        kernel = make_kernel(stderr=stderr)
+        kernel = make_kernel(stderr=stderr, KERNEL_CHECKPOINT_PREFETCH="hint")
     client = kernel.client
     client.run("ballast = bytes(range(256)) * (1 << 20); x = 'kept'")
     taken = client.checkpoint()

@@ -8,20 +8,27 @@ import os from 'node:os';
 import path from 'node:path';
 
 import {
+  fileRanges,
+  MAX_MERGED_PAGES,
   PAGE_BYTES,
   PE_LAZY,
   PE_PRESENT,
   parsePagemap,
   parseVmas,
   serializePagemap,
-  withEagerPages
+  withEagerPages,
+  withMergedLazyEntries
 } from '../criu-pagemap';
 import {
+  DEFAULT_PREFETCH,
   faultsInLog,
   formatHint,
+  logsFaults,
+  MAX_HINT_PAGES,
   mergeHints,
   parseHint,
   prefetchCopy,
+  prefetchMode,
   readHint,
   smallVmaPages
 } from '../criu-prefetch';
@@ -126,6 +133,97 @@ describe('pagemap images', () => {
   });
 });
 
+describe('lazy entries merged for the daemon', () => {
+  // As CRIU's dump cuts a large array: entries of at most 256 pages (its 1 MiB pipe buffers).
+  const array = BASE + 64 * PAGE_BYTES;
+  const cut = criuPagemap([
+    [BASE, 4, PE_PRESENT],
+    [BASE + 4 * PAGE_BYTES, 4, PE_PRESENT],
+    [array, 256, LAZY],
+    [array + 256 * PAGE_BYTES, 256, LAZY],
+    [array + 512 * PAGE_BYTES, 100, LAZY],
+    // A hole in the address space: not merged across it.
+    [array + 640 * PAGE_BYTES, 10, LAZY],
+    // The next VMA begins here: not merged across its start.
+    [array + 650 * PAGE_BYTES, 6, LAZY]
+  ]);
+  const vmas = [
+    { start: BASE, end: BASE + 8 * PAGE_BYTES },
+    { start: array, end: array + 650 * PAGE_BYTES },
+    { start: array + 650 * PAGE_BYTES, end: array + 700 * PAGE_BYTES }
+  ];
+
+  it('are one entry per run that follows on in memory and in the pages file, inside one VMA', () => {
+    const { map, merged } = withMergedLazyEntries(parsePagemap(cut), vmas);
+    expect(merged).toBe(2);
+    const again = parsePagemap(serializePagemap(map));
+    expect(
+      again.entries.map(entry => [entry.vaddr, entry.pages, entry.flags, entry.filePage])
+    ).toEqual([
+      // Eager entries are criu restore's own: left as they are.
+      [BASE, 4, PE_PRESENT, 0],
+      [BASE + 4 * PAGE_BYTES, 4, PE_PRESENT, 4],
+      [array, 612, LAZY, 8],
+      [array + 640 * PAGE_BYTES, 10, LAZY, 620],
+      [array + 650 * PAGE_BYTES, 6, LAZY, 630]
+    ]);
+    // Every page is where it was in the pages file.
+    const before = parsePagemap(cut);
+    for (const page of [0, 255, 256, 511, 512, 611, 640, 649, 650, 655]) {
+      const address = array + page * PAGE_BYTES;
+      expect(fileRanges(again, address, 1)).toEqual(fileRanges(before, address, 1));
+    }
+  });
+
+  it('are merged into entries of at most MAX_MERGED_PAGES (a 4 GiB array whole broke the daemon)', () => {
+    const big = BASE + 2 ** 30;
+    const pieces = 2 * (MAX_MERGED_PAGES / 256) + 1;
+    const entries: Array<[number, number, number]> = [];
+    for (let piece = 0; piece < pieces; piece++) {
+      entries.push([big + piece * 256 * PAGE_BYTES, 256, LAZY]);
+    }
+    const { map } = withMergedLazyEntries(parsePagemap(criuPagemap(entries)), [
+      { start: big, end: big + pieces * 256 * PAGE_BYTES }
+    ]);
+    expect(map.entries.map(entry => entry.pages)).toEqual([
+      MAX_MERGED_PAGES,
+      MAX_MERGED_PAGES,
+      256
+    ]);
+  });
+
+  it('are not merged where the hot pages were split off, nor without the VMAs', () => {
+    const split = withEagerPages(parsePagemap(cut), [array + 300 * PAGE_BYTES]);
+    const { map } = withMergedLazyEntries(split.map, vmas);
+    expect(map.entries.slice(2, 5).map(entry => [entry.vaddr, entry.pages, entry.flags])).toEqual([
+      [array, 300, LAZY],
+      [array + 300 * PAGE_BYTES, 1, PE_PRESENT],
+      [array + 301 * PAGE_BYTES, 311, LAZY]
+    ]);
+    expect(withMergedLazyEntries(parsePagemap(cut), []).merged).toBe(0);
+  });
+
+  it('in the work copy, whose pagemap has them merged when the image has its mm file', async () => {
+    const folder = mkdtempSync(path.join(os.tmpdir(), 'criu-prefetch-test-'));
+    try {
+      const image = path.join(folder, 'image');
+      await fs.mkdir(image);
+      writeFileSync(path.join(image, 'pagemap-1.img'), cut);
+      writeFileSync(
+        path.join(image, 'mm-1.img'),
+        criuMm(vmas.map(vma => [vma.start, vma.end] as [number, number]))
+      );
+      const copy = path.join(folder, 'copy');
+      expect(await prefetchCopy(image, copy, new Map())).toBe(0);
+      expect(lstatSync(path.join(copy, 'mm-1.img')).isSymbolicLink()).toBe(true);
+      expect(parsePagemap(readFileSync(path.join(copy, 'pagemap-1.img'))).entries).toHaveLength(5);
+      expect(readFileSync(path.join(image, 'pagemap-1.img')).equals(cut)).toBe(true);
+    } finally {
+      rmSync(folder, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('prefetch hints', () => {
   let folder: string;
   beforeEach(() => {
@@ -212,6 +310,25 @@ describe('prefetch hints', () => {
       filePage: 14
     });
     expect(readFileSync(path.join(image, 'pagemap-1.img')).equals(IMAGE)).toBe(true);
+  });
+});
+
+describe('the fault log (the daemon at -v4)', () => {
+  const full = new Map([
+    [1, Array.from({ length: MAX_HINT_PAGES }, (_, page) => BASE + page * PAGE_BYTES)]
+  ]);
+  it('is kept while the hint has room, and not once it is full (more faults would be dropped)', () => {
+    expect(logsFaults({}, null)).toBe(true);
+    expect(logsFaults({}, new Map([[1, [BASE]]]))).toBe(true);
+    expect(logsFaults({}, full)).toBe(false);
+  });
+
+  it('is off without the hint mode of prefetch', () => {
+    expect(logsFaults({ KERNEL_CHECKPOINT_PREFETCH: '0' }, null)).toBe(false);
+    expect(logsFaults({ KERNEL_CHECKPOINT_PREFETCH: 'small' }, null)).toBe(false);
+    expect(logsFaults({ KERNEL_CHECKPOINT_PREFETCH: 'hint' }, null)).toBe(true);
+    expect(prefetchMode({ KERNEL_CHECKPOINT_PREFETCH: '1' })).toBe('hint');
+    expect(prefetchMode({})).toBe(DEFAULT_PREFETCH);
   });
 });
 

@@ -449,3 +449,33 @@ describeWithPython('a kernel whose engine cannot run here', () => {
     }
   });
 });
+
+/** A fake engine whose restored kernels get their memory back when the test says so. */
+class SlowMemoryEngine extends FakeEngine {
+  memoryBack: () => void = () => undefined;
+  untilMemoryBack(): Promise<void> {
+    return new Promise(resolve => (this.memoryBack = resolve));
+  }
+}
+
+describeWithPython('sealing after a restore', () => {
+  it('waits until the restored kernel has its memory back (a lazy restore on two cores)', async () => {
+    let engine: SlowMemoryEngine | null = null;
+    const { supervisor, store, stop } = await startKernel(
+      env => (engine = new SlowMemoryEngine(env))
+    );
+    try {
+      const taken = checkpointOf((await ask(supervisor, { action: 'checkpoint' })).answer);
+      expect(store.background.paused).toBe(false);
+      const restored = await ask(supervisor, { action: 'restore', checkpoint_id: taken.id });
+      expect(restored.answer).toMatchObject({ type: 'reply', current_id: taken.id });
+      // Answered, but the kernel's pages are still arriving: sealing waits.
+      expect(store.background.paused).toBe(true);
+      engine!.memoryBack();
+      await new Promise(resolve => setImmediate(resolve));
+      expect(store.background.paused).toBe(false);
+    } finally {
+      await stop();
+    }
+  });
+});
