@@ -16,9 +16,9 @@ export const COMPRESSIONS: readonly Compression[] = ['zstd', 'none'];
 export interface ChunkingOptions {
   /**
    * Keep images as shared chunks once written: KERNEL_CHECKPOINT_DEDUP=1. Opt-in for now: a
-   * restore rebuilds a chunk image's files first, 3-10x a whole image's restore on a busy
-   * machine, or (KERNEL_CHECKPOINT_SERVE_PAGES=1) serves its pages, 1.6-3x a whole image's lazy
-   * restore (bench/README.md, docs/architecture.md).
+   * lazy restore serves a chunk image's pages from the chunks, 1.6-3x a whole image's lazy
+   * restore, and a full one (DMTCP, no userfaultfd) rebuilds its files first, 3-10x a whole
+   * image's restore on a busy machine (bench/README.md, docs/architecture.md).
    */
   chunking: boolean;
   compression: Compression;

@@ -28,10 +28,9 @@ import type { ServedPages } from '../engines/page-server';
 import { ChunkCorruptError, type ChunkList, type ChunkListReader, type ChunkStore } from './chunks';
 
 /**
- * KERNEL_CHECKPOINT_SERVE_PAGES=1 has a lazy restore of a chunk image served by the page server
- * instead of rebuilt first. Off by default until it meets its target, 1.1x a whole image's lazy
- * restore: measured 6x faster than the rebuild but 1.6-3x a whole image's (bench/README.md,
- * "PAGES SERVED FROM CHUNKS").
+ * A lazy restore of a chunk image is served by the page server instead of rebuilt first, unless
+ * KERNEL_CHECKPOINT_SERVE_PAGES=0: measured 6x faster than the rebuild, though still 1.6-3x a
+ * whole image's lazy restore (bench/README.md, "PAGES SERVED FROM CHUNKS").
  */
 export const SERVE_PAGES_SETTING = 'KERNEL_CHECKPOINT_SERVE_PAGES';
 

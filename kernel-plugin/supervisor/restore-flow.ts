@@ -90,7 +90,7 @@ export class RestoreFlow {
     const rebuilding = Date.now();
     // A lazy restore may have a chunk image's pages served from its chunks, not rebuilt.
     const serve =
-      this.options.env[SERVE_PAGES_SETTING] === '1' &&
+      this.options.env[SERVE_PAGES_SETTING] !== '0' &&
       (await this.host.engine.restoreMode?.().catch(() => null))?.lazy === true;
     const image = await this.options.store.openImage(id, record, { lazyPages: serve });
     if (image.pages) {

@@ -184,10 +184,12 @@ def chunked_checkpoint(kernel, store: Path) -> tuple[str, str]:
 def test_a_chunk_image_is_served_lazily_after_its_rebuild(
     criu_lazy, make_kernel, store: Path, tmp_path: Path
 ):
-    """The default (KERNEL_CHECKPOINT_SERVE_PAGES unset): rebuilt, then served by criu."""
+    """KERNEL_CHECKPOINT_SERVE_PAGES=0: rebuilt, then served by criu from the rebuilt files."""
     log = tmp_path / "supervisor.log"
     with open(log, "w") as stderr:
-        kernel = make_kernel(stderr=stderr, KERNEL_CHECKPOINT_DEDUP="1")
+        kernel = make_kernel(
+            stderr=stderr, KERNEL_CHECKPOINT_DEDUP="1", KERNEL_CHECKPOINT_SERVE_PAGES="0"
+        )
     client = kernel.client
     taken, before = chunked_checkpoint(kernel, store)
     client.run("big[:] = 0; blob = b''")
@@ -201,11 +203,10 @@ def test_a_chunk_image_is_served_lazily_after_its_rebuild(
 def test_a_chunk_image_is_served_from_its_chunks_without_rebuilding_its_pages(
     criu_lazy, make_kernel, store: Path, tmp_path: Path
 ):
+    """The default (KERNEL_CHECKPOINT_SERVE_PAGES unset) for a lazy restore of a chunk image."""
     log = tmp_path / "supervisor.log"
     with open(log, "w") as stderr:
-        kernel = make_kernel(
-            stderr=stderr, KERNEL_CHECKPOINT_DEDUP="1", KERNEL_CHECKPOINT_SERVE_PAGES="1"
-        )
+        kernel = make_kernel(stderr=stderr, KERNEL_CHECKPOINT_DEDUP="1")
     client = kernel.client
     taken, before = chunked_checkpoint(kernel, store)
     client.run("big[:] = 0; blob = b''")
