@@ -20,6 +20,7 @@ import { criuFailure, readLog } from './criu-log';
 import { PageServer, type ServedPages } from './page-server';
 import {
   EngineError,
+  EngineKilled,
   type Engine,
   type EngineProbe,
   type LaunchSpec,
@@ -284,15 +285,20 @@ export class CriuEngine implements Engine<PipelineKernel> {
         timeoutMs: DUMP_TIMEOUT_MS
       });
       if (result.code !== 0) {
-        throw criuFailure(
+        const signal = result.signal ?? signalBehindFlock(result.code);
+        const failure = criuFailure(
           await readLog(logFile),
           {
-            signal: result.signal,
+            signal,
             timedOutAfterS: result.timedOut ? DUMP_TIMEOUT_MS / 1000 : undefined,
             message: result.stderr || result.error?.message
           },
           'snapshot the kernel'
         );
+        // Killed from outside (not our timeout): the kernel may die of it (EngineKilled).
+        throw signal && !result.timedOut
+          ? new EngineKilled(signal, failure.message, failure.detail)
+          : failure;
       }
     } finally {
       await fs.rm(logFile, { force: true });
@@ -583,6 +589,18 @@ export class CriuEngine implements Engine<PipelineKernel> {
       await handle?.close();
     }
   }
+}
+
+/**
+ * The signal that killed a dump run under `flock` (underWorkingFolderLock), which exits with
+ * 128 + its signal for a command killed by one; CRIU's own exit codes are 0 and 1.
+ */
+function signalBehindFlock(code: number | null): NodeJS.Signals | null {
+  if (code === null || code <= 128) {
+    return null;
+  }
+  const found = Object.entries(os.constants.signals).find(([, number]) => number === code - 128);
+  return found ? (found[0] as NodeJS.Signals) : null;
 }
 
 /** The bytes of the memory pages in an image (its pages-*.img files), for the log. */
