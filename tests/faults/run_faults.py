@@ -127,6 +127,31 @@ def process_report(pids: list[int]) -> str:
     return "\n".join(lines)
 
 
+def pid_namespace(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+
+
+def restored_task(restorer: int, timeout: float = 10) -> int:
+    """The kernel `criu restore` (`restorer`) is restoring, or -1 when the restore is over (its
+    kernel on its own) or failed: found by what it is, the task in a PID namespace other than
+    CRIU's (the kernel is init of one; CRIU's short-lived helpers, also its children, share
+    CRIU's). Its command line is CRIU's until the restore's last steps, so it cannot tell."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        own = pid_namespace(restorer)
+        if own is None:
+            return -1
+        for pid in descendants(restorer):
+            namespace = pid_namespace(pid)
+            if namespace is not None and namespace != own:
+                return pid
+        time.sleep(0.001)
+    return -1
+
+
 class RunFailed(AssertionError):
     """What a run found broken (a lost image or kernel, an orphan, a half image)."""
 
@@ -505,12 +530,7 @@ class Run:
         )
         pause = self.delay(took * 0.8)
         self.outcome.note += f" kill restored kernel after {pause * 1000:.0f} ms"
-
-        try:
-            children = Path(f"/proc/{restorer}/task/{restorer}/children").read_text().split()
-        except OSError:  # the restorer had gone: the restore failed, or its kernel is on its own
-            children = []
-        self.kernel_dies(kernel, request, lambda: int(children[0]) if children else -1)
+        self.kernel_dies(kernel, request, lambda: restored_task(restorer))
 
     def fill(self, leave: int) -> None:
         """Fills the store's tmpfs up to `leave` bytes free."""

@@ -8,13 +8,14 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kctesting import CommError, descendants
+from kctesting import KERNEL_NAME, CommError, alive, descendants
 from run_faults import (  # run_faults puts tests/integration, where enginewatch is, on the path
     FAULTS,
     RESTORING,
@@ -285,3 +286,63 @@ def test_a_kernel_killed_with_its_dump_comes_back_from_its_checkpoint(
     client.run("x = 'later'")
     client.restore(again["id"])
     assert client.value("x") == "saved"
+
+
+#: Starts a kernel as Jupyter does (KernelManager), prints its supervisor's PID, and waits: the
+#: launcher the next test kills.
+LAUNCHER = """
+import sys, time
+from jupyter_client import KernelManager
+km = KernelManager(kernel_name=sys.argv[1])
+km.start_kernel()
+print(km.provisioner.process.pid, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("when", ["while it starts", "once its kernel runs"])
+def test_a_supervisor_whose_launcher_dies_ends_with_its_kernel_within_2_s(
+    criu_env, runtime_dir: Path, tmp_path: Path, when: str
+):
+    """Issue 15, item 4: the supervisor must not outlive its launcher. Seen in the suite: a
+    supervisor under PID 1 for 12 s and more after the suite was stopped. It read its parent
+    only after probing its engines (~0.5 s in), so a launcher that died meanwhile left it with
+    PID 1 as the parent it watched for, and it never stopped."""
+    env = {
+        **criu_env,
+        "KERNEL_CHECKPOINT_RUNTIME_DIR": str(runtime_dir),
+        "KERNEL_CHECKPOINT_STORE": str(tmp_path / "store"),
+        "KERNEL_CHECKPOINT_ENGINE": "criu",
+    }
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER, KERNEL_NAME], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        supervisor = int(launcher.stdout.readline())  # type: ignore[union-attr]
+        deadline = time.monotonic() + 60
+        if when == "while it starts":
+            # Node runs the supervisor (the Python launcher has replaced itself), which has not
+            # yet probed its engines or started the kernel.
+            while os.path.basename(os.readlink(f"/proc/{supervisor}/exe")) != "node":
+                assert time.monotonic() < deadline
+                time.sleep(0.001)
+        else:
+            while not any("ipykernel" in c for c in processes_referring_to(runtime_dir).values()):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            time.sleep(1)  # its kernel is up, and its supervisor watching it
+        launcher.kill()
+        launcher.wait()
+        killed = time.monotonic()
+        while (alive(supervisor) or processes_referring_to(runtime_dir)) and (
+            time.monotonic() - killed < 10
+        ):
+            time.sleep(0.01)
+        took = time.monotonic() - killed
+        left = processes_referring_to(runtime_dir)
+        assert not alive(supervisor) and not left, f"after 10 s: {left}"
+        assert took <= 2, f"the supervisor and its kernel went {took:.1f} s after their launcher"
+    finally:
+        launcher.kill()
+        for pid in processes_referring_to(runtime_dir):
+            os.kill(pid, signal.SIGKILL)
