@@ -133,9 +133,14 @@ export function registerRunCommand(program: Command): void {
         }
         process.exit(code);
       });
+      // A kernel being launched is let finish starting before it is stopped: stopped half way
+      // (the supervisor exiting), a process between its fork and its parent-death signal was
+      // left behind (seen: the kernel, its launcher's child, when the launcher died that early).
+      let started: Promise<unknown> = Promise.resolve();
+      const stopOnceStarted = () => started.then(() => supervisor.stop(0));
       process.on('SIGINT', () => supervisor.interruptKernel());
       for (const signal of ['SIGTERM', 'SIGHUP'] as const) {
-        process.on(signal, () => void supervisor.stop(0));
+        process.on(signal, () => void stopOnceStarted());
       }
       // Like ipykernel's parent poller: when whoever launched us is gone, nobody can reach the
       // kernel any more, so stop it rather than leave it running. A fork is standalone, like
@@ -146,16 +151,20 @@ export function registerRunCommand(program: Command): void {
           if (process.ppid !== launchedBy) {
             clearInterval(check);
             log.warn('the process that launched the kernel is gone; stopping');
-            void supervisor.stop(0);
-            // What it started dies with it (parent-death signals, the PID namespace's init):
-            // a stop held up (a kernel stuck in its exit) ends here, not minutes later.
-            setTimeout(() => process.exit(0), ORPHAN_STOP_MS).unref();
+            void started.then(() => {
+              void supervisor.stop(0);
+              // What it started dies with it (parent-death signals, the PID namespace's init):
+              // a stop held up (a kernel stuck in its exit) ends here, not minutes later.
+              setTimeout(() => process.exit(0), ORPHAN_STOP_MS).unref();
+            });
           }
         }, PARENT_CHECK_MS);
         check.unref();
       }
+      const starting = supervisor.start(options.fromImage);
+      started = starting.catch(() => undefined);
       try {
-        await supervisor.start(options.fromImage);
+        await starting;
       } catch (error) {
         if (!options.fromImage) {
           throw error;
