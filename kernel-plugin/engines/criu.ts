@@ -37,7 +37,14 @@ import {
 } from './process';
 import { underPrivateUmask } from '../store/private-umask';
 import { log } from '../supervisor/log';
-import { findExecutable, firstMissing, isExecutable, runTool, UTIL_LINUX_TOOLS } from './tools';
+import {
+  diesWithParent,
+  findExecutable,
+  firstMissing,
+  isExecutable,
+  runTool,
+  UTIL_LINUX_TOOLS
+} from './tools';
 
 /** CRIU before 4.2 cannot dump a process holding an AF_INET socket on Linux >= 6.16. */
 export const MINIMUM_CRIU_VERSION = [4, 2] as const;
@@ -674,6 +681,9 @@ async function underWorkingFolderLock(kernelPid: number, argv: string[]): Promis
     'rmdir -- "$1" 2>/dev/null || { [ -d "$1" ] && findmnt -n -t proc -M "$1" && umount -- "$1" && rmdir -- "$1"; } >/dev/null 2>&1; shift; exec "$@"',
     'sh',
     path.join(cwd, PARASITE_PROC_MOUNTPOINT),
-    ...argv
+    // flock forks the dump: without a parent-death signal of its own, the dump of a kernel that
+    // died (CRIU waiting on it) outlived a supervisor that ended (the fault suite, seed 16:
+    // `criu dump` under PID 1 after kill_kernel_checkpoint).
+    ...diesWithParent(argv)
   ];
 }
