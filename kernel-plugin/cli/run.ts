@@ -12,6 +12,22 @@ import { log, setLogSink } from '../supervisor/log';
 import { asRequestError } from '../supervisor/request-errors';
 import { readConnectionFile, Supervisor } from '../supervisor/supervisor';
 
+/**
+ * The process that launched the supervisor: the one the `kernel-checkpoint` launcher (Python,
+ * which replaces itself with Node) was started by, which it names in LAUNCHED_BY_SETTING; else
+ * Node's parent when this module loads. Not read later: a launcher that dies while the
+ * supervisor starts (its engines are probed first, ~0.5 s) would leave it reading PID 1 as its
+ * parent, and never stopping (seen: supervisors under PID 1 for 12 s and more after the fault
+ * suite was stopped).
+ */
+const LAUNCHED_BY_SETTING = 'KERNEL_CHECKPOINT_LAUNCHED_BY';
+const launchedBy = Number(process.env[LAUNCHED_BY_SETTING]) || process.ppid;
+delete process.env[LAUNCHED_BY_SETTING];
+/** How often the parent is checked: every process it leaves must go within 2 s. */
+const PARENT_CHECK_MS = 200;
+/** How long stopping may take once the launcher is gone, before the supervisor just exits. */
+const ORPHAN_STOP_MS = 1500;
+
 interface RunOptions {
   connectionFile: string;
   engine: string;
@@ -117,25 +133,38 @@ export function registerRunCommand(program: Command): void {
         }
         process.exit(code);
       });
+      // A kernel being launched is let finish starting before it is stopped: stopped half way
+      // (the supervisor exiting), a process between its fork and its parent-death signal was
+      // left behind (seen: the kernel, its launcher's child, when the launcher died that early).
+      let started: Promise<unknown> = Promise.resolve();
+      const stopOnceStarted = () => started.then(() => supervisor.stop(0));
       process.on('SIGINT', () => supervisor.interruptKernel());
       for (const signal of ['SIGTERM', 'SIGHUP'] as const) {
-        process.on(signal, () => void supervisor.stop(0));
+        process.on(signal, () => void stopOnceStarted());
       }
       // Like ipykernel's parent poller: when whoever launched us is gone, nobody can reach the
       // kernel any more, so stop it rather than leave it running. A fork is standalone, like
       // `jupyter kernel`: its clients find it by its connection file, and it ends on their
       // shutdown_request.
-      const parent = process.ppid;
       if (!options.fromImage) {
-        setInterval(() => {
-          if (process.ppid !== parent) {
+        const check = setInterval(() => {
+          if (process.ppid !== launchedBy) {
+            clearInterval(check);
             log.warn('the process that launched the kernel is gone; stopping');
-            void supervisor.stop(0);
+            void started.then(() => {
+              void supervisor.stop(0);
+              // What it started dies with it (parent-death signals, the PID namespace's init):
+              // a stop held up (a kernel stuck in its exit) ends here, not minutes later.
+              setTimeout(() => process.exit(0), ORPHAN_STOP_MS).unref();
+            });
           }
-        }, 1000).unref();
+        }, PARENT_CHECK_MS);
+        check.unref();
       }
+      const starting = supervisor.start(options.fromImage);
+      started = starting.catch(() => undefined);
       try {
-        await supervisor.start(options.fromImage);
+        await starting;
       } catch (error) {
         if (!options.fromImage) {
           throw error;

@@ -20,6 +20,7 @@ import { criuFailure, readLog } from './criu-log';
 import { PageServer, type ServedPages } from './page-server';
 import {
   EngineError,
+  EngineKilled,
   type Engine,
   type EngineProbe,
   type LaunchSpec,
@@ -36,7 +37,14 @@ import {
 } from './process';
 import { underPrivateUmask } from '../store/private-umask';
 import { log } from '../supervisor/log';
-import { findExecutable, firstMissing, isExecutable, runTool, UTIL_LINUX_TOOLS } from './tools';
+import {
+  diesWithParent,
+  findExecutable,
+  firstMissing,
+  isExecutable,
+  runTool,
+  UTIL_LINUX_TOOLS
+} from './tools';
 
 /** CRIU before 4.2 cannot dump a process holding an AF_INET socket on Linux >= 6.16. */
 export const MINIMUM_CRIU_VERSION = [4, 2] as const;
@@ -284,15 +292,20 @@ export class CriuEngine implements Engine<PipelineKernel> {
         timeoutMs: DUMP_TIMEOUT_MS
       });
       if (result.code !== 0) {
-        throw criuFailure(
+        const signal = result.signal ?? signalBehindFlock(result.code);
+        const failure = criuFailure(
           await readLog(logFile),
           {
-            signal: result.signal,
+            signal,
             timedOutAfterS: result.timedOut ? DUMP_TIMEOUT_MS / 1000 : undefined,
             message: result.stderr || result.error?.message
           },
           'snapshot the kernel'
         );
+        // Killed from outside (not our timeout): the kernel may die of it (EngineKilled).
+        throw signal && !result.timedOut
+          ? new EngineKilled(signal, failure.message, failure.detail)
+          : failure;
       }
     } finally {
       await fs.rm(logFile, { force: true });
@@ -590,6 +603,18 @@ export class CriuEngine implements Engine<PipelineKernel> {
   }
 }
 
+/**
+ * The signal that killed a dump run under `flock` (underWorkingFolderLock), which exits with
+ * 128 + its signal for a command killed by one; CRIU's own exit codes are 0 and 1.
+ */
+function signalBehindFlock(code: number | null): NodeJS.Signals | null {
+  if (code === null || code <= 128) {
+    return null;
+  }
+  const found = Object.entries(os.constants.signals).find(([, number]) => number === code - 128);
+  return found ? (found[0] as NodeJS.Signals) : null;
+}
+
 /** The bytes of the memory pages in an image (its pages-*.img files), for the log. */
 async function pagesBytes(imageDir: string): Promise<number> {
   const names = await fs.readdir(imageDir).catch(() => [] as string[]);
@@ -661,6 +686,9 @@ async function underWorkingFolderLock(kernelPid: number, argv: string[]): Promis
     'rmdir -- "$1" 2>/dev/null || { [ -d "$1" ] && findmnt -n -t proc -M "$1" && umount -- "$1" && rmdir -- "$1"; } >/dev/null 2>&1; shift; exec "$@"',
     'sh',
     path.join(cwd, PARASITE_PROC_MOUNTPOINT),
-    ...argv
+    // flock forks the dump: without a parent-death signal of its own, the dump of a kernel that
+    // died (CRIU waiting on it) outlived a supervisor that ended (the fault suite, seed 16:
+    // `criu dump` under PID 1 after kill_kernel_checkpoint).
+    ...diesWithParent(argv)
   ];
 }

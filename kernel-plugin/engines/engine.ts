@@ -101,6 +101,22 @@ export class EngineError extends Error {
 }
 
 /**
+ * The engine's own process was killed (by a signal) while it snapshotted the kernel. CRIU killed
+ * while its injected code runs in the kernel takes the kernel with it (docs/engines.md, "A killed
+ * dump"): a kernel that dies then is the engine's casualty, and is brought back from its image.
+ */
+export class EngineKilled extends EngineError {
+  constructor(
+    readonly signal: string,
+    message: string,
+    detail?: string
+  ) {
+    super('engine_failed', message, detail);
+    this.name = 'EngineKilled';
+  }
+}
+
+/**
  * An engine, typed by the process handle it makes (`K`): `checkpoint` is only ever given a kernel
  * this engine launched or restored, so it reads that handle's own fields with no cast. (Methods
  * are bivariant in their parameters, so an `Engine<CriuKernel>` is also an `Engine`.)

@@ -13,9 +13,12 @@ import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 import type { KernelExit, KernelProcess } from './engine';
-import { DIES_WITH_PARENT, diesWithParent, OutputCollector } from './tools';
+import { diesWithParentSurely, OutputCollector } from './tools';
 
-const DIES = DIES_WITH_PARENT.join(' ');
+/** The pipeline's two processes die with its shell, even one that dies while they start. */
+const DIES = diesWithParentSurely([], '$$')
+  .map(word => (word.includes(' ') ? `'${word}'` : word))
+  .join(' ');
 const PIPELINE = `${DIES} "$@" 2>&1 | ${DIES} cat`;
 /** The same, with the pipe also on fd 3 (CRIU cannot hand its own fd 1 to a restored task). */
 const PIPELINE_WITH_FD3 = `${DIES} "$@" 2>&1 3>&1 | ${DIES} cat`;
@@ -154,7 +157,10 @@ export interface PipelineOptions {
  */
 export function spawnPipeline(argv: string[], options: PipelineOptions): ChildProcess {
   const script = options.pipeOnFd3 ? PIPELINE_WITH_FD3 : PIPELINE;
-  const [wrapper, ...args] = diesWithParent(['/bin/sh', '-c', script, 'sh', ...argv]);
+  const [wrapper, ...args] = diesWithParentSurely(
+    ['/bin/sh', '-c', script, 'sh', ...argv],
+    String(process.pid)
+  );
   return spawn(wrapper, args, {
     env: options.env,
     cwd: options.cwd,

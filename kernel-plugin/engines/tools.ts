@@ -23,6 +23,23 @@ export function diesWithParent(argv: readonly string[]): string[] {
   return [...DIES_WITH_PARENT, ...argv];
 }
 
+/**
+ * The script that, run under DIES_WITH_PARENT, becomes the command ("$@" after the parent's PID,
+ * "$1") only if that parent is still its parent: one that died between the fork and setpriv's
+ * prctl sends no signal, and the child, re-parented, would run on for good (seen: a restore's
+ * gate shell and `cat` under PID 1 after kill -9 of the supervisor 30 ms into a restore). Once
+ * the signal is set, a parent that dies later kills it.
+ */
+export const ONLY_UNDER_PARENT = '[ "$PPID" = "$1" ] || exit 137; shift; exec "$@"';
+
+/**
+ * `argv`, run so that it dies with its parent `parentPid` (the process that spawns it), even when
+ * that parent dies while it starts (ONLY_UNDER_PARENT; ~1 ms more for the shell).
+ */
+export function diesWithParentSurely(argv: readonly string[], parentPid: string): string[] {
+  return [...DIES_WITH_PARENT, '/bin/sh', '-c', ONLY_UNDER_PARENT, 'sh', parentPid, ...argv];
+}
+
 /** Whether `file` is an executable regular file. */
 export async function isExecutable(file: string): Promise<boolean> {
   try {

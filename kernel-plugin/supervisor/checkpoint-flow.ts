@@ -22,7 +22,12 @@ import type {
   StateSummary
 } from '../../protocol/checkpoint-protocol';
 import { MANIFEST_FORMAT } from '../../protocol/checkpoint-protocol-constants';
-import type { KernelExit, KernelProcess, Snapshot } from '../engines/engine';
+import {
+  EngineKilled,
+  type KernelExit,
+  type KernelProcess,
+  type Snapshot
+} from '../engines/engine';
 import { newCheckpointId, type ImageStore, type PendingImage } from '../store/store';
 import { AgentTimeout, type AgentChannel } from './agent';
 import type { CommServer } from './comm-server';
@@ -91,7 +96,16 @@ interface Prepared {
   summary: StateSummary | null;
 }
 
+/**
+ * Brings the kernel back after it died with its killed engine (`cause`): from the image it came
+ * from (RestoreFlow.rewind); resolves with the error for the checkpoint's requester.
+ */
+export type Rewind = (cause: RequestError, exit: KernelExit, progress: Progress) => Promise<Error>;
+
 export class CheckpointFlow {
+  /** Set by the supervisor: without it, a kernel killed with its engine ends the supervisor. */
+  rewind: Rewind | null = null;
+
   constructor(
     private readonly options: CheckpointFlowOptions,
     private readonly host: KernelHost,
@@ -134,12 +148,29 @@ export class CheckpointFlow {
         snapshotting = this.host.engine.checkpoint(kernel, pending.imageDir);
         snapshot = await Promise.race([snapshotting, died]);
       } catch (error) {
-        if (error instanceof KernelDied) {
-          // The engine stops writing into the pending image before it is removed.
-          await Promise.race([snapshotting?.catch(() => undefined), sleep(5000)]);
-          throw error;
+        // How the engine ended, when the kernel died first: it stops writing into the pending
+        // image before it is removed.
+        const engineEnd =
+          error instanceof KernelDied
+            ? await Promise.race([
+                snapshotting?.then(
+                  () => null,
+                  (end: unknown) => end
+                ),
+                sleep(5000)
+              ])
+            : error;
+        try {
+          if (error instanceof KernelDied) {
+            throw error;
+          }
+          await Promise.race([this.resume(id, prepared.gated, error, progress), died]);
+        } catch (death) {
+          if (death instanceof KernelDied && engineEnd instanceof EngineKilled && this.rewind) {
+            throw await this.rewind(asRequestError(engineEnd), death.exit, progress);
+          }
+          throw death;
         }
-        await Promise.race([this.resume(id, prepared.gated, error, progress), died]);
         throw error;
       }
       try {

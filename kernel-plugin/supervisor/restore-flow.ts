@@ -9,7 +9,7 @@
 //   reconnecting the supervisor connects, the plugin hears `restarted`, held messages go on.
 
 import type { Checkpoint } from '../../protocol/checkpoint-protocol';
-import { stopCauses, type KernelProcess } from '../engines/engine';
+import { stopCauses, type KernelExit, type KernelProcess } from '../engines/engine';
 import { keepsBeforeRestore } from '../store/chunked-images';
 import { SERVE_PAGES_SETTING } from '../store/page-source';
 import type { ImageStore, OpenedImage, PrivateRecord } from '../store/store';
@@ -208,6 +208,37 @@ export class RestoreFlow {
       failure.code,
       `${failure.message} A fresh kernel was started instead.`,
       failure.detail
+    );
+  }
+
+  /**
+   * After the kernel process died with its engine, killed mid-snapshot (CRIU's injected code was
+   * running in it: docs/engines.md, "A killed dump"): the kernel is restored from the image it
+   * came from, so that the notebook goes on from there rather than losing its kernel. Resolves
+   * with the error for the checkpoint's requester, which says what happened and what is lost;
+   * rejects (the supervisor then ends, as for any dead kernel) when there is no such image.
+   */
+  async rewind(cause: RequestError, exit: KernelExit, progress: Progress): Promise<RequestError> {
+    const id = this.host.currentId;
+    const said = `${cause.message} The kernel process died with it (${exitText(exit)})`;
+    if (id === null) {
+      throw new RequestError(cause.code, `${said}, and it has no checkpoint to go back to.`);
+    }
+    try {
+      await this.run(id, progress, false);
+    } catch (error) {
+      const failure = asRequestError(error);
+      return new RequestError(
+        failure.code,
+        `${said}; restoring its checkpoint ${id} failed too: ${failure.message}`,
+        failure.detail
+      );
+    }
+    log.warn(`the kernel died with its killed dump; restarted from ${id}`);
+    return new RequestError(
+      cause.code,
+      `${said}; it was restarted from its checkpoint ${id}: what it did after that checkpoint is lost.`,
+      cause.detail
     );
   }
 

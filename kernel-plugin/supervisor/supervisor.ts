@@ -116,6 +116,7 @@ export class Supervisor {
       this.standIn,
       this.comms
     ));
+    checkpointFlow.rewind = (cause, exit, progress) => restoreFlow.rewind(cause, exit, progress);
     const forkFlow = new ForkFlow(options, this.host, restoreFlow);
     this.forkFlow = forkFlow;
     this.bisectFlow = new BisectFlow(options.store, this.host, forkFlow);

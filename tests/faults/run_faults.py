@@ -15,7 +15,9 @@ After each run it checks what a user relies on:
 
     python tests/faults/run_faults.py --seed 1 --runs 200
 
-prints one line per run, then `runs / faults / lost / orphans` and a table per fault type. The
+prints one line per run, then `runs / faults / lost / orphans / ... / rewound` and a table per
+fault type (rewound: the kernel died with its killed `criu dump`, which CRIU cannot avoid in one
+window, and came back from its last checkpoint, checked to hold that checkpoint's state). The
 same seed gives the same faults, delays and sizes (the machine's timing still varies). A run that
 fails keeps what its supervisors logged in `kc-faults-SEED-runN.log` (in the temp folder), and a
 request left unanswered prints what each process of its kernel waits on (state, wchan, stack)."""
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -60,6 +63,9 @@ SHUTDOWN_S = 15.0
 #: How long a request whose engine was killed may take to answer (a restore of the largest
 #: kernel here takes a few seconds; no answer by then is a hang).
 REPLY_S = 60
+#: What a checkpoint's error says when its kernel died with the killed dump and was restarted
+#: from its checkpoint (restore-flow.ts, `rewind`).
+REWOUND = re.compile(r"restarted from its checkpoint (\S+):")
 #: The tmpfs of a disk-full run: two images of a small kernel and the start of a third.
 TMPFS_MIB = 320
 
@@ -121,6 +127,31 @@ def process_report(pids: list[int]) -> str:
     return "\n".join(lines)
 
 
+def pid_namespace(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+
+
+def restored_task(restorer: int, timeout: float = 10) -> int:
+    """The kernel `criu restore` (`restorer`) is restoring, or -1 when the restore is over (its
+    kernel on its own) or failed: found by what it is, the task in a PID namespace other than
+    CRIU's (the kernel is init of one; CRIU's short-lived helpers, also its children, share
+    CRIU's). Its command line is CRIU's until the restore's last steps, so it cannot tell."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        own = pid_namespace(restorer)
+        if own is None:
+            return -1
+        for pid in descendants(restorer):
+            namespace = pid_namespace(pid)
+            if namespace is not None and namespace != own:
+                return pid
+        time.sleep(0.001)
+    return -1
+
+
 class RunFailed(AssertionError):
     """What a run found broken (a lost image or kernel, an orphan, a half image)."""
 
@@ -130,6 +161,9 @@ class Outcome:
     fault: str
     note: str = ""
     lost: list[str] = field(default_factory=list)
+    #: The kernel died with its killed dump (CRIU's window, docs/engines.md "A killed dump") and
+    #: was restarted from its last checkpoint, whose state it was checked to have.
+    rewound: int = 0
     orphans: int = 0
     half_images: list[str] = field(default_factory=list)
     error: str = ""
@@ -148,8 +182,16 @@ class Run:
     environment), its own store (on a tmpfs for disk faults), its own random choices."""
 
     def __init__(
-        self, env: dict[str, str], rng: random.Random, fault: str, engine: str, log: Any = None
+        self,
+        env: dict[str, str],
+        rng: random.Random,
+        fault: str,
+        engine: str,
+        log: Any = None,
+        pause_s: float | None = None,
     ):
+        #: Every fault's pause before its kill, fixed (to reproduce a kill at one point).
+        self.pause_s = pause_s
         self.log = log
         self.rng = rng
         self.fault = fault
@@ -345,7 +387,9 @@ class Run:
         shutil.rmtree(self.runtime, ignore_errors=True)
 
     def delay(self, longest: float) -> float:
-        pause = self.rng.uniform(0, longest)
+        pause = self.rng.uniform(0, longest)  # drawn even when fixed: the seed's runs stay alike
+        if self.pause_s is not None:
+            pause = self.pause_s
         time.sleep(pause)
         return pause
 
@@ -398,6 +442,17 @@ class Run:
             kernel.client.wait_reply(request, timeout=60)
         except CommError as error:
             self.outcome.note += f" -> {error.code}"
+            rewound = REWOUND.search(str(error))
+            if rewound:
+                # Killed while its injected code ran in the kernel: the kernel died with CRIU, and
+                # came back from its checkpoint, which must be the one it had, state and all.
+                self.outcome.rewound += 1
+                self.outcome.note += " (the kernel died with its dump: rewound)"
+                image = rewound.group(1)
+                if image not in self.sealed:
+                    self.outcome.lost.append(f"rewound to {image}, not its last checkpoint")
+                    return
+                before = self.expected[self.sealed[image]]
         except TimeoutError:
             self.outcome.lost.append("no reply to the checkpoint 60 s after its criu dump died")
             self.snapshot("no reply to the checkpoint")
@@ -475,12 +530,7 @@ class Run:
         )
         pause = self.delay(took * 0.8)
         self.outcome.note += f" kill restored kernel after {pause * 1000:.0f} ms"
-
-        try:
-            children = Path(f"/proc/{restorer}/task/{restorer}/children").read_text().split()
-        except OSError:  # the restorer had gone: the restore failed, or its kernel is on its own
-            children = []
-        self.kernel_dies(kernel, request, lambda: int(children[0]) if children else -1)
+        self.kernel_dies(kernel, request, lambda: restored_task(restorer))
 
     def fill(self, leave: int) -> None:
         """Fills the store's tmpfs up to `leave` bytes free."""
@@ -585,9 +635,11 @@ class Summary:
         lines = [
             f"runs {runs} / faults {faults} / lost {self.lost} / orphans {self.orphans}"
             f" / half images {sum(len(o.half_images) for o in self.outcomes)}"
-            f" / errors {sum(1 for o in self.outcomes if o.error)}",
+            f" / errors {sum(1 for o in self.outcomes if o.error)}"
+            f" / rewound {sum(o.rewound for o in self.outcomes)}",
             "",
-            f"{'fault':<28}{'runs':>6}{'lost':>6}{'orphans':>9}{'half':>6}{'errors':>8}",
+            f"{'fault':<28}{'runs':>6}{'lost':>6}{'orphans':>9}{'half':>6}{'errors':>8}"
+            f"{'rewound':>9}",
         ]
         for fault in FAULTS:
             mine = [o for o in self.outcomes if o.fault == fault]
@@ -597,6 +649,7 @@ class Summary:
                     f"{sum(o.orphans for o in mine):>9}"
                     f"{sum(len(o.half_images) for o in mine):>6}"
                     f"{sum(1 for o in mine if o.error):>8}"
+                    f"{sum(o.rewound for o in mine):>9}"
                 )
         return "\n".join(lines)
 
@@ -611,6 +664,7 @@ def run_suite(
     log: Any = None,
     only: int | None = None,
     minutes: float | None = None,
+    pause_s: float | None = None,
 ) -> Summary:
     """Runs `runs` seeded runs (or only run number `only` of them, to reproduce it); each run's
     fault, delays and sizes come from (seed, run)."""
@@ -624,7 +678,7 @@ def run_suite(
         fault = faults[number % len(faults)] if runs >= len(faults) else rng.choice(faults)
         began = time.monotonic()
         log_start = os.lseek(log.fileno(), 0, os.SEEK_END) if log else 0
-        outcome = Run(env, rng, fault, engine, log).execute()
+        outcome = Run(env, rng, fault, engine, log, pause_s).execute()
         summary.outcomes.append(outcome)
         verdict = "ok" if outcome.ok else "FAIL"
         if log and not outcome.ok:
@@ -685,6 +739,9 @@ def main() -> int:
     parser.add_argument("--fault", action="append", choices=FAULTS, help="only these faults")
     parser.add_argument("--run", type=int, help="only this run of the seed (to reproduce it)")
     parser.add_argument("--minutes", type=float, help="start no run after this many minutes")
+    parser.add_argument(
+        "--pause-ms", type=float, help="kill after this pause every time, not a random one"
+    )
     args = parser.parse_args()
     env, base = private_jupyter_env()
     try:
@@ -704,6 +761,7 @@ def main() -> int:
                 log=log,
                 only=args.run,
                 minutes=args.minutes,
+                pause_s=None if args.pause_ms is None else args.pause_ms / 1000,
             )
         print(f"\nseed {args.seed}, {time.monotonic() - began:.0f} s")
         print(summary.table())

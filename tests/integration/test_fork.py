@@ -272,7 +272,9 @@ def test_the_forks_a_kernels_code_starts_end_with_that_kernel(make_kernel, runti
         f"owned = kc.fork({taken['id']!r})\n"
         f"kept = kc.fork({taken['id']!r}, ends_with_kernel=False)"
     )
+    # Both to the fixture's clean-up: a failure before the handle's fork has gone leaves it too.
     owned = Fork(kernel.client.value("owned.connection_file"), taken)
+    forks.append(owned)
     kept = Fork(kernel.client.value("kept.connection_file"), taken)
     forks.append(kept)
     assert owned.client.value("x") == 42 and kept.client.value("x") == 42

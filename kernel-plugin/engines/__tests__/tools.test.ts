@@ -2,10 +2,13 @@
 // starts dies with the process that started it.
 
 import { execFileSync, spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 
 import {
   diesWithParent,
+  diesWithParentSurely,
   errnoErrorCode,
   findExecutable,
   killedBy,
@@ -88,6 +91,44 @@ describe('engine tools', () => {
     }
     expect(alive(pid)).toBe(false);
     await closed;
+  });
+
+  it('a tool whose parent dies while it starts never runs', async () => {
+    // The window setpriv leaves (a parent that dies between the fork and the prctl sends no
+    // signal), made wide: the child waits 0.3 s before it execs setpriv, and its parent is
+    // killed meanwhile.
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'kc-dies-'));
+    try {
+      const marker = path.join(dir, 'ran');
+      // The child's "$1" is its parent's PID.
+      const script = `sleep 0.3; exec ${diesWithParentSurely(['touch', marker], 'PARENT')
+        .map(word => (word === 'PARENT' ? '"$1"' : `'${word}'`))
+        .join(' ')}`;
+      // Its parent alive, it runs.
+      execFileSync('/bin/sh', ['-c', `/bin/sh -c "$1" sh "$$" & wait`, 'sh', script]);
+      const ranUnderParent = existsSync(marker);
+      rmSync(marker, { force: true });
+      const parent = spawn(
+        '/bin/sh',
+        ['-c', `/bin/sh -c "$1" sh "$$" & echo $!; wait`, 'sh', script],
+        {
+          stdio: ['ignore', 'pipe', 'ignore']
+        }
+      );
+      const child = await new Promise<number>(resolve =>
+        parent.stdout.once('data', chunk => resolve(Number(String(chunk).trim())))
+      );
+      parent.kill('SIGKILL');
+      const deadline = Date.now() + 3000;
+      while (alive(child) && Date.now() < deadline) {
+        await new Promise(resolve => setTimeout(resolve, 10));
+      }
+      expect(ranUnderParent).toBe(true);
+      expect(alive(child)).toBe(false);
+      expect(existsSync(marker)).toBe(false);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('maps errnos and messages onto error codes', () => {

@@ -118,6 +118,9 @@ def find_node() -> Node:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # Whoever started us, read first: the supervisor stops when that process is gone, and one
+    # that died while this ran would read as PID 1 from Node (cli/run.ts).
+    os.environ["KERNEL_CHECKPOINT_LAUNCHED_BY"] = str(os.getppid())
     args = sys.argv[1:] if argv is None else list(argv)
 
     try:
