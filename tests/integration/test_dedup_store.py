@@ -148,26 +148,30 @@ def test_a_flipped_byte_in_a_shared_chunk_names_every_checkpoint_using_it(make_k
     wait_chunked(store, [*shared, other])
 
     # A raw chunk of the first image's largest file that the other two use and the last does
-    # not (the old array's pages, say).
+    # not (the old array's pages, say). Any chunk of a raw run will do, not only its first: a
+    # run may begin with a page of the kernel's heap, which every cell changes.
     hashes = {
         cid: {h for entry in chunk_lists(store, cid).values() for h in entry["hashes"]}
         for cid in [*shared, other]
     }
     biggest = max(chunk_lists(store, shared[0]).values(), key=lambda entry: entry["bytes"])
-    index, run = 0, None
-    for candidate in biggest["runs"]:
-        chunk = biggest["hashes"][index]
-        if (
-            "zstd" not in candidate
-            and all(chunk in hashes[cid] for cid in shared)
-            and chunk not in hashes[other]
-        ):
-            run = candidate
+    index, found = 0, None
+    for run in biggest["runs"]:
+        for k in range(run["count"]):
+            chunk = biggest["hashes"][index + k]
+            if (
+                "zstd" not in run
+                and all(chunk in hashes[cid] for cid in shared)
+                and chunk not in hashes[other]
+            ):
+                found = (run["pack"], run["at"] + k * 4096)
+                break
+        if found:
             break
-        index += candidate["count"]
-    assert run is not None
-    pack = store / ".chunks" / "packs" / f"{run['pack']}.pack"
-    offset = run["at"] + 100  # inside the run's first chunk
+        index += run["count"]
+    assert found is not None, "no raw chunk shared by the first three images only"
+    pack = store / ".chunks" / "packs" / f"{found[0]}.pack"
+    offset = found[1] + 100  # inside that chunk (every chunk of a raw run before it is whole)
     with open(pack, "r+b") as handle:
         handle.seek(offset)
         byte = handle.read(1)
