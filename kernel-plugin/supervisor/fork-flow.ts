@@ -35,8 +35,12 @@ export type ForkReadiness = { ready: true } | { error: { code: string; message: 
 /** How long a fork may take to be restored and answer (a big image takes seconds). */
 const FORK_START_TIMEOUT_MS = 600000;
 
-/** How long a stopping supervisor waits for the forks that end with it (each takes ~1 s). */
-const OWNED_FORK_END_MS = 5000;
+/**
+ * How long a stopping supervisor waits for the forks that end with it (each takes ~1 s), counted
+ * from the shutdown_request: Jupyter kills a kernel's process 5 s after that request, and this
+ * supervisor must still remove the connection files of the forks not yet gone before then.
+ */
+const OWNED_FORK_END_MS = 3500;
 
 /** Five free TCP ports on 127.0.0.1 (bound, read, released, as jupyter_client does). */
 async function freePorts(count: number): Promise<number[]> {
@@ -151,7 +155,9 @@ export class ForkFlow {
    * there: its supervisor removes it on the way out), as this supervisor stops: asked to shut
    * down and waited for (at most OWNED_FORK_END_MS), so that they end as kernels do, connection
    * file and all, before this supervisor's exit sends them the parent-death signal, which is for
-   * a supervisor that cannot ask (killed with -9). Every call waits for the same end.
+   * a supervisor that cannot ask (killed with -9). A fork still ending by then dies of that
+   * signal, with no time to remove its connection file, so this supervisor removes it: it wrote
+   * it. Every call waits for the same end.
    */
   stop(): Promise<void> {
     this.ending ??= this.endOwned();
@@ -174,6 +180,12 @@ export class ForkFlow {
         );
         await Promise.race([client.shutdown(), timeout]);
         client.close();
+        if (existsSync(file)) {
+          log.warn(
+            `a fork did not end within ${OWNED_FORK_END_MS} ms; it ends with this supervisor`
+          );
+          await fs.rm(file, { force: true });
+        }
       })
     );
   }

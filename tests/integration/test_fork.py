@@ -229,7 +229,7 @@ def test_fork_errors_as_for_restore(make_kernel, runtime_dir, store):
 
 
 @only_criu
-def test_fork_from_inside_the_kernel(make_kernel, runtime_dir):
+def test_fork_from_inside_the_kernel(make_kernel, runtime_dir, forks):
     kernel, taken = original_with_x_42(make_kernel, runtime_dir)
     kernel.client.run("x = 1; import kernel_checkpoint as kc")
     code = (
@@ -251,6 +251,7 @@ def test_fork_from_inside_the_kernel(make_kernel, runtime_dir):
     out = kernel.client.run(f"%checkpoint fork {taken['id']}")
     printed = out.strip().splitlines()[-1].split()[-1]
     fork = Fork(printed, taken)
+    forks.append(fork)  # A `%checkpoint fork` lives until its shutdown_request: even on failure.
     assert fork.client.value("x") == 42
     fork.shutdown()
 
@@ -288,6 +289,24 @@ def test_the_forks_a_kernels_code_starts_end_with_that_kernel(make_kernel, runti
     if how == "shutdown":
         assert not Path(owned.connection_file).exists(), "the fork's connection file outlived it"
     assert kept.client.value("x + 1") == 43
+
+
+@only_criu
+def test_a_fork_slow_to_end_leaves_no_connection_file_when_its_kernel_shuts_down(
+    make_kernel, runtime_dir, forks
+):
+    # Jupyter kills a kernel's process 5 s after its shutdown_request; a fork of its code that
+    # takes longer to end dies with it (the parent-death signal), and must not leave its
+    # connection file behind in Jupyter's runtime folder (seen in CI under load).
+    kernel, taken = original_with_x_42(make_kernel, runtime_dir)
+    kernel.client.run(f"import kernel_checkpoint as kc\nowned = kc.fork({taken['id']!r})")
+    owned = Fork(kernel.client.value("owned.connection_file"), taken)
+    forks.append(owned)
+    owned.client.run("import atexit, time\natexit.register(time.sleep, 30)")
+    kernel.shutdown()
+    wait_gone(owned.processes, "the shutdown of the kernel whose code started it")
+    owned.client.close()
+    assert not Path(owned.connection_file).exists(), "the fork's connection file outlived it"
 
 
 @only_criu
