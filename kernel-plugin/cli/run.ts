@@ -151,12 +151,10 @@ export function registerRunCommand(program: Command): void {
           if (process.ppid !== launchedBy) {
             clearInterval(check);
             log.warn('the process that launched the kernel is gone; stopping');
-            void started.then(() => {
-              void supervisor.stop(0);
-              // What it started dies with it (parent-death signals, the PID namespace's init):
-              // a stop held up (a kernel stuck in its exit) ends here, not minutes later.
-              setTimeout(() => process.exit(0), ORPHAN_STOP_MS).unref();
-            });
+            void stopOnceStarted();
+            // What it started dies with it (parent-death signals, the PID namespace's init): a
+            // stop held up (a kernel stuck in its exit) ends here, not minutes later.
+            void started.then(() => setTimeout(() => process.exit(0), ORPHAN_STOP_MS).unref());
           }
         }, PARENT_CHECK_MS);
         check.unref();
