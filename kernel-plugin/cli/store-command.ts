@@ -1,7 +1,9 @@
 // `kernel-checkpoint store`: what the image store holds (total bytes, bytes per notebook, and
 // what deleting each checkpoint would give back), read from the store's folder itself, so it
 // works with no kernel running. `--gc` collects unused chunks, `--migrate` converts whole images
-// (from before the store kept chunks) into chunk images.
+// (from before the store kept chunks) into chunk images; for a store in object storage,
+// `--upload` sends what the cache has not uploaded and `--evict` removes from the cache what the
+// bucket has.
 
 import type { Command } from 'commander';
 
@@ -126,6 +128,11 @@ export function registerStoreCommand(program: Command): void {
     .option('--gc', 'first give back the space of chunks no checkpoint uses any more')
     .option('--migrate', 'first convert whole images into shared chunks (each checked first)')
     .option('--upload', 'first upload what the cache of an s3:// store has not uploaded yet')
+    .option(
+      '--evict',
+      'then remove from the cache of an s3:// store every checkpoint the object store has ' +
+        '(each comes back when restored)'
+    )
     .option('--json', 'print JSON for scripts')
     .action(
       async (options: {
@@ -133,9 +140,16 @@ export function registerStoreCommand(program: Command): void {
         gc?: boolean;
         migrate?: boolean;
         upload?: boolean;
+        evict?: boolean;
         json?: boolean;
       }) => {
         const store = new ImageStore(options.store ?? defaultStoreRoot());
+        if (options.evict && !store.remote) {
+          throw new StoreError(
+            'invalid_request',
+            '--evict is for a store in object storage (s3://): a local store has no other copy.'
+          );
+        }
         if (options.upload) {
           await uploadAll(store);
         }
@@ -148,6 +162,14 @@ export function registerStoreCommand(program: Command): void {
         }
         if (options.gc || options.migrate) {
           await store.collect();
+        }
+        if (options.evict) {
+          const evicted = (await store.remote?.evictAll()) ?? [];
+          if (!options.json) {
+            process.stderr.write(
+              `kernel-checkpoint: store: ${evicted.length} checkpoints removed from the cache\n`
+            );
+          }
         }
         const report = await store.report();
         const remote = await remoteInfo(store);

@@ -3,8 +3,9 @@
 // rather than one file per chunk: docs/architecture.md, with the figures in bench/README.md.
 //
 // Layout under <root> (folders 0700, files 0600):
-//   packs/<name>.pack       immutable once renamed into place: the new chunks of one ingest
-//                           (raw, or with a codec in zstd frames of up to 16 consecutive ones),
+//   packs/<name>.pack       immutable once renamed into place: new chunks of one ingest (its
+//                           short runs of new chunks in one pack, each long run in its own),
+//                           raw, or with a codec in zstd frames of up to 16 consecutive ones,
 //                           then an index of them (hash, where, sizes, slot in a frame) and a
 //                           trailer; written as packs/.tmp-<pid>-<name>.pack, flushed, renamed.
 //   writers/<pid>-<r>.refs  one per ingest in progress: the name of every pack its chunk lists
@@ -26,6 +27,15 @@ import { promises as fs, readSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 
 import { createXXHash128, type IHasher } from 'hash-wasm';
+
+/**
+ * A run of new chunks (consecutive in a file, none in the store yet) longer than this goes on
+ * into a pack of its own: a pack is given back only when no image uses any chunk of it, and the
+ * pages a later checkpoint keeps using (the interpreter's, changed once) sit in short runs,
+ * while memory that dies with its image (an array replaced by another) is one long run. With a
+ * single pack per ingest, deleting any checkpoint of a line but the newest freed nothing.
+ */
+export const LONG_RUN_CHUNKS = 256;
 
 /** The size of a chunk: a memory page, so that a page CRIU writes is one chunk. */
 export const CHUNK_BYTES = 4096;
@@ -793,13 +803,12 @@ export class ChunkStore {
   async begin(options: { durable?: boolean } = {}): Promise<IngestSession> {
     await this.ensure();
     await this.refreshIndex();
-    const name = `${Date.now().toString(36)}-${randomBytes(6).toString('hex')}`;
     const refsFile = path.join(
       this.writersDir,
       `${process.pid}-${randomBytes(4).toString('hex')}.refs`
     );
     const refs = await fs.open(refsFile, 'wx', 0o600);
-    return new IngestSession(this, name, refsFile, refs, options.durable ?? true);
+    return new IngestSession(this, refsFile, refs, options.durable ?? true);
   }
 
   /** @internal Where an existing chunk is, or null. */
@@ -1181,13 +1190,88 @@ export class ChunkStore {
   }
 }
 
-/** One ingest: new chunks go into one pack, named in advance; `finish` publishes it. */
-export class IngestSession {
-  private readonly temp: string;
-  private out: fs.FileHandle | null = null;
+/** A pack an ingest writes: its temporary file, its bytes so far, the index of its chunks. */
+class PackBuilder {
+  readonly name = `${Date.now().toString(36)}-${randomBytes(6).toString('hex')}`;
+  readonly temp: string;
+  out: fs.FileHandle | null = null;
   /** Bytes of the pack so far (its magic comes first, written when it is opened). */
-  private written = PACK_MAGIC.length;
-  private readonly entries: IndexEntry[] = [];
+  written = PACK_MAGIC.length;
+  readonly entries: IndexEntry[] = [];
+
+  constructor(private readonly store: ChunkStore) {
+    this.temp = path.join(
+      path.dirname(store.packPath(this.name)),
+      `.tmp-${process.pid}-${this.name}.pack`
+    );
+  }
+
+  async write(data: Buffer, length: number): Promise<void> {
+    if (!this.out) {
+      this.out = await fs.open(this.temp, 'wx', 0o600);
+      await this.out.write(PACK_MAGIC);
+    }
+    await this.out.write(data, 0, length);
+  }
+
+  /** Bytes of the pack once finished: its new bytes. */
+  get bytes(): number {
+    return this.written + this.entries.length * INDEX_ENTRY_BYTES + TRAILER_BYTES;
+  }
+
+  /** Writes the index and trailer and renames the pack into place (flushed first if durable). */
+  async finish(durable: boolean): Promise<void> {
+    const out = this.out as fs.FileHandle;
+    const index = Buffer.alloc(this.entries.length * INDEX_ENTRY_BYTES);
+    this.entries.forEach((entry, i) => {
+      const base = i * INDEX_ENTRY_BYTES;
+      entry.hash.copy(index, base);
+      index.writeBigUInt64LE(BigInt(entry.at), base + HASH_BYTES);
+      index.writeUInt32LE(entry.stored, base + HASH_BYTES + 8);
+      index.writeUInt32LE(entry.length, base + HASH_BYTES + 12);
+      index.writeUInt32LE(entry.frameSlot, base + HASH_BYTES + 16);
+    });
+    const trailer = Buffer.alloc(TRAILER_BYTES);
+    PACK_MAGIC.copy(trailer, 0);
+    trailer.writeBigUInt64LE(BigInt(this.written), 8);
+    trailer.writeUInt32LE(this.entries.length, 16);
+    await out.write(index);
+    await out.write(trailer);
+    // An mtime in the past, which no later write gives it: a write within the same tick of the
+    // file system's coarse clock still changes the identity `sealPack` records.
+    const past = new Date(Date.now() - SEALED_MTIME_AGE_MS);
+    await out.utimes(past, past);
+    if (durable) {
+      await out.sync();
+    }
+    await out.close();
+    this.out = null;
+    await fs.rename(this.temp, this.store.packPath(this.name));
+    if (durable) {
+      await fsyncPath(path.dirname(this.temp));
+    }
+    await this.store.sealPack(this.name);
+    this.store.addPack(
+      this.name,
+      this.entries.filter(entry => entry.length === CHUNK_BYTES)
+    );
+  }
+
+  async abandon(): Promise<void> {
+    await this.out?.close().catch(() => undefined);
+    this.out = null;
+    await fs.rm(this.temp, { force: true });
+  }
+}
+
+/**
+ * One ingest: the files of an image cut into chunks, the new ones written into packs (one for
+ * short runs of new chunks, and one for each long run: LONG_RUN_CHUNKS).
+ */
+export class IngestSession {
+  /** The pack of short runs, and every pack written so far, in order. */
+  private readonly shortRuns: PackBuilder;
+  private readonly packs: PackBuilder[] = [];
   /** Chunks written by this session, not yet in the store's index. */
   private readonly fresh = new Map<string, Location>();
   private readonly claimed = new Set<string>();
@@ -1195,15 +1279,17 @@ export class IngestSession {
 
   constructor(
     private readonly store: ChunkStore,
-    readonly packName: string,
     private readonly refsFile: string,
     private readonly refs: fs.FileHandle,
     private readonly durable: boolean
   ) {
-    this.temp = path.join(
-      path.dirname(store.packPath(packName)),
-      `.tmp-${process.pid}-${packName}.pack`
-    );
+    this.shortRuns = this.newPack();
+  }
+
+  private newPack(): PackBuilder {
+    const pack = new PackBuilder(this.store);
+    this.packs.push(pack);
+    return pack;
   }
 
   /** Names a pack in the refs file before the session relies on it (see ChunkStore.gc). */
@@ -1231,14 +1317,22 @@ export class IngestSession {
     const runs: ChunkRun[] = [];
     let bytes = 0;
     const block = Buffer.allocUnsafe(BLOCK_BYTES);
+    // Bytes for the end of pack `pendingFor`, written in blocks.
     const pending = Buffer.allocUnsafe(BLOCK_BYTES);
     let pendingBytes = 0;
+    let pendingFor = this.shortRuns;
     const flush = async () => {
       if (pendingBytes > 0) {
-        this.out ??= await this.openPack();
-        await this.out.write(pending, 0, pendingBytes);
+        await pendingFor.write(pending, pendingBytes);
         pendingBytes = 0;
       }
+    };
+    // The run of new chunks under way: how many are stored, and its own pack once it is long.
+    let runStored = 0;
+    let longRun: PackBuilder | null = null;
+    const endRun = () => {
+      runStored = 0;
+      longRun = null;
     };
     const append = (location: Location, length: number) => {
       const last = runs[runs.length - 1];
@@ -1264,19 +1358,23 @@ export class IngestSession {
       if (waiting.length === 0) {
         return;
       }
-      await this.claim(this.packName);
+      if (runStored >= LONG_RUN_CHUNKS) {
+        longRun ??= this.newPack();
+      }
+      const pack = longRun ?? this.shortRuns;
+      await this.claim(pack.name);
       const raw = Buffer.concat(waiting.map(w => w.chunk));
       let frame: Buffer | null = null;
       if (this.store.codec && this.store.compressNew) {
         const compressed = await this.store.codec.compress(raw);
         frame = compressed.length <= raw.length * (1 - WORTH_COMPRESSING) ? compressed : null;
       }
-      const at = this.written;
+      const at = pack.written;
       waiting.forEach((w, k) => {
         const location: Location = frame
-          ? { pack: this.packName, at, zstd: frame.length, slot: k }
-          : { pack: this.packName, at: at + k * CHUNK_BYTES };
-        this.entries.push({
+          ? { pack: pack.name, at, zstd: frame.length, slot: k }
+          : { pack: pack.name, at: at + k * CHUNK_BYTES };
+        pack.entries.push({
           hash: w.hash,
           at: location.at,
           stored: frame ? frame.length : w.chunk.length,
@@ -1290,12 +1388,14 @@ export class IngestSession {
         append(location, w.chunk.length);
       });
       const data = frame ?? raw;
-      if (pendingBytes + data.length > pending.length) {
+      if (pendingFor !== pack || pendingBytes + data.length > pending.length) {
         await flush();
+        pendingFor = pack;
       }
       data.copy(pending, pendingBytes);
       pendingBytes += data.length;
-      this.written += data.length;
+      pack.written += data.length;
+      runStored += waiting.length;
       waiting = [];
     };
     try {
@@ -1313,7 +1413,7 @@ export class IngestSession {
           const hash = hashes.subarray(chunks * HASH_BYTES, ++chunks * HASH_BYTES);
           const key = hash.toString('latin1');
           let location = this.fresh.get(key) ?? this.store.lookup(key);
-          if (location && location.pack !== this.packName && !this.claimed.has(location.pack)) {
+          if (location && !this.claimed.has(location.pack)) {
             await this.claim(location.pack);
             // Claimed first, then checked: a collection that doomed it since is seen here.
             if (!(await exists(this.store.packPath(location.pack)))) {
@@ -1328,8 +1428,9 @@ export class IngestSession {
             }
             continue;
           }
-          // The chunks before it in the file go first.
+          // The chunks before it in the file go first; the run of new chunks ends there.
           await storeWaiting();
+          endRun();
           append(location, chunk.length);
         }
         // `block` is read into again next: what waits in it is stored now.
@@ -1349,75 +1450,33 @@ export class IngestSession {
     return { bytes, hashes, runs };
   }
 
-  private async openPack(): Promise<fs.FileHandle> {
-    const handle = await fs.open(this.temp, 'wx', 0o600);
-    await handle.write(PACK_MAGIC);
-    return handle;
-  }
-
   /**
-   * Writes the pack's index and renames it into place (flushed first when durable). The lists
-   * returned by `ingest` are valid from here on.
+   * Writes the packs' indexes and renames them into place (flushed first when durable). The
+   * lists returned by `ingest` are valid from here on.
    */
   async finish(): Promise<void> {
     if (this.finished) {
       return;
     }
     this.finished = true;
-    if (this.entries.length === 0) {
-      return;
+    for (const pack of this.packs.filter(p => p.entries.length > 0)) {
+      await pack.finish(this.durable);
     }
-    const out = this.out as fs.FileHandle;
-    const index = Buffer.alloc(this.entries.length * INDEX_ENTRY_BYTES);
-    this.entries.forEach((entry, i) => {
-      const base = i * INDEX_ENTRY_BYTES;
-      entry.hash.copy(index, base);
-      index.writeBigUInt64LE(BigInt(entry.at), base + HASH_BYTES);
-      index.writeUInt32LE(entry.stored, base + HASH_BYTES + 8);
-      index.writeUInt32LE(entry.length, base + HASH_BYTES + 12);
-      index.writeUInt32LE(entry.frameSlot, base + HASH_BYTES + 16);
-    });
-    const trailer = Buffer.alloc(TRAILER_BYTES);
-    PACK_MAGIC.copy(trailer, 0);
-    trailer.writeBigUInt64LE(BigInt(this.written), 8);
-    trailer.writeUInt32LE(this.entries.length, 16);
-    await out.write(index);
-    await out.write(trailer);
-    // An mtime in the past, which no later write gives it: a write within the same tick of the
-    // file system's coarse clock still changes the identity `sealPack` records.
-    const past = new Date(Date.now() - SEALED_MTIME_AGE_MS);
-    await out.utimes(past, past);
-    if (this.durable) {
-      await out.sync();
-    }
-    await out.close();
-    this.out = null;
-    await fs.rename(this.temp, this.store.packPath(this.packName));
-    if (this.durable) {
-      await fsyncPath(path.dirname(this.temp));
-    }
-    await this.store.sealPack(this.packName);
-    this.store.addPack(
-      this.packName,
-      this.entries.filter(entry => entry.length === CHUNK_BYTES)
-    );
   }
 
-  /** Bytes of this session's pack once finished (0 when every chunk was in the store): its new bytes. */
+  /** Bytes of this session's packs once finished (0 when every chunk was in the store): its new bytes. */
   get packBytes(): number {
-    return this.finished && this.entries.length > 0
-      ? this.written + this.entries.length * INDEX_ENTRY_BYTES + TRAILER_BYTES
+    return this.finished
+      ? this.packs.filter(p => p.entries.length > 0).reduce((sum, p) => sum + p.bytes, 0)
       : 0;
   }
 
   /** Ends the session's claim on packs (after its lists are recorded), or abandons it. */
   async close(): Promise<void> {
     this.finished = true;
-    if (this.out) {
-      await this.out.close().catch(() => undefined);
-      this.out = null;
+    for (const pack of this.packs) {
+      await pack.abandon();
     }
-    await fs.rm(this.temp, { force: true });
     await this.refs.close().catch(() => undefined);
     await fs.rm(this.refsFile, { force: true });
   }

@@ -408,6 +408,27 @@ export class RemoteImages {
       );
   }
 
+  /**
+   * Removes every uploaded image from the cache (`ImageStore.evict`: each stays in the bucket,
+   * listed and restorable, its records and packs fetched again when it is restored), then the
+   * packs no image left in the cache uses. Returns the images removed.
+   */
+  async evictAll(): Promise<string[]> {
+    const names = await fs.readdir(path.join(this.store.root, UPLOADED_DIR)).catch(() => []);
+    const evicted: string[] = [];
+    for (const id of names) {
+      const gone = await this.store.evict(id).catch((error: Error) => {
+        log.warn(`could not remove ${id} from the cache: ${error.message}`);
+        return false;
+      });
+      if (gone) {
+        evicted.push(id);
+      }
+    }
+    await this.store.collect();
+    return evicted;
+  }
+
   /** Forgets an image that left the cache (deleted here or elsewhere). */
   async forget(id: string): Promise<void> {
     this.uploader.cancel(id);

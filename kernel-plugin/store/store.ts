@@ -313,6 +313,11 @@ export class ImageStore {
   private opening: Promise<void>;
   /** Restores reading an image's files (they are not removed meanwhile). */
   private readonly readers = new Map<string, number>();
+  /**
+   * The chunk lists of the chunk images restores and forks are reading: live for a collection
+   * even when their image leaves the store meanwhile (evicted from a cache, or deleted).
+   */
+  private readonly reading: Array<{ id: string; lists: ChunkList[] }> = [];
   private collecting: Promise<GcReport> | null = null;
   private collectAgain = false;
 
@@ -497,13 +502,19 @@ export class ImageStore {
    * read, with its `damage`.
    */
   async list(): Promise<Checkpoint[]> {
+    const local = await this.listHere();
+    return this.remote ? this.remote.merge(local) : local;
+  }
+
+  /** `list` of this folder alone: the store, or what the cache of one in object storage holds. */
+  private async listHere(): Promise<Checkpoint[]> {
     let names: string[];
     try {
       await this.ready();
       names = await fs.readdir(this.root);
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code === 'ENOENT') {
-        return this.remote ? this.remote.merge([]) : [];
+        return [];
       }
       throw storeErrorFrom(error, `read the image store ${this.root}`);
     }
@@ -513,10 +524,9 @@ export class ImageStore {
         // Deleted meanwhile: not there any more.
         .map(name => this.entry(name).catch(() => null))
     );
-    const local = manifests
+    return manifests
       .filter((m): m is Checkpoint => m !== null)
       .sort((a, b) => a.created.localeCompare(b.created) || a.id.localeCompare(b.id));
-    return this.remote ? this.remote.merge(local) : local;
   }
 
   async manifest(id: string): Promise<Checkpoint> {
@@ -756,10 +766,19 @@ export class ImageStore {
       };
     }
     const lists = await this.chunkLists(id, record);
+    const reading = { id, lists: Object.values(lists) };
+    this.reading.push(reading);
+    const stopReading = () => {
+      const at = this.reading.indexOf(reading);
+      if (at >= 0) {
+        this.reading.splice(at, 1);
+      }
+    };
     if (this.remote) {
       try {
         await this.remote.fetchPacks(lists);
       } catch (error) {
+        stopReading();
         throw storeErrorFrom(error, `fetch the chunks of checkpoint ${id}`);
       }
     }
@@ -773,12 +792,14 @@ export class ImageStore {
       // mkdtemp makes it 0700.
       dir = await fs.mkdtemp(path.join(base, `${REBUILD_PREFIX}${process.pid}-`));
     } catch (error) {
+      stopReading();
       throw storeErrorFrom(error, `make a folder to rebuild checkpoint ${id} in ${base}`);
     }
     let pages: LazyPages | undefined;
     const timed = stageTimer();
     const release = async () => {
       await pages?.release();
+      stopReading();
       await fs.rm(dir, { recursive: true, force: true }).catch(() => undefined);
     };
     const rebuild = async (files: FileDigest[]) => {
@@ -865,7 +886,8 @@ export class ImageStore {
 
   /**
    * Every chunk list in use: the chunks.bin of every image folder (written before its image
-   * relies on it). One that cannot be read stops the collection rather than free its chunks.
+   * relies on it), and those of the images being read. One that cannot be read stops the
+   * collection rather than free its chunks.
    */
   private async liveLists(): Promise<ChunkList[]> {
     const names = await fs.readdir(this.root);
@@ -883,6 +905,7 @@ export class ImageStore {
         lists.push(...Object.values(decodeChunkLists(data)));
       }
     }
+    lists.push(...this.reading.flatMap(reading => reading.lists));
     return lists;
   }
 
@@ -964,9 +987,12 @@ export class ImageStore {
     return this.chunk(id);
   }
 
-  /** What the store holds: total bytes, bytes per notebook, and per checkpoint what it frees. */
+  /**
+   * What the store holds: total bytes, bytes per notebook, and per checkpoint what it frees. For
+   * a store in object storage, what its cache holds (the bucket's other images are not pulled).
+   */
   async report(): Promise<StoreReport> {
-    const checkpoints = await this.list();
+    const checkpoints = await this.listHere();
     const chunked: Record<string, ChunkList[]> = {};
     const records = new Map<string, PrivateRecord | null>();
     for (const checkpoint of checkpoints) {
@@ -1107,6 +1133,26 @@ export class ImageStore {
     await fs.rm(doomed, { recursive: true, force: true });
     await this.remote?.forget(id);
     return entry;
+  }
+
+  /**
+   * Removes an uploaded image from the cache of a store in object storage: its records now, the
+   * packs no other image of the cache uses at the next collection. It stays in the bucket, listed
+   * and restorable: its records and packs come back when it is asked for. Returns false, leaving
+   * it, for an image not uploaded yet, one a restore is reading, or in a store on a local disk.
+   */
+  async evict(id: string): Promise<boolean> {
+    const busy = (this.readers.get(id) ?? 0) > 0 || this.reading.some(reading => reading.id === id);
+    if (!this.remote || busy || (await this.remote.stateOf(id)).state !== 'uploaded') {
+      return false;
+    }
+    await this.delete(id, { localOnly: true });
+    return true;
+  }
+
+  /** Bytes of every file in the store's folder (a cache's: what it takes of this disk). */
+  bytes(): Promise<number> {
+    return bytesBelow(this.root);
   }
 
   /**

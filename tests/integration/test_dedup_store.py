@@ -132,6 +132,33 @@ def test_ten_checkpoints_take_about_the_space_of_one_and_each_restores(make_kern
     assert store_bytes(store) <= 1 * MIB
 
 
+def test_deleting_an_older_checkpoint_gives_back_the_array_it_alone_held(make_kernel, store):
+    # A line of checkpoints, each after replacing a 64 MiB array: the later ones keep using pages
+    # of the interpreter's that each changed, and deleting the middle one still gives its array
+    # back (and `kernel-checkpoint store` says so before).
+    kernel = make_kernel(KERNEL_CHECKPOINT_DEDUP="1")
+    client = kernel.client
+    taken, sums = [], []
+    for seed in (1, 2, 3):
+        client.run(f"import numpy as np\na = np.random.default_rng({seed}).random(64 * {MIB} // 8)")
+        taken.append(client.checkpoint()["id"])
+        sums.append(client.value(CHECKSUM))
+    wait_chunked(store, taken)
+    shown = cli("store", "--store", str(store), "--json")
+    assert shown.returncode == 0, shown.stderr
+    rows = {row["id"]: row for row in json.loads(shown.stdout)["checkpoints"]}
+    assert rows[taken[1]]["freed_if_deleted"] > 60 * MIB, rows[taken[1]]
+    before = store_bytes(store)
+    client.request("delete", checkpoint_id=taken[1])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and store_bytes(store) > before - 60 * MIB:
+        time.sleep(0.2)
+    assert store_bytes(store) <= before - 60 * MIB
+    for checkpoint_id, expected in ((taken[0], sums[0]), (taken[2], sums[2])):
+        client.restore(checkpoint_id)
+        assert client.value(CHECKSUM) == expected
+
+
 def test_a_flipped_byte_in_a_shared_chunk_names_every_checkpoint_using_it(make_kernel, store):
     # A restore refused for a damaged chunk keeps nothing either.
     kernel = make_kernel(KERNEL_CHECKPOINT_DEDUP="1")

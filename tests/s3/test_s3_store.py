@@ -7,6 +7,7 @@ logs. Real kernels, real CRIU (and DMTCP when on PATH), moto's S3 server on loop
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -279,3 +280,55 @@ def test_two_machines_writing_at_once_keep_each_others_images(make_kernel, machi
     c.restore(taken[1]["id"])
     assert c.value(CHECKSUM) == expected_b
     assert c.value("b_only") == "B"
+
+
+def cache_of(env: dict[str, str]) -> Path:
+    """The cache folder of the machine's store (one per bucket and prefix)."""
+    (folder,) = Path(env["KERNEL_CHECKPOINT_CACHE"]).glob("s3/*")
+    return folder
+
+
+def tree_bytes(folder: Path) -> int:
+    return sum(p.lstat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def images_in(cache: Path) -> set[str]:
+    return {p.name for p in cache.iterdir() if p.name.startswith("ckpt-")}
+
+
+def test_store_evict_empties_the_cache_of_what_the_bucket_has(make_kernel, machine_env, tmp_path):
+    env = machine_env("a")
+    kernel = make_kernel(**env)
+    client = kernel.client
+    client.run(ARRAY.format(n=64 * MIB))
+    expected = client.value(CHECKSUM)
+    taken = client.checkpoint("kept in the bucket")["id"]
+    wait_upload(client, taken, "uploaded")
+    kernel.shutdown()
+    cache = cache_of(env)
+    before = tree_bytes(cache)
+    location = env["KERNEL_CHECKPOINT_STORE"]
+    done = subprocess.run(
+        [kernel_checkpoint_command(), "store", "--store", location, "--evict", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env},
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert images_in(cache) == set() and tree_bytes(cache) < before - 64 * MIB
+    assert report["total_bytes"] == tree_bytes(cache)
+    assert {c["id"]: c["upload"] for c in report["remote"]["checkpoints"]} == {taken: "uploaded"}
+    # A local store has no other copy: refused.
+    refused = subprocess.run(
+        [kernel_checkpoint_command(), "store", "--store", str(tmp_path / "local"), "--evict"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode != 0 and "--evict is for a store in object storage" in refused.stderr
+    # The next kernel restores it from the bucket.
+    client = make_kernel(**env).client
+    client.restore(taken)
+    assert client.value(CHECKSUM) == expected

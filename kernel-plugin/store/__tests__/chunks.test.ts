@@ -13,6 +13,7 @@ import {
   ChunkStore,
   decodeChunkLists,
   encodeChunkLists,
+  LONG_RUN_CHUNKS,
   planReads,
   type ChunkList
 } from '../chunks';
@@ -453,6 +454,24 @@ describe('garbage collection', () => {
     expect(await packFiles()).toEqual([]);
     // Their identities go with them.
     expect(await fs.readdir(path.join(store.root, 'sealed'))).toEqual([]);
+  });
+
+  it("gives back an older image's replaced array though later images keep its changed pages", async () => {
+    // Three checkpoints in a line: each changes a page of the interpreter's and replaces the
+    // array. Deleting the middle one must give its array back, though the newest still uses the
+    // page it changed (with one pack per ingest, that page kept the array's pack alive).
+    const heap = randomBytes(16 * CHUNK_BYTES);
+    const checkpoint = (page: number) => {
+      randomBytes(CHUNK_BYTES).copy(heap, page * CHUNK_BYTES);
+      return Buffer.concat([heap, randomBytes(1024 * CHUNK_BYTES)]);
+    };
+    const [a] = await ingestAll(store, [await writeFile('a', checkpoint(1))]);
+    await ingestAll(store, [await writeFile('b', checkpoint(3))]);
+    const c = checkpoint(5);
+    const [listC] = await ingestAll(store, [await writeFile('c', c)]);
+    const report = await store.gc(async () => [a, listC]);
+    expect(report.bytesFreed).toBeGreaterThanOrEqual((1024 - LONG_RUN_CHUNKS) * CHUNK_BYTES);
+    expect((await materialized(listC)).equals(c)).toBe(true);
   });
 
   it('never sweeps a pack an ingest took while the collection was marking', async () => {
