@@ -166,6 +166,19 @@ describe('a store of chunk images', () => {
     expect(await bytesOnDisk(root)).toBeLessThan(100);
   });
 
+  it('a collection keeps the chunks of an image being restored, even one deleted meanwhile', async () => {
+    const id = await save(store, randomBytes(2 << 20));
+    await store.chunk(id);
+    const packs = path.join(root, '.chunks', 'packs');
+    const image = await store.openImage(id, await store.privateRecord(id));
+    await store.delete(id);
+    await store.collect();
+    expect(await fs.readdir(packs)).not.toEqual([]);
+    await image.release();
+    await store.collect();
+    expect(await fs.readdir(packs)).toEqual([]);
+  });
+
   it('a kill before the record says "chunks" leaves a whole image; its pack is collected', async () => {
     const id = await save(store, pagesWith([]));
     await store.seal(id);
