@@ -30,6 +30,31 @@ const DOWNLOADS_AT_ONCE = 4;
 /** The records of an image, uploaded before its manifest (which makes it exist). */
 const RECORDS = ['chunks.bin', 'private.json'] as const;
 const UPLOADED_DIR = path.join('.remote', 'uploaded');
+const SIZE_UNITS: Record<string, number> = {
+  '': 1,
+  K: 2 ** 10,
+  M: 2 ** 20,
+  G: 2 ** 30,
+  T: 2 ** 40
+};
+
+/**
+ * The most the cache may hold (KERNEL_CHECKPOINT_CACHE_MAX_BYTES: bytes, or with K, M, G or T
+ * for powers of 1024, as in `20G`), or null when unset: no limit.
+ */
+export function cacheLimitFromEnv(env: NodeJS.ProcessEnv = process.env): number | null {
+  const text = env.KERNEL_CHECKPOINT_CACHE_MAX_BYTES?.trim();
+  if (!text) {
+    return null;
+  }
+  const match = /^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?$/i.exec(text);
+  if (!match) {
+    throw new RangeError(
+      `KERNEL_CHECKPOINT_CACHE_MAX_BYTES must be a size such as 20G or 500M, not ${JSON.stringify(text)}.`
+    );
+  }
+  return Math.floor(Number(match[1]) * SIZE_UNITS[match[2].toUpperCase()]);
+}
 
 /** Raised as the store's `store_unreachable`: the object store cannot be reached. */
 export { RemoteUnavailableError };
@@ -42,6 +67,9 @@ export class RemoteImages {
   private readonly labels = new Map<string, string | null>();
   private readonly pulling = new Map<string, Promise<void>>();
   private readonly graceMs: number;
+  /** The most the cache may hold (bytes), or null for no limit. */
+  private readonly cacheLimit: number | null;
+  private evicting: Promise<string[]> = Promise.resolve([]);
   /** Why the last list could not read the bucket (it listed the cache alone), or null. */
   listProblem: string | null = null;
   /** Settles once the images an earlier supervisor left not uploaded are queued. */
@@ -59,6 +87,7 @@ export class RemoteImages {
       );
     }
     this.graceMs = grace * 1000;
+    this.cacheLimit = cacheLimitFromEnv(env);
     this.uploader = new Uploader(
       (id, progress) => this.upload(id, progress),
       uploaderOptionsFromEnv(env)
@@ -197,6 +226,11 @@ export class RemoteImages {
     await fs.mkdir(path.dirname(this.markerOf(id)), { recursive: true, mode: 0o700 });
     await fs.writeFile(this.markerOf(id), '', { mode: 0o600 });
     this.packsOf.set(id, packs);
+    if (this.cacheLimit !== null) {
+      void this.evictDownTo(this.cacheLimit, 1).catch(error =>
+        log.warn(`could not make room in the cache: ${(error as Error).message}`)
+      );
+    }
     log.info(
       `uploaded ${id} to ${l.url}: ${sent} bytes in ${missing.length} new packs ` +
         `(${packs.length - missing.length} there already) in ${Date.now() - started} ms`
@@ -409,24 +443,66 @@ export class RemoteImages {
   }
 
   /**
+   * Notes that image `id` of the cache is used now (restored, forked): a full cache gives up the
+   * images used longest ago first, an image never restored counting from its upload.
+   */
+  async touch(id: string): Promise<void> {
+    const now = new Date();
+    await fs.utimes(this.markerOf(id), now, now).catch(() => undefined);
+  }
+
+  /**
    * Removes every uploaded image from the cache (`ImageStore.evict`: each stays in the bucket,
    * listed and restorable, its records and packs fetched again when it is restored), then the
    * packs no image left in the cache uses. Returns the images removed.
    */
-  async evictAll(): Promise<string[]> {
-    const names = await fs.readdir(path.join(this.store.root, UPLOADED_DIR)).catch(() => []);
-    const evicted: string[] = [];
-    for (const id of names) {
-      const gone = await this.store.evict(id).catch((error: Error) => {
-        log.warn(`could not remove ${id} from the cache: ${error.message}`);
-        return false;
-      });
-      if (gone) {
-        evicted.push(id);
+  evictAll(): Promise<string[]> {
+    return this.evictDownTo(0, 0);
+  }
+
+  /**
+   * Removes uploaded images from the cache, those used longest ago first, until it holds at most
+   * `maxBytes`, keeping the `keep` used last (the kernel most likely goes back to them).
+   * Evictions run one at a time; returns the images removed.
+   */
+  private evictDownTo(maxBytes: number, keep: number): Promise<string[]> {
+    const run = async (): Promise<string[]> => {
+      const folder = path.join(this.store.root, UPLOADED_DIR);
+      const names = await fs.readdir(folder).catch(() => [] as string[]);
+      const used = await Promise.all(
+        names.map(async id => ({
+          id,
+          at: (await fs.stat(path.join(folder, id)).catch(() => null))?.mtimeMs ?? 0
+        }))
+      );
+      used.sort((a, b) => a.at - b.at);
+      const evicted: string[] = [];
+      let bytes = await this.store.steadyBytes();
+      for (const { id } of used.slice(0, Math.max(0, used.length - keep))) {
+        if (bytes <= maxBytes) {
+          break;
+        }
+        const gone = await this.store.evict(id).catch((error: Error) => {
+          log.warn(`could not remove ${id} from the cache: ${error.message}`);
+          return false;
+        });
+        if (gone) {
+          evicted.push(id);
+          // A pack goes once no image of the cache uses any chunk of it.
+          await this.store.collect();
+          bytes = await this.store.steadyBytes();
+        }
       }
-    }
-    await this.store.collect();
-    return evicted;
+      if (evicted.length > 0) {
+        log.info(
+          `removed ${evicted.length} uploaded checkpoints from the cache, which now holds ` +
+            `${bytes} bytes: ${evicted.join(', ')}`
+        );
+      }
+      return evicted;
+    };
+    this.evicting = this.evicting.catch(() => []).then(run);
+    return this.evicting;
   }
 
   /** Forgets an image that left the cache (deleted here or elsewhere). */

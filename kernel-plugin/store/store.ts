@@ -776,6 +776,7 @@ export class ImageStore {
     };
     if (this.remote) {
       try {
+        await this.remote.touch(id);
         await this.remote.fetchPacks(lists);
       } catch (error) {
         stopReading();
@@ -1150,9 +1151,17 @@ export class ImageStore {
     return true;
   }
 
-  /** Bytes of every file in the store's folder (a cache's: what it takes of this disk). */
-  bytes(): Promise<number> {
-    return bytesBelow(this.root);
+  /**
+   * Bytes of the store's folder once every image is chunks: the files of whole images are not
+   * counted (in a cache, sealing cuts each new image into chunks, which the packs then hold), so
+   * a checkpoint just taken does not make a full cache give up older images.
+   */
+  async steadyBytes(): Promise<number> {
+    const names = await fs.readdir(this.root).catch(() => [] as string[]);
+    const whole = await Promise.all(
+      names.filter(name => ID_PATTERN.test(name)).map(name => bytesBelow(this.imageDir(name)))
+    );
+    return (await bytesBelow(this.root)) - whole.reduce((sum, bytes) => sum + bytes, 0);
   }
 
   /**

@@ -296,6 +296,46 @@ def images_in(cache: Path) -> set[str]:
     return {p.name for p in cache.iterdir() if p.name.startswith("ckpt-")}
 
 
+def test_a_full_cache_gives_up_the_uploaded_images_used_longest_ago(make_kernel, machine_env):
+    # Room for about two of the three 64 MiB arrays (and the kernel's own ~36 MiB, compressed).
+    env = {
+        **machine_env("a"),
+        "KERNEL_CHECKPOINT_CACHE_MAX_BYTES": "190M",
+        # Going back keeps no state of its own here: three images, each with its own array.
+        "KERNEL_CHECKPOINT_KEEP_BEFORE_RESTORE": "0",
+    }
+    limit = 190 * MIB
+    client = make_kernel(**env).client
+    taken, sums = {}, {}
+    new_array = "import numpy as np; a = np.random.default_rng({seed}).random(64 * {mib} // 8)"
+    for name, seed in (("first", 1), ("second", 2)):
+        client.run(new_array.format(seed=seed, mib=MIB))
+        sums[name] = client.value(CHECKSUM)
+        taken[name] = client.checkpoint(name)["id"]
+        wait_upload(client, taken[name], "uploaded")
+    cache = cache_of(env)
+    assert tree_bytes(cache) <= limit and {taken["first"], taken["second"]} <= images_in(cache)
+    # Going back to the first makes it the one used last but for the next: the second goes.
+    client.restore(taken["first"])
+    assert client.value(CHECKSUM) == sums["first"]
+    client.run(new_array.format(seed=3, mib=MIB))
+    sums["third"] = client.value(CHECKSUM)
+    taken["third"] = client.checkpoint("third")["id"]
+    wait_upload(client, taken["third"], "uploaded")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and taken["second"] in images_in(cache):
+        time.sleep(0.3)
+    time.sleep(1)  # Anything it would evict after the second.
+    kept = images_in(cache)
+    assert taken["second"] not in kept, "nothing was evicted"
+    assert {taken["first"], taken["third"]} <= kept, (taken, kept)
+    assert tree_bytes(cache) <= limit
+    # Evicted is not lost: still listed as in the bucket, and it restores (fetched again).
+    assert entry(client, taken["second"])["upload"]["state"] == "uploaded"
+    client.restore(taken["second"])
+    assert client.value(CHECKSUM) == sums["second"]
+
+
 def test_store_evict_empties_the_cache_of_what_the_bucket_has(make_kernel, machine_env, tmp_path):
     env = machine_env("a")
     kernel = make_kernel(**env)
