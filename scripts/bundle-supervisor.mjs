@@ -150,6 +150,27 @@ for (const name of zstdPackages) {
   });
 }
 
+// hash-wasm for the chunk store's hash workers (kernel-plugin/store/hash-workers.ts): a worker
+// is code run with `eval`, outside the bundle, and requires it by path.
+const hashWasmDir = path.dirname(require.resolve('hash-wasm/package.json'));
+const hashWasmPkg = JSON.parse(await readFile(path.join(hashWasmDir, 'package.json'), 'utf8'));
+const hashWasmOut = path.join(modules, 'hash-wasm');
+await cp(path.join(hashWasmDir, hashWasmPkg.main), path.join(hashWasmOut, hashWasmPkg.main));
+await cp(path.join(hashWasmDir, 'LICENSE'), path.join(hashWasmOut, 'LICENSE'));
+await writeFile(
+  path.join(hashWasmOut, 'package.json'),
+  JSON.stringify(
+    {
+      name: hashWasmPkg.name,
+      version: hashWasmPkg.version,
+      license: hashWasmPkg.license,
+      main: hashWasmPkg.main
+    },
+    null,
+    2
+  ) + '\n'
+);
+
 // The protocol's JSON Schema, for the Python side's validation.
 const protocolOut = path.join(pkgDir, 'protocol');
 await mkdir(protocolOut, { recursive: true });
