@@ -80,6 +80,10 @@ export class HashWorkers {
    * alive); null where they cannot run here.
    */
   static shared(): HashWorkers | null {
+    // Read each time: a bench compares both ways in one process.
+    if (process.env.KERNEL_CHECKPOINT_HASH_WORKERS === '0') {
+      return null;
+    }
     if (HashWorkers.instance === undefined) {
       HashWorkers.instance = HashWorkers.start();
     }
@@ -87,9 +91,6 @@ export class HashWorkers {
   }
 
   private static start(): HashWorkers | null {
-    if (process.env.KERNEL_CHECKPOINT_HASH_WORKERS === '0') {
-      return null;
-    }
     let hashWasm: string;
     try {
       hashWasm = require.resolve('hash-wasm');
