@@ -956,8 +956,10 @@ export class ChunkStore {
    * An image after many checkpoints is tens of thousands of short runs over as many packs as
    * checkpoints, but the runs of one pack come in the order the pack was written: the reads are
    * planned first (`planReads`), so that each pack is read in large sequential pieces shared by
-   * every run in them, on libuv's pool ahead of their use, while this thread checks hashes and
-   * the writes of earlier pieces run (bench/README.md, "Rebuilding a chunk image's files").
+   * every run in them, on libuv's pool ahead of their use, while hash workers (hash-workers.ts)
+   * check each segment's chunks as soon as it is read and the writes of earlier pieces run; a
+   * piece is written only once its chunks have matched (bench/README.md, "Rebuilding a chunk
+   * image's files", "Full restores of chunk images beside whole ones").
    */
   async materialize(list: ChunkList, dest: string): Promise<void> {
     this.requireCodec(list);
