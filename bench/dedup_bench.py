@@ -4,10 +4,13 @@ images, in the same run, real kernels under the real supervisor (as the tests st
 For each mode, a kernel builds the state, then takes a checkpoint after the fill and after each
 small edit; the store's bytes on disk are read once the background work of that checkpoint has
 ended (chunking, in the chunk mode; checksums, whole). Then the newest and the oldest checkpoint
-are restored. One JSON object per mode goes to --out; the table is printed at the end (and by
---table FILE for results saved before).
+are restored, in full (KERNEL_CHECKPOINT_LAZY=0: what DMTCP, a machine without userfaultfd and a
+fork do; --lazy for CRIU's lazy restore), and after each restore the kernel's array is checksummed
+against the checksum taken at that checkpoint (numpy state). One JSON object per engine and mode
+goes to --out; the table is printed at the end (and by --table FILE for results saved before).
 
     .venv/bin/python bench/dedup_bench.py --state numpy --mib 1024 --checkpoints 20 --out r.json
+    .venv/bin/python bench/dedup_bench.py --engine criu,dmtcp --mib 256 --checkpoints 3
     .venv/bin/python bench/dedup_bench.py --state mixed --checkpoints 6 --out m.json
     .venv/bin/python bench/dedup_bench.py --table r.json m.json
 """
@@ -45,6 +48,9 @@ def numpy_edit(i: int) -> str:
     )
 
 
+CHECKSUM = "import hashlib as _h; print(_h.sha256(memoryview(data)).hexdigest())"
+
+
 def bytes_on_disk(store: Path) -> int:
     return sum(p.lstat().st_size for p in store.rglob("*") if p.is_file())
 
@@ -66,20 +72,63 @@ def settled(store: Path, checkpoint_id: str, chunks: bool, timeout: float = 600)
     return time.monotonic() - started
 
 
-def series(args: argparse.Namespace, mode: str, base: Path) -> dict:
-    store = base / f"store-{mode}"
+STAGES = ("stopping", "restoring", "reconnecting")
+
+
+def timed_restore(client, checkpoint_id: str) -> tuple[float, dict[str, float]]:
+    """Restores; returns the seconds to the reply and to each progress stage's arrival (the
+    time before "stopping" is the check and, for a chunk image, the rebuild)."""
+    started = time.monotonic()
+    request_id = client.send_request("restore", checkpoint_id=checkpoint_id)
+    stages: dict[str, float] = {}
+    while True:
+        msg = client._wait_for(
+            client._comm_data(lambda d: d.get("request_id") == request_id), timeout=600
+        )
+        data = msg["content"]["data"]
+        if data.get("type") == "progress":
+            stages[data["stage"]] = round(time.monotonic() - started, 3)
+            continue
+        if data.get("type") == "error":
+            raise RuntimeError(data["error"])
+        return round(time.monotonic() - started, 3), stages
+
+
+def stage_split(total: float, stages: dict[str, float]) -> str:
+    """check (and rebuild) / stop / engine restore / reconnect and reply, in seconds."""
+    marks = [0.0, *(stages.get(s, 0.0) for s in STAGES), total]
+    return " / ".join(f"{b - a:.2f}" for a, b in zip(marks[:-1], marks[1:], strict=True))
+
+
+def series(args: argparse.Namespace, engine: str, mode: str, base: Path) -> dict:
+    store = base / f"store-{engine}-{mode}"
     env = private_jupyter(
         base,
         store,
-        args.engine,
-        KERNEL_CHECKPOINT_DEDUP="1" if mode == "chunks" else "0",
+        engine,
+        KERNEL_CHECKPOINT_DEDUP="0" if mode == "whole" else "1",
+        # chunks-inline: every chunk checked on the supervisor's thread, as before hash workers.
+        KERNEL_CHECKPOINT_HASH_WORKERS="0" if mode == "chunks-inline" else "1",
         KERNEL_CHECKPOINT_COMPRESSION=args.compression,
+        KERNEL_CHECKPOINT_LAZY="1" if args.lazy else "0",
     )
     kernel = Kernel(env)
     client = kernel.client
-    result: dict = {"mode": mode, "state": args.state, "mib": args.mib, "engine": args.engine}
+    result: dict = {"mode": mode, "state": args.state, "mib": args.mib, "engine": engine}
     result.update(checkpoint_s=[], background_s=[], stored_bytes={}, image_bytes=0)
+    result.update(lazy=args.lazy, checksums_whole=0, checksums_wrong=0)
     ids = []
+    # The array's checksum at each checkpoint, checked after the restores of it (untimed).
+    sums: dict[str, str] = {}
+
+    def check_restored(checkpoint_id: str) -> None:
+        if checkpoint_id not in sums:
+            return
+        same = client.run(CHECKSUM, timeout=600).strip() == sums[checkpoint_id]
+        result["checksums_whole" if same else "checksums_wrong"] += 1
+        if not same:
+            print(f"{engine} {mode}: the restored {checkpoint_id} is NOT the same", flush=True)
+
     try:
         if args.state == "numpy":
             client.run(numpy_code(args.mib), timeout=900)
@@ -90,12 +139,16 @@ def series(args: argparse.Namespace, mode: str, base: Path) -> dict:
         for step, edit in enumerate([None, *edits]):
             if edit:
                 client.run(edit)
+            # Before the checkpoint: a cell after it would make the next restore keep the state.
+            checksum = client.run(CHECKSUM, timeout=600).strip() if args.state == "numpy" else None
             started = time.monotonic()
             checkpoint = client.checkpoint(label=f"step {step}")
             result["checkpoint_s"].append(round(time.monotonic() - started, 3))
             ids.append(checkpoint["id"])
+            if checksum:
+                sums[ids[-1]] = checksum
             result["image_bytes"] = checkpoint["image_bytes"]
-            result["background_s"].append(round(settled(store, ids[-1], mode == "chunks"), 3))
+            result["background_s"].append(round(settled(store, ids[-1], mode != "whole"), 3))
             if step + 1 in MARKS or step == len(edits):
                 result["stored_bytes"][step + 1] = bytes_on_disk(store)
             print(
@@ -108,20 +161,28 @@ def series(args: argparse.Namespace, mode: str, base: Path) -> dict:
         for which, checkpoint_id in (("newest", ids[-1]), ("oldest", ids[0])):
             times = []
             for _ in range(args.restores):
-                started = time.monotonic()
-                client.restore(checkpoint_id)
-                times.append(round(time.monotonic() - started, 3))
+                total, stages = timed_restore(client, checkpoint_id)
+                times.append(total)
+                if total == min(times):
+                    result.setdefault("restore_stages", {})[which] = stage_split(total, stages)
+            check_restored(checkpoint_id)
+            # Untimed: the checksum's cell would make the next restore keep the state first.
+            client.restore(checkpoint_id)
             result["restore_s"][which] = times
-            print(f"{mode} restore {which}: {times}", flush=True)
+            print(f"{engine} {mode} restore {which}: {times}", flush=True)
         # A restore after an edit first keeps the running kernel's state as a checkpoint.
         client.run(edits[0] if edits else "x = 1")
+        # The untimed restores above kept states of their own: chunked before the store is read.
+        for listed in client.list("all"):
+            settled(store, listed["id"], mode != "whole")
         before = bytes_on_disk(store)
         started = time.monotonic()
         client.restore(ids[-1])
         result["keep_restore_s"] = round(time.monotonic() - started, 3)
+        check_restored(ids[-1])
         kept = [c for c in client.list("all") if (c.get("label") or "").startswith("before")]
         if kept:
-            settled(store, kept[-1]["id"], mode == "chunks")
+            settled(store, kept[-1]["id"], mode != "whole")
         result["keep_bytes"] = bytes_on_disk(store) - before
         print(
             f"{mode} restore keeping the state: {result['keep_restore_s']} s, "
@@ -134,13 +195,25 @@ def series(args: argparse.Namespace, mode: str, base: Path) -> dict:
     return result
 
 
+def same_state(a: dict, b: dict) -> bool:
+    return (a["state"], a["mib"], a.get("engine")) == (b["state"], b["mib"], b.get("engine"))
+
+
+def checksums(result: dict) -> str:
+    whole, wrong = result.get("checksums_whole"), result.get("checksums_wrong", 0)
+    if whole is None or (whole == 0 and wrong == 0):
+        return "-"
+    return f"{whole} of {whole + wrong}"
+
+
 def table(results: list[dict]) -> str:
     lines = [
-        "| state | mode | image | checkpoint s (first / median / last) | stored after "
+        "| engine | state | mode | image | checkpoint s (first / median / last) | stored after "
         + ", ".join(str(m) for m in MARKS)
         + " | stored after the last | restore newest s | restore oldest s"
-        + " | restore keeping the state: s, new MiB |",
-        "|---|---|---:|---|---|---|---:|---:|---:|",
+        + " | restore keeping the state: s, new MiB | restored kernels whole"
+        + " | newest's best restore: check+rebuild / stop / engine / reconnect+reply s |",
+        "|---|---|---|---:|---|---|---|---:|---:|---:|---|---|",
     ]
     for r in results:
         cps = r["checkpoint_s"]
@@ -153,23 +226,21 @@ def table(results: list[dict]) -> str:
         state = r["state"] + (f" {r['mib']} MiB" if r["state"] == "numpy" else "")
         last = max(r["stored_bytes"], key=int)
         lines.append(
-            f"| {state} | {r['mode']} | {r['image_bytes'] / GIB:.2f} GiB | "
+            f"| {r.get('engine', 'criu')}{' lazy' if r.get('lazy') else ''} | {state} | "
+            f"{r['mode']} | {r['image_bytes'] / GIB:.2f} GiB | "
             f"{cps[0]:.2f} / {median:.2f} / {cps[-1]:.2f} | {stored} | "
             f"{r['stored_bytes'][last] / 1e9:.3f} GB ({last}) | "
             f"{restores.get('newest', 0):.2f} | {restores.get('oldest', 0):.2f} | "
-            f"{r.get('keep_restore_s', 0):.2f}, {r.get('keep_bytes', 0) / MIB:.1f} |"
+            f"{r.get('keep_restore_s', 0):.2f}, {r.get('keep_bytes', 0) / MIB:.1f} | "
+            f"{checksums(r)} | {r.get('restore_stages', {}).get('newest', '-')} |"
         )
     # Chunk images beside whole ones of the same state, as ratios (the issue's targets: 1.1x).
     for r in results:
         whole = next(
-            (
-                w
-                for w in results
-                if w["mode"] == "whole" and (w["state"], w["mib"]) == (r["state"], r["mib"])
-            ),
+            (w for w in results if w["mode"] == "whole" and same_state(w, r)),
             None,
         )
-        if r["mode"] != "chunks" or not whole:
+        if r["mode"] == "whole" or not whole or whole.get("engine") != r.get("engine"):
             continue
         ratios = [
             f"restore {k} {min(r['restore_s'][k]) / min(whole['restore_s'][k]):.2f}x"
@@ -178,7 +249,10 @@ def table(results: list[dict]) -> str:
         cps = sorted(r["checkpoint_s"][1:] or r["checkpoint_s"])
         wcps = sorted(whole["checkpoint_s"][1:] or whole["checkpoint_s"])
         ratios.append(f"checkpoint median {cps[len(cps) // 2] / wcps[len(wcps) // 2]:.2f}x")
-        lines.append(f"\n{r['state']} {r['mib']} MiB, chunks / whole: " + ", ".join(ratios))
+        lines.append(
+            f"\n{r.get('engine', 'criu')} {r['state']} {r['mib']} MiB, {r['mode']} / whole: "
+            + ", ".join(ratios)
+        )
     return "\n".join(lines)
 
 
@@ -188,9 +262,10 @@ def main() -> int:
     parser.add_argument("--mib", type=int, default=1024, help="numpy array size")
     parser.add_argument("--checkpoints", type=int, default=10)
     parser.add_argument("--restores", type=int, default=2, help="restores of each, best kept")
-    parser.add_argument("--engine", choices=("criu", "dmtcp"), default="criu")
+    parser.add_argument("--engine", default="criu", help="criu, dmtcp, or both: criu,dmtcp")
+    parser.add_argument("--lazy", action="store_true", help="CRIU's lazy restore (default: full)")
     parser.add_argument("--compression", choices=("zstd", "none"), default="zstd")
-    parser.add_argument("--modes", default="chunks,whole")
+    parser.add_argument("--modes", default="chunks,whole", help="chunks, chunks-inline, whole")
     parser.add_argument("--out", help="write the results (JSON) here")
     parser.add_argument("--table", nargs="+", help="print the table of saved results")
     args = parser.parse_args()
@@ -200,7 +275,11 @@ def main() -> int:
         return 0
     base = Path(tempfile.mkdtemp(prefix="kc-dedup-bench-"))
     try:
-        results = [series(args, mode, base) for mode in args.modes.split(",")]
+        results = [
+            series(args, engine, mode, base)
+            for engine in args.engine.split(",")
+            for mode in args.modes.split(",")
+        ]
     finally:
         shutil.rmtree(base, ignore_errors=True)
     results = json.loads(json.dumps(results))  # keys as the saved file has them

@@ -30,6 +30,12 @@ if (!existsSync(entry)) {
   process.exit(1);
 }
 
+/** A copied package's trimmed package.json: its name, version and license, then `fields`. */
+async function writeManifest(dir, pkg, fields) {
+  const manifest = { name: pkg.name, version: pkg.version, license: pkg.license, ...fields };
+  await writeFile(path.join(dir, 'package.json'), JSON.stringify(manifest, null, 2) + '\n');
+}
+
 await rm(outDir, { recursive: true, force: true });
 await mkdir(outDir, { recursive: true });
 
@@ -90,21 +96,11 @@ for (const file of await readdir(zeromqDir)) {
     await cp(path.join(zeromqDir, file), path.join(zeromqOut, file));
   }
 }
-await writeFile(
-  path.join(zeromqOut, 'package.json'),
-  JSON.stringify(
-    {
-      name: zeromqPkg.name,
-      version: zeromqPkg.version,
-      license: zeromqPkg.license,
-      main: zeromqPkg.main,
-      type: zeromqPkg.type,
-      exports: zeromqPkg.exports
-    },
-    null,
-    2
-  ) + '\n'
-);
+await writeManifest(zeromqOut, zeromqPkg, {
+  main: zeromqPkg.main,
+  type: zeromqPkg.type,
+  exports: zeromqPkg.exports
+});
 
 // (cmake-ts's exports map hides its package.json: find it from the loader.)
 const cmakeTsDir = path.dirname(
@@ -118,19 +114,9 @@ for (const file of await readdir(cmakeTsDir)) {
     await cp(path.join(cmakeTsDir, file), path.join(cmakeTsOut, file));
   }
 }
-await writeFile(
-  path.join(cmakeTsOut, 'package.json'),
-  JSON.stringify(
-    {
-      name: cmakeTsPkg.name,
-      version: cmakeTsPkg.version,
-      license: cmakeTsPkg.license,
-      exports: { './build/loader': './build/loader.js', './build/loader.js': './build/loader.js' }
-    },
-    null,
-    2
-  ) + '\n'
-);
+await writeManifest(cmakeTsOut, cmakeTsPkg, {
+  exports: { './build/loader': './build/loader.js', './build/loader.js': './build/loader.js' }
+});
 
 // @mongodb-js/zstd at run time: its loader (index.js, bindings.js), which requires the addon
 // package of its platform (@mongodb-js/zstd-<platform>), installed here by npm as an optional
@@ -149,6 +135,15 @@ for (const name of zstdPackages) {
     filter: src => !/(README\.md|\.d\.ts)$/.test(src)
   });
 }
+
+// hash-wasm for the chunk store's hash workers (kernel-plugin/store/hash-workers.ts): a worker
+// is code run with `eval`, outside the bundle, and requires it by path.
+const hashWasmDir = path.dirname(require.resolve('hash-wasm/package.json'));
+const hashWasmPkg = JSON.parse(await readFile(path.join(hashWasmDir, 'package.json'), 'utf8'));
+const hashWasmOut = path.join(modules, 'hash-wasm');
+await cp(path.join(hashWasmDir, hashWasmPkg.main), path.join(hashWasmOut, hashWasmPkg.main));
+await cp(path.join(hashWasmDir, 'LICENSE'), path.join(hashWasmOut, 'LICENSE'));
+await writeManifest(hashWasmOut, hashWasmPkg, { main: hashWasmPkg.main });
 
 // The protocol's JSON Schema, for the Python side's validation.
 const protocolOut = path.join(pkgDir, 'protocol');

@@ -17,7 +17,7 @@ export interface ChunkingOptions {
   /**
    * Keep images as shared chunks once written: KERNEL_CHECKPOINT_DEDUP=1. Opt-in for now: a
    * lazy restore serves a chunk image's pages from the chunks, 1.6-3x a whole image's lazy
-   * restore, and a full one (DMTCP, no userfaultfd) rebuilds its files first, 3-10x a whole
+   * restore, and a full one (DMTCP, no userfaultfd) rebuilds its files first, 1.5-4.7x a whole
    * image's restore on a busy machine (bench/README.md, docs/architecture.md).
    */
   chunking: boolean;

@@ -28,6 +28,8 @@ import path from 'node:path';
 
 import { createXXHash128, type IHasher } from 'hash-wasm';
 
+import { HashWorkers, type HashRun } from './hash-workers';
+
 /**
  * A run of new chunks (consecutive in a file, none in the store yet) longer than this goes on
  * into a pack of its own: a pack is given back only when no image uses any chunk of it, and the
@@ -249,6 +251,72 @@ async function chunkVerifier(list: ChunkList): Promise<ChunkVerifier> {
   };
 }
 
+/**
+ * The checks of the raw pieces of a file's segments on hash workers, each segment's started once
+ * its bytes are read: `done(segment)` resolves to whether its raw pieces were all checked there
+ * (false: the caller checks them itself), and rejects with the ChunkCorruptError of a mismatch.
+ */
+function segmentChecks(
+  list: ChunkList,
+  segments: ReadSegment[],
+  pieces: ReadPiece[],
+  workers: HashWorkers,
+  verify: ChunkVerifier
+): {
+  start(segment: number, read: Promise<Buffer | string>, io: InFlight): void;
+  done(segment: number): Promise<boolean>;
+} {
+  const raw = new Map<number, ReadPiece[]>();
+  for (const piece of pieces) {
+    if (!piece.zstd) {
+      raw.set(piece.segment, [...(raw.get(piece.segment) ?? []), piece]);
+    }
+  }
+  const checks = new Map<number, Promise<boolean>>();
+  const check = async (segment: number, bytes: Buffer | string): Promise<boolean> => {
+    const own = raw.get(segment) ?? [];
+    if (
+      typeof bytes === 'string' ||
+      !(bytes.buffer instanceof SharedArrayBuffer) ||
+      own.some(piece => piece.offset + piece.bytes > bytes.length)
+    ) {
+      return false;
+    }
+    const runs: HashRun[] = own.map(piece => ({
+      offset: piece.offset,
+      first: piece.first,
+      count: piece.count,
+      lastLength: piece.bytes - (piece.count - 1) * CHUNK_BYTES
+    }));
+    const expected = Buffer.concat(
+      own.map(piece =>
+        list.hashes.subarray(piece.first * HASH_BYTES, (piece.first + piece.count) * HASH_BYTES)
+      )
+    );
+    const bad = await workers.check(bytes, runs, expected).catch(() => null);
+    if (bad === null) {
+      return false;
+    }
+    if (bad >= 0) {
+      throw verify.failure(bad, segments[segment].pack, 'its bytes do not match its hash');
+    }
+    return true;
+  };
+  return {
+    start(segment, read, io) {
+      if (raw.has(segment)) {
+        const done = io.track(read.then(bytes => check(segment, bytes)));
+        // Seen by `done`, not as an unhandled rejection.
+        done.catch(() => undefined);
+        checks.set(segment, done);
+      }
+    },
+    async done(segment) {
+      return (await checks.get(segment)) ?? false;
+    }
+  };
+}
+
 /** Bytes [start, end) of one pack, read with one call for every piece that lies in it. */
 export interface ReadSegment {
   pack: string;
@@ -417,11 +485,19 @@ class InFlight {
 class BlockPool {
   private readonly free: Buffer[] = [];
 
+  /** `shared`: blocks lie in SharedArrayBuffers, for hash workers to read in place. */
+  constructor(private readonly shared = false) {}
+
   take(bytes: number): Buffer {
     if (bytes < BLOCK_BYTES / 4) {
       return Buffer.allocUnsafe(bytes);
     }
-    return (this.free.pop() ?? Buffer.allocUnsafe(BLOCK_BYTES)).subarray(0, bytes);
+    return (
+      this.free.pop() ??
+      (this.shared
+        ? Buffer.from(new SharedArrayBuffer(BLOCK_BYTES))
+        : Buffer.allocUnsafe(BLOCK_BYTES))
+    ).subarray(0, bytes);
   }
 
   give(bytes: Buffer): void {
@@ -889,8 +965,10 @@ export class ChunkStore {
    * An image after many checkpoints is tens of thousands of short runs over as many packs as
    * checkpoints, but the runs of one pack come in the order the pack was written: the reads are
    * planned first (`planReads`), so that each pack is read in large sequential pieces shared by
-   * every run in them, on libuv's pool ahead of their use, while this thread checks hashes and
-   * the writes of earlier pieces run (bench/README.md, "Rebuilding a chunk image's files").
+   * every run in them, on libuv's pool ahead of their use, while hash workers (hash-workers.ts)
+   * check each segment's chunks as soon as it is read and the writes of earlier pieces run; a
+   * piece is written only once its chunks have matched (bench/README.md, "Rebuilding a chunk
+   * image's files", "Full restores of chunk images beside whole ones").
    */
   async materialize(list: ChunkList, dest: string): Promise<void> {
     this.requireCodec(list);
@@ -899,8 +977,10 @@ export class ChunkStore {
     const packs = new PackHandles(name => this.openPack(name));
     const out = await fs.open(dest, 'w', 0o600);
     const io = new InFlight();
-    const pool = new BlockPool();
+    const workers = HashWorkers.shared();
+    const pool = new BlockPool(workers !== null);
     const data: Array<Promise<Buffer | string> | undefined> = [];
+    const checked = workers ? segmentChecks(list, segments, pieces, workers, verify) : null;
     let nextSegment = 0;
     let readAhead = 0;
     /** Starts the reads of every segment up to `needed`, and more while few bytes are ahead. */
@@ -912,7 +992,9 @@ export class ChunkStore {
       ) {
         const segment = segments[nextSegment];
         readAhead += segment.end - segment.start;
-        data[nextSegment] = io.track(readSegment(packs, segment, pool));
+        const read = io.track(readSegment(packs, segment, pool));
+        data[nextSegment] = read;
+        checked?.start(nextSegment, read, io);
       }
     };
     const frames = new Map<number, Promise<Buffer | string>>();
@@ -961,7 +1043,11 @@ export class ChunkStore {
         }
         const start = piece.zstd ? piece.slot * CHUNK_BYTES : piece.offset;
         const slice = bytes.subarray(start, start + piece.bytes);
-        verify.check(piece.first, piece.count, slice, segments[piece.segment].pack);
+        // A raw piece's segment is checked whole on the workers once read; what they could not
+        // check (a short read, a worker gone) is checked here.
+        if (piece.zstd || !(await checked?.done(piece.segment))) {
+          verify.check(piece.first, piece.count, slice, segments[piece.segment].pack);
+        }
         const { written } = await writer.write(slice, piece.first * CHUNK_BYTES);
         const segment = segments[piece.segment];
         if (!piece.zstd) {

@@ -154,6 +154,8 @@ def test_build_makes_an_sdist_and_a_wheel_holding_everything(dist, wheel):
         assert f"kernel_checkpoint/{module}" in names, module
     assert "kernel_checkpoint/_node/kernel-checkpoint.cjs" in names
     assert "kernel_checkpoint/_node/node_modules/cmake-ts/build/loader.js" in names
+    # The chunk store's hash workers require it by path, outside the bundle.
+    assert "kernel_checkpoint/_node/node_modules/hash-wasm/dist/index.umd.js" in names
     arch = {"x86_64": "x64", "aarch64": "arm64"}[os.uname().machine]
     assert any(
         n.startswith(f"kernel_checkpoint/_node/node_modules/zeromq/build/linux/{arch}/")

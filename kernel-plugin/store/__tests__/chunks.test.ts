@@ -17,6 +17,7 @@ import {
   planReads,
   type ChunkList
 } from '../chunks';
+import { HashWorkers } from '../hash-workers';
 import { runNode } from './kill-child';
 
 let dir: string;
@@ -419,6 +420,36 @@ describe('integrity', () => {
     // No half-written file is left behind.
     await expect(fs.stat(out)).rejects.toThrow(/ENOENT/);
     expect((await materialized(listB)).equals(b)).toBe(true);
+  });
+
+  it('the chunks of a large file are checked on the hash workers, and a damaged one refuses it', async () => {
+    // 3 MiB: read in segments large enough for the workers (smaller ones are checked inline).
+    const content = randomBytes(768 * CHUNK_BYTES);
+    const [list] = await ingestAll(store, [await writeFile('big', content)]);
+    const workers = HashWorkers.shared();
+    expect(workers).not.toBeNull();
+    const before = workers!.chunksChecked;
+    expect((await materialized(list)).equals(content)).toBe(true);
+    expect(workers!.chunksChecked - before).toBe(768);
+
+    // A byte flipped in chunk 500 with the pack's mtime put back: the pack's identity is what it
+    // was sealed with, and the rebuild still refuses the chunk before a byte of the file is used.
+    const ref = [...chunkRefs(list)][500];
+    const packFile = store.packPath(ref.pack);
+    const stat = await fs.stat(packFile);
+    const handle = await fs.open(packFile, 'r+');
+    const one = Buffer.alloc(1);
+    await handle.read(one, 0, 1, ref.at + 7);
+    one[0] ^= 0x80;
+    await handle.write(one, 0, 1, ref.at + 7);
+    await handle.close();
+    await fs.utimes(packFile, stat.atime, stat.mtime);
+    const out = path.join(dir, 'restored');
+    const failure = await store.materialize(list, out).catch((e: unknown) => e);
+    expect(failure).toBeInstanceOf(ChunkCorruptError);
+    expect((failure as ChunkCorruptError).hash).toBe(ref.hash);
+    expect((failure as ChunkCorruptError).fileOffset).toBe(500 * CHUNK_BYTES);
+    await expect(fs.stat(out)).rejects.toThrow(/ENOENT/);
   });
 
   it('a missing pack is an error naming the chunk', async () => {
