@@ -194,7 +194,17 @@ export class LazyPagesDaemon {
       });
     });
     // Why not lazily: lazy restore cannot work here (`vetoed`), or the daemon did not start.
+    const timings = env.KERNEL_CHECKPOINT_TIMINGS === '1';
+    const since = performance.now();
+    const eagerIn = written?.then(() => performance.now() - since);
     daemon.listening = Promise.all([vetoed, ready, written]).then(async ([veto, notReady, unwritten]) => {
+      if (timings) {
+        log.info(
+          `timing: criu lazy-pages listening ${(performance.now() - since).toFixed(0)} ms after ` +
+            `it started` +
+            (eagerIn ? `, the eager pages in ${(await eagerIn).toFixed(0)} ms` : '')
+        );
+      }
       let problem = veto ?? notReady;
       let how = problem ? 'full' : 'lazy';
       if (unwritten) {
