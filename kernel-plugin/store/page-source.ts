@@ -5,7 +5,9 @@
 // folder's pagemaps (small VMAs, the prefetch hint: what a first cell touches); the rest is
 // served by request. Every chunk is checked against its hash before its bytes are used or leave;
 // when the image is opened (before the running kernel is stopped), also every chunk in a pack
-// not known unchanged since it was written (docs/architecture.md, the lazy restore Decision).
+// not known unchanged since it was written; the eager pages are written after that, while the
+// running kernel stops, and `ready` holds `criu restore` back until they are in
+// (docs/architecture.md, the lazy restore Decision).
 
 import { promises as fs, writeSync } from 'node:fs';
 import path from 'node:path';
@@ -60,8 +62,13 @@ interface ServedFile {
   ahead: { page: number; count: number; bytes: Promise<Buffer> } | null;
 }
 
-/** Compressed frames of eager pages decompressed at once (libuv's pool has 4 threads). */
-const EAGER_FRAMES_AT_ONCE = 16;
+/**
+ * Compressed frames of eager pages decompressed at once: libuv's pool has 4 threads, and the
+ * restore's own file work (the daemon's folder, its work copy) queues behind them there. At 16,
+ * the daemon started only once every eager page was in (`KERNEL_CHECKPOINT_TIMINGS=1`: "the
+ * eager pages in 0 ms" after it started); at 3 it starts meanwhile.
+ */
+const EAGER_FRAMES_AT_ONCE = 3;
 /** Eager ranges are read in pieces of at most this many pages (4 zstd frames), aligned. */
 const EAGER_READ_PAGES = 64;
 /** Chunks read at a time when checking a file at open. */
