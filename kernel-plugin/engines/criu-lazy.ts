@@ -197,44 +197,46 @@ export class LazyPagesDaemon {
     const timings = env.KERNEL_CHECKPOINT_TIMINGS === '1';
     const since = performance.now();
     const eagerIn = written?.then(() => performance.now() - since);
-    daemon.listening = Promise.all([vetoed, ready, written]).then(async ([veto, notReady, unwritten]) => {
-      if (timings) {
-        log.info(
-          `timing: criu lazy-pages listening ${(performance.now() - since).toFixed(0)} ms after ` +
-            `it started` +
-            (eagerIn ? `, the eager pages in ${(await eagerIn).toFixed(0)} ms` : '')
-        );
+    daemon.listening = Promise.all([vetoed, ready, written]).then(
+      async ([veto, notReady, unwritten]) => {
+        if (timings) {
+          log.info(
+            `timing: criu lazy-pages listening ${(performance.now() - since).toFixed(0)} ms after ` +
+              `it started` +
+              (eagerIn ? `, the eager pages in ${(await eagerIn).toFixed(0)} ms` : '')
+          );
+        }
+        let problem = veto ?? notReady;
+        let how = problem ? 'full' : 'lazy';
+        if (unwritten) {
+          daemon.fullFailure = unwritten;
+          problem = `the pages it does not serve could not be written (${unwritten.message})`;
+          how = 'fail';
+        } else if (problem && pageServer) {
+          // The folder's pages files are sparse: a full restore needs them written out first.
+          how = await pageServer.pages.fillIn().then(
+            () => 'full',
+            (error: unknown) => {
+              daemon.fullFailure = error as Error;
+              return 'fail';
+            }
+          );
+        }
+        try {
+          // O_RDWR: never blocks, and the line stays in the FIFO until the restore's shell reads it.
+          daemon.gateHandle = await fs.open(gate, 'r+');
+          await daemon.gateHandle.write(`${how}\n`);
+        } catch (error) {
+          // The restore was given up meanwhile (a killed `criu restore`: its folder is gone), and
+          // nothing waits on the gate any more.
+          problem ??= `its gate is gone (${(error as Error).message})`;
+        }
+        if (problem) {
+          daemon.stop();
+        }
+        return problem;
       }
-      let problem = veto ?? notReady;
-      let how = problem ? 'full' : 'lazy';
-      if (unwritten) {
-        daemon.fullFailure = unwritten;
-        problem = `the pages it does not serve could not be written (${unwritten.message})`;
-        how = 'fail';
-      } else if (problem && pageServer) {
-        // The folder's pages files are sparse: a full restore needs them written out first.
-        how = await pageServer.pages.fillIn().then(
-          () => 'full',
-          (error: unknown) => {
-            daemon.fullFailure = error as Error;
-            return 'fail';
-          }
-        );
-      }
-      try {
-        // O_RDWR: never blocks, and the line stays in the FIFO until the restore's shell reads it.
-        daemon.gateHandle = await fs.open(gate, 'r+');
-        await daemon.gateHandle.write(`${how}\n`);
-      } catch (error) {
-        // The restore was given up meanwhile (a killed `criu restore`: its folder is gone), and
-        // nothing waits on the gate any more.
-        problem ??= `its gate is gone (${(error as Error).message})`;
-      }
-      if (problem) {
-        daemon.stop();
-      }
-      return problem;
-    });
+    );
     return daemon;
   }
 

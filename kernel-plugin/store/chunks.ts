@@ -657,7 +657,11 @@ export class ChunkListReader {
         )
           .then(read => (this.codec as Codec).decompress(compressed.subarray(0, read)))
           .catch(() => {
-            throw this.verify.failure(parts[0][0], pack, 'its frame cannot be read or decompressed');
+            throw this.verify.failure(
+              parts[0][0],
+              pack,
+              'its frame cannot be read or decompressed'
+            );
           });
         for (const [chunk, slot, n] of parts) {
           const slice = bytes.subarray(

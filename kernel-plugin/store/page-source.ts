@@ -31,8 +31,8 @@ import { ChunkCorruptError, type ChunkList, type ChunkListReader, type ChunkStor
 
 /**
  * A lazy restore of a chunk image is served by the page server instead of rebuilt first, unless
- * KERNEL_CHECKPOINT_SERVE_PAGES=0: measured 6x faster than the rebuild, though still 1.6-3x a
- * whole image's lazy restore (bench/README.md, "PAGES SERVED FROM CHUNKS").
+ * KERNEL_CHECKPOINT_SERVE_PAGES=0: measured 1.6-7.6x faster than the rebuild, though still 1.1-2.9x
+ * a whole image's lazy restore (bench/README.md, "PAGES SERVED FROM CHUNKS").
  */
 export const SERVE_PAGES_SETTING = 'KERNEL_CHECKPOINT_SERVE_PAGES';
 

@@ -181,17 +181,23 @@ def chunked_checkpoint(kernel, store: Path) -> tuple[str, str]:
     return taken["id"], before
 
 
+def chunked_kernel(make_kernel, store: Path, log: Path, **env: str):
+    """A kernel keeping chunks (its log in `log`) with MAKE_DATA's checkpoint cut into chunks:
+    the kernel, the checkpoint's id and the checksum."""
+    with open(log, "w") as stderr:
+        kernel = make_kernel(stderr=stderr, KERNEL_CHECKPOINT_DEDUP="1", **env)
+    return (kernel, *chunked_checkpoint(kernel, store))
+
+
 def test_a_chunk_image_is_served_lazily_after_its_rebuild(
     criu_lazy, make_kernel, store: Path, tmp_path: Path
 ):
     """KERNEL_CHECKPOINT_SERVE_PAGES=0: rebuilt, then served by criu from the rebuilt files."""
     log = tmp_path / "supervisor.log"
-    with open(log, "w") as stderr:
-        kernel = make_kernel(
-            stderr=stderr, KERNEL_CHECKPOINT_DEDUP="1", KERNEL_CHECKPOINT_SERVE_PAGES="0"
-        )
+    kernel, taken, before = chunked_kernel(
+        make_kernel, store, log, KERNEL_CHECKPOINT_SERVE_PAGES="0"
+    )
     client = kernel.client
-    taken, before = chunked_checkpoint(kernel, store)
     client.run("big[:] = 0; blob = b''")
     client.restore(taken)
     # The rebuilt folder goes once the kernel runs; the daemon still serves from its open files.
@@ -434,12 +440,10 @@ def test_a_served_restore_keeps_its_first_touches_for_the_next_one(
     so the faults the page server answered become the hint beside the checkpoint, and the next
     served restore of it restores those pages eagerly: fewer faults, the data whole."""
     log = tmp_path / "supervisor.log"
-    with open(log, "w") as stderr:
-        kernel = make_kernel(
-            stderr=stderr, KERNEL_CHECKPOINT_DEDUP="1", KERNEL_CHECKPOINT_PREFETCH="hint"
-        )
+    kernel, taken, before = chunked_kernel(
+        make_kernel, store, log, KERNEL_CHECKPOINT_PREFETCH="hint"
+    )
     client = kernel.client
-    taken, before = chunked_checkpoint(kernel, store)
     hint = store / taken / "lazy-hint.json"
     assert not hint.exists()
 

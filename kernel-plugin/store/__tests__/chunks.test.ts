@@ -394,9 +394,9 @@ describe('rebuilding after many checkpoints', () => {
       expect(seen.sort((a, b) => a - b)).toEqual(ranges.map(range => range.first));
       for (const { first } of ranges) {
         const at = first * CHUNK_BYTES;
-        expect(got.subarray(at, at + CHUNK_BYTES).equals(content.subarray(at, at + CHUNK_BYTES))).toBe(
-          true
-        );
+        expect(
+          got.subarray(at, at + CHUNK_BYTES).equals(content.subarray(at, at + CHUNK_BYTES))
+        ).toBe(true);
       }
       // The frames holding an asked chunk (an even one), each decompressed once.
       const frames = new Set<string>();
