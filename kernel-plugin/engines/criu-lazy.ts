@@ -17,6 +17,7 @@ import {
   recordFaults,
   servedImage
 } from './criu-prefetch';
+import type { ServedPages } from './page-server';
 import { diesWithParent, killedBy, runTool } from './tools';
 
 /** KERNEL_CHECKPOINT_LAZY=0 turns lazy restore off (a full restore reads the whole image first). */
@@ -124,9 +125,15 @@ export class LazyPagesDaemon {
     parentDir: string,
     env: NodeJS.ProcessEnv,
     vetoed: Promise<string | null> = Promise.resolve(null),
-    pageServer?: { port: number; beforeFull: () => Promise<void> }
+    pageServer?: { port: number; pages: ServedPages }
   ): Promise<LazyPagesDaemon> {
     const started = Date.now();
+    // Lazily or in full, `criu restore` waits for the eager pages of served ones (handled here,
+    // before any await, so that a failure is never an unhandled rejection).
+    const written = pageServer?.pages.ready().then(
+      () => null,
+      (error: unknown) => error as Error
+    );
     const workDir = await fs.mkdtemp(path.join(parentDir, 'lazy-'));
     const gate = path.join(workDir, 'gate');
     const made = await runTool('mkfifo', ['-m', '600', gate], { env, timeoutMs: 10000 });
@@ -137,7 +144,11 @@ export class LazyPagesDaemon {
     const logFile = path.join(workDir, 'lazy-pages.log');
     // What the daemon reads: the image, or a copy whose pagemaps send the hinted pages first.
     const source = await servedImage(imageDir, workDir, env);
-    const countsFaults = logsFaults(env, source.hint);
+    // Served pages: `imageDir` is a temporary folder, so the hint the store applied, and where
+    // the faults go for the next restore, are those of the image's own folder.
+    const kept = pageServer?.pages.hint;
+    const hint = kept ? kept.pages : source.hint;
+    const countsFaults = logsFaults(env, hint);
     const [file, ...args] = diesWithParent([
       criu,
       'lazy-pages',
@@ -164,8 +175,8 @@ export class LazyPagesDaemon {
       logFile,
       started,
       source.dir,
-      imageDir,
-      source.hint
+      kept?.imageDir ?? imageDir,
+      hint
     );
     daemon.gate = gate;
     daemon.served = pageServer !== undefined;
@@ -183,33 +194,49 @@ export class LazyPagesDaemon {
       });
     });
     // Why not lazily: lazy restore cannot work here (`vetoed`), or the daemon did not start.
-    daemon.listening = Promise.all([vetoed, ready]).then(async ([veto, notReady]) => {
-      let problem = veto ?? notReady;
-      let how = problem ? 'full' : 'lazy';
-      if (problem && pageServer) {
-        // The folder's pages files are sparse: a full restore needs them written out first.
-        how = await pageServer.beforeFull().then(
-          () => 'full',
-          (error: unknown) => {
-            daemon.fullFailure = error as Error;
-            return 'fail';
-          }
-        );
+    const timings = env.KERNEL_CHECKPOINT_TIMINGS === '1';
+    const since = performance.now();
+    const eagerIn = written?.then(() => performance.now() - since);
+    daemon.listening = Promise.all([vetoed, ready, written]).then(
+      async ([veto, notReady, unwritten]) => {
+        if (timings) {
+          log.info(
+            `timing: criu lazy-pages listening ${(performance.now() - since).toFixed(0)} ms after ` +
+              `it started` +
+              (eagerIn ? `, the eager pages in ${(await eagerIn).toFixed(0)} ms` : '')
+          );
+        }
+        let problem = veto ?? notReady;
+        let how = problem ? 'full' : 'lazy';
+        if (unwritten) {
+          daemon.fullFailure = unwritten;
+          problem = `the pages it does not serve could not be written (${unwritten.message})`;
+          how = 'fail';
+        } else if (problem && pageServer) {
+          // The folder's pages files are sparse: a full restore needs them written out first.
+          how = await pageServer.pages.fillIn().then(
+            () => 'full',
+            (error: unknown) => {
+              daemon.fullFailure = error as Error;
+              return 'fail';
+            }
+          );
+        }
+        try {
+          // O_RDWR: never blocks, and the line stays in the FIFO until the restore's shell reads it.
+          daemon.gateHandle = await fs.open(gate, 'r+');
+          await daemon.gateHandle.write(`${how}\n`);
+        } catch (error) {
+          // The restore was given up meanwhile (a killed `criu restore`: its folder is gone), and
+          // nothing waits on the gate any more.
+          problem ??= `its gate is gone (${(error as Error).message})`;
+        }
+        if (problem) {
+          daemon.stop();
+        }
+        return problem;
       }
-      try {
-        // O_RDWR: never blocks, and the line stays in the FIFO until the restore's shell reads it.
-        daemon.gateHandle = await fs.open(gate, 'r+');
-        await daemon.gateHandle.write(`${how}\n`);
-      } catch (error) {
-        // The restore was given up meanwhile (a killed `criu restore`: its folder is gone), and
-        // nothing waits on the gate any more.
-        problem ??= `its gate is gone (${(error as Error).message})`;
-      }
-      if (problem) {
-        daemon.stop();
-      }
-      return problem;
-    });
+    );
     return daemon;
   }
 

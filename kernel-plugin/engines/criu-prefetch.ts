@@ -123,7 +123,8 @@ export async function smallVmaPages(imageDir: string): Promise<HotPages> {
 /**
  * Where the hint of the image in `imageDir` is: beside it, when it is a store's image folder
  * (`<checkpoint>/image`, or a checkpoint being written); null for any other folder (a chunk
- * image's rebuilt files are in a temporary folder: no hint).
+ * image's rebuilt files are in a temporary folder: a served one's restore is given the image's
+ * own folder instead, `ServedPages.hint`).
  */
 export function hintPathOf(imageDir: string): string | null {
   return path.basename(imageDir) === 'image' ? path.join(path.dirname(imageDir), HINT_FILE) : null;

@@ -510,7 +510,7 @@ export class CriuEngine implements Engine<PipelineKernel> {
           found => (found.lazy ? null : found.reason),
           (error: unknown) => String(error)
         ),
-        server && pages ? { port: server.port, beforeFull: () => pages.fillIn() } : undefined
+        server && pages ? { port: server.port, pages } : undefined
       );
     } catch (error) {
       log.warn(`restoring in full instead of lazily: ${(error as Error).message}`);

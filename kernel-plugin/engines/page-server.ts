@@ -7,6 +7,7 @@
 import net from 'node:net';
 
 import { PAGE_BYTES } from './criu-pagemap';
+import type { HotPages } from './criu-prefetch';
 import { peerIsProcess } from './loopback-peer';
 import { log } from '../supervisor/log';
 
@@ -30,8 +31,19 @@ export interface PageSource {
 
 /** An image's pages for a lazy restore, served instead of being in its pages files. */
 export interface ServedPages extends PageSource {
+  /**
+   * The image's own folder in the store (its prefetch hint is kept beside it: the folder the
+   * restore reads is temporary) and the hint its eager pages included; null: no hint kept
+   * (prefetch off, or `small`).
+   */
+  readonly hint: { imageDir: string; pages: HotPages | null } | null;
   /** Bytes of the pages files it serves. */
   readonly bytes: number;
+  /**
+   * Resolves once the pages `criu restore` reads itself are in the folder's pages files (they
+   * are written while the running kernel stops); rejects when they cannot be (a damaged chunk).
+   */
+  ready(): Promise<void>;
   /** Writes the pages files whole (a restore that turned out not to be lazy); once. */
   fillIn(): Promise<void>;
   /** One more user (a page server); `release` by each, and by the opener. */

@@ -695,6 +695,80 @@ export class ChunkListReader {
   }
 
   /**
+   * Chunks of many ranges at once, each handed to `sink(first, bytes)` once checked (in no
+   * particular order; `bytes` is only valid during the call). Unlike `read` per range, a zstd
+   * frame that several ranges use is decompressed once, and up to `parallel` frames are
+   * decompressed at a time: the eager pages of a served image are hundreds of short ranges in
+   * the same frames (docs/architecture.md, the lazy restore Decision). Packs `openPacks` opened
+   * are read on this thread.
+   */
+  async readRanges(
+    ranges: ReadonlyArray<{ first: number; count: number }>,
+    sink: (first: number, bytes: Buffer) => void,
+    parallel = 16
+  ): Promise<void> {
+    const frames = new Map<
+      string,
+      { pack: string; at: number; stored: number; parts: Array<[number, number, number]> }
+    >();
+    const raw: Array<[number, number]> = [];
+    for (const { first, count } of ranges) {
+      this.checkRange(first, count);
+      for (let run = this.runOf(first), done = 0; done < count; run++) {
+        const { pack, at, zstd, slot } = this.list.runs[run];
+        const chunk = first + done;
+        const skip = chunk - this.starts[run];
+        const n = Math.min(this.list.runs[run].count - skip, count - done);
+        done += n;
+        if (zstd === undefined) {
+          raw.push([chunk, n]);
+          continue;
+        }
+        const key = `${pack}:${at}`;
+        const frame = frames.get(key) ?? { pack, at, stored: zstd, parts: [] };
+        frames.set(key, frame);
+        frame.parts.push([chunk, (slot ?? 0) + skip, n]);
+      }
+    }
+    const queue = [...frames.values()];
+    const worker = async () => {
+      for (let frame = queue.pop(); frame; frame = queue.pop()) {
+        const { pack, at, stored, parts } = frame;
+        const fd = this.open.get(pack);
+        const compressed = Buffer.allocUnsafe(stored);
+        const bytes = await (
+          fd !== undefined
+            ? Promise.resolve(readFullySync(fd, compressed, at))
+            : this.packs.get(pack).then(handle => readFully(handle, compressed, at))
+        )
+          .then(read => (this.codec as Codec).decompress(compressed.subarray(0, read)))
+          .catch(() => {
+            throw this.verify.failure(
+              parts[0][0],
+              pack,
+              'its frame cannot be read or decompressed'
+            );
+          });
+        for (const [chunk, slot, n] of parts) {
+          const slice = bytes.subarray(
+            slot * CHUNK_BYTES,
+            slot * CHUNK_BYTES + spanBytes(this.list, chunk, n)
+          );
+          this.verify.check(chunk, n, slice, pack);
+          sink(chunk, slice);
+        }
+      }
+    };
+    // The raw ones on this thread while the pool decompresses.
+    const readRaw = async () => {
+      for (const [chunk, n] of raw) {
+        sink(chunk, await this.read(chunk, n));
+      }
+    };
+    await Promise.all([...Array.from({ length: Math.max(1, parallel) }, worker), readRaw()]);
+  }
+
+  /**
    * Opens every pack of the list now, so that `readSync` can read them; a missing pack is
    * ChunkCorruptError naming its first chunk.
    */

@@ -5,7 +5,9 @@
 // folder's pagemaps (small VMAs, the prefetch hint: what a first cell touches); the rest is
 // served by request. Every chunk is checked against its hash before its bytes are used or leave;
 // when the image is opened (before the running kernel is stopped), also every chunk in a pack
-// not known unchanged since it was written (docs/architecture.md, the lazy restore Decision).
+// not known unchanged since it was written; the eager pages are written after that, while the
+// running kernel stops, and `ready` holds `criu restore` back until they are in
+// (docs/architecture.md, the lazy restore Decision).
 
 import { promises as fs, writeSync } from 'node:fs';
 import path from 'node:path';
@@ -22,15 +24,15 @@ import {
   withEagerPages,
   type Pagemap
 } from '../engines/criu-pagemap';
-import type { HotPages } from '../engines/criu-prefetch';
+import { hintPages, type HotPages } from '../engines/criu-prefetch';
 import { log } from '../supervisor/log';
 import type { ServedPages } from '../engines/page-server';
 import { ChunkCorruptError, type ChunkList, type ChunkListReader, type ChunkStore } from './chunks';
 
 /**
  * A lazy restore of a chunk image is served by the page server instead of rebuilt first, unless
- * KERNEL_CHECKPOINT_SERVE_PAGES=0: measured 6x faster than the rebuild, though still 1.6-3x a
- * whole image's lazy restore (bench/README.md, "PAGES SERVED FROM CHUNKS").
+ * KERNEL_CHECKPOINT_SERVE_PAGES=0: measured 1.6-7.6x faster than the rebuild, though still 1.1-2.9x
+ * a whole image's lazy restore (bench/README.md, "PAGES SERVED FROM CHUNKS").
  */
 export const SERVE_PAGES_SETTING = 'KERNEL_CHECKPOINT_SERVE_PAGES';
 
@@ -60,8 +62,13 @@ interface ServedFile {
   ahead: { page: number; count: number; bytes: Promise<Buffer> } | null;
 }
 
-/** Compressed eager ranges decompressed at once (libuv's pool has 4 threads). */
-const EAGER_READS_AT_ONCE = 8;
+/**
+ * Compressed frames of eager pages decompressed at once: libuv's pool has 4 threads, and the
+ * restore's own file work (the daemon's folder, its work copy) queues behind them there. At 16,
+ * the daemon started only once every eager page was in (`KERNEL_CHECKPOINT_TIMINGS=1`: "the
+ * eager pages in 0 ms" after it started); at 3 it starts meanwhile.
+ */
+const EAGER_FRAMES_AT_ONCE = 3;
 /** Eager ranges are read in pieces of at most this many pages (4 zstd frames), aligned. */
 const EAGER_READ_PAGES = 64;
 /** Chunks read at a time when checking a file at open. */
@@ -148,6 +155,11 @@ export interface OpenOptions {
    * (KERNEL_CHECKPOINT_PREFETCH=0).
    */
   prefetch?: { hint: HotPages | null } | null;
+  /**
+   * The image's own folder in the store, beside which its prefetch hint is kept: the restore's
+   * faults become the next one's hint (criu-prefetch.ts). Unset: no hint is kept.
+   */
+  hintDir?: string;
 }
 
 /** A VMA at most this large has its pages restored eagerly (criu-prefetch.ts's `small`, 16 MiB). */
@@ -193,9 +205,8 @@ async function eagerAddresses(
 
 /**
  * Ranges of a file side by side joined, then cut to at most EAGER_READ_PAGES at multiples of it:
- * eager entries are often a page or two each (a heap with holes), each read of a compressed
- * range decompresses its frames again, and a read goes through its frames one after the other
- * (several reads at once keep the pool busy).
+ * eager entries are often a page or two each (a heap with holes), and a piece's raw chunks are
+ * read into a buffer of their own.
  */
 export function joinRanges(ranges: FileRange[]): FileRange[] {
   const joined: FileRange[] = [];
@@ -225,6 +236,8 @@ export class ChunkPageSource implements LazyPages {
   private users = 1;
   private filled: Promise<void> | null = null;
 
+  hint: { imageDir: string; pages: HotPages | null } | null = null;
+
   private constructor(
     private readonly chunks: ChunkStore,
     private readonly maps: Map<number, { map: Pagemap; file: ServedFile }>,
@@ -253,6 +266,10 @@ export class ChunkPageSource implements LazyPages {
     const byId = new Map<number, ServedFile>();
     const source = new ChunkPageSource(chunks, maps, files, damaged);
     const timed = stageTimer();
+    let eagerPages = 0;
+    if (options.hintDir !== undefined && options.prefetch) {
+      source.hint = { imageDir: options.hintDir, pages: options.prefetch.hint };
+    }
     try {
       for (const [name, list] of Object.entries(lists)) {
         const id = PAGES_FILE.exec(name)?.[1];
@@ -271,7 +288,6 @@ export class ChunkPageSource implements LazyPages {
         }
       }
       timed('served pages: readers opened');
-      let eagerPages = 0;
       for (const name of Object.keys(lists)) {
         const pid = PAGEMAP_FILE.exec(name)?.[1];
         if (pid === undefined) {
@@ -296,6 +312,14 @@ export class ChunkPageSource implements LazyPages {
         maps.set(Number(pid), { map, file });
       }
       timed(`served pages: pagemaps read, ${eagerPages} pages made eager`);
+      const hinted = options.prefetch?.hint ? hintPages(options.prefetch.hint) : 0;
+      if (hinted > 0) {
+        // The line criu-prefetch.ts logs for a whole image, for the same hint.
+        log.info(
+          `lazy restore: ${hinted} pages (${((hinted * PAGE_BYTES) / 2 ** 20).toFixed(1)} MiB) ` +
+            `of the previous run's first touches restored first`
+        );
+      }
       // A pages file no process's pagemap names (shared memory's, `pagemap-shmem-*.img`) is
       // not served but written whole: `criu restore` reads it itself.
       for (const file of files.filter(file => ![...maps.values()].some(use => use.file === file))) {
@@ -304,11 +328,6 @@ export class ChunkPageSource implements LazyPages {
         await file.reader.close();
       }
       for (const file of files) {
-        await source.writeEager(
-          file,
-          [...maps.values()].filter(use => use.file === file)
-        );
-        timed(`served pages: eager pages of ${path.basename(file.dest)} written`);
         const trusted = options.rehash
           ? new Set<string>()
           : await chunks.unchangedPacks(file.list.runs.map(run => run.pack));
@@ -320,7 +339,31 @@ export class ChunkPageSource implements LazyPages {
       await source.release();
       throw error instanceof ChunkCorruptError ? await damaged(error) : error;
     }
+    // Every chunk that could have changed since its pack was written is checked by now, so the
+    // eager pages are written while the running kernel is stopped (`ready` holds `criu restore`
+    // back until they are in): each is still checked against its hash before it is written.
+    const eagerTimed = stageTimer();
+    source.eagerWritten = Promise.all(
+      files.map(file =>
+        source.writeEager(
+          file,
+          [...maps.values()].filter(use => use.file === file)
+        )
+      )
+    ).then(() => eagerTimed(`served pages: ${eagerPages} eager pages written`));
+    source.eagerWritten.catch(() => undefined);
     return source;
+  }
+
+  /** The eager pages' writing, started by `open` (see `ready`). */
+  private eagerWritten: Promise<void> = Promise.resolve();
+
+  async ready(): Promise<void> {
+    try {
+      await this.eagerWritten;
+    } catch (error) {
+      throw error instanceof ChunkCorruptError ? await this.damaged(error) : error;
+    }
   }
 
   /** The pages file, sparse: holes where the page server will serve the pages. */
@@ -328,25 +371,22 @@ export class ChunkPageSource implements LazyPages {
     const out = await fs.open(file.dest, 'w', 0o600);
     try {
       await out.truncate(file.list.bytes);
-      const ranges = joinRanges(uses.flatMap(({ map }) => eagerRanges(map)));
-      // Hundreds of short ranges once small VMAs are eager: raw chunks are read and written on
-      // this thread (the page cache, then tmpfs or the store's disk) rather than a round trip
-      // through libuv's pool each; compressed ones are decompressed on the pool, a few at once.
-      let next = 0;
-      const worker = async () => {
-        while (next < ranges.length) {
-          const range = ranges[next++];
-          let bytes: Buffer = Buffer.allocUnsafe(range.count * PAGE_BYTES);
-          if (!file.reader.readSync(range.page, range.count, bytes)) {
-            bytes = await file.reader.read(range.page, range.count, bytes);
-          }
+      // Hundreds of short ranges once small VMAs are eager, in the same compressed frames (the
+      // interpreter's heap): each frame decompressed once, several at once on libuv's pool;
+      // raw chunks read and written on this thread (the page cache, then tmpfs or the store's
+      // disk) rather than a round trip through the pool each.
+      await file.reader.readRanges(
+        joinRanges(uses.flatMap(({ map }) => eagerRanges(map))).map(range => ({
+          first: range.page,
+          count: range.count
+        })),
+        (first, bytes) => {
           for (let done = 0; done < bytes.length;) {
-            const at = range.page * PAGE_BYTES + done;
-            done += writeSync(out.fd, bytes, done, bytes.length - done, at);
+            done += writeSync(out.fd, bytes, done, bytes.length - done, first * PAGE_BYTES + done);
           }
-        }
-      };
-      await Promise.all(Array.from({ length: EAGER_READS_AT_ONCE }, worker));
+        },
+        EAGER_FRAMES_AT_ONCE
+      );
     } finally {
       await out.close();
     }
@@ -429,6 +469,7 @@ export class ChunkPageSource implements LazyPages {
 
   fillIn(): Promise<void> {
     this.filled ??= (async () => {
+      await this.ready();
       try {
         for (const file of this.files) {
           await this.chunks.materialize(file.list, file.dest);
@@ -446,6 +487,7 @@ export class ChunkPageSource implements LazyPages {
 
   async release(): Promise<void> {
     if (--this.users === 0) {
+      await this.eagerWritten.catch(() => undefined);
       await Promise.all(this.files.map(file => file.reader.close().catch(() => undefined)));
     }
   }

@@ -857,6 +857,7 @@ export class ImageStore {
           damaged => this.damagedChunk(damaged),
           {
             rehash: this.options.rehash,
+            hintDir: this.imageDir(id),
             prefetch:
               this.options.prefetch === 'off'
                 ? null

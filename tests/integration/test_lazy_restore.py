@@ -181,17 +181,23 @@ def chunked_checkpoint(kernel, store: Path) -> tuple[str, str]:
     return taken["id"], before
 
 
+def chunked_kernel(make_kernel, store: Path, log: Path, **env: str):
+    """A kernel keeping chunks (its log in `log`) with MAKE_DATA's checkpoint cut into chunks:
+    the kernel, the checkpoint's id and the checksum."""
+    with open(log, "w") as stderr:
+        kernel = make_kernel(stderr=stderr, KERNEL_CHECKPOINT_DEDUP="1", **env)
+    return (kernel, *chunked_checkpoint(kernel, store))
+
+
 def test_a_chunk_image_is_served_lazily_after_its_rebuild(
     criu_lazy, make_kernel, store: Path, tmp_path: Path
 ):
     """KERNEL_CHECKPOINT_SERVE_PAGES=0: rebuilt, then served by criu from the rebuilt files."""
     log = tmp_path / "supervisor.log"
-    with open(log, "w") as stderr:
-        kernel = make_kernel(
-            stderr=stderr, KERNEL_CHECKPOINT_DEDUP="1", KERNEL_CHECKPOINT_SERVE_PAGES="0"
-        )
+    kernel, taken, before = chunked_kernel(
+        make_kernel, store, log, KERNEL_CHECKPOINT_SERVE_PAGES="0"
+    )
     client = kernel.client
-    taken, before = chunked_checkpoint(kernel, store)
     client.run("big[:] = 0; blob = b''")
     client.restore(taken)
     # The rebuilt folder goes once the kernel runs; the daemon still serves from its open files.
@@ -367,13 +373,18 @@ PREFETCHED = re.compile(
 FAULTS = re.compile(r"every page is in memory \d+ ms .* (\d+) page faults\)")
 
 
-def restore_and_count_faults(client: Client, log: Path, checkpoint_id: str) -> int:
+FIRST_CELL = "import math; y = sum(math.sqrt(i) for i in range(1000)); print(len(blob))"
+
+
+def restore_and_count_faults(
+    client: Client, log: Path, checkpoint_id: str, cell: str = FIRST_CELL
+) -> int:
     """Restores, runs a first cell at once (as a user's next cell), and returns how many pages
     the kernel faulted on while criu lazy-pages served it (the supervisor's count of the daemon's
     "#PF" lines)."""
     seen = len(FAULTS.findall(log.read_text()))
     client.restore(checkpoint_id)
-    client.run("import math; y = sum(math.sqrt(i) for i in range(1000)); print(len(blob))")
+    client.run(cell)
     deadline = time.monotonic() + 120
     while len(found := FAULTS.findall(log.read_text())) <= seen:
         assert time.monotonic() < deadline, f"no fault count in the log:\n{log.read_text()}"
@@ -420,6 +431,38 @@ def test_a_second_lazy_restore_prefetches_the_first_touches(
     # A checkpoint of the restored kernel carries its hint to the new image.
     second = client.checkpoint()
     assert (store / second["id"] / "lazy-hint.json").exists()
+
+
+def test_a_served_restore_keeps_its_first_touches_for_the_next_one(
+    criu_lazy, make_kernel, store: Path, tmp_path: Path
+):
+    """A chunk image's pages served from its chunks: the folder criu restores from is temporary,
+    so the faults the page server answered become the hint beside the checkpoint, and the next
+    served restore of it restores those pages eagerly: fewer faults, the data whole."""
+    log = tmp_path / "supervisor.log"
+    kernel, taken, before = chunked_kernel(
+        make_kernel, store, log, KERNEL_CHECKPOINT_PREFETCH="hint"
+    )
+    client = kernel.client
+    hint = store / taken / "lazy-hint.json"
+    assert not hint.exists()
+
+    # Small VMAs are restored eagerly anyway: the first cell reads 1,024 pages in the middle of
+    # the big array (served on fault, the background transfer going in address order from its
+    # start).
+    cell = "print(float(big[2**26 : 2**26 + 2**19].sum()))"
+    without = restore_and_count_faults(client, log, taken, cell)
+    assert SERVED in log.read_text()
+    assert not PREFETCHED.search(log.read_text())
+    wait_for_hint(hint)
+    assert hint.stat().st_mode & 0o777 == 0o600
+
+    with_hint = restore_and_count_faults(client, log, taken, cell)
+    assert log.read_text().count(SERVED) == 2
+    prefetched = PREFETCHED.findall(log.read_text())
+    assert len(prefetched) == 1 and int(prefetched[0][0]) > 0, log.read_text()
+    assert with_hint * 2 < without, (with_hint, without)
+    assert client.run("print(checksum())", timeout=300).strip() == before
 
 
 def test_a_garbage_prefetch_hint_is_ignored(criu_lazy, make_kernel, store: Path, tmp_path: Path):

@@ -365,6 +365,78 @@ describe('rebuilding after many checkpoints', () => {
     }
   });
 
+  it('reads many short ranges with each zstd frame decompressed once, every chunk checked', async () => {
+    const { contents, lists } = await series(new ChunkStore(store.root, zstdCodec()), 600, 4);
+    const codec = zstdCodec();
+    let decompressed = 0;
+    const counting = {
+      compress: codec.compress,
+      decompress: (data: Buffer) => {
+        decompressed++;
+        return codec.decompress(data);
+      }
+    };
+    const reader = await new ChunkStore(store.root, counting).reader(lists[4]);
+    try {
+      await reader.openPacks();
+      const content = contents[4];
+      // Every other page over the file, as a heap with holes: a frame used by eight ranges.
+      const ranges = Array.from({ length: Math.floor(reader.chunks / 2) }, (_, i) => ({
+        first: 2 * i,
+        count: 1
+      }));
+      const got = Buffer.alloc(content.length);
+      const seen: number[] = [];
+      await reader.readRanges(ranges, (first, bytes) => {
+        bytes.copy(got, first * CHUNK_BYTES);
+        for (let chunk = 0; chunk * CHUNK_BYTES < bytes.length; chunk++) {
+          seen.push(first + chunk);
+        }
+      });
+      expect(seen.sort((a, b) => a - b)).toEqual(ranges.map(range => range.first));
+      for (const { first } of ranges) {
+        const at = first * CHUNK_BYTES;
+        expect(
+          got.subarray(at, at + CHUNK_BYTES).equals(content.subarray(at, at + CHUNK_BYTES))
+        ).toBe(true);
+      }
+      // The frames holding an asked chunk (an even one), each decompressed once.
+      const frames = new Set<string>();
+      let start = 0;
+      for (const run of lists[4].runs) {
+        const even = run.count > 1 || start % 2 === 0;
+        if (run.zstd !== undefined && even) {
+          frames.add(`${run.pack}:${run.at}`);
+        }
+        start += run.count;
+      }
+      expect(frames.size).toBeGreaterThan(1);
+      expect(decompressed).toBe(frames.size);
+    } finally {
+      await reader.close();
+    }
+  });
+
+  it('readRanges refuses a damaged chunk of a frame, naming it', async () => {
+    const zstore = new ChunkStore(path.join(dir, 'zr'), zstdCodec());
+    const content = compressiblePages(32);
+    const [list] = await ingestAll(zstore, [await writeFile('a', content)]);
+    const ref = [...chunkRefs(list)][20];
+    const bytes = await fs.readFile(zstore.packPath(ref.pack));
+    bytes[ref.at + Math.floor(ref.stored / 2)] ^= 0x10;
+    await fs.writeFile(zstore.packPath(ref.pack), bytes);
+    const reader = await zstore.reader(list);
+    try {
+      const failure = await reader
+        .readRanges([{ first: 16, count: 16 }], () => undefined)
+        .catch((e: unknown) => e);
+      expect(failure).toBeInstanceOf(ChunkCorruptError);
+      expect((failure as ChunkCorruptError).fileOffset).toBeGreaterThanOrEqual(16 * CHUNK_BYTES);
+    } finally {
+      await reader.close();
+    }
+  });
+
   it('records each pack as written; a write to it, even at once, shows', async () => {
     const [list] = await ingestAll(store, [await writeFile('a', image(64))]);
     const pack = list.runs[0].pack;

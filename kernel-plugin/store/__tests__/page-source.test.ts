@@ -145,6 +145,17 @@ describe('what a chunk image is checked for when it is opened', () => {
     await source.release();
   });
 
+  it('an eager page damaged in a pack unchanged since written is found before criu restore reads it', async () => {
+    // Page 0 is eager (not PE_LAZY): written into the sparse pages file while the running
+    // kernel stops, each chunk checked first.
+    await flipPageUnseen(0);
+    const source = await ChunkPageSource.open(rebuilt, lists, store, damaged);
+    await expect(source.ready()).rejects.toThrow(/^damaged: Chunk [0-9a-f]+ .* is damaged/);
+    // A restore that turns out full cannot write it out either.
+    await expect(source.fillIn()).rejects.toThrow(/^damaged: Chunk [0-9a-f]+ .* is damaged/);
+    await source.release();
+  });
+
   it('KERNEL_CHECKPOINT_VERIFY=always reads every chunk at open, unchanged packs too', async () => {
     await flipPageUnseen(7);
     await expect(
@@ -194,6 +205,7 @@ describe('what a served chunk image restores eagerly', () => {
     const source = await ChunkPageSource.open(rebuilt, lists, store, damaged, {
       prefetch: { hint: null }
     });
+    await source.ready();
     const file = await fs.readFile(path.join(rebuilt, 'pages-3.img'));
     expect(file.subarray(0, 9 * PAGE_BYTES).equals(pages.subarray(0, 9 * PAGE_BYTES))).toBe(true);
     expect(file.subarray(9 * PAGE_BYTES).equals(Buffer.alloc(PAGE_BYTES))).toBe(true);
@@ -214,6 +226,7 @@ describe('what a served chunk image restores eagerly', () => {
     const hinted = await ChunkPageSource.open(rebuilt, lists, store, damaged, {
       prefetch: { hint: new Map([[7, [BASE + 32 * PAGE_BYTES]]]) }
     });
+    await hinted.ready();
     const file = await fs.readFile(path.join(rebuilt, 'pages-3.img'));
     expect(file.equals(pages)).toBe(true);
     await hinted.release();
@@ -222,6 +235,7 @@ describe('what a served chunk image restores eagerly', () => {
       await fs.readFile(path.join(dir, 'image', 'pagemap-7.img'))
     );
     const off = await ChunkPageSource.open(rebuilt, lists, store, damaged, { prefetch: null });
+    await off.ready();
     const sparse = await fs.readFile(path.join(rebuilt, 'pages-3.img'));
     expect(sparse.subarray(2 * PAGE_BYTES).equals(Buffer.alloc(8 * PAGE_BYTES))).toBe(true);
     await off.release();
@@ -242,6 +256,7 @@ describe('what a served chunk image restores eagerly', () => {
 describe('a chunk image served page by page', () => {
   it('writes only the eager pages into a sparse pages file; the rest come by request', async () => {
     const source = await ChunkPageSource.open(rebuilt, lists, store, damaged);
+    await source.ready();
     const file = await fs.readFile(path.join(rebuilt, 'pages-3.img'));
     expect(file.length).toBe(pages.length);
     expect(file.subarray(0, 2 * PAGE_BYTES).equals(pages.subarray(0, 2 * PAGE_BYTES))).toBe(true);
