@@ -35,7 +35,8 @@ import { HashWorkers, type HashRun } from './hash-workers';
  * into a pack of its own: a pack is given back only when no image uses any chunk of it, and the
  * pages a later checkpoint keeps using (the interpreter's, changed once) sit in short runs,
  * while memory that dies with its image (an array replaced by another) is one long run. With a
- * single pack per ingest, deleting any checkpoint of a line but the newest freed nothing.
+ * single pack per ingest, deleting any checkpoint of a line but the newest freed nothing. (Only
+ * frames zstd cannot shrink join it, and not the run's last: see `storeWaiting` in `ingest`.)
  */
 export const LONG_RUN_CHUNKS = 256;
 
@@ -1350,6 +1351,13 @@ export class ChunkStore {
   }
 }
 
+/** Consecutive new chunks cut into one frame: raw, and compressed when that is worth it. */
+interface CutFrame {
+  items: Array<{ hash: Buffer; key: string; length: number }>;
+  raw: Buffer;
+  frame: Buffer | null;
+}
+
 /** A pack an ingest writes: its temporary file, its bytes so far, the index of its chunks. */
 class PackBuilder {
   readonly name = `${Date.now().toString(36)}-${randomBytes(6).toString('hex')}`;
@@ -1490,10 +1498,8 @@ export class IngestSession {
     // The run of new chunks under way: how many are stored, and its own pack once it is long.
     let runStored = 0;
     let longRun: PackBuilder | null = null;
-    const endRun = () => {
-      runStored = 0;
-      longRun = null;
-    };
+    // The last frame of a long run so far, placed once the next shows whether the run goes on.
+    let held: CutFrame | null = null;
     const append = (location: Location, length: number) => {
       const last = runs[runs.length - 1];
       // Raw: the next bytes of the pack (every earlier chunk of a run is whole). In a frame: the
@@ -1514,38 +1520,26 @@ export class IngestSession {
     };
     // New chunks not stored yet: consecutive in the file, in `block`, at most FRAME_CHUNKS.
     let waiting: Array<{ hash: Buffer; key: string; chunk: Buffer }> = [];
-    const storeWaiting = async () => {
-      if (waiting.length === 0) {
-        return;
-      }
-      if (runStored >= LONG_RUN_CHUNKS) {
-        longRun ??= this.newPack();
-      }
-      const pack = longRun ?? this.shortRuns;
+    const place = async (cut: CutFrame, pack: PackBuilder) => {
       await this.claim(pack.name);
-      const raw = Buffer.concat(waiting.map(w => w.chunk));
-      let frame: Buffer | null = null;
-      if (this.store.codec && this.store.compressNew) {
-        const compressed = await this.store.codec.compress(raw);
-        frame = compressed.length <= raw.length * (1 - WORTH_COMPRESSING) ? compressed : null;
-      }
+      const { items, raw, frame } = cut;
       const at = pack.written;
-      waiting.forEach((w, k) => {
+      items.forEach((item, k) => {
         const location: Location = frame
           ? { pack: pack.name, at, zstd: frame.length, slot: k }
           : { pack: pack.name, at: at + k * CHUNK_BYTES };
         pack.entries.push({
-          hash: w.hash,
+          hash: item.hash,
           at: location.at,
-          stored: frame ? frame.length : w.chunk.length,
-          length: w.chunk.length,
+          stored: frame ? frame.length : item.length,
+          length: item.length,
           frameSlot: frame ? k + 1 : 0
         });
-        if (w.chunk.length === CHUNK_BYTES) {
+        if (item.length === CHUNK_BYTES) {
           // A short chunk is never reused at another position: only whole chunks are shared.
-          this.fresh.set(w.key, location);
+          this.fresh.set(item.key, location);
         }
-        append(location, w.chunk.length);
+        append(location, item.length);
       });
       const data = frame ?? raw;
       if (pendingFor !== pack || pendingBytes + data.length > pending.length) {
@@ -1555,12 +1549,54 @@ export class IngestSession {
       data.copy(pending, pendingBytes);
       pendingBytes += data.length;
       pack.written += data.length;
-      runStored += waiting.length;
+    };
+    // Where a frame goes. A long run's own pack takes only frames like the ones that made it
+    // long (not worth compressing: an array's numbers) and only those the run goes on after:
+    // the pages right after an array (the interpreter's, which compress) are often used by later
+    // images, and one chunk of them in the array's pack kept all of it (seen in CI).
+    const storeWaiting = async () => {
+      if (waiting.length === 0) {
+        return;
+      }
+      const raw = Buffer.concat(waiting.map(w => w.chunk));
+      let frame: Buffer | null = null;
+      if (this.store.codec && this.store.compressNew) {
+        const compressed = await this.store.codec.compress(raw);
+        frame = compressed.length <= raw.length * (1 - WORTH_COMPRESSING) ? compressed : null;
+      }
+      const cut: CutFrame = {
+        items: waiting.map(w => ({ hash: w.hash, key: w.key, length: w.chunk.length })),
+        raw,
+        frame
+      };
+      const likeAnArray = frame === null;
+      if (held) {
+        await place(held, likeAnArray ? (longRun ??= this.newPack()) : this.shortRuns);
+        held = null;
+      }
+      if (likeAnArray && runStored >= LONG_RUN_CHUNKS) {
+        held = cut;
+      } else {
+        await place(cut, this.shortRuns);
+      }
+      runStored = likeAnArray ? runStored + cut.items.length : 0;
+      if (!likeAnArray) {
+        longRun = null;
+      }
       waiting = [];
+    };
+    const endRun = async () => {
+      if (held) {
+        await place(held, this.shortRuns);
+        held = null;
+      }
+      runStored = 0;
+      longRun = null;
     };
     try {
       for (;;) {
-        const bytesRead = await readFully(input, block, bytes);
+        // Where the next block starts: `bytes` counts the chunks placed, and a held frame is not.
+        const bytesRead = await readFully(input, block, chunks * CHUNK_BYTES);
         if (bytesRead === 0) {
           break;
         }
@@ -1590,7 +1626,7 @@ export class IngestSession {
           }
           // The chunks before it in the file go first; the run of new chunks ends there.
           await storeWaiting();
-          endRun();
+          await endRun();
           append(location, chunk.length);
         }
         // `block` is read into again next: what waits in it is stored now.
@@ -1600,6 +1636,7 @@ export class IngestSession {
         }
         await pause?.();
       }
+      await endRun();
       await flush();
     } finally {
       await input.close();
