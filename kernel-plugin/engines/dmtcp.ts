@@ -546,7 +546,11 @@ export class DmtcpEngine implements Engine<DmtcpKernel> {
   ): Promise<EngineError> {
     const status = await this.status(bins, kernel.coordPort, kernel.env);
     const mib = Math.round(kernelBytes / 2 ** 20);
-    const bound = `${Math.round(timeoutMs / 1000)} s (the bound for a kernel of ${mib} MiB)`;
+    const bound = `${Math.round(timeoutMs / 1000)} s (${
+      this.options.checkpointTimeoutMs === undefined
+        ? `the bound for a kernel of ${mib} MiB`
+        : "the engine's checkpointTimeoutMs"
+    })`;
     return new EngineError(
       'engine_failed',
       status?.running
