@@ -19,6 +19,7 @@ import {
   symlinkSync,
   writeFileSync
 } from 'node:fs';
+import { createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 
@@ -183,6 +184,34 @@ function ask(connectionFile: string, code: string, expr: string): string {
     expect(ask(connectionFile, 'y += 1', 'y')).toBe('9');
     await kernel.terminate();
     await kernel.exited;
+  });
+
+  it('reports a kernel left held in a checkpoint that hangs', async () => {
+    // A real hang: DMTCP's drain waits for ever on a socket whose peer runs outside DMTCP and
+    // neither closes it nor answers (as it waited on ipykernel's own connection, docs/engines.md).
+    const peers: Socket[] = [];
+    const server = createServer(socket => peers.push(socket));
+    const address = path.join(base, 'outside.sock');
+    await new Promise<void>(resolve => server.listen(address, resolve));
+    const engine = new DmtcpEngine(process.env, { checkpointTimeoutMs: 5000 });
+    const kernel = await engine.launch(spec);
+    kernels.push(kernel);
+    try {
+      const connect = `import socket; s = socket.socket(socket.AF_UNIX); s.connect(${JSON.stringify(address)})`;
+      expect(ask(connectionFile, connect, '1')).toBe('1');
+      const imageDir = path.join(base, 'held-image');
+      mkdirSync(imageDir, { mode: 0o700 });
+      const failure = await engine.checkpoint(kernel, imageDir).then(
+        () => null,
+        (error: unknown) => error
+      );
+      expect(failure).toMatchObject({ code: 'engine_failed' });
+      expect((failure as Error).message).toMatch(/timed out after 5 s.*still held in it/);
+    } finally {
+      await kernel.terminate();
+      peers.forEach(socket => socket.destroy());
+      await new Promise(resolve => server.close(resolve));
+    }
   });
 
   it('checkpoints a live kernel and restores it from the image', async () => {
