@@ -52,7 +52,10 @@ export interface DmtcpOptions {
   root?: string;
   /** How long to wait for a kernel (or a restored one) to come up under DMTCP. */
   startTimeoutMs?: number;
-  /** How long a checkpoint may take before it is reported as failed. */
+  /**
+   * How long a checkpoint may take before it is reported as failed. Default: scaled by the
+   * kernel's memory (checkpointBoundMs).
+   */
   checkpointTimeoutMs?: number;
 }
 
@@ -89,6 +92,28 @@ const TOOLS = ['dmtcp_launch', 'dmtcp_command', 'dmtcp_restart', 'dmtcp_coordina
 const REMEDY =
   'Install DMTCP (https://github.com/dmtcp/dmtcp; it is not packaged for Debian, PyPI or npm) ' +
   'and put its bin folder on PATH, or set DMTCP_ROOT to its install prefix.';
+
+const GIB = 1024 ** 3;
+
+/**
+ * How long a DMTCP checkpoint of a kernel holding `kernelBytes` may take before it is taken to
+ * hang: 60 s plus 30 s per GiB, about ten times what it took here on 2 shared cores (1.4 s for
+ * an idle kernel, 4.8 s with 1 GiB, 7.1 s with 2 GiB; docs/engines.md). A hung checkpoint
+ * otherwise waits for ever: DMTCP has no timeout of its own.
+ */
+export function checkpointBoundMs(kernelBytes: number): number {
+  return 60000 + Math.ceil((Math.max(kernelBytes, 0) / GIB) * 30000);
+}
+
+/** The memory a process holds (resident plus swapped out), from /proc; 0 when unknown. */
+async function processBytes(pid: number): Promise<number> {
+  const status = await fs.readFile(`/proc/${pid}/status`, 'utf8').catch(() => '');
+  let kib = 0;
+  for (const match of status.matchAll(/^(?:VmRSS|VmSwap):\s+(\d+) kB/gm)) {
+    kib += Number(match[1]);
+  }
+  return kib * 1024;
+}
 
 /** The environment DMTCP's launcher and restarter get: ours minus any DMTCP state. */
 function cleanEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
@@ -435,19 +460,22 @@ export class DmtcpEngine implements Engine<DmtcpKernel> {
         await fs.rm(path.join(kernel.ckptDir, name), { force: true });
       }
     }
+    const kernelBytes = await processBytes(kernel.pid);
+    const timeoutMs = this.options.checkpointTimeoutMs ?? checkpointBoundMs(kernelBytes);
     const started = Date.now();
     const result = await runTool(bins.command, ['-p', String(kernel.coordPort), '--bcheckpoint'], {
       env: kernel.env,
-      timeoutMs: this.options.checkpointTimeoutMs ?? 600000
+      timeoutMs
     });
     const frozenMs = Date.now() - started;
     const images = (await fs.readdir(kernel.ckptDir)).filter(name => /^ckpt_.*\.dmtcp$/.test(name));
+    if (result.timedOut) {
+      throw await this.timedOut(bins, kernel, timeoutMs, kernelBytes);
+    }
     if (result.code !== 0 || images.length !== 1) {
       const detail = tail(`${result.stdout}\n${result.stderr}\n${result.error ?? ''}`);
       const noSpace = /No space left|ENOSPC/i.test(detail);
-      const killed = result.timedOut
-        ? `stopped after ${(this.options.checkpointTimeoutMs ?? 600000) / 1000} s`
-        : killedBy(result.signal);
+      const killed = killedBy(result.signal);
       throw new EngineError(
         noSpace ? 'no_space' : 'engine_failed',
         killed
@@ -503,6 +531,35 @@ export class DmtcpEngine implements Engine<DmtcpKernel> {
       filesCopy
     };
     return { version: this.version ?? 'unknown', frozenMs, data: { ...data } };
+  }
+
+  /**
+   * The error for a checkpoint that outlived its bound. DMTCP cannot call a checkpoint off: the
+   * coordinator says whether the kernel runs (the checkpoint never began, or ended late) or is
+   * still held in it (its threads suspended by DMTCP; it answers nothing until it is restarted).
+   */
+  private async timedOut(
+    bins: Binaries,
+    kernel: DmtcpKernel,
+    timeoutMs: number,
+    kernelBytes: number
+  ): Promise<EngineError> {
+    const status = await this.status(bins, kernel.coordPort, kernel.env);
+    const mib = Math.round(kernelBytes / 2 ** 20);
+    const bound = `${Math.round(timeoutMs / 1000)} s (${
+      this.options.checkpointTimeoutMs === undefined
+        ? `the bound for a kernel of ${mib} MiB`
+        : "the engine's checkpointTimeoutMs"
+    })`;
+    return new EngineError(
+      'engine_failed',
+      status?.running
+        ? `DMTCP's checkpoint timed out after ${bound}; no image was kept, and the kernel kept running.`
+        : `DMTCP's checkpoint timed out after ${bound}; no image was kept, and the kernel is still held in it (DMTCP cannot cancel a checkpoint): restart the kernel, or restore a checkpoint.`,
+      status
+        ? `coordinator: ${status.peers} peer(s), ${status.running ? 'running' : 'in a checkpoint'}`
+        : 'the coordinator did not answer'
+    );
   }
 
   async restore(
