@@ -36,6 +36,15 @@ import { peekContent, type ConnectionInfo, type Frames, type Header } from './wi
 export { RequestError } from './request-errors';
 export type { KernelIdentity } from './checkpoint-flow';
 
+/**
+ * How long a kernel may take to end after its shutdown_request before the supervisor stops it.
+ * Jupyter kills a kernel it launched 5 s after that request, but nobody does so for a fork
+ * (`kernel-checkpoint run --from-image`), and a kernel stuck in its exit (an atexit handler, a
+ * thread that never ends) would outlive the request; shorter than Jupyter's 5 s, so that the
+ * supervisor, not Jupyter's kill, ends it and cleans up.
+ */
+export const SHUTDOWN_GRACE_MS = 3000;
+
 export interface SupervisorOptions {
   connection: ConnectionInfo;
   connectionFile?: string;
@@ -65,6 +74,7 @@ export class Supervisor {
   private readonly forkFlow: ForkFlow;
   private readonly options: SupervisorOptions;
   private shuttingDown = false;
+  private shutdownDeadline: NodeJS.Timeout | undefined;
   private stopping: Promise<void> | null = null;
   private endWith: (code: number) => void = () => undefined;
   /** Resolves with the exit code once the supervisor has stopped the kernel and closed up. */
@@ -184,6 +194,7 @@ export class Supervisor {
 
   /** Stops the kernel and closes every socket; `ended` then resolves with `code`. */
   stop(code: number): Promise<void> {
+    clearTimeout(this.shutdownDeadline);
     this.stopping ??= (async () => {
       try {
         // A search's forks and the kernel's own first: nothing the supervisor started outlives it.
@@ -226,6 +237,16 @@ export class Supervisor {
     const type = header.msg_type;
     if (type === 'shutdown_request') {
       this.shuttingDown = true;
+      this.shutdownDeadline ??= setTimeout(() => {
+        if (this.stopping) {
+          return;
+        }
+        log.warn(
+          `the kernel did not end within ${SHUTDOWN_GRACE_MS / 1000} s of its shutdown_request; ` +
+            'stopping it'
+        );
+        void this.stop(0);
+      }, SHUTDOWN_GRACE_MS).unref();
       // Jupyter kills a kernel's process 5 s after its shutdown_request (and with it, through
       // the parent-death signal, a fork still ending): the kernel's own forks end beside its
       // shutdown, not after it.

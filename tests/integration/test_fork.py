@@ -77,7 +77,20 @@ def wait_gone(pids: list[int], when: str) -> None:
     while time.monotonic() < deadline and any(alive(p) for p in pids):
         time.sleep(0.02)
     left = [p for p in pids if alive(p)]
-    assert not left, f"processes of the fork outlived it {when}: {left}"
+    report = "\n".join(map(described, left))
+    assert not left, f"processes of the fork outlived it {when}:\n{report}"
+
+
+def described(pid: int) -> str:
+    """A process left behind, as a reader of a failed run needs it: state, where it waits, what."""
+    proc = Path(f"/proc/{pid}")
+    try:
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        wchan = (proc / "wchan").read_text()
+        cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return f"{pid} (gone meanwhile)"
+    return f"{pid} {state} {wchan} {cmdline[:200]}"
 
 
 @pytest.fixture
@@ -307,6 +320,20 @@ def test_a_fork_slow_to_end_leaves_no_connection_file_when_its_kernel_shuts_down
     wait_gone(owned.processes, "the shutdown of the kernel whose code started it")
     owned.client.close()
     assert not Path(owned.connection_file).exists(), "the fork's connection file outlived it"
+
+
+@only_criu
+def test_a_fork_whose_kernel_does_not_end_after_its_shutdown_request_is_stopped(
+    make_kernel, runtime_dir, forks
+):
+    # Nobody kills a fork's process after its shutdown_request as Jupyter does for the kernels it
+    # launched: a kernel stuck in its exit must not keep the fork (and its supervisor) alive.
+    kernel, taken = original_with_x_42(make_kernel, runtime_dir)
+    fork = fork_over_comm(kernel, taken["id"], forks)
+    fork.client.run("import atexit, time\natexit.register(time.sleep, 60)")
+    fork.shutdown()
+    assert not Path(fork.connection_file).exists(), "the fork's connection file outlived it"
+    assert kernel.client.value("x") == 42
 
 
 @only_criu
