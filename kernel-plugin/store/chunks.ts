@@ -1471,8 +1471,16 @@ export class IngestSession {
   /**
    * Cuts a file into chunks; chunks the store lacks are appended to this session's pack.
    * `pause`, awaited between two 4 MiB blocks, lets background work give way (BackgroundPause).
+   * New chunks in `keepRaw` (chunk ranges, in file order) are stored uncompressed, in frames of
+   * their own: a lazy restore copies them before the kernel runs (a CRIU image's eager pages,
+   * `eagerChunkRanges`), and decompressing them there was most of what it added to a whole
+   * image's restore (bench/README.md, "Eager pages stored raw").
    */
-  async ingest(file: string, pause?: () => Promise<void>): Promise<ChunkList> {
+  async ingest(
+    file: string,
+    pause?: () => Promise<void>,
+    keepRaw: ReadonlyArray<{ first: number; count: number }> = []
+  ): Promise<ChunkList> {
     if (this.finished) {
       throw new Error('this ingest has finished');
     }
@@ -1518,8 +1526,19 @@ export class IngestSession {
       }
       bytes += length;
     };
-    // New chunks not stored yet: consecutive in the file, in `block`, at most FRAME_CHUNKS.
+    // New chunks not stored yet: consecutive in the file, in `block`, at most FRAME_CHUNKS,
+    // all of them to be kept raw (`keepRaw`) or none.
     let waiting: Array<{ hash: Buffer; key: string; chunk: Buffer }> = [];
+    let waitingRaw = false;
+    const rawRanges = [...keepRaw].sort((a, b) => a.first - b.first);
+    let rawAt = 0;
+    /** Whether chunk `index` is to be kept raw; asked in increasing order. */
+    const keptRaw = (index: number) => {
+      while (rawAt < rawRanges.length && rawRanges[rawAt].first + rawRanges[rawAt].count <= index) {
+        rawAt++;
+      }
+      return rawAt < rawRanges.length && rawRanges[rawAt].first <= index;
+    };
     const place = async (cut: CutFrame, pack: PackBuilder) => {
       await this.claim(pack.name);
       const { items, raw, frame } = cut;
@@ -1560,7 +1579,7 @@ export class IngestSession {
       }
       const raw = Buffer.concat(waiting.map(w => w.chunk));
       let frame: Buffer | null = null;
-      if (this.store.codec && this.store.compressNew) {
+      if (this.store.codec && this.store.compressNew && !waitingRaw) {
         const compressed = await this.store.codec.compress(raw);
         frame = compressed.length <= raw.length * (1 - WORTH_COMPRESSING) ? compressed : null;
       }
@@ -1569,7 +1588,8 @@ export class IngestSession {
         raw,
         frame
       };
-      const likeAnArray = frame === null;
+      // Kept raw by choice, not because zstd could not shrink it: no array's.
+      const likeAnArray = frame === null && !waitingRaw;
       if (held) {
         await place(held, likeAnArray ? (longRun ??= this.newPack()) : this.shortRuns);
         held = null;
@@ -1618,6 +1638,11 @@ export class IngestSession {
             }
           }
           if (!location) {
+            const raw = keptRaw(chunks - 1);
+            if (raw !== waitingRaw) {
+              await storeWaiting();
+              waitingRaw = raw;
+            }
             waiting.push({ hash, key, chunk });
             if (waiting.length === FRAME_CHUNKS) {
               await storeWaiting();

@@ -68,7 +68,7 @@ interface ServedFile {
  * the daemon started only once every eager page was in (`KERNEL_CHECKPOINT_TIMINGS=1`: "the
  * eager pages in 0 ms" after it started); at 3 it starts meanwhile.
  */
-const EAGER_FRAMES_AT_ONCE = 3;
+const EAGER_FRAMES_AT_ONCE = Number(process.env.KC_EAGER_AT_ONCE ?? 3);
 /** Eager ranges are read in pieces of at most this many pages (4 zstd frames), aligned. */
 const EAGER_READ_PAGES = 64;
 /** Chunks read at a time when checking a file at open. */
@@ -201,6 +201,38 @@ async function eagerAddresses(
     }
   }
   return addresses;
+}
+
+/**
+ * The chunks of each pages file of the image in `dir` that a lazy restore of it copies before
+ * the kernel runs when it has no hint (what `criu restore` reads itself, and every lazy page of
+ * a small VMA: `eagerAddresses`), by file name; the ingest keeps them raw (`IngestSession.ingest`).
+ * Empty for an image without pagemaps (DMTCP's) or one they do not parse in: nothing is kept raw
+ * then, and the image is stored all the same.
+ */
+export async function eagerChunkRanges(
+  dir: string
+): Promise<Map<string, Array<{ first: number; count: number }>>> {
+  const ranges = new Map<string, Array<{ first: number; count: number }>>();
+  try {
+    for (const name of await fs.readdir(dir)) {
+      const pid = PAGEMAP_FILE.exec(name)?.[1];
+      if (pid === undefined) {
+        continue;
+      }
+      const map = parsePagemap(await fs.readFile(path.join(dir, name)));
+      const split = withEagerPages(map, await eagerAddresses(dir, Number(pid), map, null)).map;
+      const file = `pages-${map.pagesId}.img`;
+      ranges.set(file, [
+        ...(ranges.get(file) ?? []),
+        ...eagerRanges(split).map(range => ({ first: range.page, count: range.count }))
+      ]);
+    }
+  } catch (error) {
+    log.warn(`the eager pages of ${dir} are stored like the others: ${String(error)}`);
+    return new Map();
+  }
+  return ranges;
 }
 
 /**

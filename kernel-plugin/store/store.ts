@@ -65,7 +65,13 @@ import { checkPrivateFolder, ensurePrivateFolder, UnsafeFolderError } from './ow
 import { RemoteImages, RemoteUnavailableError } from './remote-images';
 import { S3Remote } from './s3-remote';
 import { readHint } from '../engines/criu-prefetch';
-import { ChunkPageSource, PAGES_FILE, stageTimer, type LazyPages } from './page-source';
+import {
+  ChunkPageSource,
+  eagerChunkRanges,
+  PAGES_FILE,
+  stageTimer,
+  type LazyPages
+} from './page-source';
 import { processStart, writerIsAlive } from './writer';
 
 const ID_PATTERN = /^ckpt-[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}$/;
@@ -655,11 +661,17 @@ export class ImageStore {
       }
     };
     await pause();
+    // A CRIU image's eager pages stay raw: a lazy restore copies them before the kernel runs.
+    const keepRaw = await eagerChunkRanges(this.imageDir(id));
     const session = await this.chunks.begin({ durable: true });
     try {
       const lists: Record<string, ChunkList> = {};
       for (const file of record.files) {
-        const list = await session.ingest(path.join(this.imageDir(id), file.path), pause);
+        const list = await session.ingest(
+          path.join(this.imageDir(id), file.path),
+          pause,
+          keepRaw.get(file.path)
+        );
         if (list.bytes !== file.bytes) {
           throw new StoreError(
             'corrupt_image',

@@ -11,7 +11,7 @@
 import type { Checkpoint } from '../../protocol/checkpoint-protocol';
 import { stopCauses, type KernelExit, type KernelProcess } from '../engines/engine';
 import { keepsBeforeRestore } from '../store/chunked-images';
-import { SERVE_PAGES_SETTING } from '../store/page-source';
+import { SERVE_PAGES_SETTING, stageTimer } from '../store/page-source';
 import type { ImageStore, OpenedImage, PrivateRecord } from '../store/store';
 import type { AgentChannel } from './agent';
 import { tellAndAwaitHooks, type Progress } from './checkpoint-flow';
@@ -85,7 +85,9 @@ export class RestoreFlow {
     fromKernel: boolean,
     beforeStopping: (target: Checkpoint) => Promise<void> = async () => undefined
   ): Promise<Checkpoint> {
+    const timed = stageTimer(this.options.env);
     const { manifest, record } = await this.verify(id, progress);
+    timed('restore: verified');
     // Rebuilt (a chunk image) before the running kernel is touched: a damaged chunk changes nothing.
     const rebuilding = Date.now();
     // A lazy restore may have a chunk image's pages served from its chunks, not rebuilt.
@@ -93,6 +95,7 @@ export class RestoreFlow {
       this.options.env[SERVE_PAGES_SETTING] !== '0' &&
       (await this.host.engine.restoreMode?.().catch(() => null))?.lazy === true;
     const image = await this.options.store.openImage(id, record, { lazyPages: serve });
+    timed('restore: image opened');
     if (image.pages) {
       log.info(
         `rebuilt the files of ${id} from chunks in ${Date.now() - rebuilding} ms, all but its ` +
@@ -106,7 +109,7 @@ export class RestoreFlow {
       // A restored kernel that dies before this restore is answered fails the restore (a fresh
       // kernel, and the error for its requester) rather than ending the supervisor unanswered.
       return await this.host.answeringDeath(() =>
-        this.restoreFrom(id, manifest, record, image, progress, fromKernel)
+        this.restoreFrom(id, manifest, record, image, progress, fromKernel, timed)
       );
     } finally {
       // The restored kernel runs from its memory: the engine has read its files. Removing a
@@ -127,7 +130,8 @@ export class RestoreFlow {
     record: PrivateRecord,
     image: OpenedImage,
     progress: Progress,
-    fromKernel: boolean
+    fromKernel: boolean,
+    timed: (stage: string) => void
   ): Promise<Checkpoint> {
     const lineage = recordedLineage(record);
     const reach = this.host.reach(lineage);
@@ -150,6 +154,7 @@ export class RestoreFlow {
     const connectsEarly = this.host.engine.acceptsConnectionsWhileRestoring === true;
     progress('stopping');
     const stopped = await this.stop(reach);
+    timed('restore: running kernel stopped');
     progress('restoring');
     let kernel: KernelProcess;
     try {
@@ -157,6 +162,7 @@ export class RestoreFlow {
         this.host.mountpoints.add(lineage.ipcDir);
       }
       kernel = await this.restore(image, record, lineage, reach, stopped, connectsEarly);
+      timed('restore: the restored kernel answers');
     } catch (error) {
       const ownFolder = isolated && reach.ipcDir !== this.host.outside?.ipcDir;
       throw await this.startFreshAfter(error, id, stopped, ownFolder ? reach : null);
@@ -178,6 +184,7 @@ export class RestoreFlow {
       await kernel.terminate();
       throw await this.startFreshAfter(error, id, stopped);
     }
+    timed('restore: reconnected');
     this.host.currentId = id;
     this.markUnchanged();
     this.settle(stopped, id, fromKernel);

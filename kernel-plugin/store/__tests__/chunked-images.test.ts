@@ -16,7 +16,9 @@ import {
   keepsBeforeRestore,
   type ChunkingOptions
 } from '../chunked-images';
-import { decodeChunkLists } from '../chunks';
+import { PE_LAZY, PE_PRESENT } from '../../engines/criu-pagemap';
+import { mmImage, pagemapImage } from '../../engines/__tests__/pagemap-image';
+import { chunkRefs, decodeChunkLists } from '../chunks';
 import { ImageStore, newCheckpointId, type StoreError } from '../store';
 import { testManifest, testRecord } from './image-fixtures';
 import { runNode } from './kill-child';
@@ -95,6 +97,44 @@ describe('a store of chunk images', () => {
     // Two changed pages and the small file: a few KiB, not 4 MiB again.
     expect(next?.stored_bytes).toBeLessThan(20000);
     expect(await store.chunk(second)).toBeNull(); // already chunks
+  });
+
+  it("keeps a CRIU image's eager pages raw and compresses its other pages", async () => {
+    // pages-1.img of 48 compressible pages: 4 that criu restore reads itself (not lazy), 20 lazy
+    // ones of a 1 MiB VMA (the interpreter's: made eager by a lazy restore) and 24 lazy ones of
+    // a 64 MiB VMA (an array's, served on demand).
+    const small = 0x7f0000000000;
+    const large = 0x7f1000000000;
+    const words = Array.from({ length: 64 }, () => randomBytes(6).toString('hex'));
+    const pages = Buffer.from(
+      Array.from({ length: 48 * 4096 }, (_, i) => words[i % 61].charCodeAt(i % 12)).join('')
+    ).subarray(0, 48 * 4096);
+    const id = newCheckpointId();
+    const pending = await store.begin(id);
+    await fs.writeFile(path.join(pending.imageDir, 'pages-1.img'), pages);
+    await fs.writeFile(
+      path.join(pending.imageDir, 'pagemap-7.img'),
+      pagemapImage(1, [
+        { vaddr: 0x400000, pages: 4, flags: PE_PRESENT },
+        { vaddr: small, pages: 20, flags: PE_PRESENT | PE_LAZY },
+        { vaddr: large, pages: 24, flags: PE_PRESENT | PE_LAZY }
+      ])
+    );
+    await fs.writeFile(
+      path.join(pending.imageDir, 'mm-7.img'),
+      mmImage([
+        { start: 0x400000, end: 0x404000 },
+        { start: small, end: small + (1 << 20) },
+        { start: large, end: large + (64 << 20) }
+      ])
+    );
+    await pending.commit(manifest(id), { ...record });
+    await store.chunk(id);
+    const lists = decodeChunkLists(await fs.readFile(path.join(store.folderOf(id), 'chunks.bin')));
+    const compressed = [...chunkRefs(lists['pages-1.img'])].map(ref => ref.compressed);
+    expect(compressed.slice(0, 24).some(Boolean)).toBe(false);
+    expect(compressed.slice(24).every(Boolean)).toBe(true);
+    expect((await rebuilt(store, id)).equals(pages)).toBe(true);
   });
 
   it('rebuilds a chunk image byte for byte into a private folder, removed on release', async () => {

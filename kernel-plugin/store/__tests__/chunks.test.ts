@@ -232,6 +232,26 @@ describe('compression (zstd frames)', () => {
     ]);
   });
 
+  it('keeps the chunks it is told to raw, in frames of their own, and compresses the others', async () => {
+    // A lazy restore copies a CRIU image's eager pages before the kernel runs: raw, they are
+    // read, not decompressed. Pages 10-29 of 60 compressible ones.
+    const content = compressiblePages(60);
+    const session = await zstore.begin({ durable: false });
+    const list = await session.ingest(await writeFile('a', content), undefined, [
+      { first: 10, count: 20 }
+    ]);
+    await session.finish();
+    await session.close();
+    expect((await materialized(list, zstore)).equals(content)).toBe(true);
+    const compressed = [...chunkRefs(list)].map(ref => ref.compressed);
+    expect(compressed.slice(0, 10).every(Boolean)).toBe(true);
+    expect(compressed.slice(10, 30).some(Boolean)).toBe(false);
+    expect(compressed.slice(30).every(Boolean)).toBe(true);
+    // And a later image sharing them reads them raw too.
+    const [again] = await ingestAll(zstore, [await writeFile('b', content)]);
+    expect([...chunkRefs(again)].map(ref => ref.compressed)).toEqual(compressed);
+  });
+
   it('a flipped byte in a frame is an error naming a chunk of it', async () => {
     const content = compressiblePages(32);
     const [list] = await ingestAll(zstore, [await writeFile('a', content)]);
