@@ -219,9 +219,16 @@ export class PageServer {
     this.result.pages += request.pages;
     socket.write(reply);
     if (!socket.write(bytes)) {
-      await new Promise(resolve => {
-        socket.once('drain', resolve);
-        socket.once('close', resolve);
+      // Both listeners go once either fires: one left per wait piled up on the socket (Node's
+      // leak warning in the server's log after ten).
+      await new Promise<void>(resolve => {
+        const done = () => {
+          socket.off('drain', done);
+          socket.off('close', done);
+          resolve();
+        };
+        socket.on('drain', done);
+        socket.on('close', done);
       });
     }
   }
