@@ -6,6 +6,7 @@ import { promises as fs } from 'node:fs';
 
 import type { EngineProbe, Engine, KernelExit, KernelProcess } from '../engines/engine';
 import { PlainEngine } from '../engines/plain';
+import type { ImageStore } from '../store/store';
 import type { AgentChannel } from './agent';
 import { kernelCommand } from './kernel-setup';
 import {
@@ -28,6 +29,8 @@ export interface KernelHostOptions {
   connectionFile?: string;
   cwd: string;
   env: NodeJS.ProcessEnv;
+  /** Where images go: in object storage, the kernel is started without its credentials. */
+  store: Pick<ImageStore, 'remote'>;
 }
 
 export class KernelHost {
@@ -98,7 +101,8 @@ export class KernelHost {
       this.lineage,
       this.options.env,
       this.options.connectionFile,
-      engineOk ? (this.options.engine.ipykernelFlags ?? []) : []
+      engineOk ? (this.options.engine.ipykernelFlags ?? []) : [],
+      this.options.store.remote !== null
     );
     const launcher = engineOk ? this.options.engine : new PlainEngine();
     const kernel = await launcher.launch({

@@ -37,12 +37,28 @@ export interface KernelCommand {
 /** The wrapped kernel's argv and environment, pointed at the lineage's private connection. */
 export const CONNECTION_PLACEHOLDER = '{kernel_checkpoint_connection_file}';
 
+/**
+ * The standard variables that hold an S3-compatible store's credentials. They are the
+ * supervisor's, which uploads the images: a kernel's environment is in its memory, and so in
+ * every image of it, uploaded to the bucket those credentials open (seen: the secret key in
+ * plain text in a pack once the interpreter's pages were stored raw; compressed, it was there
+ * all the same). A notebook that needs credentials of its own gets them from a profile
+ * (`AWS_PROFILE`, ~/.aws/credentials), which its own code reads.
+ */
+export const STORE_CREDENTIAL_VARIABLES = [
+  'AWS_ACCESS_KEY_ID',
+  'AWS_SECRET_ACCESS_KEY',
+  'AWS_SESSION_TOKEN',
+  'AWS_SECURITY_TOKEN'
+] as const;
+
 export function kernelCommand(
   wrappedArgv: string[],
   lineage: Lineage,
   env: NodeJS.ProcessEnv,
   serverConnectionFile?: string,
-  engineFlags: readonly string[] = []
+  engineFlags: readonly string[] = [],
+  remoteStore = false
 ): KernelCommand {
   // Installed kernelspecs carry a placeholder Jupyter leaves alone; by hand, `{connection_file}`
   // or the server's own file may stand where the kernel's private one must go.
@@ -56,6 +72,11 @@ export function kernelCommand(
   const kernelEnv: NodeJS.ProcessEnv = { ...env };
   // ipykernel exits when JPY_PARENT_PID is not its parent, which it never is after a restore.
   delete kernelEnv.JPY_PARENT_PID;
+  if (remoteStore) {
+    for (const name of STORE_CREDENTIAL_VARIABLES) {
+      delete kernelEnv[name];
+    }
+  }
   const plugin = pluginPath(env);
   const withPlugin = isIPythonKernel(argv) && plugin !== null;
   if (isIPythonKernel(argv)) {

@@ -180,6 +180,8 @@ def test_checkpoint_on_a_restore_label_delete_on_b(
     kernel_c = make_kernel(**machine_env("c"))
     kernel_c.client.restore(first["id"])
     assert kernel_c.client.value(CHECKSUM) == expected
+    # The kernels never had it: their memory is what the images hold (the image is A's).
+    assert kernel_c.client.value("'AWS_SECRET_ACCESS_KEY' in __import__('os').environ") is False
     kernel_c.shutdown()
     # The secret key is in no object, no cache file, and neither supervisor's log.
     for key in objects(s3, ""):

@@ -10,6 +10,28 @@ describe('kernel command', () => {
     expect(newLineage(env, signing).connection).toMatchObject(signing);
   });
 
+  it("starts the kernel without an S3 store's credentials, and with them for a local store", () => {
+    const lineage = newLineage(env, signing);
+    const argv = ['/venv/bin/python', '-m', 'ipykernel_launcher', '-f', CONNECTION_PLACEHOLDER];
+    const withCredentials = {
+      ...env,
+      AWS_ACCESS_KEY_ID: 'id',
+      AWS_SECRET_ACCESS_KEY: 'secret',
+      AWS_SESSION_TOKEN: 'token',
+      AWS_ENDPOINT_URL: 'http://127.0.0.1:9000',
+      AWS_REGION: 'us-east-1'
+    };
+    const remote = kernelCommand(argv, lineage, withCredentials, undefined, [], true).env;
+    expect(remote.AWS_ACCESS_KEY_ID).toBeUndefined();
+    expect(remote.AWS_SECRET_ACCESS_KEY).toBeUndefined();
+    expect(remote.AWS_SESSION_TOKEN).toBeUndefined();
+    expect(remote.AWS_ENDPOINT_URL).toBe('http://127.0.0.1:9000');
+    expect(remote.AWS_REGION).toBe('us-east-1');
+    // A local store: the user's own variables are the kernel's, as before.
+    const local = kernelCommand(argv, lineage, withCredentials).env;
+    expect(local.AWS_SECRET_ACCESS_KEY).toBe('secret');
+  });
+
   it('points the wrapped kernel at its private connection and strips JPY_PARENT_PID', () => {
     const lineage = newLineage(env, signing);
     const argv = ['/venv/bin/python', '-m', 'ipykernel_launcher', '-f', CONNECTION_PLACEHOLDER];
