@@ -68,7 +68,7 @@ interface ServedFile {
  * the daemon started only once every eager page was in (`KERNEL_CHECKPOINT_TIMINGS=1`: "the
  * eager pages in 0 ms" after it started); at 3 it starts meanwhile.
  */
-const EAGER_FRAMES_AT_ONCE = Number(process.env.KC_EAGER_AT_ONCE ?? 3);
+const EAGER_FRAMES_AT_ONCE = 3;
 /** Eager ranges are read in pieces of at most this many pages (4 zstd frames), aligned. */
 const EAGER_READ_PAGES = 64;
 /** Chunks read at a time when checking a file at open. */
