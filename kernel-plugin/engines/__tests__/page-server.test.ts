@@ -5,19 +5,7 @@ import net from 'node:net';
 
 import { PAGE_BYTES } from '../criu-pagemap';
 import { PageServer, type PageSource } from '../page-server';
-
-const PS_IOV_GET = 7;
-const PS_IOV_CLOSE = 0x1023;
-const IOV_BYTES = 32;
-
-function request(cmd: number, pages: number, vaddr: number, pid: number): Buffer {
-  const iov = Buffer.alloc(IOV_BYTES);
-  iov.writeUInt32LE(cmd, 0);
-  iov.writeBigUInt64LE(BigInt(pages), 8);
-  iov.writeBigUInt64LE(BigInt(vaddr), 16);
-  iov.writeBigUInt64LE(BigInt(pid), 24);
-  return iov;
-}
+import { daemonRequest, IOV_BYTES, PS_IOV_CLOSE, PS_IOV_GET } from './page-server-wire';
 
 /** Each page holds its own address's page number in its first bytes. */
 const source: PageSource = {
@@ -50,7 +38,7 @@ async function run(server: PageServer, socket: net.Socket): Promise<void> {
   const requests = 24;
   socket.pause();
   for (let i = 0; i < requests; i++) {
-    socket.write(request(PS_IOV_GET, pages, i * pages * PAGE_BYTES, 1));
+    socket.write(daemonRequest(PS_IOV_GET, pages, i * pages * PAGE_BYTES, 1));
   }
   await new Promise(resolve => setTimeout(resolve, 300));
   const expected = requests * (IOV_BYTES + pages * PAGE_BYTES);
@@ -77,7 +65,7 @@ async function run(server: PageServer, socket: net.Socket): Promise<void> {
   const served = (server as unknown as { socket: net.Socket }).socket;
   expect(served.listenerCount('close')).toBeLessThanOrEqual(1);
   expect(served.listenerCount('drain')).toBe(0);
-  socket.write(request(PS_IOV_CLOSE, 0, 0, 0));
+  socket.write(daemonRequest(PS_IOV_CLOSE, 0, 0, 0));
   const end = await server.ended;
   expect(end).toMatchObject({ closed: true, requests, pages: requests * pages });
 }

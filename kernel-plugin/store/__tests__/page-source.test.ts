@@ -11,12 +11,11 @@ import { spawn } from 'node:child_process';
 import { PAGE_BYTES, PE_LAZY, PE_PRESENT, parsePagemap } from '../../engines/criu-pagemap';
 import { PageServer } from '../../engines/page-server';
 import { mmImage, pagemapImage } from '../../engines/__tests__/pagemap-image';
+import { daemonRequest, PS_IOV_CLOSE, PS_IOV_GET } from '../../engines/__tests__/page-server-wire';
 import { ChunkCorruptError, ChunkStore, type ChunkList } from '../chunks';
 import { ChunkPageSource } from '../page-source';
 
 const BASE = 0x7f0000000000;
-const PS_IOV_GET = 7;
-const PS_IOV_CLOSE = 0x1023;
 
 let dir: string;
 let store: ChunkStore;
@@ -56,15 +55,6 @@ afterEach(async () => {
 });
 
 const damaged = async (error: ChunkCorruptError) => new Error(`damaged: ${error.message}`);
-
-function request(cmd: number, pages: number, vaddr: number, pid: number): Buffer {
-  const iov = Buffer.alloc(32);
-  iov.writeUInt32LE(cmd, 0);
-  iov.writeBigUInt64LE(BigInt(pages), 8);
-  iov.writeBigUInt64LE(BigInt(vaddr), 16);
-  iov.writeBigUInt64LE(BigInt(pid), 24);
-  return iov;
-}
 
 /** A client that reads exactly `bytes` more, or what arrived when the connection ended. */
 async function connect(port: number) {
@@ -268,8 +258,8 @@ describe('a chunk image served page by page', () => {
     server.trust(process.pid);
     const client = await connect(server.port);
     // Inside the first lazy entry, then one spanning into the next entry of the file.
-    client.socket.write(request(PS_IOV_GET, 2, BASE + PAGE_BYTES, 7));
-    client.socket.write(request(PS_IOV_GET, 1, BASE + 32 * PAGE_BYTES, 7));
+    client.socket.write(daemonRequest(PS_IOV_GET, 2, BASE + PAGE_BYTES, 7));
+    client.socket.write(daemonRequest(PS_IOV_GET, 1, BASE + 32 * PAGE_BYTES, 7));
     const first = await client.read(32 + 2 * PAGE_BYTES);
     expect(first.readUInt32LE(0)).toBe((4 << 16) | 6);
     expect(first.readBigUInt64LE(8)).toBe(2n);
@@ -277,7 +267,7 @@ describe('a chunk image served page by page', () => {
     expect(first.subarray(32).equals(pages.subarray(3 * PAGE_BYTES, 5 * PAGE_BYTES))).toBe(true);
     const second = await client.read(32 + PAGE_BYTES);
     expect(second.subarray(32).equals(pages.subarray(9 * PAGE_BYTES))).toBe(true);
-    client.socket.write(request(PS_IOV_CLOSE, 0, 0, 0));
+    client.socket.write(daemonRequest(PS_IOV_CLOSE, 0, 0, 0));
     expect((await client.read(4)).readUInt32LE(0)).toBe(0);
     const end = await server.ended;
     expect(end).toMatchObject({ closed: true, requests: 2, pages: 3 });
@@ -296,9 +286,9 @@ describe('a chunk image served page by page', () => {
     const failures: Error[] = [];
     server.onFailure = error => failures.push(error);
     const client = await connect(server.port);
-    client.socket.write(request(PS_IOV_GET, 3, BASE + 2 * PAGE_BYTES, 7));
+    client.socket.write(daemonRequest(PS_IOV_GET, 3, BASE + 2 * PAGE_BYTES, 7));
     // A request after it is not answered either.
-    client.socket.write(request(PS_IOV_GET, 1, BASE, 7));
+    client.socket.write(daemonRequest(PS_IOV_GET, 1, BASE, 7));
     expect((await client.read(32, 500)).length).toBe(0);
     expect(failures).toHaveLength(1);
     expect(failures[0].message).toMatch(/^damaged: Chunk [0-9a-f]+ .* is damaged/);
@@ -329,7 +319,7 @@ describe('a chunk image served page by page', () => {
       stranger.once('close', () => resolve(true));
     });
     expect(refused).toBe(true);
-    client.socket.write(request(PS_IOV_GET, 1, BASE, 8));
+    client.socket.write(daemonRequest(PS_IOV_GET, 1, BASE, 8));
     expect((await client.read(32, 500)).length).toBe(0);
     expect(failures[0].message).toMatch(/no pagemap for pid 8/);
     server.end();
@@ -384,12 +374,12 @@ describe('the page server serves only the daemon', () => {
     const client = await connect(server.port);
     server.trust(process.pid);
     expect(await other.done).toMatch(/got 0\n/);
-    client.socket.write(request(PS_IOV_GET, 1, BASE, 7));
+    client.socket.write(daemonRequest(PS_IOV_GET, 1, BASE, 7));
     const reply = await client.read(32 + PAGE_BYTES);
     expect(reply.subarray(32).equals(pages.subarray(2 * PAGE_BYTES, 3 * PAGE_BYTES))).toBe(true);
     // Still one connection: a process connecting now is refused too.
     expect(await intruder(server.port).done).toMatch(/got 0\n/);
-    client.socket.write(request(PS_IOV_CLOSE, 0, 0, 0));
+    client.socket.write(daemonRequest(PS_IOV_CLOSE, 0, 0, 0));
     expect((await client.read(4)).readUInt32LE(0)).toBe(0);
     expect(await server.ended).toMatchObject({ closed: true, requests: 1, pages: 1 });
     await source.release();
