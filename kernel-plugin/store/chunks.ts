@@ -61,6 +61,11 @@ const WORTH_COMPRESSING = 0.2;
 const FRAMES_AHEAD = 16;
 /** Reads and writes move this much at a time (a whole number of chunks). */
 const BLOCK_BYTES = 4 << 20;
+/** How long `readRanges` reads raw chunks on this thread before letting other work run. */
+const RAW_SLICE_MS = 2;
+/** Raw chunks `readRanges` hands the hash workers at a time, and how many such batches at once. */
+const RAW_BATCH_BYTES = 1 << 20;
+const RAW_BATCHES_AT_ONCE = 4;
 
 /**
  * A run of chunks of one file that lie one after the other in one pack: raw, from `at` on; or,
@@ -760,13 +765,122 @@ export class ChunkListReader {
         }
       }
     };
-    // The raw ones on this thread while the pool decompresses.
-    const readRaw = async () => {
-      for (const [chunk, n] of raw) {
-        sink(chunk, await this.read(chunk, n));
-      }
-    };
+    // The raw ones: read on this thread while the pool decompresses, and checked on the hash
+    // workers when there are any (the hashes were most of the eager pages' cost, and the other
+    // core waits for them: `criu restore` holds until they are in).
+    const workers = HashWorkers.shared();
+    const readRaw = () =>
+      workers ? this.readRawOnWorkers(raw, sink, workers) : this.readRawHere(raw, sink);
     await Promise.all([...Array.from({ length: Math.max(1, parallel) }, worker), readRaw()]);
+  }
+
+  /**
+   * Raw pieces read and checked on this thread, letting the event loop run every few
+   * milliseconds: a read from an opened pack settles at once, so without that the whole set
+   * (tens of MiB) ran as one task, and a restore's stop of the running kernel, which polls on a
+   * timer, waited for it (80-90 ms at 256 MiB: bench/README.md).
+   */
+  private async readRawHere(
+    raw: ReadonlyArray<[number, number]>,
+    sink: (first: number, bytes: Buffer) => void
+  ): Promise<void> {
+    let since = performance.now();
+    for (const [chunk, n] of raw) {
+      sink(chunk, await this.read(chunk, n));
+      if (performance.now() - since > RAW_SLICE_MS) {
+        await new Promise(resolve => setImmediate(resolve));
+        since = performance.now();
+      }
+    }
+  }
+
+  /**
+   * Raw pieces (each within one run) read on this thread into shared memory, a batch at a time,
+   * checked on the hash workers and handed to `sink` once checked: the reads and the sink's
+   * writes here, the hashes beside them. A batch the workers cannot take is checked here.
+   */
+  private async readRawOnWorkers(
+    raw: ReadonlyArray<[number, number]>,
+    sink: (first: number, bytes: Buffer) => void,
+    workers: HashWorkers
+  ): Promise<void> {
+    const inFlight: Array<Promise<void>> = [];
+    for (let next = 0; next < raw.length;) {
+      const batch: Array<[number, number]> = [];
+      let size = 0;
+      for (; next < raw.length; next++) {
+        const bytes = spanBytes(this.list, raw[next][0], raw[next][1]);
+        if (batch.length > 0 && size + bytes > RAW_BATCH_BYTES) {
+          break;
+        }
+        batch.push(raw[next]);
+        size += bytes;
+      }
+      const shared = Buffer.from(new SharedArrayBuffer(size));
+      const runs: HashRun[] = [];
+      let offset = 0;
+      for (const [chunk, n] of batch) {
+        const length = spanBytes(this.list, chunk, n);
+        await this.readRawRun(chunk, n, shared.subarray(offset, offset + length));
+        runs.push({ offset, first: chunk, count: n, lastLength: length - (n - 1) * CHUNK_BYTES });
+        offset += length;
+      }
+      const expected = Buffer.concat(
+        batch.map(([chunk, n]) =>
+          this.list.hashes.subarray(chunk * HASH_BYTES, (chunk + n) * HASH_BYTES)
+        )
+      );
+      const checked = workers
+        .check(shared, runs, expected)
+        .catch(() => null)
+        .then(bad => {
+          if (bad === null) {
+            for (const run of runs) {
+              const length = (run.count - 1) * CHUNK_BYTES + run.lastLength;
+              const slice = shared.subarray(run.offset, run.offset + length);
+              this.verify.check(run.first, run.count, slice, this.packOf(run.first));
+            }
+          } else if (bad >= 0) {
+            throw this.verify.failure(bad, this.packOf(bad), 'its bytes do not match its hash');
+          }
+          for (const run of runs) {
+            const length = (run.count - 1) * CHUNK_BYTES + run.lastLength;
+            sink(run.first, shared.subarray(run.offset, run.offset + length));
+          }
+        });
+      // Awaited below; a failure meanwhile is not an unhandled rejection.
+      checked.catch(() => undefined);
+      inFlight.push(checked);
+      if (inFlight.length >= RAW_BATCHES_AT_ONCE) {
+        await inFlight.shift();
+      }
+    }
+    await Promise.all(inFlight);
+  }
+
+  /** Raw chunks [first, first + count), all in one run, into `into`, unchecked. */
+  private async readRawRun(first: number, count: number, into: Buffer): Promise<void> {
+    const run = this.runOf(first);
+    const { pack, at } = this.list.runs[run];
+    const position = at + (first - this.starts[run]) * CHUNK_BYTES;
+    const fd = this.open.get(pack);
+    let filled: number;
+    try {
+      filled =
+        fd !== undefined
+          ? readFullySync(fd, into, position)
+          : await readFully(await this.packs.get(pack), into, position);
+    } catch {
+      throw this.verify.failure(first, pack, 'its pack cannot be read');
+    }
+    if (filled < into.length) {
+      throw this.verify.failure(first, pack, 'its pack is too short');
+    }
+  }
+
+  /** The pack holding chunk `chunk`. */
+  private packOf(chunk: number): string {
+    return this.list.runs[this.runOf(chunk)].pack;
   }
 
   /**

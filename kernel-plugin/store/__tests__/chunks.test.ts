@@ -458,6 +458,72 @@ describe('rebuilding after many checkpoints', () => {
     }
   });
 
+  it('readRanges checks raw chunks on the hash workers, and refuses a damaged one, naming it', async () => {
+    const content = image(600);
+    const [list] = await ingestAll(store, [await writeFile('raw', content)]);
+    // Short ranges with holes between them, as a heap's eager pages are.
+    const ranges = Array.from({ length: 200 }, (_, i) => ({ first: 3 * i, count: 2 }));
+    const workers = HashWorkers.shared();
+    expect(workers).not.toBeNull();
+    const before = workers!.chunksChecked;
+    const got = Buffer.alloc(content.length);
+    const reader = await store.reader(list);
+    try {
+      await reader.openPacks();
+      await reader.readRanges(ranges, (first, bytes) => bytes.copy(got, first * CHUNK_BYTES));
+      expect(workers!.chunksChecked - before).toBe(400);
+      for (const { first, count } of ranges) {
+        const span = [first * CHUNK_BYTES, (first + count) * CHUNK_BYTES] as const;
+        expect(got.subarray(...span).equals(content.subarray(...span))).toBe(true);
+      }
+    } finally {
+      await reader.close();
+    }
+
+    const ref = [...chunkRefs(list)][301];
+    const bytes = await fs.readFile(store.packPath(ref.pack));
+    bytes[ref.at + 9] ^= 0x01;
+    await fs.writeFile(store.packPath(ref.pack), bytes);
+    const damaged = await store.reader(list);
+    try {
+      await damaged.openPacks();
+      const used: number[] = [];
+      const failure = await damaged
+        .readRanges(ranges, first => used.push(first))
+        .catch((e: unknown) => e);
+      expect(failure).toBeInstanceOf(ChunkCorruptError);
+      expect((failure as ChunkCorruptError).fileOffset).toBe(301 * CHUNK_BYTES);
+      // Its range (300, 301) never reached the sink.
+      expect(used).not.toContain(300);
+    } finally {
+      await damaged.close();
+    }
+  });
+
+  it('readRanges lets other work run while it reads raw chunks on this thread', async () => {
+    // A restore stops the running kernel (a timer polls for its end) while the eager pages are
+    // read: without hash workers these reads settle at once, and ran as one long task.
+    process.env.KERNEL_CHECKPOINT_HASH_WORKERS = '0';
+    const content = image(4096);
+    const [list] = await ingestAll(store, [await writeFile('eager', content)]);
+    const reader = await store.reader(list);
+    try {
+      await reader.openPacks();
+      let timerRan = false;
+      const timer = setTimeout(() => (timerRan = true), 0);
+      let timerRanBeforeTheEnd = false;
+      await reader.readRanges(
+        Array.from({ length: 2048 }, (_, i) => ({ first: 2 * i, count: 1 })),
+        () => (timerRanBeforeTheEnd ||= timerRan)
+      );
+      clearTimeout(timer);
+      expect(timerRanBeforeTheEnd).toBe(true);
+    } finally {
+      delete process.env.KERNEL_CHECKPOINT_HASH_WORKERS;
+      await reader.close();
+    }
+  });
+
   it('records each pack as written; a write to it, even at once, shows', async () => {
     const [list] = await ingestAll(store, [await writeFile('a', image(64))]);
     const pack = list.runs[0].pack;
