@@ -257,6 +257,15 @@ async function chunkVerifier(list: ChunkList): Promise<ChunkVerifier> {
   };
 }
 
+/** The hashes chunks [first, first + count) of each run must have, one after the other. */
+function hashesOf(list: ChunkList, runs: ReadonlyArray<{ first: number; count: number }>): Buffer {
+  return Buffer.concat(
+    runs.map(({ first, count }) =>
+      list.hashes.subarray(first * HASH_BYTES, (first + count) * HASH_BYTES)
+    )
+  );
+}
+
 /**
  * The checks of the raw pieces of a file's segments on hash workers, each segment's started once
  * its bytes are read: `done(segment)` resolves to whether its raw pieces were all checked there
@@ -294,11 +303,7 @@ function segmentChecks(
       count: piece.count,
       lastLength: piece.bytes - (piece.count - 1) * CHUNK_BYTES
     }));
-    const expected = Buffer.concat(
-      own.map(piece =>
-        list.hashes.subarray(piece.first * HASH_BYTES, (piece.first + piece.count) * HASH_BYTES)
-      )
-    );
+    const expected = hashesOf(list, own);
     const bad = await workers.check(bytes, runs, expected).catch(() => null);
     if (bad === null) {
       return false;
@@ -818,35 +823,32 @@ export class ChunkListReader {
       }
       const shared = Buffer.from(new SharedArrayBuffer(size));
       const runs: HashRun[] = [];
+      const slices: Buffer[] = [];
       let offset = 0;
       for (const [chunk, n] of batch) {
-        const length = spanBytes(this.list, chunk, n);
-        await this.readRawRun(chunk, n, shared.subarray(offset, offset + length));
-        runs.push({ offset, first: chunk, count: n, lastLength: length - (n - 1) * CHUNK_BYTES });
-        offset += length;
+        const slice = shared.subarray(offset, offset + spanBytes(this.list, chunk, n));
+        await this.readRawRun(chunk, n, slice);
+        runs.push({
+          offset,
+          first: chunk,
+          count: n,
+          lastLength: slice.length - (n - 1) * CHUNK_BYTES
+        });
+        slices.push(slice);
+        offset += slice.length;
       }
-      const expected = Buffer.concat(
-        batch.map(([chunk, n]) =>
-          this.list.hashes.subarray(chunk * HASH_BYTES, (chunk + n) * HASH_BYTES)
-        )
-      );
       const checked = workers
-        .check(shared, runs, expected)
+        .check(shared, runs, hashesOf(this.list, runs))
         .catch(() => null)
         .then(bad => {
           if (bad === null) {
-            for (const run of runs) {
-              const length = (run.count - 1) * CHUNK_BYTES + run.lastLength;
-              const slice = shared.subarray(run.offset, run.offset + length);
-              this.verify.check(run.first, run.count, slice, this.packOf(run.first));
-            }
+            runs.forEach((run, k) =>
+              this.verify.check(run.first, run.count, slices[k], this.packOf(run.first))
+            );
           } else if (bad >= 0) {
             throw this.verify.failure(bad, this.packOf(bad), 'its bytes do not match its hash');
           }
-          for (const run of runs) {
-            const length = (run.count - 1) * CHUNK_BYTES + run.lastLength;
-            sink(run.first, shared.subarray(run.offset, run.offset + length));
-          }
+          runs.forEach((run, k) => sink(run.first, slices[k]));
         });
       // Awaited below; a failure meanwhile is not an unhandled rejection.
       checked.catch(() => undefined);
@@ -863,13 +865,17 @@ export class ChunkListReader {
     const run = this.runOf(first);
     const { pack, at } = this.list.runs[run];
     const position = at + (first - this.starts[run]) * CHUNK_BYTES;
-    const fd = this.open.get(pack);
+    const handle =
+      this.open.get(pack) ??
+      (await this.packs.get(pack).catch(() => {
+        throw this.verify.failure(first, pack, 'its pack is missing');
+      }));
     let filled: number;
     try {
       filled =
-        fd !== undefined
-          ? readFullySync(fd, into, position)
-          : await readFully(await this.packs.get(pack), into, position);
+        typeof handle === 'number'
+          ? readFullySync(handle, into, position)
+          : await readFully(handle, into, position);
     } catch {
       throw this.verify.failure(first, pack, 'its pack cannot be read');
     }
