@@ -235,6 +235,10 @@ export interface Checkpoint {
    * The notebook's own id (written once into its metadata, kept across renames and moves), when the client knows it. A list for a notebook id finds the images of that id, and images without one by notebook_path.
    */
   notebook_id?: string | null;
+  /**
+   * When the notebook's file was last saved (its contents model's last_modified) as the client saw it at this checkpoint, or null. A notebook closed without saving the id this image carries has no id when opened again, but its file still has this time and notebook_path: it is found by them and takes the id back.
+   */
+  notebook_saved?: string | null;
   host?: {
     hostname?: string;
     arch?: string;
@@ -269,6 +273,10 @@ export interface Request {
    * checkpoint: the notebook's id (recorded in the manifest; the supervisor remembers the last one a client sent and records it for requests without one, e.g. from the magics); list: only images of this notebook id, and images without an id made for notebook_path.
    */
   notebook_id?: string | null;
+  /**
+   * checkpoint: when the notebook's file was last saved, as the client knows it (its contents model's last_modified; recorded in the manifest, and remembered like notebook_id); list without a notebook_id: the images with an id made for notebook_path when its file had this time are this notebook's (it was closed without saving their id), and the reply's notebook_id gives that id.
+   */
+  notebook_saved?: string | null;
   /**
    * list: 'session' (default: every image of this notebook, or of this kernel's lineage) or 'all' (every image in the store).
    */
@@ -426,6 +434,10 @@ export interface Reply {
    */
   current_id: CheckpointId | null;
   status?: SupervisorStatus;
+  /**
+   * list, when the request named no notebook_id: the notebook's id as the supervisor knows it, the last one a client of this kernel sent for the same notebook_path, or the one carried by the images found by notebook_path and notebook_saved. A client whose notebook has no id in its metadata takes this one, so that its history stays one.
+   */
+  notebook_id?: string;
   /**
    * fork: the connection file of the new kernel started from the image, in Jupyter's runtime folder (any Jupyter client connects with it; it ends on a shutdown_request).
    */

@@ -23,7 +23,8 @@ export { NOTEBOOK_METADATA_KEY };
  * it, so a notebook keeps its history when it is renamed or moved, and a new notebook that gets
  * an old one's name is offered none of the old one's images. A notebook that was saved before is
  * saved again at once, so that the id is on disk with the first checkpoint that carries it (a
- * notebook with unsaved changes gets it with its next save).
+ * notebook with unsaved changes gets it with its next save; closed without one, it is found by its
+ * path and its file's save time, which checkpoints record, and takes the id back: `adopt`).
  */
 export function notebookIdentity(panel: NotebookPanel): KernelCheckpointSession.IIdentity {
   const read = (): string | null => {
@@ -31,22 +32,32 @@ export function notebookIdentity(panel: NotebookPanel): KernelCheckpointSession.
       { notebook_id?: unknown } | undefined;
     return typeof meta?.notebook_id === 'string' && meta.notebook_id ? meta.notebook_id : null;
   };
+  const write = (id: string): void => {
+    const model = panel.model;
+    if (!model || read()) {
+      return;
+    }
+    const wasClean = !model.dirty;
+    const meta = (model.getMetadata(NOTEBOOK_METADATA_KEY) as object | undefined) ?? {};
+    model.setMetadata(NOTEBOOK_METADATA_KEY, { ...meta, notebook_id: id });
+    if (wasClean) {
+      void panel.context.save().catch(() => undefined);
+    }
+  };
   return {
     get: read,
     origin: () => originOf(panel.model?.getMetadata(NOTEBOOK_METADATA_KEY)),
+    // Checkpoints record it: a notebook closed without saving their id is found by it and its
+    // path when opened again (the supervisor's NotebookIdentity), and takes the id back.
+    saved: () => panel.context.contentsModel?.last_modified ?? null,
+    adopt: write,
     ensure: () => {
       const known = read();
-      const model = panel.model;
-      if (known || !model) {
+      if (known || !panel.model) {
         return known ?? '';
       }
       const id = UUID.uuid4();
-      const wasClean = !model.dirty;
-      const meta = (model.getMetadata(NOTEBOOK_METADATA_KEY) as object | undefined) ?? {};
-      model.setMetadata(NOTEBOOK_METADATA_KEY, { ...meta, notebook_id: id });
-      if (wasClean) {
-        void panel.context.save().catch(() => undefined);
-      }
+      write(id);
       return id;
     }
   };

@@ -113,7 +113,12 @@ export class KernelCheckpointSession implements IDisposable {
     const reply = await this._run('checkpoint', () =>
       this._requireClient('checkpoint').request(
         'checkpoint',
-        { label, notebook_path: this.path, notebook_id: this._identity?.ensure() || null },
+        {
+          label,
+          notebook_path: this.path,
+          notebook_saved: this._identity?.saved?.() ?? null,
+          notebook_id: this._identity?.ensure() || null
+        },
         { onProgress: p => this.model.applyProgress(p, true) }
       )
     );
@@ -195,8 +200,13 @@ export class KernelCheckpointSession implements IDisposable {
     const reply = await client.request('list', {
       notebook_path: this.path,
       notebook_id: this._identity?.get() ?? null,
+      notebook_saved: this._identity?.saved?.() ?? null,
       scope
     });
+    if (reply.notebook_id && this._identity && !this._identity.get()) {
+      // Closed without saving the id its checkpoints carry: it takes it back (NotebookIdentity).
+      this._identity.adopt?.(reply.notebook_id);
+    }
     this.model.setScope(scope);
     // A notebook opened from a checkpoint of another shows that checkpoint as its root, not the
     // other notebook's later ones (its kernel descends from them, so the list has them).
@@ -484,6 +494,13 @@ export namespace KernelCheckpointSession {
     ensure(): string;
     /** Where the notebook came from, when "Open in a new notebook" made it. */
     origin?(): INotebookOrigin | null;
+    /** When the notebook's file was last saved (its contents model's last_modified), if known. */
+    saved?(): string | null;
+    /**
+     * Takes `id` as the notebook's, when it has none: the id of its checkpoints, which the
+     * supervisor found for it (it was closed without saving the id).
+     */
+    adopt?(id: string): void;
   }
 }
 

@@ -39,6 +39,7 @@ type Result = {
   checkpoint?: Checkpoint;
   checkpoints?: Checkpoint[];
   status?: SupervisorStatus;
+  notebook_id?: string;
   connection_file?: string;
   summary?: StateSummary | null;
   bisect?: BisectResult;
@@ -145,7 +146,7 @@ export class Requests {
       case 'status':
         return { status: this.status() };
       case 'list':
-        return { checkpoints: await this.list(request) };
+        return await this.list(request);
       case 'label':
         return { checkpoint: await this.label(requireId(request), request.label ?? null) };
       case 'delete':
@@ -321,10 +322,15 @@ export class Requests {
     }
   }
 
-  private async list(request: Request): Promise<Checkpoint[]> {
+  private async list(request: Request): Promise<Result> {
     const all = await this.options.store.list();
+    // A client that names no id learns the notebook's (see NotebookIdentity.idFor).
+    const found = this.options.notebook.idFor(request, all);
+    const named = found ? { ...request, notebook_id: found } : request;
+    const reply = (checkpoints: Checkpoint[]): Result =>
+      found ? { checkpoints, notebook_id: found } : { checkpoints };
     if (request.scope === 'all') {
-      return all;
+      return reply(all);
     }
     // This notebook's images, and the tree the running kernel belongs to.
     const byId = new Map(all.map(c => [c.id, c]));
@@ -338,8 +344,10 @@ export class Requests {
     };
     const current = this.host.currentId ? byId.get(this.host.currentId) : undefined;
     const ourRoot = current ? rootOf(current) : null;
-    return all.filter(
-      c => this.options.notebook.owns(c, request) || (ourRoot !== null && rootOf(c) === ourRoot)
+    return reply(
+      all.filter(
+        c => this.options.notebook.owns(c, named) || (ourRoot !== null && rootOf(c) === ourRoot)
+      )
     );
   }
 

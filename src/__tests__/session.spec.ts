@@ -136,3 +136,69 @@ describe('KernelCheckpointSession.refreshLive', () => {
     session.dispose();
   });
 });
+
+describe('KernelCheckpointSession.refresh and the notebook id', () => {
+  const tick = () => new Promise(resolve => setTimeout(resolve, 0));
+
+  async function listed(identity: KernelCheckpointSession.IIdentity, notebookId?: string) {
+    const kernel = Object.assign(new FakeKernel(), {
+      name: 'python3-checkpoint',
+      spec: Promise.resolve({ display_name: 'Python 3', metadata: { kernel_checkpoint: {} } })
+    });
+    const context = { ...fakeContext(), session: { kernel }, ready: Promise.resolve() };
+    const session = new KernelCheckpointSession({ sessionContext: context as never, identity });
+    for (let i = 0; i < 5 && kernel.comms.length === 0; i++) {
+      await tick();
+    }
+    const comm = kernel.last;
+    comm.receive({ type: 'hello', status: status() });
+    await tick();
+    const list = comm.lastRequest();
+    comm.receive({
+      type: 'reply',
+      request_id: list.request_id,
+      action: 'list',
+      checkpoints: [ckpt('ckpt-a', null, '2026-12-03T10:00:00Z', { notebook_id: 'nb-x' })],
+      current_id: null,
+      ...(notebookId ? { notebook_id: notebookId } : {})
+    });
+    await tick();
+    session.dispose();
+    return list;
+  }
+
+  const identity = (own: string | null) => {
+    const adopted: string[] = [];
+    let id = own;
+    return {
+      adopted,
+      identity: {
+        get: () => id,
+        ensure: () => (id ??= 'fresh'),
+        saved: () => '2026-12-03T09:59:00.000000Z',
+        adopt: (taken: string) => {
+          adopted.push(taken);
+          id = taken;
+        }
+      }
+    };
+  };
+
+  it("sends the file's save time, and takes the id the supervisor found when it has none", async () => {
+    const { adopted, identity: own } = identity(null);
+    const list = await listed(own, 'nb-x');
+    expect(list.action).toBe('list');
+    expect(list.notebook_id).toBeNull();
+    expect(list.notebook_saved).toBe('2026-12-03T09:59:00.000000Z');
+    expect(adopted).toEqual(['nb-x']);
+  });
+
+  it('keeps its own id, and takes none when the supervisor found none', async () => {
+    const mine = identity('nb-mine');
+    await listed(mine.identity, 'nb-x');
+    expect(mine.adopted).toEqual([]);
+    const none = identity(null);
+    await listed(none.identity);
+    expect(none.adopted).toEqual([]);
+  });
+});

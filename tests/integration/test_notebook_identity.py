@@ -60,3 +60,40 @@ def test_images_without_an_id_are_still_found_by_path(make_kernel):
     fresh = make_kernel()
     assert listed(fresh, "nb-three", "old.ipynb") == [legacy["id"]]
     assert listed(fresh, "nb-three", "other.ipynb") == []
+
+
+def test_a_notebook_closed_without_saving_its_id_gets_it_back(make_kernel):
+    # The front end wrote the new id into a notebook with unsaved changes and checkpointed it;
+    # then the notebook was closed without saving: its file, saved at SAVED, has no id.
+    saved = "2026-12-03T09:59:00.123456Z"
+    first = make_kernel()
+    made = first.client.request(
+        "checkpoint",
+        label="before closing",
+        notebook_id="nb-lost",
+        notebook_path="lost.ipynb",
+        notebook_saved=saved,
+    )["checkpoint"]
+    assert made["notebook_saved"] == saved
+    # The same kernel, the notebook opened again without its id: the id its clients sent.
+    same = first.client.request("list", notebook_id=None, notebook_path="lost.ipynb")
+    assert same.get("notebook_id") == "nb-lost"
+    assert ids(same["checkpoints"]) == [made["id"]]
+    first.shutdown()
+
+    # A new kernel: found by the path and the file's save time, which the id comes back with.
+    fresh = make_kernel()
+    reply = fresh.client.request(
+        "list", notebook_id=None, notebook_path="lost.ipynb", notebook_saved=saved
+    )
+    assert reply.get("notebook_id") == "nb-lost"
+    assert ids(reply["checkpoints"]) == [made["id"]]
+    # A new notebook that got the name: its file was saved at another time; nothing, no id.
+    other = fresh.client.request(
+        "list",
+        notebook_id=None,
+        notebook_path="lost.ipynb",
+        notebook_saved="2026-12-03T11:00:00.000000Z",
+    )
+    assert "notebook_id" not in other
+    assert ids(other["checkpoints"]) == []

@@ -357,6 +357,70 @@ test.describe('kernel checkpoint timeline', () => {
     await expect(nodes(page)).toHaveCount(0);
   });
 
+  test('a notebook closed without saving the id of its checkpoints gets it back', async ({
+    page
+  }) => {
+    test.setTimeout(TEST_TIMEOUT);
+    await newNotebook(page, 'unsaved-id.ipynb');
+    await expect(panel(page).locator('.jp-KernelCheckpoint-notebook')).toHaveText(
+      'unsaved-id.ipynb',
+      { timeout: SLOW }
+    );
+    await run(page, 'u = 7');
+    const current = () =>
+      page.evaluate(() => {
+        const widget = (window as any).jupyterapp.shell.currentWidget;
+        return {
+          dirty: widget.context.model.dirty as boolean,
+          id: widget.context.model.getMetadata('kernel_checkpoint')?.notebook_id as
+            string | undefined
+        };
+      });
+    expect((await current()).dirty, 'the cell left unsaved changes').toBe(true);
+    const saved = await checkpointWithButton(page);
+    const { id } = await current();
+    expect(id).toMatch(/^[0-9a-f-]{36}$/);
+    // Stop its kernel and close it without saving: the file on disk has no id.
+    const path = await page.evaluate(async () => {
+      const app = (window as any).jupyterapp;
+      const widget = app.shell.currentWidget;
+      const path: string = widget.context.path;
+      await widget.sessionContext.shutdown();
+      widget.context.model.dirty = false; // close without the "save changes?" dialog
+      widget.dispose();
+      return path;
+    });
+    const onDisk = (file: string) =>
+      page.evaluate(async (at: string) => {
+        const model = await (window as any).jupyterapp.serviceManager.contents.get(at);
+        return model.content.metadata?.kernel_checkpoint?.notebook_id ?? null;
+      }, file);
+    expect(await onDisk(path)).toBeNull();
+
+    // Opened again, with a new kernel: its checkpoint is there, and the id is back (on disk with
+    // the next save; until then it is found again the same way).
+    await page.evaluate(
+      async ({ file, kernel }: { file: string; kernel: string }) => {
+        await (window as any).jupyterapp.commands.execute('docmanager:open', {
+          path: file,
+          factory: 'Notebook',
+          kernel: { name: kernel }
+        });
+      },
+      { file: path, kernel: KERNEL }
+    );
+    await expect(node(page, saved)).toBeVisible({ timeout: SLOW });
+    expect((await current()).id).toBe(id);
+    // The next checkpoint carries the same id (not a new one): one history.
+    await run(page, 'u = 8');
+    const next = await checkpointWithButton(page);
+    expect((await current()).id).toBe(id);
+    await expect(node(page, saved)).toBeVisible();
+    await restoreFromPanel(page, saved);
+    expect(await run(page, 'print(u)')).toBe('7');
+    await expect(node(page, next)).toBeVisible();
+  });
+
   test('500 checkpoints render in one column and scroll', async ({ page }) => {
     test.setTimeout(TEST_TIMEOUT);
     await newNotebook(page, 'many.ipynb');
