@@ -8,6 +8,9 @@ are restored, in full (KERNEL_CHECKPOINT_LAZY=0: what DMTCP, a machine without u
 fork do; --lazy for CRIU's lazy restore), and after each restore the kernel's array is checksummed
 against the checksum taken at that checkpoint (numpy state). One JSON object per engine and mode
 goes to --out; the table is printed at the end (and by --table FILE for results saved before).
+Mode "kishu" (in the default modes) runs Kishu on the same cells in the same run
+(bench/harness/kishu.py: its own venv, made on first use; the row says why when it cannot install),
+and the table ends with ours against it.
 
     .venv/bin/python bench/dedup_bench.py --state numpy --mib 1024 --checkpoints 20 --out r.json
     .venv/bin/python bench/dedup_bench.py --engine criu,dmtcp --mib 256 --checkpoints 3
@@ -30,7 +33,8 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
 from dedup_states import MIXED_EDITS, private_jupyter  # noqa: E402
-from harness.states import MIXED_CODE  # noqa: E402
+from harness.kishu import KISHU_VERSION, KishuKernel, kishu_python  # noqa: E402
+from harness.states import MIXED_CHECK, MIXED_CODE  # noqa: E402
 from kctesting import Kernel  # noqa: E402
 
 GIB = 1 << 30
@@ -195,6 +199,62 @@ def series(args: argparse.Namespace, engine: str, mode: str, base: Path) -> dict
     return result
 
 
+def kishu_series(args: argparse.Namespace, base: Path) -> dict:
+    """Kishu on the same cells: it commits after every cell, so the fill and each edit are one
+    commit each (its time is the cell's, the edit itself taking microseconds); the bytes are its
+    database's. Then a checkout of the newest and of the oldest commit, timed as the cell that
+    runs it, each checked as ours are (the numpy array's checksum; the mixed state's sums)."""
+    result: dict = {"mode": "kishu", "state": args.state, "mib": args.mib, "engine": "-"}
+    result.update(checkpoint_s=[], stored_bytes={}, image_bytes=0, lazy=False)
+    result.update(checksums_whole=0, checksums_wrong=0, kishu_version=KISHU_VERSION)
+    python, why = kishu_python()
+    if python is None:
+        result["skipped"] = f"Kishu {KISHU_VERSION} did not install: {why}"
+        print(result["skipped"], flush=True)
+        return result
+    kernel = KishuKernel(python, base / "kishu")
+    check = CHECKSUM if args.state == "numpy" else f"print({MIXED_CHECK})"
+    try:
+        fill = numpy_code(args.mib) if args.state == "numpy" else MIXED_CODE
+        edits = (
+            [numpy_edit(i) for i in range(args.checkpoints - 1)]
+            if args.state == "numpy"
+            else (MIXED_EDITS * 10)[: args.checkpoints - 1]
+        )
+        for step, cell in enumerate([fill, *edits]):
+            took, _ = kernel.run(cell)
+            result["checkpoint_s"].append(round(took, 3))
+            if step + 1 in MARKS or step == len(edits):
+                result["stored_bytes"][step + 1] = kernel.stored_bytes()
+            print(
+                f"kishu {step + 1}: cell with its commit {took:.2f} s, "
+                f"store {kernel.stored_bytes() / GIB:.3f} GiB",
+                flush=True,
+            )
+            if step == 0:
+                # The oldest state's check (its own cell: a commit of a few bytes after it).
+                oldest_sum = kernel.run(check)[1].strip()
+        newest_sum = kernel.run(check)[1].strip()
+        made = {cell: commit_id for commit_id, cell in kernel.commits()}
+        result["restore_s"] = {}
+        for which, cell, expected in (
+            ("newest", edits[-1] if edits else fill, newest_sum),
+            ("oldest", fill, oldest_sum),
+        ):
+            times = []
+            for _ in range(args.restores):
+                took, _ = kernel.run(f"_kishu.checkout({made[cell]!r}, skip_notebook=True)")
+                times.append(round(took, 3))
+            same = kernel.run(check)[1].strip() == expected
+            result["checksums_whole" if same else "checksums_wrong"] += 1
+            result["restore_s"][which] = times
+            print(f"kishu checkout {which}: {times}, state the same: {same}", flush=True)
+    finally:
+        kernel.stop()
+        shutil.rmtree(base / "kishu", ignore_errors=True)
+    return result
+
+
 def same_state(a: dict, b: dict) -> bool:
     return (a["state"], a["mib"], a.get("engine")) == (b["state"], b["mib"], b.get("engine"))
 
@@ -216,6 +276,9 @@ def table(results: list[dict]) -> str:
         "|---|---|---|---:|---|---|---|---:|---:|---:|---|---|",
     ]
     for r in results:
+        if r.get("skipped"):
+            lines.append(f"| - | {r['state']} | {r['mode']} | {r['skipped']} |")
+            continue
         cps = r["checkpoint_s"]
         median = sorted(cps)[len(cps) // 2]
         stored = ", ".join(
@@ -225,13 +288,19 @@ def table(results: list[dict]) -> str:
         restores = {k: min(v) for k, v in r.get("restore_s", {}).items()}
         state = r["state"] + (f" {r['mib']} MiB" if r["state"] == "numpy" else "")
         last = max(r["stored_bytes"], key=int)
+        image = f"{r['image_bytes'] / GIB:.2f} GiB" if r["image_bytes"] else "-"
+        keep = (
+            f"{r['keep_restore_s']:.2f}, {r['keep_bytes'] / MIB:.1f}"
+            if "keep_restore_s" in r
+            else "-"
+        )
         lines.append(
             f"| {r.get('engine', 'criu')}{' lazy' if r.get('lazy') else ''} | {state} | "
-            f"{r['mode']} | {r['image_bytes'] / GIB:.2f} GiB | "
+            f"{r['mode']} | {image} | "
             f"{cps[0]:.2f} / {median:.2f} / {cps[-1]:.2f} | {stored} | "
             f"{r['stored_bytes'][last] / 1e9:.3f} GB ({last}) | "
             f"{restores.get('newest', 0):.2f} | {restores.get('oldest', 0):.2f} | "
-            f"{r.get('keep_restore_s', 0):.2f}, {r.get('keep_bytes', 0) / MIB:.1f} | "
+            f"{keep} | "
             f"{checksums(r)} | {r.get('restore_stages', {}).get('newest', '-')} |"
         )
     # Chunk images beside whole ones of the same state, as ratios (the issue's targets: 1.1x).
@@ -253,6 +322,30 @@ def table(results: list[dict]) -> str:
             f"\n{r.get('engine', 'criu')} {r['state']} {r['mib']} MiB, {r['mode']} / whole: "
             + ", ".join(ratios)
         )
+    # Ours beside Kishu on the same cells: bytes after the same number of commits, the median
+    # checkpoint (commit) after the first, the best restore (checkout) of the newest and oldest.
+    kishu = next((k for k in results if k["mode"] == "kishu" and not k.get("skipped")), None)
+    for r in results:
+        if not kishu or r["mode"] == "kishu" or r["state"] != kishu["state"]:
+            continue
+        if r["state"] == "numpy" and r["mib"] != kishu["mib"]:
+            continue
+        last = str(
+            min(int(max(r["stored_bytes"], key=int)), int(max(kishu["stored_bytes"], key=int)))
+        )
+        cps = sorted(r["checkpoint_s"][1:] or r["checkpoint_s"])
+        kcps = sorted(kishu["checkpoint_s"][1:] or kishu["checkpoint_s"])
+        parts = [
+            f"stored after {last} {r['stored_bytes'][last] / kishu['stored_bytes'][last]:.2f}x",
+            f"checkpoint median {cps[len(cps) // 2] / kcps[len(kcps) // 2]:.2f}x",
+        ] + [
+            f"restore {k} {min(r['restore_s'][k]) / min(kishu['restore_s'][k]):.2f}x"
+            for k in ("newest", "oldest")
+        ]
+        lines.append(
+            f"\n{r.get('engine', 'criu')} {r['state']}, {r['mode']} / "
+            f"Kishu {kishu['kishu_version']}: " + ", ".join(parts)
+        )
     return "\n".join(lines)
 
 
@@ -265,7 +358,11 @@ def main() -> int:
     parser.add_argument("--engine", default="criu", help="criu, dmtcp, or both: criu,dmtcp")
     parser.add_argument("--lazy", action="store_true", help="CRIU's lazy restore (default: full)")
     parser.add_argument("--compression", choices=("zstd", "none"), default="zstd")
-    parser.add_argument("--modes", default="chunks,whole", help="chunks, chunks-inline, whole")
+    parser.add_argument(
+        "--modes",
+        default="chunks,whole,kishu",
+        help="chunks, chunks-inline, whole, kishu (Kishu on the same cells, its own venv)",
+    )
     parser.add_argument("--out", help="write the results (JSON) here")
     parser.add_argument("--table", nargs="+", help="print the table of saved results")
     args = parser.parse_args()
@@ -275,11 +372,15 @@ def main() -> int:
         return 0
     base = Path(tempfile.mkdtemp(prefix="kc-dedup-bench-"))
     try:
+        modes = args.modes.split(",")
         results = [
             series(args, engine, mode, base)
             for engine in args.engine.split(",")
-            for mode in args.modes.split(",")
+            for mode in modes
+            if mode != "kishu"
         ]
+        if "kishu" in modes:
+            results.append(kishu_series(args, base))
     finally:
         shutil.rmtree(base, ignore_errors=True)
     results = json.loads(json.dumps(results))  # keys as the saved file has them
