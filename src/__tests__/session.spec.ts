@@ -60,22 +60,28 @@ describe('KernelCheckpointSession.executionCount', () => {
   });
 });
 
-describe('KernelCheckpointSession.refreshLive', () => {
-  const tick = () => new Promise(resolve => setTimeout(resolve, 0));
+const tick = () => new Promise(resolve => setTimeout(resolve, 0));
 
-  async function attached() {
-    const kernel = Object.assign(new FakeKernel(), {
-      name: 'python3-checkpoint',
-      spec: Promise.resolve({ display_name: 'Python 3', metadata: { kernel_checkpoint: {} } })
-    });
-    const context = { ...fakeContext(), session: { kernel }, ready: Promise.resolve() };
-    const session = new KernelCheckpointSession({ sessionContext: context as never });
-    for (let i = 0; i < 5 && kernel.comms.length === 0; i++) {
-      await tick();
-    }
-    const comm = kernel.last;
-    comm.receive({ type: 'hello', status: status() });
+/** A session on a checkpointable fake kernel, once the supervisor said hello (its first list sent). */
+async function connected(identity?: KernelCheckpointSession.IIdentity) {
+  const kernel = Object.assign(new FakeKernel(), {
+    name: 'python3-checkpoint',
+    spec: Promise.resolve({ display_name: 'Python 3', metadata: { kernel_checkpoint: {} } })
+  });
+  const context = { ...fakeContext(), session: { kernel }, ready: Promise.resolve() };
+  const session = new KernelCheckpointSession({ sessionContext: context as never, identity });
+  for (let i = 0; i < 5 && kernel.comms.length === 0; i++) {
     await tick();
+  }
+  const comm = kernel.last;
+  comm.receive({ type: 'hello', status: status() });
+  await tick();
+  return { session, context, comm };
+}
+
+describe('KernelCheckpointSession.refreshLive', () => {
+  async function attached() {
+    const { session, context, comm } = await connected();
     const list = comm.lastRequest();
     expect(list.action).toBe('list');
     comm.receive({
@@ -138,21 +144,8 @@ describe('KernelCheckpointSession.refreshLive', () => {
 });
 
 describe('KernelCheckpointSession.refresh and the notebook id', () => {
-  const tick = () => new Promise(resolve => setTimeout(resolve, 0));
-
   async function listed(identity: KernelCheckpointSession.IIdentity, notebookId?: string) {
-    const kernel = Object.assign(new FakeKernel(), {
-      name: 'python3-checkpoint',
-      spec: Promise.resolve({ display_name: 'Python 3', metadata: { kernel_checkpoint: {} } })
-    });
-    const context = { ...fakeContext(), session: { kernel }, ready: Promise.resolve() };
-    const session = new KernelCheckpointSession({ sessionContext: context as never, identity });
-    for (let i = 0; i < 5 && kernel.comms.length === 0; i++) {
-      await tick();
-    }
-    const comm = kernel.last;
-    comm.receive({ type: 'hello', status: status() });
-    await tick();
+    const { session, comm } = await connected(identity);
     const list = comm.lastRequest();
     comm.receive({
       type: 'reply',

@@ -97,6 +97,32 @@ async function restoreFromPanel(page: IJupyterLabPageFixture, id: string) {
   await expect(node(page, id)).toHaveClass(/jp-mod-current/, { timeout: SLOW });
 }
 
+/** Stop the current notebook's kernel and close it, discarding its changes; returns its path. */
+async function closeWithoutSaving(page: IJupyterLabPageFixture): Promise<string> {
+  return page.evaluate(async () => {
+    const widget = (window as any).jupyterapp.shell.currentWidget;
+    const path: string = widget.context.path;
+    await widget.sessionContext.shutdown();
+    widget.context.model.dirty = false; // close without the "save changes?" dialog
+    widget.dispose();
+    return path;
+  });
+}
+
+/** Open the notebook at `path` on a new checkpointable kernel. */
+async function openNotebook(page: IJupyterLabPageFixture, path: string): Promise<void> {
+  await page.evaluate(
+    async ({ file, kernel }: { file: string; kernel: string }) => {
+      await (window as any).jupyterapp.commands.execute('docmanager:open', {
+        path: file,
+        factory: 'Notebook',
+        kernel: { name: kernel }
+      });
+    },
+    { file: path, kernel: KERNEL }
+  );
+}
+
 test.describe('kernel checkpoint timeline', () => {
   test('checkpoint, restore an older node, and branch', async ({ page }) => {
     test.setTimeout(TEST_TIMEOUT);
@@ -318,16 +344,12 @@ test.describe('kernel checkpoint timeline', () => {
     await run(page, 'r = 1');
     await checkpointWithButton(page);
     // Stop its kernel, close it and delete the file.
-    const dir = await page.evaluate(async () => {
-      const app = (window as any).jupyterapp;
-      const widget = app.shell.currentWidget;
-      const path: string = widget.context.path;
-      await widget.sessionContext.shutdown();
-      widget.context.model.dirty = false; // close without the "save changes?" dialog
-      widget.dispose();
-      await app.serviceManager.contents.delete(path);
-      return path.split('/').slice(0, -1).join('/');
-    });
+    const closed = await closeWithoutSaving(page);
+    await page.evaluate(
+      (file: string) => (window as any).jupyterapp.serviceManager.contents.delete(file),
+      closed
+    );
+    const dir = closed.split('/').slice(0, -1).join('/');
     // A new, unrelated notebook gets the same name.
     await page.evaluate(async (folder: string) => {
       const app = (window as any).jupyterapp;
@@ -337,16 +359,7 @@ test.describe('kernel checkpoint timeline', () => {
       });
       await app.serviceManager.contents.rename(model.path, `${folder}/reused.ipynb`);
     }, dir);
-    await page.evaluate(
-      async ({ folder, kernel }: { folder: string; kernel: string }) => {
-        await (window as any).jupyterapp.commands.execute('docmanager:open', {
-          path: `${folder}/reused.ipynb`,
-          factory: 'Notebook',
-          kernel: { name: kernel }
-        });
-      },
-      { folder: dir, kernel: KERNEL }
-    );
+    await openNotebook(page, `${dir}/reused.ipynb`);
     await expect(panel(page).getByRole('button', { name: 'Checkpoint kernel' })).toBeVisible({
       timeout: SLOW
     });
@@ -381,34 +394,16 @@ test.describe('kernel checkpoint timeline', () => {
     const { id } = await current();
     expect(id).toMatch(/^[0-9a-f-]{36}$/);
     // Stop its kernel and close it without saving: the file on disk has no id.
-    const path = await page.evaluate(async () => {
-      const app = (window as any).jupyterapp;
-      const widget = app.shell.currentWidget;
-      const path: string = widget.context.path;
-      await widget.sessionContext.shutdown();
-      widget.context.model.dirty = false; // close without the "save changes?" dialog
-      widget.dispose();
-      return path;
-    });
-    const onDisk = (file: string) =>
-      page.evaluate(async (at: string) => {
-        const model = await (window as any).jupyterapp.serviceManager.contents.get(at);
-        return model.content.metadata?.kernel_checkpoint?.notebook_id ?? null;
-      }, file);
-    expect(await onDisk(path)).toBeNull();
+    const path = await closeWithoutSaving(page);
+    const onDisk = await page.evaluate(async (at: string) => {
+      const model = await (window as any).jupyterapp.serviceManager.contents.get(at);
+      return model.content.metadata?.kernel_checkpoint?.notebook_id ?? null;
+    }, path);
+    expect(onDisk).toBeNull();
 
     // Opened again, with a new kernel: its checkpoint is there, and the id is back (on disk with
     // the next save; until then it is found again the same way).
-    await page.evaluate(
-      async ({ file, kernel }: { file: string; kernel: string }) => {
-        await (window as any).jupyterapp.commands.execute('docmanager:open', {
-          path: file,
-          factory: 'Notebook',
-          kernel: { name: kernel }
-        });
-      },
-      { file: path, kernel: KERNEL }
-    );
+    await openNotebook(page, path);
     await expect(node(page, saved)).toBeVisible({ timeout: SLOW });
     expect((await current()).id).toBe(id);
     // The next checkpoint carries the same id (not a new one): one history.
