@@ -52,6 +52,14 @@ def numpy_edit(i: int) -> str:
     )
 
 
+def state_cells(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """The cell that builds the state and the small edits after it, one per later checkpoint:
+    the same cells for every mode, ours and Kishu's."""
+    if args.state == "numpy":
+        return numpy_code(args.mib), [numpy_edit(i) for i in range(args.checkpoints - 1)]
+    return MIXED_CODE, (MIXED_EDITS * 10)[: args.checkpoints - 1]
+
+
 CHECKSUM = "import hashlib as _h; print(_h.sha256(memoryview(data)).hexdigest())"
 
 
@@ -134,12 +142,8 @@ def series(args: argparse.Namespace, engine: str, mode: str, base: Path) -> dict
             print(f"{engine} {mode}: the restored {checkpoint_id} is NOT the same", flush=True)
 
     try:
-        if args.state == "numpy":
-            client.run(numpy_code(args.mib), timeout=900)
-            edits = [numpy_edit(i) for i in range(args.checkpoints - 1)]
-        else:
-            client.run(MIXED_CODE, timeout=900)
-            edits = (MIXED_EDITS * 10)[: args.checkpoints - 1]
+        fill, edits = state_cells(args)
+        client.run(fill, timeout=900)
         for step, edit in enumerate([None, *edits]):
             if edit:
                 client.run(edit)
@@ -215,20 +219,16 @@ def kishu_series(args: argparse.Namespace, base: Path) -> dict:
     kernel = KishuKernel(python, base / "kishu")
     check = CHECKSUM if args.state == "numpy" else f"print({MIXED_CHECK})"
     try:
-        fill = numpy_code(args.mib) if args.state == "numpy" else MIXED_CODE
-        edits = (
-            [numpy_edit(i) for i in range(args.checkpoints - 1)]
-            if args.state == "numpy"
-            else (MIXED_EDITS * 10)[: args.checkpoints - 1]
-        )
+        fill, edits = state_cells(args)
         for step, cell in enumerate([fill, *edits]):
             took, _ = kernel.run(cell)
             result["checkpoint_s"].append(round(took, 3))
+            stored = kernel.stored_bytes()
             if step + 1 in MARKS or step == len(edits):
-                result["stored_bytes"][step + 1] = kernel.stored_bytes()
+                result["stored_bytes"][step + 1] = stored
             print(
                 f"kishu {step + 1}: cell with its commit {took:.2f} s, "
-                f"store {kernel.stored_bytes() / GIB:.3f} GiB",
+                f"store {stored / GIB:.3f} GiB",
                 flush=True,
             )
             if step == 0:
