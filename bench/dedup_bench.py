@@ -34,6 +34,7 @@ sys.path.insert(0, str(HERE))
 
 from dedup_states import MIXED_EDITS, private_jupyter  # noqa: E402
 from harness.kishu import KISHU_VERSION, KishuKernel, kishu_python  # noqa: E402
+from harness.processes import tree_bytes  # noqa: E402
 from harness.states import MIXED_CHECK, MIXED_CODE  # noqa: E402
 from kctesting import Kernel  # noqa: E402
 
@@ -61,10 +62,6 @@ def state_cells(args: argparse.Namespace) -> tuple[str, list[str]]:
 
 
 CHECKSUM = "import hashlib as _h; print(_h.sha256(memoryview(data)).hexdigest())"
-
-
-def bytes_on_disk(store: Path) -> int:
-    return sum(p.lstat().st_size for p in store.rglob("*") if p.is_file())
 
 
 def settled(store: Path, checkpoint_id: str, chunks: bool, timeout: float = 600) -> float:
@@ -157,12 +154,13 @@ def series(args: argparse.Namespace, engine: str, mode: str, base: Path) -> dict
                 sums[ids[-1]] = checksum
             result["image_bytes"] = checkpoint["image_bytes"]
             result["background_s"].append(round(settled(store, ids[-1], mode != "whole"), 3))
+            stored = tree_bytes(store)
             if step + 1 in MARKS or step == len(edits):
-                result["stored_bytes"][step + 1] = bytes_on_disk(store)
+                result["stored_bytes"][step + 1] = stored
             print(
                 f"{mode} {step + 1}: checkpoint {result['checkpoint_s'][-1]:.2f} s, "
                 f"background {result['background_s'][-1]:.2f} s, "
-                f"store {bytes_on_disk(store) / GIB:.3f} GiB",
+                f"store {stored / GIB:.3f} GiB",
                 flush=True,
             )
         result["restore_s"] = {}
@@ -183,7 +181,7 @@ def series(args: argparse.Namespace, engine: str, mode: str, base: Path) -> dict
         # The untimed restores above kept states of their own: chunked before the store is read.
         for listed in client.list("all"):
             settled(store, listed["id"], mode != "whole")
-        before = bytes_on_disk(store)
+        before = tree_bytes(store)
         started = time.monotonic()
         client.restore(ids[-1])
         result["keep_restore_s"] = round(time.monotonic() - started, 3)
@@ -191,7 +189,7 @@ def series(args: argparse.Namespace, engine: str, mode: str, base: Path) -> dict
         kept = [c for c in client.list("all") if (c.get("label") or "").startswith("before")]
         if kept:
             settled(store, kept[-1]["id"], mode != "whole")
-        result["keep_bytes"] = bytes_on_disk(store) - before
+        result["keep_bytes"] = tree_bytes(store) - before
         print(
             f"{mode} restore keeping the state: {result['keep_restore_s']} s, "
             f"{result['keep_bytes'] / MIB:.1f} MiB",

@@ -48,7 +48,16 @@ def wait_child(pid: int, timeout: float = 30) -> int:
 
 
 def tree_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    """The bytes of the files below `path`; a file removed while they are counted (a store's
+    lock, a chunked image's whole files) counts for nothing."""
+    total = 0
+    for p in path.rglob("*"):
+        try:
+            if p.is_file():
+                total += p.lstat().st_size
+        except FileNotFoundError:
+            pass
+    return total
 
 
 def run_text(argv: list[str]) -> str:
